@@ -1,0 +1,235 @@
+"""Configuration: one dataclass read from the environment, flags over it.
+
+The environment follows Kubernetes conventions (``POD_NAME``, ``POD_NAMESPACE``,
+``KV_*``). Every bad value raises :class:`ConfigError` with one line that names
+the variable and what it accepts; ``kvstore serve`` prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from kvstore.identity import parse_ordinal, role_of
+
+WRITE_CONCERNS = ("1", "majority", "all")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unusable; the message names it and what it accepts."""
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip(), 10)
+        except ValueError:
+            raise ValueError(f"expected an integer from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected an integer from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _float_range(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"expected a number from {low} to {high}") from None
+        if not low <= value <= high:  # also rejects nan
+            raise ValueError(f"expected a number from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("expected a non-empty value")
+    return text.strip()
+
+
+def _dns_label(text: str) -> str:
+    text = text.strip()
+    if not text or len(text) > 63 or not all(c.isalnum() or c == "-" for c in text):
+        raise ValueError("expected a DNS label (letters, digits, '-')")
+    return text.lower()
+
+
+def _domain(text: str) -> str:
+    text = text.strip().strip(".")
+    labels = text.split(".")
+    try:
+        for label in labels:
+            _dns_label(label)
+    except ValueError:
+        raise ValueError("expected a DNS domain like cluster.local") from None
+    return text.lower()
+
+
+def _host_port(text: str) -> str:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected host:port, like 10.96.0.10:53")
+    _int_range(1, 65535)(port)
+    return f"{host.strip('[]')}:{int(port)}"
+
+
+def _write_concern(text: str) -> str:
+    text = text.strip().lower()
+    if text not in WRITE_CONCERNS:
+        raise ValueError("expected one of 1, majority, all")
+    return text
+
+
+def _replicate_from(text: str) -> str:
+    text = text.strip().lower()
+    if text not in ("primary", "previous"):
+        raise ValueError("expected primary or previous")
+    return text
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one field is read: its environment variable, flag and parser."""
+
+    env: str
+    flag: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+def _setting(env: str, flag: str, parse: Callable[[str], Any], help: str, default: Any) -> Any:
+    return field(default=default, metadata={"setting": Setting(env, flag, parse, help)})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a replica needs to know, validated."""
+
+    pod_name: str = _setting("POD_NAME", "--pod-name", _nonempty,
+                             "pod name kv-N (default: the hostname)", "")
+    namespace: str = _setting("POD_NAMESPACE", "--namespace", _dns_label,
+                              "Kubernetes namespace", "default")
+    service: str = _setting("KV_SERVICE", "--service", _dns_label,
+                            "headless Service name", "kv")
+    cluster_domain: str = _setting("KV_CLUSTER_DOMAIN", "--cluster-domain", _domain,
+                                   "cluster DNS domain", "cluster.local")
+    data_dir: str = _setting("KV_DATA_DIR", "--data-dir", _nonempty,
+                             "directory holding this replica's LevelDB", "/data")
+    bind_address: str = _setting("KV_BIND_ADDRESS", "--bind-address", _nonempty,
+                                 "address both ports listen on", "0.0.0.0")
+    http_port: int = _setting("KV_HTTP_PORT", "--http-port", _int_range(1, 65535),
+                              "client port", 8080)
+    peer_port: int = _setting("KV_PEER_PORT", "--peer-port", _int_range(1, 65535),
+                              "peer (replication) port", 8081)
+    dns_server: str = _setting("KV_DNS_SERVER", "--dns-server", _host_port,
+                               "DNS server host:port (default: the system resolver)", "")
+    cluster_token: str = _setting("KV_CLUSTER_TOKEN", "--cluster-token", _nonempty,
+                                  "shared secret for the peer port", "")
+    cluster_token_file: str = _setting("KV_CLUSTER_TOKEN_FILE", "--cluster-token-file",
+                                       _nonempty, "file holding the cluster token", "")
+    write_concern: str = _setting("KV_WRITE_CONCERN", "--write-concern", _write_concern,
+                                  "default write concern: 1, majority or all", "majority")
+    replicas: int = _setting("KV_REPLICAS", "--replicas", _int_range(1, 1000),
+                             "replicas the StatefulSet is configured with", 3)
+    max_key_bytes: int = _setting("KV_MAX_KEY_BYTES", "--max-key-bytes",
+                                  _int_range(1, 65536), "largest key in bytes", 1024)
+    max_value_bytes: int = _setting("KV_MAX_VALUE_BYTES", "--max-value-bytes",
+                                    _int_range(0, 64 * 1024 * 1024),
+                                    "largest value in bytes", 1024 * 1024)
+    log_retention: int = _setting("KV_LOG_RETENTION", "--log-retention",
+                                  _int_range(1, 1_000_000_000),
+                                  "replication log entries kept for followers", 100_000)
+    refresh_interval: float = _setting("KV_REFRESH_INTERVAL", "--refresh-interval",
+                                       _float_range(0.1, 3600),
+                                       "seconds between peer discovery refreshes", 2.0)
+    replicate_from: str = _setting("KV_REPLICATE_FROM", "--replicate-from", _replicate_from,
+                                   "pull from the primary, or from kv-(N-1) (cascade)",
+                                   "primary")
+    fsync: bool = _setting("KV_FSYNC", "--fsync", _bool,
+                           "fsync before acknowledging (false is for benchmarks only)", True)
+
+    @property
+    def ordinal(self) -> int:
+        """The StatefulSet ordinal of this pod."""
+        return parse_ordinal(self.pod_name)
+
+    @property
+    def role(self) -> str:
+        """``primary`` for ordinal 0, else ``secondary``."""
+        return role_of(self.ordinal)
+
+    def token(self) -> str:
+        """The cluster token, from the variable or the file (Kubernetes Secret)."""
+        if self.cluster_token:
+            return self.cluster_token
+        if self.cluster_token_file:
+            try:
+                with open(self.cluster_token_file, encoding="utf-8") as handle:
+                    token = handle.read().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    f"KV_CLUSTER_TOKEN_FILE: cannot read {self.cluster_token_file}: "
+                    f"{getattr(exc, 'strerror', None) or exc}"
+                ) from None
+            if not token:
+                raise ConfigError(f"KV_CLUSTER_TOKEN_FILE: {self.cluster_token_file} is empty")
+            return token
+        return ""
+
+
+def _settings() -> list[tuple[str, Setting]]:
+    return [(f.name, f.metadata["setting"]) for f in dataclasses.fields(Config)]
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; each defaults to None so the environment shows through."""
+    for name, setting in _settings():
+        parser.add_argument(setting.flag, dest=name, default=None, metavar="VALUE",
+                            help=f"{setting.help} [env {setting.env}]")
+
+
+def load(env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None) -> Config:
+    """Build a Config from the environment with flags over it; raise ConfigError if bad."""
+    env = os.environ if env is None else env
+    flags = flags or {}
+    values: dict[str, Any] = {}
+    for name, setting in _settings():
+        raw = flags.get(name)
+        source = setting.flag
+        if raw is None:
+            raw = env.get(setting.env)
+            source = setting.env
+        if raw is None or (raw == "" and source == setting.env):
+            continue  # unset or empty variable: keep the default
+        try:
+            values[name] = setting.parse(str(raw))
+        except ValueError as exc:
+            raise ConfigError(f"{source}={raw!r}: {exc}") from None
+    if not values.get("pod_name"):
+        values["pod_name"] = socket.gethostname()
+    config = Config(**values)
+    try:
+        config.ordinal
+    except ValueError as exc:
+        raise ConfigError(f"POD_NAME: {exc}") from None
+    if config.http_port == config.peer_port:
+        raise ConfigError("KV_HTTP_PORT and KV_PEER_PORT must differ")
+    config.token()  # a named but unreadable token file is a start-up error
+    return config
