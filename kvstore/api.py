@@ -1,0 +1,365 @@
+"""The client HTTP API (aiohttp): keys, listing, status, health and metrics.
+
+Every error is JSON ``{"error": code, "message": what to do}`` with the right
+status; a middleware turns anything unexpected into JSON too, so no request
+gets an HTML page or a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from importlib import resources
+from typing import Any, Awaitable, Callable, Mapping
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+
+from kvstore import storage
+from kvstore.config import WRITE_CONCERNS
+from kvstore.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from kvstore.replica import NoPrimary, ReadTimeout, Replica, WriteConcernTimeout
+
+log = logging.getLogger(__name__)
+
+KV_PREFIX = "/v1/kv/"
+MAX_LIST_LIMIT = 1000
+DEFAULT_LIST_LIMIT = 100
+MAX_MIN_LSN_WAIT = 10.0
+
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ETAG = re.compile(r'^"(0|[1-9][0-9]{0,18})"$')
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An error the client caused or must react to, rendered as JSON."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: Mapping[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+
+def error_response(status: int, code: str, message: str,
+                   headers: Mapping[str, str] | None = None, **extra: Any) -> web.Response:
+    """The JSON error body every endpoint uses."""
+    body = {"error": code, "message": message, **extra}
+    return web.json_response(body, status=status, headers=dict(headers or {}))
+
+
+# ------------------------------------------------------------------ parsing
+def decode_component(raw: str, what: str) -> str:
+    """Strictly percent-decode ``raw`` to UTF-8 text; ApiError 400 if malformed."""
+    if _BAD_PERCENT.search(raw):
+        raise ApiError(400, "bad_encoding", f"{what} has invalid percent-encoding: "
+                       "every % must be followed by two hex digits")
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_encoding", f"{what} is not valid UTF-8 once percent-decoded") from None
+
+
+def parse_query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    """Decode the query string; unknown or repeated parameters are a 400."""
+    raw = request.rel_url.raw_query_string
+    params: dict[str, str] = {}
+    if not raw:
+        return params
+    for part in raw.split("&"):
+        if not part:
+            continue
+        name_raw, _, value_raw = part.partition("=")
+        name = decode_component(name_raw.replace("+", " "), "a query parameter name")
+        value = decode_component(value_raw.replace("+", " "), f"query parameter {name!r}")
+        if name not in allowed:
+            accepted = ", ".join(allowed) or "none"
+            raise ApiError(400, "unknown_parameter",
+                           f"unknown query parameter {name!r}; this call accepts: {accepted}")
+        if name in params:
+            raise ApiError(400, "bad_parameter", f"query parameter {name!r} given twice")
+        params[name] = value
+    return params
+
+
+def parse_int(params: Mapping[str, str], name: str, low: int, high: int, default: int) -> int:
+    """An integer parameter within bounds, else ApiError 400 naming it."""
+    text = params.get(name)
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        raise ApiError(400, "bad_parameter", f"{name} must be an integer from {low} to {high}")
+    value = int(text)
+    if not low <= value <= high:
+        raise ApiError(400, "bad_parameter", f"{name} must be an integer from {low} to {high}")
+    return value
+
+
+def parse_etags(header: str, name: str) -> tuple[int, ...] | str:
+    """``*`` or a list of strong ETags ``"N"``; ApiError 400 otherwise."""
+    header = header.strip()
+    if header == "*":
+        return "*"
+    versions: list[int] = []
+    for tag in header.split(","):
+        match = _ETAG.match(tag.strip())
+        if not match:
+            raise ApiError(400, "bad_header", f'{name} must be * or ETags like "42" '
+                           "(the version from a previous answer)")
+        versions.append(int(match.group(1)))
+    return tuple(versions)
+
+
+def etag(version: int) -> str:
+    """The ETag for a key's version."""
+    return f'"{version}"'
+
+
+class ClientApi:
+    """Handlers of the client port, bound to one replica (``Node``)."""
+
+    def __init__(self, node: Replica) -> None:
+        self.node = node
+        self.config = node.config
+        self.metrics = node.metrics
+
+    # ------------------------------------------------------------ helpers
+    def key_of(self, request: web.Request) -> bytes:
+        raw = request.rel_url.raw_path[len(KV_PREFIX):]
+        if not raw:
+            raise ApiError(400, "bad_key", "the key is empty: use /v1/kv/<key>")
+        key = decode_component(raw, "the key").encode("utf-8")
+        if len(key) > self.config.max_key_bytes:
+            raise ApiError(413, "key_too_large",
+                           f"the key is {len(key)} bytes; the limit is {self.config.max_key_bytes}")
+        return key
+
+    def headers(self, record_lsn: int | None = None) -> dict[str, str]:
+        """Freshness headers every answer carries."""
+        out = {"X-Kv-Pod": self.config.pod_name, "X-Kv-Role": self.node.role,
+               "X-Kv-Lsn": str(self.node.store.lsn)}
+        primary_lsn = self.node.primary_lsn()
+        if primary_lsn is not None:
+            out["X-Kv-Primary-Lsn"] = str(primary_lsn)
+        return out
+
+    @staticmethod
+    def reject_body(request: web.Request) -> None:
+        if request.body_exists and request.content_length != 0:
+            raise ApiError(400, "unexpected_body", f"{request.method} takes no request body")
+
+    def write_concern(self, params: Mapping[str, str]) -> str:
+        w = params.get("w", self.config.write_concern).lower()
+        if w not in WRITE_CONCERNS:
+            raise ApiError(400, "bad_parameter", "w must be one of 1, majority, all")
+        return w
+
+    def conditions(self, request: web.Request) -> tuple[tuple[int, ...] | str | None, bool]:
+        if_match = request.headers.get("If-Match")
+        if_none = request.headers.get("If-None-Match")
+        match = parse_etags(if_match, "If-Match") if if_match is not None else None
+        if if_none is not None and if_none.strip() != "*":
+            raise ApiError(400, "bad_header", "If-None-Match on a write only accepts * (create only)")
+        if match is not None and if_none is not None:
+            raise ApiError(400, "bad_header", "use either If-Match or If-None-Match, not both")
+        return match, if_none is not None
+
+    async def read_body(self, request: web.Request) -> bytes:
+        limit = self.config.max_value_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, "value_too_large",
+                           f"the value is {request.content_length} bytes; the limit is {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "value_too_large", f"the value exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # ----------------------------------------------------------- handlers
+    async def put(self, request: web.Request) -> web.Response:
+        return await self._write(request, storage.PUT)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        return await self._write(request, storage.DELETE)
+
+    async def _write(self, request: web.Request, op: int) -> web.Response:
+        key = self.key_of(request)
+        params = parse_query(request, ("w",))
+        w = self.write_concern(params)
+        if_match, if_none_match = self.conditions(request)
+        if op == storage.PUT:
+            value: bytes | None = await self.read_body(request)
+        else:
+            self.reject_body(request)
+            value = None
+        mutation = storage.Mutation(op, key, value, if_match, if_none_match)
+        try:
+            result = await self.node.write(mutation, w, request)
+        except storage.PreconditionFailed as exc:
+            raise ApiError(412, "precondition_failed",
+                           "the key's current version does not match the condition; "
+                           "read it again and retry with its ETag",
+                           current_version=exc.current_version) from None
+        except storage.NotFound:
+            raise ApiError(404, "not_found", "no such key") from None
+        except WriteConcernTimeout as exc:
+            raise ApiError(504, "write_concern_timeout", str(exc), version=exc.lsn,
+                           confirmed=exc.confirmed, required=exc.required,
+                           headers={"ETag": etag(exc.lsn)}) from None
+        except NoPrimary as exc:
+            raise ApiError(503, "no_primary", str(exc), headers={"Retry-After": "1"}) from None
+        except storage.StorageError as exc:
+            raise ApiError(503, "storage_unavailable", f"{exc}; retry later",
+                           headers={"Retry-After": "1"}) from None
+        if isinstance(result, web.StreamResponse):  # answered by the primary (forwarded)
+            return result
+        body = {"key": key.decode(), "version": result, "deleted": op == storage.DELETE}
+        headers = self.headers()
+        headers["ETag"] = etag(result)
+        return web.json_response(body, headers=headers)
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        key = self.key_of(request)
+        params = parse_query(request, ("consistency", "min_lsn"))
+        self.reject_body(request)
+        consistency = params.get("consistency", "local")
+        if consistency not in ("local", "strong"):
+            raise ApiError(400, "bad_parameter", "consistency must be local or strong")
+        min_lsn = parse_int(params, "min_lsn", 0, 2**63 - 1, 0)
+        if_none = request.headers.get("If-None-Match")
+        cached = parse_etags(if_none, "If-None-Match") if if_none is not None else None
+        try:
+            forwarded = await self.node.prepare_read(request, consistency, min_lsn)
+        except ReadTimeout as exc:
+            raise ApiError(504, "min_lsn_timeout", str(exc)) from None
+        except NoPrimary as exc:
+            raise ApiError(503, "no_primary", str(exc), headers={"Retry-After": "1"}) from None
+        if forwarded is not None:
+            return forwarded
+        record = await self.node.store.get(key)
+        headers = self.headers()
+        if record is None:
+            raise ApiError(404, "not_found", "no such key", headers=headers)
+        headers["ETag"] = etag(record.version)
+        if cached is not None and (cached == "*" or record.version in cached):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=record.value, headers=headers,
+                            content_type="application/octet-stream")
+
+    async def list_keys(self, request: web.Request) -> web.Response:
+        params = parse_query(request, ("prefix", "start_after", "limit"))
+        self.reject_body(request)
+        limit = parse_int(params, "limit", 1, MAX_LIST_LIMIT, DEFAULT_LIST_LIMIT)
+        prefix = params.get("prefix", "").encode()
+        start_after = params["start_after"].encode() if "start_after" in params else None
+        for name, value in (("prefix", prefix), ("start_after", start_after or b"")):
+            if len(value) > self.config.max_key_bytes:
+                raise ApiError(400, "bad_parameter",
+                               f"{name} is longer than the key limit of {self.config.max_key_bytes} bytes")
+        rows = await self.node.store.scan(prefix, start_after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        keys = [key.decode() for key, _ in rows]
+        body = {"keys": keys, "versions": [version for _, version in rows],
+                "more": more, "next_start_after": keys[-1] if more else None}
+        return web.json_response(body, headers=self.headers())
+
+    async def status(self, request: web.Request) -> web.Response:
+        parse_query(request, ())
+        self.reject_body(request)
+        return web.json_response(self.node.status(), headers=self.headers())
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        parse_query(request, ())
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        parse_query(request, ())
+        ready, reason = self.node.readiness()
+        if not ready:
+            raise ApiError(503, "not_ready", reason, headers={"Retry-After": "1"})
+        return web.json_response({"status": "ready", "reason": reason})
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        parse_query(request, ())
+        self.metrics.lsn.set(self.node.store.lsn)
+        self.metrics.log_start.set(self.node.store.log_start)
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        parse_query(request, ())
+        return web.Response(body=openapi_document(), content_type="application/json")
+
+
+def openapi_document() -> bytes:
+    """The OpenAPI 3 document of the client API, shipped in the package."""
+    return resources.files("kvstore").joinpath("openapi.json").read_bytes()
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def make_error_middleware(metrics: Any) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """JSON errors for everything, plus request metrics."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
+        except web.HTTPRequestEntityTooLarge:
+            response = error_response(413, "too_large", "the request body is too large")
+        except web.HTTPException as exc:  # router 404/405 and friends
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+            message = {404: "no such endpoint; see /openapi.json",
+                       405: f"{request.method} is not allowed here; allowed: "
+                            f"{exc.headers.get('Allow', '')}"}.get(exc.status, exc.reason)
+            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+            response = error_response(exc.status, code, message, headers)
+        except Exception:  # a bug: log it, still answer in the contract's shape
+            log.exception("unhandled error on %s %s", request.method, request.rel_url)
+            response = error_response(500, "internal", "internal error; see the replica's log")
+        route = _route_name(request)
+        metrics.requests.labels(route, request.method, str(response.status)).inc()
+        metrics.request_seconds.labels(route, request.method).observe(time.perf_counter() - started)
+        return response
+
+    return middleware
+
+
+def create_app(node: Replica) -> web.Application:
+    """The client-port application of one replica."""
+    api = ClientApi(node)
+    # Bodies are streamed and bounded in read_body; aiohttp's own cap must not
+    # cut in first with an HTML 413.
+    app = web.Application(middlewares=[make_error_middleware(node.metrics)],
+                          client_max_size=node.config.max_value_bytes + 1)
+    app.router.add_get("/v1/kv", api.list_keys)
+    app.router.add_get("/v1/kv/{key:.*}", api.get)
+    app.router.add_put("/v1/kv/{key:.*}", api.put)
+    app.router.add_delete("/v1/kv/{key:.*}", api.delete)
+    app.router.add_get("/v1/status", api.status)
+    app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/readyz", api.readyz)
+    app.router.add_get("/metrics", api.metrics_text)
+    app.router.add_get("/openapi.json", api.openapi)
+    return app
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON for bodies built by hand."""
+    return json.dumps(obj, separators=(",", ":"))

@@ -1,0 +1,179 @@
+"""The ``kvstore`` command: serve, the client commands, and the cluster/chaos tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+import aiohttp
+
+from kvstore import config as config_mod
+from kvstore.client import Client, Reply
+
+DEFAULT_CLUSTER_DIR = "kvstore-cluster"
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line + usage, exit 2 (argparse's contract)
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_client_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=None,
+                        help="a replica's client URL (default: $KV_URL, else the local cluster in --dir)")
+    parser.add_argument("--dir", default=DEFAULT_CLUSTER_DIR,
+                        help=f"local cluster directory (default: ./{DEFAULT_CLUSTER_DIR})")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (public so the README's usage can be checked)."""
+    parser = _Parser(prog="kvstore", description="A replicated key-value store for Kubernetes StatefulSets")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="run one replica (what the container runs)")
+    config_mod.add_flags(serve)
+
+    get = sub.add_parser("get", help="print a key's value")
+    get.add_argument("key")
+    get.add_argument("--consistency", choices=("local", "strong"), default=None)
+    get.add_argument("--min-lsn", type=int, default=None)
+    _add_client_target(get)
+
+    put = sub.add_parser("put", help="set a key (value from the argument, or stdin with -)")
+    put.add_argument("key")
+    put.add_argument("value")
+    put.add_argument("-w", "--write-concern", dest="w", choices=config_mod.WRITE_CONCERNS, default=None)
+    put.add_argument("--if-match", type=int, default=None, help="compare-and-set on this version")
+    put.add_argument("--create-only", action="store_true", help="fail if the key exists")
+    _add_client_target(put)
+
+    delete = sub.add_parser("delete", help="delete a key")
+    delete.add_argument("key")
+    delete.add_argument("-w", "--write-concern", dest="w", choices=config_mod.WRITE_CONCERNS, default=None)
+    delete.add_argument("--if-match", type=int, default=None)
+    _add_client_target(delete)
+
+    ls = sub.add_parser("ls", help="list keys in order")
+    ls.add_argument("--prefix", default="")
+    ls.add_argument("--start-after", default=None)
+    ls.add_argument("--limit", type=int, default=None)
+    _add_client_target(ls)
+
+    status = sub.add_parser("status", help="a replica's status as JSON")
+    _add_client_target(status)
+
+    for register in _extensions():
+        register(sub)
+    return parser
+
+
+def _extensions() -> list[Callable[[Any], None]]:
+    """Sub-command groups that live with their own packages (cluster, chaos)."""
+    found = []
+    for module in ("kvstore.local.commands", "kvstore.chaos.commands"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        found.append(mod.register)
+    return found
+
+
+def resolve_url(args: argparse.Namespace) -> str:
+    """Where client commands go: --url, $KV_URL, else the local cluster's state file."""
+    url = args.url or os.environ.get("KV_URL")
+    if url:
+        if not url.startswith(("http://", "https://")):
+            raise CliError(f"--url {url!r}: expected http://host:port")
+        return url
+    try:
+        from kvstore.local.state import read_client_url
+    except ModuleNotFoundError:
+        read_client_url = None
+    if read_client_url is not None:
+        try:
+            return read_client_url(args.dir)
+        except (OSError, ValueError):
+            pass
+    raise CliError(f"no running cluster found in {args.dir!r}: start one with "
+                   "`kvstore cluster up`, or pass --url http://host:8080")
+
+
+def _print_error(command: str, reply: Reply) -> int:
+    if isinstance(reply.data, dict) and "error" in reply.data:
+        print(f"kvstore {command}: {reply.status} {reply.data['error']}: {reply.data.get('message', '')}",
+              file=sys.stderr)
+    else:
+        print(f"kvstore {command}: HTTP {reply.status}", file=sys.stderr)
+    return 1
+
+
+async def _client_command(args: argparse.Namespace) -> int:
+    url = resolve_url(args)
+    async with Client(url, timeout=args.timeout) as client:
+        if args.command == "get":
+            reply = await client.get(args.key, consistency=args.consistency, min_lsn=args.min_lsn)
+            if reply.status != 200:
+                return _print_error("get", reply)
+            sys.stdout.buffer.write(reply.body)
+            if sys.stdout.isatty():
+                sys.stdout.write("\n")
+            return 0
+        if args.command == "put":
+            value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()
+            reply = await client.put(args.key, value, w=args.w, if_match=args.if_match,
+                                     create_only=args.create_only)
+        elif args.command == "delete":
+            reply = await client.delete(args.key, w=args.w, if_match=args.if_match)
+        elif args.command == "ls":
+            reply = await client.list(args.prefix, args.start_after, args.limit)
+            if reply.status == 200:
+                for key in reply.data["keys"]:
+                    print(key)
+                return 0
+        else:
+            reply = await client.status()
+        if reply.status != 200:
+            return _print_error(args.command, reply)
+        print(json.dumps(reply.data, indent=2 if args.command == "status" else None))
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``kvstore`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            from kvstore import server
+
+            flags = {name: value for name, value in vars(args).items() if name != "command"}
+            try:
+                cfg = config_mod.load(flags=flags)
+            except config_mod.ConfigError as exc:
+                print(f"kvstore serve: {exc}", file=sys.stderr)
+                return 2
+            return server.run(cfg)
+        if args.command in ("get", "put", "delete", "ls", "status"):
+            return asyncio.run(_client_command(args))
+        return args.handler(args)
+    except CliError as exc:
+        print(f"kvstore {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+        print(f"kvstore {args.command}: cannot reach the replica: {exc or type(exc).__name__}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,124 @@
+"""``kvstore serve``: run one replica until SIGTERM/SIGINT.
+
+Start-up problems (data dir, LevelDB lock, a port in use) end the process with
+one line and exit status 2; SIGTERM stops accepting, lets in-flight requests
+finish, closes LevelDB and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hmac
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from kvstore import api
+from kvstore.config import Config, ConfigError
+from kvstore.metrics import Metrics
+from kvstore.replica import Replica
+from kvstore.storage import Store, StorageError
+
+log = logging.getLogger("kvstore")
+
+SHUTDOWN_GRACE = 5.0
+
+
+class StartupError(Exception):
+    """The replica cannot start; the message is the one line to print."""
+
+
+def make_peer_app(replica: Replica, token: str) -> web.Application:
+    """The peer-port application: every call needs the cluster token."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def require_token(request: web.Request, handler: api.Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        # Constant-time so the token cannot be guessed byte by byte.
+        if not token or not hmac.compare_digest(given, expected):
+            replica.metrics.peer_auth_failures.inc()
+            log.warning("peer call refused: missing or wrong token from %s for %s",
+                        request.remote, request.rel_url.path)
+            return api.error_response(401, "unauthorized",
+                                      "the peer port needs the cluster token (Authorization: Bearer)")
+        return await handler(request)
+
+    app = web.Application(middlewares=[api.make_error_middleware(replica.metrics), require_token])
+
+    async def ping(request: web.Request) -> web.Response:
+        return web.json_response({"name": replica.config.pod_name, "lsn": replica.store.lsn,
+                                  "history_id": replica.store.history_id})
+
+    app.router.add_get("/v1/peer/ping", ping)
+    return app
+
+
+async def _start_site(runner: web.AppRunner, host: str, port: int, what: str) -> None:
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"{what} port {host}:{port} is already in use") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise StartupError(f"{what} address {host} is not an address of this machine") from None
+        raise StartupError(f"cannot listen on {host}:{port} ({what}): {exc.strerror}") from None
+
+
+async def serve(config: Config) -> None:
+    """Run one replica until a stop signal; raise StartupError on a bad start."""
+    metrics = Metrics()
+    try:
+        token = config.token()
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        store = Store.open(config.data_dir, fsync=config.fsync,
+                           log_retention=config.log_retention, on_commit=metrics.observe_commit)
+    except StorageError as exc:
+        raise StartupError(str(exc)) from None
+    await store.start()
+    replica = Replica(config, store, metrics)
+    client_runner = web.AppRunner(api.create_app(replica), access_log=None,
+                                  shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
+    peer_runner = web.AppRunner(make_peer_app(replica, token), access_log=None,
+                                shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await client_runner.setup()
+        await peer_runner.setup()
+        await _start_site(client_runner, config.bind_address, config.http_port, "client")
+        await _start_site(peer_runner, config.bind_address, config.peer_port, "peer")
+        log.info("%s serving as %s at lsn %d: client %s:%d, peer %s:%d, data %s%s",
+                 config.pod_name, replica.role, store.lsn, config.bind_address, config.http_port,
+                 config.bind_address, config.peer_port, config.data_dir,
+                 "" if config.fsync else " (fsync OFF: benchmark mode, writes are not durable)")
+        if not token:
+            log.warning("no cluster token set (KV_CLUSTER_TOKEN / KV_CLUSTER_TOKEN_FILE): "
+                        "the peer port refuses every call")
+        await stop.wait()
+        log.info("%s stopping: finishing in-flight requests", config.pod_name)
+    finally:
+        await client_runner.cleanup()
+        await peer_runner.cleanup()
+        await store.close()
+        log.info("%s stopped cleanly at lsn %d", config.pod_name, store.lsn)
+
+
+def run(config: Config) -> int:
+    """Entry point of ``kvstore serve``: exit status 0, or 2 with one line on a bad start."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s {config.pod_name} %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(config))
+    except StartupError as exc:
+        print(f"kvstore serve: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,491 @@
+"""Storage: one LevelDB per replica holding data, replication log and metadata.
+
+Key layout (distinct prefixes in one database, so all three change together in
+one atomic WriteBatch):
+
+- ``d/<key>``       -> 8-byte version (LSN of the key's last write) + value
+- ``l/<8-byte LSN>`` -> encoded :class:`LogEntry`
+- ``m/<name>``      -> metadata: applied LSN, history id, first retained LSN
+
+Writes go through a single committer task (group commit): every mutation that
+arrives while a batch is being fsynced joins the next batch, so concurrent
+writers share one fsync. The committer's disk work runs on a dedicated thread,
+never on the event loop. No networking lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import shutil
+import struct
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+import plyvel
+
+log = logging.getLogger(__name__)
+
+DATA = b"d/"
+LOG = b"l/"
+META = b"m/"
+META_LSN = META + b"lsn"
+META_HISTORY = META + b"history"
+META_LOG_START = META + b"log_start"
+
+PUT = 1
+DELETE = 2
+
+_U64 = struct.Struct(">Q")
+_ENTRY_HEAD = struct.Struct(">QBI")  # lsn, op, key length
+
+ACTIVE_FILE = "ACTIVE"  # names the live LevelDB directory inside the data dir
+MAX_BATCH = 1024  # mutations per group commit
+
+
+class StorageError(Exception):
+    """The disk refused a write or the database could not be opened."""
+
+
+class PreconditionFailed(Exception):
+    """An If-Match / If-None-Match condition did not hold."""
+
+    def __init__(self, current_version: int | None) -> None:
+        super().__init__("precondition failed")
+        self.current_version = current_version
+
+
+class NotFound(Exception):
+    """The key to delete does not exist."""
+
+
+class LogTruncated(Exception):
+    """The requested log position is older than the retained log."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One replicated write: ``value`` is None for a delete."""
+
+    lsn: int
+    op: int
+    key: bytes
+    value: bytes | None
+
+    def encode(self) -> bytes:
+        """Wire and disk form: lsn, op, key length, key, value."""
+        return _ENTRY_HEAD.pack(self.lsn, self.op, len(self.key)) + self.key + (self.value or b"")
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview) -> "LogEntry":
+        """Inverse of :meth:`encode`; raises ValueError on a malformed entry."""
+        if len(data) < _ENTRY_HEAD.size:
+            raise ValueError("log entry too short")
+        lsn, op, key_len = _ENTRY_HEAD.unpack_from(data)
+        start = _ENTRY_HEAD.size
+        if op not in (PUT, DELETE) or start + key_len > len(data):
+            raise ValueError("malformed log entry")
+        key = bytes(data[start:start + key_len])
+        value = bytes(data[start + key_len:]) if op == PUT else None
+        return cls(lsn, op, key, value)
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """A client write with its optional conditions.
+
+    ``if_match`` is None (no condition), ``"*"`` (key must exist) or a tuple
+    of acceptable versions; ``if_none_match`` means create only.
+    """
+
+    op: int
+    key: bytes
+    value: bytes | None = None
+    if_match: tuple[int, ...] | str | None = None
+    if_none_match: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A stored value and its version (the LSN of its last write)."""
+
+    value: bytes
+    version: int
+
+
+@dataclass
+class _Job:
+    mutations: list[Mutation] | None
+    entries: list[LogEntry] | None
+    future: asyncio.Future[Any]
+
+
+def _pack_record(version: int, value: bytes) -> bytes:
+    return _U64.pack(version) + value
+
+
+def _unpack_version(raw: bytes) -> int:
+    return _U64.unpack_from(raw)[0]
+
+
+class Store:
+    """A replica's LevelDB with group commit, LSNs and a retained log."""
+
+    def __init__(self, db: plyvel.DB, path: str, fsync: bool = True,
+                 log_retention: int = 100_000,
+                 on_commit: Callable[[int, float], None] | None = None) -> None:
+        self._db = db
+        self.path = path
+        self.fsync = fsync
+        self.log_retention = log_retention
+        self._on_commit = on_commit
+        self._lsn = self._meta_int(META_LSN)
+        self._log_start = self._meta_int(META_LOG_START) or 1
+        history = db.get(META_HISTORY)
+        self.history_id = history.decode() if history else ""
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._truncator: asyncio.Task[None] | None = None
+        # One thread owns every write so batches stay ordered; reads use others.
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kv-commit")
+        self._readers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="kv-read")
+        self._lsn_changed = asyncio.Event()
+        self._closed = False
+
+    # ----------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, data_dir: str, **kwargs: Any) -> "Store":
+        """Open (creating if needed) the replica's database under ``data_dir``.
+
+        Raises StorageError with a one-line reason: unwritable directory, or
+        the LevelDB lock held by another replica.
+        """
+        try:
+            os.makedirs(data_dir, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create data dir {data_dir}: {exc.strerror}") from None
+        if not os.access(data_dir, os.W_OK | os.X_OK):
+            raise StorageError(f"data dir {data_dir} is not writable")
+        path = os.path.join(data_dir, active_db_name(data_dir))
+        try:
+            db = plyvel.DB(path, create_if_missing=True)
+        except plyvel.IOError as exc:
+            text = str(exc)
+            if "lock" in text.lower():
+                raise StorageError(
+                    f"data dir {data_dir} is in use by another replica (LevelDB lock held)"
+                ) from None
+            raise StorageError(f"cannot open LevelDB in {path}: {text}") from None
+        except plyvel.Error as exc:
+            raise StorageError(f"cannot open LevelDB in {path}: {exc}") from None
+        store = cls(db, path, **kwargs)
+        if not store.history_id:
+            store._stamp_history(uuid.uuid4().hex)
+        return store
+
+    def _stamp_history(self, history_id: str) -> None:
+        self._db.put(META_HISTORY, history_id.encode(), sync=True)
+        self.history_id = history_id
+
+    def _meta_int(self, key: bytes) -> int:
+        raw = self._db.get(key)
+        return _unpack_version(raw) if raw else 0
+
+    async def start(self) -> None:
+        """Start the committer and the background log truncation."""
+        self._queue = asyncio.Queue()
+        self._committer = asyncio.create_task(self._commit_loop(), name="kv-committer")
+        self._truncator = asyncio.create_task(self._truncate_loop(), name="kv-truncator")
+
+    async def close(self) -> None:
+        """Finish queued writes, stop background work and close LevelDB."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in (self._truncator, self._committer):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        if self._queue is not None:
+            while not self._queue.empty():
+                job = self._queue.get_nowait()
+                if not job.future.done():
+                    job.future.set_exception(StorageError("replica is shutting down"))
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        self._db.close()
+
+    # --------------------------------------------------------------- positions
+    @property
+    def lsn(self) -> int:
+        """The last LSN written (primary) or applied (secondary)."""
+        return self._lsn
+
+    @property
+    def log_start(self) -> int:
+        """The first LSN still in the retained log."""
+        return self._log_start
+
+    async def wait_for_lsn(self, lsn: int, timeout: float) -> bool:
+        """Wait until this replica has reached ``lsn``; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._lsn < lsn:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            event = self._lsn_changed
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except asyncio.TimeoutError:
+                return self._lsn >= lsn
+        return True
+
+    def _advance(self, lsn: int) -> None:
+        self._lsn = lsn
+        event, self._lsn_changed = self._lsn_changed, asyncio.Event()
+        event.set()
+
+    # ------------------------------------------------------------------ reads
+    async def get(self, key: bytes) -> Record | None:
+        """The key's value and version, or None."""
+        raw = await self._read(self._db.get, DATA + key)
+        if raw is None:
+            return None
+        return Record(raw[_U64.size:], _unpack_version(raw))
+
+    async def scan(self, prefix: bytes, start_after: bytes | None, limit: int) -> list[tuple[bytes, int]]:
+        """Up to ``limit`` (key, version) pairs with ``prefix``, in key order."""
+        return await self._read(self._scan, prefix, start_after, limit)
+
+    def _scan(self, prefix: bytes, start_after: bytes | None, limit: int) -> list[tuple[bytes, int]]:
+        out: list[tuple[bytes, int]] = []
+        start = DATA + start_after if start_after is not None and start_after >= prefix else DATA + prefix
+        with self._db.iterator(start=start, include_start=start_after is None
+                               or start_after < prefix) as it:
+            for raw_key, raw in it:
+                key = raw_key[len(DATA):]
+                if not raw_key.startswith(DATA) or not key.startswith(prefix):
+                    break
+                out.append((key, _unpack_version(raw)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def log_after(self, after: int, max_entries: int, max_bytes: int) -> list[LogEntry]:
+        """Log entries with LSN > ``after``, bounded in count and bytes.
+
+        Raises LogTruncated when entries after ``after`` are no longer retained.
+        """
+        return await self._read(self._log_after, after, max_entries, max_bytes)
+
+    def _log_after(self, after: int, max_entries: int, max_bytes: int) -> list[LogEntry]:
+        if after + 1 < self._log_start and after < self._lsn:
+            raise LogTruncated(after)
+        out: list[LogEntry] = []
+        size = 0
+        with self._db.iterator(start=LOG + _U64.pack(after + 1), stop=LOG + b"\xff" * 8,
+                               include_key=False) as it:
+            for raw in it:
+                entry = LogEntry.decode(raw)
+                out.append(entry)
+                size += len(raw)
+                if len(out) >= max_entries or size >= max_bytes:
+                    break
+        if out and out[0].lsn != after + 1:  # truncated under us
+            raise LogTruncated(after)
+        return out
+
+    def iterate_data(self) -> Iterator[tuple[bytes, bytes]]:
+        """(key, raw record) pairs from a consistent LevelDB snapshot (blocking)."""
+        snapshot = self._db.snapshot()
+        try:
+            with snapshot.iterator(prefix=DATA) as it:
+                for raw_key, raw in it:
+                    yield raw_key[len(DATA):], raw
+        finally:
+            snapshot.close()
+
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+
+    # ----------------------------------------------------------------- writes
+    async def write(self, mutation: Mutation) -> int:
+        """Commit one mutation durably and return its LSN (the key's new version).
+
+        Raises PreconditionFailed, NotFound (delete of an absent key) or
+        StorageError.
+        """
+        results = await self._submit(_Job([mutation], None, asyncio.get_running_loop().create_future()))
+        result = results[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def apply(self, entries: list[LogEntry]) -> None:
+        """Apply replicated entries (already numbered by the primary) in one batch."""
+        if entries:
+            await self._submit(_Job(None, entries, asyncio.get_running_loop().create_future()))
+
+    async def _submit(self, job: _Job) -> Any:
+        if self._queue is None or self._closed:
+            raise StorageError("replica is shutting down")
+        self._queue.put_nowait(job)
+        return await job.future
+
+    async def _commit_loop(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self._queue.get()]
+            count = len(jobs[0].mutations or jobs[0].entries or ())
+            # Everything queued while the previous fsync ran shares this one.
+            while not self._queue.empty() and count < MAX_BATCH:
+                job = self._queue.get_nowait()
+                jobs.append(job)
+                count += len(job.mutations or job.entries or ())
+            started = time.perf_counter()
+            try:
+                new_lsn, results = await loop.run_in_executor(self._writer, self._commit, jobs)
+            except Exception as exc:  # the disk refused: nobody is acknowledged
+                log.error("commit failed: %s", exc)
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(StorageError(f"write failed: {exc}"))
+                continue
+            if self._on_commit is not None:
+                self._on_commit(count, time.perf_counter() - started)
+            if new_lsn != self._lsn:
+                self._advance(new_lsn)
+            for job, result in zip(jobs, results):
+                if not job.future.done():
+                    job.future.set_result(result)
+
+    def _commit(self, jobs: list[_Job]) -> tuple[int, list[Any]]:
+        """Build and write one batch (runs on the writer thread)."""
+        lsn = self._lsn
+        overlay: dict[bytes, int | None] = {}
+        results: list[Any] = []
+        with self._db.write_batch(sync=self.fsync) as batch:
+            for job in jobs:
+                if job.entries is not None:
+                    for entry in job.entries:
+                        if entry.lsn <= lsn:
+                            continue  # already applied (a retried fetch)
+                        self._put_entry(batch, entry)
+                        lsn = entry.lsn
+                    results.append(None)
+                    continue
+                job_results: list[Any] = []
+                for mutation in job.mutations or ():
+                    current = overlay[mutation.key] if mutation.key in overlay else self._version(mutation.key)
+                    failure = _check(mutation, current)
+                    if failure is not None:
+                        job_results.append(failure)
+                        continue
+                    lsn += 1
+                    self._put_entry(batch, LogEntry(lsn, mutation.op, mutation.key, mutation.value))
+                    overlay[mutation.key] = lsn if mutation.op == PUT else None
+                    job_results.append(lsn)
+                results.append(job_results)
+            if lsn != self._lsn:
+                batch.put(META_LSN, _U64.pack(lsn))
+        return lsn, results
+
+    @staticmethod
+    def _put_entry(batch: Any, entry: LogEntry) -> None:
+        if entry.op == PUT:
+            batch.put(DATA + entry.key, _pack_record(entry.lsn, entry.value or b""))
+        else:
+            batch.delete(DATA + entry.key)
+        batch.put(LOG + _U64.pack(entry.lsn), entry.encode())
+
+    def _version(self, key: bytes) -> int | None:
+        raw = self._db.get(DATA + key)
+        return None if raw is None else _unpack_version(raw)
+
+    # ------------------------------------------------------------- truncation
+    async def truncate_log(self) -> int:
+        """Drop log entries beyond the retention bound; return how many."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self._truncate)
+
+    def _truncate(self) -> int:
+        keep_from = self._lsn - self.log_retention + 1
+        if keep_from <= self._log_start:
+            return 0
+        dropped = 0
+        # Chunks keep each batch small; the start marker moves first so a reader
+        # never sees a gap it was not told about.
+        while self._log_start < keep_from:
+            end = min(keep_from, self._log_start + 10_000)
+            with self._db.write_batch() as batch:
+                batch.put(META_LOG_START, _U64.pack(end))
+                for lsn in range(self._log_start, end):
+                    batch.delete(LOG + _U64.pack(lsn))
+            dropped += end - self._log_start
+            self._log_start = end
+        return dropped
+
+    async def _truncate_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            try:
+                dropped = await self.truncate_log()
+            except Exception as exc:  # keep serving; retry next round
+                log.warning("log truncation failed: %s", exc)
+                continue
+            if dropped:
+                log.debug("truncated %d log entries", dropped)
+
+
+def _check(mutation: Mutation, current: int | None) -> Exception | None:
+    if mutation.if_none_match and current is not None:
+        return PreconditionFailed(current)
+    if mutation.if_match is not None:
+        if current is None:
+            return PreconditionFailed(None)
+        if mutation.if_match != "*" and current not in mutation.if_match:
+            return PreconditionFailed(current)
+    if mutation.op == DELETE and current is None:
+        return NotFound()
+    return None
+
+
+def active_db_name(data_dir: str) -> str:
+    """The name of the live database directory (swapped atomically by snapshots)."""
+    try:
+        with open(os.path.join(data_dir, ACTIVE_FILE), encoding="ascii") as handle:
+            name = handle.read().strip()
+    except FileNotFoundError:
+        return "db"
+    if not name or "/" in name or name.startswith("."):
+        raise StorageError(f"{data_dir}/{ACTIVE_FILE} is corrupt: {name!r}")
+    return name
+
+
+def set_active_db(data_dir: str, name: str) -> None:
+    """Point the data dir at another database directory, atomically and durably."""
+    tmp = os.path.join(data_dir, ACTIVE_FILE + ".tmp")
+    with open(tmp, "w", encoding="ascii") as handle:
+        handle.write(name)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, os.path.join(data_dir, ACTIVE_FILE))
+    fd = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_dbs(data_dir: str, keep: str, names: Iterable[str]) -> None:
+    """Delete database directories other than ``keep`` (left by interrupted snapshots)."""
+    for name in names:
+        if name != keep and (name == "db" or name.startswith("db-")):
+            shutil.rmtree(os.path.join(data_dir, name), ignore_errors=True)
