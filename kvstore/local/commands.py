@@ -1,0 +1,410 @@
+"""``kvstore cluster up|status|scale|kill|down``: a StatefulSet on this machine.
+
+``up`` runs the controller in the foreground (``--detach``: in the
+background, logging to ``logs/controller.log``). The other commands find it
+through the cluster dir: ``controller.lock`` says whether it runs,
+``cluster.json`` holds its state, ``control.sock`` takes scale/kill/down.
+Every failure is one line on stderr and exit status 1 (2 for bad flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import aiohttp
+
+from kvstore.local import control
+from kvstore.local.runtime import RUNTIMES, RuntimeUnavailable, get_runtime
+from kvstore.local.state import (
+    LOG_DIR, ClusterError, ControllerLock, ensure_token, prepare_dir, read_state,
+    remove_state, running_pid, write_state,
+)
+from kvstore.local.statefulset import (
+    DEFAULTS, GRACE_PERIOD, MAX_REPLICAS, ClusterSpec, Pod, StatefulSet, check_replicas, format_age,
+)
+
+DEFAULT_DIR = "kvstore-cluster"
+COLUMNS = ("NAME", "READY", "STATUS", "RESTARTS", "AGE", "ADDRESS", "ROLE", "LSN")
+
+
+# -- flag types: each rejects bad input with one line --------------------------------------
+
+def _replicas(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_REPLICAS}, got {text!r}") from None
+    if not 0 <= value <= MAX_REPLICAS:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_REPLICAS}, got {text!r}")
+    return value
+
+
+def _loopback(text: str) -> str:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an IPv4 loopback address like 127.0.0.10, got {text!r}") from None
+    if address.version != 4 or not address.is_loopback:
+        raise argparse.ArgumentTypeError(f"expected an address in 127.0.0.0/8, got {text!r}")
+    return str(address)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 3600, got {text!r}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    """Add ``cluster`` and its sub-commands to the ``kvstore`` parser."""
+    cluster = subparsers.add_parser("cluster", help="a local StatefulSet: up, status, scale, kill, down",
+                                    description="Run kvstore as a StatefulSet on this machine.")
+    cluster.set_defaults(handler=handle)
+    sub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
+
+    def with_dir(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("--dir", default=DEFAULT_DIR,
+                            help=f"cluster directory (default: ./{DEFAULT_DIR})")
+        return parser
+
+    up = with_dir(sub.add_parser("up", help="start DNS and the pods, ordered; Ctrl-C stops in reverse"))
+    up.add_argument("--replicas", type=_replicas, default=DEFAULTS.replicas,
+                    help=f"number of pods (default {DEFAULTS.replicas})")
+    up.add_argument("--parallel", action="store_true",
+                    help="podManagementPolicy Parallel: start and stop pods all at once")
+    up.add_argument("--runtime", choices=RUNTIMES, default="process", help="how pods run (default process)")
+    up.add_argument("--detach", action="store_true",
+                    help="run the controller in the background; return once all pods are Ready")
+    up.add_argument("--base-address", type=_loopback, default="127.0.0.10",
+                    help="address of kv-0; kv-N gets base+N (default 127.0.0.10)")
+    up.add_argument("--dns-address", type=_loopback, default="127.0.0.2",
+                    help="address of the cluster DNS server (default 127.0.0.2)")
+    up.add_argument("--dns-port", type=_port, default=0, help="DNS port (default: any free port)")
+    up.add_argument("--grace", type=_seconds, default=GRACE_PERIOD,
+                    help=f"seconds a pod gets to stop after SIGTERM (default {GRACE_PERIOD:g})")
+    up.add_argument("--timeout", type=_seconds, default=120.0,
+                    help="with --detach: seconds to wait for all pods to be Ready (default 120)")
+
+    with_dir(sub.add_parser("status", help="the pods, like kubectl get pods"))
+
+    scale = with_dir(sub.add_parser("scale", help="set the number of pods"))
+    scale.add_argument("replicas", type=_replicas, metavar="N")
+    scale.add_argument("--wait", action="store_true", help="wait until exactly N pods are Ready")
+    scale.add_argument("--timeout", type=_seconds, default=120.0, help="with --wait: seconds (default 120)")
+
+    kill = with_dir(sub.add_parser("kill", help="SIGKILL a pod; the controller restarts it"))
+    kill.add_argument("pod", metavar="POD", help="pod name, like kv-1")
+
+    down = with_dir(sub.add_parser("down", help="stop every pod in reverse order and the controller"))
+    down.add_argument("--timeout", type=_seconds, default=120.0, help="seconds to wait (default 120)")
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Run one ``kvstore cluster`` sub-command; returns the exit status."""
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "up": _up, "status": _status, "scale": _scale, "kill": _kill, "down": _down,
+    }
+    try:
+        return handlers[args.cluster_command](args)
+    except (ClusterError, RuntimeUnavailable) as exc:
+        print(f"kvstore cluster {args.cluster_command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- up ----------------------------------------------------------------------------------
+
+def _up(args: argparse.Namespace) -> int:
+    runtime = get_runtime(args.runtime)
+    directory = prepare_dir(args.dir)
+    spec = ClusterSpec(directory=directory, replicas=args.replicas, parallel=args.parallel,
+                       base_address=args.base_address, dns_address=args.dns_address,
+                       dns_port=args.dns_port, grace=args.grace)
+    try:
+        check_replicas(spec, args.replicas)
+    except ValueError as exc:
+        raise ClusterError(str(exc)) from None
+    pid = running_pid(directory)
+    if pid is not None:
+        raise ClusterError(f"a cluster is already running in {directory} (controller pid {pid}); "
+                           "stop it with `kvstore cluster down` or choose another --dir")
+    _check_ports(spec)
+    if args.detach:
+        return _detach(args, directory)
+    return asyncio.run(_run_controller(spec, runtime, watch=True))
+
+
+def _check_ports(spec: ClusterSpec) -> None:
+    """Fail early, in one line, when a pod's address or port is taken (another cluster?)."""
+    for ordinal in range(spec.replicas):
+        for port in (spec.http_port, spec.peer_port):
+            address = spec.address(ordinal)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((address, port))
+                except OSError as exc:
+                    why = "is in use (another cluster? try --base-address)" \
+                        if exc.errno == errno.EADDRINUSE else f"cannot be used: {exc.strerror}"
+                    raise ClusterError(f"{address}:{port} for {spec.pod_name(ordinal)} {why}") from None
+
+
+class _Watch:
+    """Prints pod changes like ``kubectl get pods -w`` and keeps cluster.json current."""
+
+    def __init__(self, directory: Path, echo: bool) -> None:
+        self.directory = directory
+        self.echo = echo
+        self._last: dict[str, tuple[Any, ...]] = {}
+
+    def __call__(self, statefulset: StatefulSet, pod: Pod | None) -> None:
+        try:
+            write_state(self.directory, statefulset.to_dict())
+        except OSError as exc:
+            print(f"cannot write cluster state: {exc}", file=sys.stderr)
+        if not self.echo:
+            return
+        for _, p in sorted(statefulset.pods.items()):
+            row = (p.ready, p.status, p.restarts)
+            if self._last.get(p.name) != row:
+                self._last[p.name] = row
+                print(_row(p.name, p.ready, p.status, p.restarts, p.created_at,
+                           f"{p.spec.address}:{p.spec.http_port}"), flush=True)
+        for name in set(self._last) - {p.name for p in statefulset.pods.values()}:
+            del self._last[name]
+            print(f"{name:<8}deleted", flush=True)
+
+
+def _row(name: str, ready: bool, status: str, restarts: int, created: float, address: str) -> str:
+    return (f"{name:<8}{'1/1' if ready else '0/1':<7}{status:<18}{restarts:<10}"
+            f"{format_age(time.time() - created):<8}{address}")
+
+
+async def _run_controller(spec: ClusterSpec, runtime: Any, watch: bool) -> int:
+    directory = spec.directory
+    # On a terminal the watch lines say it all; in a log file (--detach) the details help.
+    logging.basicConfig(level=logging.WARNING if sys.stdout.isatty() else logging.INFO,
+                        stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lock = ControllerLock(directory)
+    lock.acquire()
+    try:
+        spec.token_path = ensure_token(directory)
+        stop = asyncio.Event()
+        statefulset = StatefulSet(spec, runtime, on_change=_Watch(directory, echo=watch))
+        loop = asyncio.get_running_loop()
+        force = False
+
+        def on_signal() -> None:
+            nonlocal force
+            if stop.is_set():  # a second Ctrl-C: do not wait for graceful stops
+                force = True
+                print("killing all pods", flush=True)
+                statefulset.kill_all()
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, on_signal)
+        server = control.ControlServer(statefulset, directory, stop)
+        try:
+            try:
+                await statefulset.start()
+            except OSError as exc:
+                raise ClusterError(f"cannot start DNS on {spec.dns_address}:{spec.dns_port}: "
+                                   f"{exc.strerror or exc}") from None
+            # Printed before the first await lets the reconcile loop create pods.
+            print(f"StatefulSet {spec.statefulset}: {spec.replicas} replicas, {spec.policy}; "
+                  f"DNS {statefulset.dns.address} for {statefulset.dns.service.domain}; "
+                  f"dir {directory}", flush=True)
+            if watch:
+                print(f"{'NAME':<8}{'READY':<7}{'STATUS':<18}{'RESTARTS':<10}{'AGE':<8}ADDRESS", flush=True)
+            await server.start()
+            await stop.wait()
+            print("stopping pods in reverse order (Ctrl-C again to kill them)", flush=True)
+        finally:
+            await server.stop()
+            await statefulset.stop(force=force)
+            remove_state(directory)
+        print("cluster stopped", flush=True)
+        return 0
+    finally:
+        lock.release()
+
+
+def _detach(args: argparse.Namespace, directory: Path) -> int:
+    command = [sys.executable, "-m", "kvstore.local.commands", "up", "--dir", str(directory),
+               "--replicas", str(args.replicas), "--runtime", args.runtime,
+               "--base-address", args.base_address, "--dns-address", args.dns_address,
+               "--dns-port", str(args.dns_port), "--grace", str(args.grace)]
+    if args.parallel:
+        command.append("--parallel")
+    log_path = directory / LOG_DIR / "controller.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # survives this terminal
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ClusterError(f"the controller exited: {_last_line(log_path)} (log: {log_path})")
+        try:
+            state = read_state(directory)
+        except ClusterError:
+            state = None
+        if state is not None:
+            ready = sum(1 for p in state["pods"] if p.get("ready") and p["ordinal"] < args.replicas)
+            if ready == args.replicas:
+                print(f"cluster up in {directory}: {ready}/{args.replicas} pods Ready "
+                      f"(controller pid {proc.pid}, log {log_path})")
+                return _print_status(directory, state)
+        time.sleep(0.2)
+    raise ClusterError(f"not all pods Ready after {args.timeout:g}s; the controller (pid {proc.pid}) "
+                       f"keeps trying: see `kvstore cluster status --dir {args.dir}` and {directory / LOG_DIR}")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].strip() if lines else "no output"
+
+
+# -- status ------------------------------------------------------------------------------
+
+def _status(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    return _print_status(directory, read_state(directory))
+
+
+async def _pod_status(session: aiohttp.ClientSession, pod: dict[str, Any]) -> dict[str, Any]:
+    url = f"http://{pod['address']}:{pod['http_port']}/v1/status"
+    try:
+        async with session.get(url) as response:
+            if response.status == 200:
+                data = await response.json()
+                return data if isinstance(data, dict) else {}
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+        pass
+    return {}
+
+
+async def _pod_statuses(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session:
+        return await asyncio.gather(*(_pod_status(session, p) for p in pods))
+
+
+def _print_status(directory: Path, state: dict[str, Any]) -> int:
+    pods = sorted(state["pods"], key=lambda p: p["ordinal"])
+    live = asyncio.run(_pod_statuses(pods)) if pods else []
+    rows = [COLUMNS]
+    for pod, status in zip(pods, live):
+        lsn = status.get("lsn")
+        rows.append((
+            pod["name"], "1/1" if pod.get("ready") else "0/1", pod["status"], str(pod["restarts"]),
+            format_age(time.time() - pod["created_at"]), f"{pod['address']}:{pod['http_port']}",
+            str(status.get("role") or "-"), "-" if lsn is None else str(lsn),
+        ))
+    if not pods:
+        print(f"No pods in {directory} (replicas: {state.get('replicas')})")
+        return 0
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    for row in rows:
+        print("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+# -- scale, kill, down -------------------------------------------------------------------
+
+def _require_running(directory: Path) -> int:
+    pid = running_pid(directory)
+    if pid is None:
+        raise ClusterError(f"no cluster is running in {directory}: start one with `kvstore cluster up`")
+    return pid
+
+
+def _scale(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    _require_running(directory)
+    answer = asyncio.run(control.call(directory, "POST", "/v1/scale", {"replicas": args.replicas}))
+    print(f"scaled from {answer['previous']} to {answer['replicas']} replicas")
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        state = read_state(directory)
+        pods = state["pods"]
+        if len(pods) == args.replicas and all(p.get("ready") for p in pods):
+            return _print_status(directory, state)
+        time.sleep(0.2)
+    raise ClusterError(f"{args.replicas} pods not all Ready after {args.timeout:g}s; "
+                       "see `kvstore cluster status`")
+
+
+def _kill(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    _require_running(directory)
+    answer = asyncio.run(control.call(directory, "POST", "/v1/kill", {"pod": args.pod}))
+    print(f"{answer['killed']} killed (SIGKILL); the controller restarts it")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    pid = _require_running(directory)
+    try:
+        asyncio.run(control.call(directory, "POST", "/v1/down"))
+    except ClusterError:
+        # The control socket is gone or stuck: SIGTERM does the same orderly stop.
+        if pid > 0:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    print(f"stopping the cluster in {directory} (pods in reverse order)", flush=True)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if running_pid(directory) is None:
+            print("cluster stopped")
+            return 0
+        time.sleep(0.2)
+    raise ClusterError(f"the controller (pid {pid}) is still stopping after {args.timeout:g}s")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage line + one error line, exit 2 (argparse's contract)
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m kvstore.local.commands up …``: the cluster commands alone (used by --detach)."""
+    parser = _Parser(prog="kvstore")
+    register(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
+    args = parser.parse_args(["cluster", *(sys.argv[1:] if argv is None else argv)])
+    return handle(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""The controller's control API: HTTP over the Unix socket ``control.sock`` in the cluster dir.
+
+A Unix socket rather than a TCP port: no port to collide with another
+cluster, and file permissions (0600) decide who may scale or kill pods.
+
+    GET  /v1/cluster             the state (same as cluster.json)
+    POST /v1/scale {"replicas"}  set the replica count
+    POST /v1/kill  {"pod"}       SIGKILL one pod's container
+    POST /v1/down                stop every pod in reverse order, then exit
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from kvstore.local.state import SOCKET_FILE, ClusterError
+from kvstore.local.statefulset import StatefulSet
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class ControlServer:
+    """Serves the control API of one controller."""
+
+    def __init__(self, statefulset: StatefulSet, directory: Path, stop: asyncio.Event) -> None:
+        self.statefulset = statefulset
+        self.path = directory / SOCKET_FILE
+        self.stop_requested = stop
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Listen on ``control.sock`` (replacing a stale one left by a dead controller)."""
+        app = web.Application()
+        app.router.add_get("/v1/cluster", self._cluster)
+        app.router.add_post("/v1/scale", self._scale)
+        app.router.add_post("/v1/kill", self._kill)
+        app.router.add_post("/v1/down", self._down)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        if self.path.exists():
+            self.path.unlink()  # we hold the controller lock, so this socket is stale
+        await web.UnixSite(self._runner, str(self.path)).start()
+        os.chmod(self.path, 0o600)
+
+    async def stop(self) -> None:
+        """Stop serving; safe to call twice."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _json(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(text='{"error": "expected a JSON object"}',
+                                     content_type="application/json")
+        return body
+
+    async def _cluster(self, request: web.Request) -> web.Response:
+        return web.json_response(self.statefulset.to_dict())
+
+    async def _scale(self, request: web.Request) -> web.Response:
+        replicas = (await self._json(request)).get("replicas")
+        if not isinstance(replicas, int) or isinstance(replicas, bool):
+            return _error(400, "replicas must be an integer")
+        if self.statefulset.stopping:
+            return _error(409, "the cluster is stopping")
+        try:
+            previous = self.statefulset.scale(replicas)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        return web.json_response({"replicas": replicas, "previous": previous})
+
+    async def _kill(self, request: web.Request) -> web.Response:
+        name = (await self._json(request)).get("pod")
+        pods = self.statefulset.pods
+        pod = self.statefulset.pod(name) if isinstance(name, str) else None
+        if pod is None:
+            names = ", ".join(p.name for _, p in sorted(pods.items())) or "none"
+            return _error(404, f"pod {name} not found (pods: {names})")
+        if not pod.kill():
+            return _error(409, f"{pod.name} has no running container ({pod.status})")
+        return web.json_response({"killed": pod.name})
+
+    async def _down(self, request: web.Request) -> web.Response:
+        self.stop_requested.set()
+        return web.json_response({"stopping": True}, status=202)
+
+
+async def call(directory: Path, method: str, path: str, body: dict[str, Any] | None = None,
+               timeout: float = 10.0) -> dict[str, Any]:
+    """Call the control API of the controller in ``directory``.
+
+    Returns the JSON answer of a 2xx; raises ClusterError with the
+    controller's message otherwise, or when it does not answer.
+    """
+    sock = directory / SOCKET_FILE
+    connector = aiohttp.UnixConnector(path=str(sock))
+    try:
+        async with aiohttp.ClientSession(connector=connector,
+                                         timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            async with session.request(method, f"http://controller{path}", json=body) as response:
+                data = await response.json(content_type=None)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        raise ClusterError(f"the controller in {directory} does not answer on {sock}: "
+                           f"{exc or type(exc).__name__}") from None
+    if not 200 <= response.status < 300:
+        message = data.get("error") if isinstance(data, dict) else None
+        raise ClusterError(message or f"controller answered HTTP {response.status}")
+    return data
