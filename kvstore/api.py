@@ -20,17 +20,17 @@ from aiohttp import web
 from kvstore import storage
 from kvstore.config import WRITE_CONCERNS
 from kvstore.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from kvstore.replica import NoPrimary, ReadTimeout, Replica, WriteConcernTimeout
+from kvstore.replica import LsnAhead, NoPrimary, ReadTimeout, Replica, WriteConcernTimeout
 
 log = logging.getLogger(__name__)
 
 KV_PREFIX = "/v1/kv/"
 MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100
-MAX_MIN_LSN_WAIT = 10.0
 
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_ETAG = re.compile(r'^"(0|[1-9][0-9]{0,18})"$')
+# Strong ETags are quoted ("42"); a bare 42 is accepted too, as curl users type it.
+_ETAG = re.compile(r'^("?)(0|[1-9][0-9]{0,17})\1$')
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -113,7 +113,7 @@ def parse_etags(header: str, name: str) -> tuple[int, ...] | str:
         if not match:
             raise ApiError(400, "bad_header", f'{name} must be * or ETags like "42" '
                            "(the version from a previous answer)")
-        versions.append(int(match.group(1)))
+        versions.append(int(match.group(2)))
     return tuple(versions)
 
 
@@ -167,8 +167,6 @@ class ClientApi:
         match = parse_etags(if_match, "If-Match") if if_match is not None else None
         if if_none is not None and if_none.strip() != "*":
             raise ApiError(400, "bad_header", "If-None-Match on a write only accepts * (create only)")
-        if match is not None and if_none is not None:
-            raise ApiError(400, "bad_header", "use either If-Match or If-None-Match, not both")
         return match, if_none is not None
 
     async def read_body(self, request: web.Request) -> bytes:
@@ -242,6 +240,8 @@ class ClientApi:
             forwarded = await self.node.prepare_read(request, consistency, min_lsn)
         except ReadTimeout as exc:
             raise ApiError(504, "min_lsn_timeout", str(exc)) from None
+        except LsnAhead as exc:
+            raise ApiError(412, "min_lsn_ahead", str(exc)) from None
         except NoPrimary as exc:
             raise ApiError(503, "no_primary", str(exc), headers={"Retry-After": "1"}) from None
         if forwarded is not None:

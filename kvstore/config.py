@@ -159,6 +159,10 @@ class Config:
     refresh_interval: float = _setting("KV_REFRESH_INTERVAL", "--refresh-interval",
                                        _float_range(0.1, 3600),
                                        "seconds between peer discovery refreshes", 2.0)
+    read_wait: float = _setting("KV_READ_WAIT", "--read-wait", _float_range(0, 300),
+                                "seconds a min_lsn read waits before answering 504", 5.0)
+    write_timeout: float = _setting("KV_WRITE_TIMEOUT", "--write-timeout", _float_range(0.1, 300),
+                                    "seconds a write waits for its write concern before 504", 5.0)
     replicate_from: str = _setting("KV_REPLICATE_FROM", "--replicate-from", _replicate_from,
                                    "pull from the primary, or from kv-(N-1) (cascade)",
                                    "primary")

@@ -21,6 +21,10 @@ class NoPrimary(Exception):
     """The primary cannot take the write now; the client should retry."""
 
 
+class LsnAhead(Exception):
+    """``min_lsn`` names a write the primary never made."""
+
+
 class ReadTimeout(Exception):
     """``min_lsn`` was not reached in time."""
 
@@ -81,7 +85,11 @@ class Replica:
 
     async def prepare_read(self, request: web.Request, consistency: str, min_lsn: int) -> web.StreamResponse | None:
         """Wait for ``min_lsn``; a non-None answer was served elsewhere (the primary)."""
-        if min_lsn and not await self.store.wait_for_lsn(min_lsn, 5.0):
+        if min_lsn > self.store.lsn and self.role == PRIMARY:
+            # The primary numbers every write, so no client can have seen this LSN.
+            raise LsnAhead(f"min_lsn {min_lsn} is ahead of the primary's last write "
+                           f"({self.store.lsn}); use the version a write answered")
+        if min_lsn and not await self.store.wait_for_lsn(min_lsn, self.config.read_wait):
             raise ReadTimeout(f"this replica has applied up to {self.store.lsn}, "
                               f"not {min_lsn}; retry or read from kv-0")
         if consistency == "strong" and self.role != PRIMARY:

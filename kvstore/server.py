@@ -91,11 +91,13 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    started = False
     try:
         await client_runner.setup()
         await peer_runner.setup()
         await _start_site(client_runner, config.bind_address, config.http_port, "client")
         await _start_site(peer_runner, config.bind_address, config.peer_port, "peer")
+        started = True
         log.info("%s serving as %s at lsn %d: client %s:%d, peer %s:%d, data %s%s",
                  config.pod_name, replica.role, store.lsn, config.bind_address, config.http_port,
                  config.bind_address, config.peer_port, config.data_dir,
@@ -109,7 +111,8 @@ async def serve(config: Config) -> None:
         await client_runner.cleanup()
         await peer_runner.cleanup()
         await store.close()
-        log.info("%s stopped cleanly at lsn %d", config.pod_name, store.lsn)
+        if started:  # a failed start prints its one line and nothing else
+            log.info("%s stopped cleanly at lsn %d", config.pod_name, store.lsn)
 
 
 def run(config: Config) -> int:

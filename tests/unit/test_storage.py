@@ -1,0 +1,193 @@
+"""Storage: LSNs, atomic conditional writes, group commit, log retention, reopening."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from kvstore import storage
+from kvstore.storage import LogEntry, Mutation, Store
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    commits: list[int] = []
+    s = Store.open(str(tmp_path / "data"), on_commit=lambda n, _s: commits.append(n))
+    s.commits = commits  # type: ignore[attr-defined]
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def put(key: str, value: bytes = b"v", **kw) -> Mutation:
+    return Mutation(storage.PUT, key.encode(), value, **kw)
+
+
+def delete(key: str, **kw) -> Mutation:
+    return Mutation(storage.DELETE, key.encode(), None, **kw)
+
+
+async def test_each_write_gets_the_next_lsn_and_is_readable(store: Store) -> None:
+    assert store.lsn == 0
+    assert await store.write(put("a", b"1")) == 1
+    assert await store.write(put("b", b"2")) == 2
+    assert await store.write(put("a", b"3")) == 3
+    record = await store.get(b"a")
+    assert record is not None and record.value == b"3" and record.version == 3
+    assert store.lsn == 3
+    assert await store.get(b"missing") is None
+
+
+async def test_delete_removes_and_absent_delete_is_not_found(store: Store) -> None:
+    await store.write(put("a"))
+    assert await store.write(delete("a")) == 2
+    assert await store.get(b"a") is None
+    with pytest.raises(storage.NotFound):
+        await store.write(delete("a"))
+    assert store.lsn == 2  # the failed delete used no LSN
+
+
+async def test_conditions_compare_and_set_and_create_only(store: Store) -> None:
+    v1 = await store.write(put("k", b"1", if_none_match=True))
+    with pytest.raises(storage.PreconditionFailed) as exc:
+        await store.write(put("k", b"2", if_none_match=True))
+    assert exc.value.current_version == v1
+    with pytest.raises(storage.PreconditionFailed):
+        await store.write(put("k", b"2", if_match=(v1 + 100,)))
+    v2 = await store.write(put("k", b"2", if_match=(v1,)))
+    assert v2 > v1
+    with pytest.raises(storage.PreconditionFailed) as exc:
+        await store.write(put("absent", if_match="*"))
+    assert exc.value.current_version is None
+    assert (await store.get(b"k")).value == b"2"
+
+
+async def test_concurrent_compare_and_set_lets_exactly_one_win(store: Store) -> None:
+    version = await store.write(put("counter", b"0"))
+    results = await asyncio.gather(
+        *(store.write(put("counter", str(i).encode(), if_match=(version,))) for i in range(20)),
+        return_exceptions=True)
+    winners = [r for r in results if isinstance(r, int)]
+    assert len(winners) == 1
+    assert all(isinstance(r, storage.PreconditionFailed) for r in results if not isinstance(r, int))
+
+
+async def test_concurrent_writes_share_group_commits(store: Store) -> None:
+    lsns = await asyncio.gather(*(store.write(put(f"k{i}")) for i in range(200)))
+    assert sorted(lsns) == list(range(1, 201))
+    assert sum(store.commits) == 200
+    # Writes that arrive while a commit runs share the next one.
+    assert len(store.commits) < 20
+
+
+async def test_log_after_returns_entries_in_order_and_bounded(store: Store) -> None:
+    for i in range(10):
+        await store.write(put(f"k{i}", b"x" * 10))
+    await store.write(delete("k0"))
+    entries = await store.log_after(0, 100, 1 << 20)
+    assert [e.lsn for e in entries] == list(range(1, 12))
+    assert entries[-1].op == storage.DELETE and entries[-1].value is None
+    assert [e.lsn for e in await store.log_after(5, 3, 1 << 20)] == [6, 7, 8]
+    assert len(await store.log_after(0, 100, 1)) == 1  # byte bound, at least one entry
+    assert await store.log_after(11, 100, 1 << 20) == []
+
+
+async def test_truncation_keeps_the_retention_bound(tmp_path: Path) -> None:
+    s = Store.open(str(tmp_path / "d"), log_retention=5)
+    await s.start()
+    try:
+        for i in range(12):
+            await s.write(put(f"k{i}"))
+        assert await s.truncate_log() == 7
+        assert s.log_start == 8
+        with pytest.raises(storage.LogTruncated):
+            await s.log_after(3, 10, 1 << 20)
+        assert [e.lsn for e in await s.log_after(7, 10, 1 << 20)] == [8, 9, 10, 11, 12]
+        # Data is untouched by log truncation.
+        assert (await s.get(b"k0")).version == 1
+    finally:
+        await s.close()
+
+
+async def test_apply_replicated_entries_is_idempotent(store: Store) -> None:
+    entries = [LogEntry(1, storage.PUT, b"a", b"1"), LogEntry(2, storage.PUT, b"b", b"2"),
+               LogEntry(3, storage.DELETE, b"a", None)]
+    await store.apply(entries)
+    await store.apply(entries[1:])  # a retried fetch
+    assert store.lsn == 3
+    assert await store.get(b"a") is None
+    assert (await store.get(b"b")).version == 2
+    assert [e.lsn for e in await store.log_after(0, 10, 1 << 20)] == [1, 2, 3]
+
+
+async def test_scan_prefix_start_after_and_limit(store: Store) -> None:
+    for key in ["a", "app/1", "app/2", "app/3", "b", "ap"]:
+        await store.write(put(key))
+    assert [k for k, _ in await store.scan(b"app/", None, 10)] == [b"app/1", b"app/2", b"app/3"]
+    assert [k for k, _ in await store.scan(b"app/", b"app/1", 10)] == [b"app/2", b"app/3"]
+    assert [k for k, _ in await store.scan(b"", None, 2)] == [b"a", b"ap"]
+    assert [k for k, _ in await store.scan(b"", b"app/3", 10)] == [b"b"]
+    assert await store.scan(b"app/", b"b", 10) == []
+    assert [k for k, _ in await store.scan(b"app/", b"a", 10)] == [b"app/1", b"app/2", b"app/3"]
+
+
+async def test_wait_for_lsn(store: Store) -> None:
+    assert not await store.wait_for_lsn(1, 0.05)
+    waiter = asyncio.create_task(store.wait_for_lsn(2, 5))
+    await store.write(put("a"))
+    assert not waiter.done()
+    await store.write(put("b"))
+    assert await waiter
+
+
+async def test_reopen_keeps_data_lsn_and_history(tmp_path: Path) -> None:
+    path = str(tmp_path / "d")
+    s = Store.open(path)
+    await s.start()
+    await s.write(put("a", b"1"))
+    history = s.history_id
+    await s.close()
+    s = Store.open(path)
+    await s.start()
+    try:
+        assert s.lsn == 1 and s.history_id == history and len(history) == 32
+        assert (await s.get(b"a")).value == b"1"
+        assert await s.write(put("b")) == 2
+    finally:
+        await s.close()
+
+
+async def test_second_open_of_same_dir_is_refused(tmp_path: Path) -> None:
+    s = Store.open(str(tmp_path / "d"))
+    try:
+        with pytest.raises(storage.StorageError, match="in use by another replica"):
+            Store.open(str(tmp_path / "d"))
+    finally:
+        await s.close()
+
+
+def test_uncreatable_data_dir_is_refused() -> None:
+    # /proc refuses new directories even to root, so this holds in CI too.
+    with pytest.raises(storage.StorageError, match="cannot create data dir"):
+        Store.open("/proc/kvstore-test/data")
+
+
+def test_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(storage.StorageError, match="cannot create data dir"):
+        Store.open(str(tmp_path / "file"))
+
+
+def test_log_entry_round_trip_and_malformed() -> None:
+    entry = LogEntry(7, storage.PUT, "ключ".encode(), b"\x00\xffvalue")
+    assert LogEntry.decode(entry.encode()) == entry
+    gone = LogEntry(8, storage.DELETE, b"k", None)
+    assert LogEntry.decode(gone.encode()) == gone
+    with pytest.raises(ValueError):
+        LogEntry.decode(b"short")
+    with pytest.raises(ValueError):
+        LogEntry.decode(entry.encode()[:14])  # key cut off
