@@ -1,0 +1,321 @@
+"""Build the kvstore container image on a machine without an image registry.
+
+``python -m kvstore.local.image [--tag kvstore:0.1.0]`` builds the project's
+Dockerfile so that nothing inside the build needs the network:
+
+1. The base image: the Dockerfile's default (``python:3.11-slim``) when the
+   engine already has it; otherwise a minimal Debian root filesystem made with
+   ``debootstrap`` (python3 + python3-venv) from the host's Debian mirror and
+   ``docker import``-ed as :data:`LOCAL_BASE_TAG`. It is cached by that tag;
+   the first build takes about a minute.
+2. A wheelhouse on the host (``build/wheelhouse``): the kvstore wheel built
+   from the work tree, and wheels of every dependency for the base image's
+   Python and platform (``pip download --only-binary``). Wheels already there
+   are reused without asking PyPI.
+3. ``docker build`` with ``BASE_IMAGE`` and ``WHEELHOUSE`` set and the build's
+   network mode ``none``.
+
+The tests (tests/container) and ``kvstore cluster up --runtime docker`` call
+:func:`ensure_image`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import docker
+import docker.errors
+
+log = logging.getLogger("kvstore.local.image")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TAG = "kvstore:0.1.0"
+OFFICIAL_BASE = "python:3.11-slim"  # the Dockerfile's default BASE_IMAGE
+DEBIAN_SUITE = "bookworm"           # its python3 is 3.11
+# Bump the revision when the recipe below changes: the tag is the cache key.
+LOCAL_BASE_TAG = f"kvstore-base:{DEBIAN_SUITE}-python3-r1"
+WHEELHOUSE = "build/wheelhouse"     # relative to the project; .dockerignore lets it through
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+_RECIPE_LABEL = "org.kvstore.base-recipe"
+
+
+class ImageError(RuntimeError):
+    """The image cannot be built; the message says what is missing."""
+
+
+Say = Callable[[str], None]
+
+
+def _say_to_log(message: str) -> None:
+    log.info("%s", message)
+
+
+@contextlib.contextmanager
+def _build_lock(name: str) -> Iterator[None]:
+    """Serialize builds across processes (the lead's and a helper's test runs share one engine)."""
+    path = Path(tempfile.gettempdir()) / f"kvstore-image-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock"
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def client_or_error() -> docker.DockerClient:
+    """A client for the local engine, or ImageError saying why there is none."""
+    try:
+        client = docker.from_env(timeout=300)
+        client.ping()
+    except Exception as exc:  # the SDK raises several unrelated types when no engine answers
+        raise ImageError(f"no Docker engine reachable: {exc}") from None
+    return client
+
+
+def _has_image(client: docker.DockerClient, ref: str) -> bool:
+    try:
+        client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def debian_mirror() -> str:
+    """The Debian mirror: $KVSTORE_DEBIAN_MIRROR, else the one apt on this host uses."""
+    override = os.environ.get("KVSTORE_DEBIAN_MIRROR")
+    if override:
+        return override
+    sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
+    for path in sources:
+        with contextlib.suppress(OSError):
+            for stanza in path.read_text().split("\n\n"):
+                fields = dict(
+                    line.split(":", 1) for line in stanza.splitlines()
+                    if ":" in line and not line.startswith(("#", " "))
+                )
+                suites = fields.get("Suites", "").split()
+                uris = fields.get("URIs", "").split()
+                if DEBIAN_SUITE in suites and uris and "security" not in uris[0]:
+                    return uris[0].strip()
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/apt/sources.list").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == "deb" and DEBIAN_SUITE in parts[2:3]:
+                url = next(p for p in parts[1:] if "://" in p)
+                if "security" not in url:
+                    return url
+    return DEFAULT_MIRROR
+
+
+def _run(argv: list[str], say: Say, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command; on failure raise ImageError with the tail of its output."""
+    say("$ " + " ".join(argv))
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=None if env is None else {**os.environ, **env})
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-25:])
+        raise ImageError(f"{argv[0]} failed with status {proc.returncode}:\n{tail}")
+    return proc
+
+
+def build_local_base(client: docker.DockerClient, tag: str = LOCAL_BASE_TAG, say: Say = _say_to_log) -> str:
+    """Make a Debian base image with python3 using debootstrap, and import it as ``tag``."""
+    if os.geteuid() != 0:
+        raise ImageError("building the local base image runs debootstrap, which needs root")
+    debootstrap = shutil.which("debootstrap") or (
+        "/usr/sbin/debootstrap" if Path("/usr/sbin/debootstrap").exists() else None)
+    if debootstrap is None:
+        raise ImageError("debootstrap is not installed: apt-get install -y debootstrap "
+                         "(or make the official base image available: docker pull python:3.11-slim)")
+    mirror = debian_mirror()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="kvstore-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        _run([debootstrap, "--variant=minbase", "--include=python3,python3-venv",
+              DEBIAN_SUITE, str(rootfs), mirror], say)
+        # What only the package manager needs: the image never runs apt.
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc",
+                     "usr/share/man", "usr/share/info", "usr/share/locale"):
+            target = rootfs / junk
+            if target.is_dir():
+                for child in target.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+        tarball = Path(tmp) / "rootfs.tar"
+        _run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(tarball), "."], say)
+        repository, _, version = tag.rpartition(":")
+        say(f"importing {tarball} as {tag}")
+        client.api.import_image(
+            src=str(tarball), repository=repository, tag=version,
+            changes=[
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "ENV LANG=C.UTF-8",
+                f'LABEL {_RECIPE_LABEL}="{tag} debootstrap {DEBIAN_SUITE} minbase python3 python3-venv"',
+                'CMD ["python3"]',
+            ],
+        )
+    if not _has_image(client, tag):
+        raise ImageError(f"docker import did not produce {tag}")
+    say(f"base image {tag} built in {time.monotonic() - started:.0f}s")
+    return tag
+
+
+def ensure_base_image(client: docker.DockerClient, say: Say = _say_to_log) -> str:
+    """The base image to build on: $KVSTORE_BASE_IMAGE, the official slim image, or a local one."""
+    wanted = os.environ.get("KVSTORE_BASE_IMAGE")
+    if wanted:
+        if not _has_image(client, wanted):
+            raise ImageError(f"KVSTORE_BASE_IMAGE={wanted} is not in the engine (there is no registry to pull from)")
+        return wanted
+    if _has_image(client, OFFICIAL_BASE):
+        return OFFICIAL_BASE
+    with _build_lock(LOCAL_BASE_TAG):
+        if not _has_image(client, LOCAL_BASE_TAG):
+            build_local_base(client, LOCAL_BASE_TAG, say)
+    return LOCAL_BASE_TAG
+
+
+def base_python(client: docker.DockerClient, base: str) -> tuple[str, str]:
+    """The base image's Python version ("3.11") and machine ("x86_64")."""
+    out = client.containers.run(
+        base, ["python3", "-c", "import sys, platform; print(f'{sys.version_info[0]}.{sys.version_info[1]}', platform.machine())"],
+        remove=True, network_mode="none",
+    )
+    version, machine = out.decode().split()
+    if tuple(int(p) for p in version.split(".")) < (3, 11):
+        raise ImageError(f"{base} has Python {version}; kvstore needs 3.11 or newer")
+    return version, machine
+
+
+def build_wheelhouse(project: Path, python_version: str, machine: str, say: Say = _say_to_log) -> Path:
+    """Fill ``project/build/wheelhouse`` with the kvstore wheel and all its dependencies' wheels."""
+    wheelhouse = project / WHEELHOUSE
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    for old in wheelhouse.glob("kvstore-*.whl"):
+        old.unlink()  # exactly one kvstore wheel: the work tree as it is now
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    with tempfile.TemporaryDirectory(prefix="kvstore-wheel-") as tmp:
+        # A fixed timestamp makes the wheel byte-identical for an unchanged tree, so
+        # the engine's layer cache holds and a rebuild of the same code is instant.
+        _run(pip + ["wheel", "--no-deps", "--quiet", "--wheel-dir", tmp, str(project)], say,
+             env={"SOURCE_DATE_EPOCH": "315532800"})
+        built = list(Path(tmp).glob("kvstore-*.whl"))
+        if len(built) != 1:
+            raise ImageError(f"pip wheel built {built}, expected one kvstore wheel")
+        wheel = wheelhouse / built[0].name
+        shutil.copy2(built[0], wheel)
+    abi = "cp" + python_version.replace(".", "")
+    platforms = [f"manylinux_2_{minor}_{machine}" for minor in (36, 34, 31, 28, 27, 26, 24, 17, 12, 5)]
+    platforms += [f"manylinux2014_{machine}", f"manylinux2010_{machine}", f"manylinux1_{machine}", f"linux_{machine}"]
+    download = pip + ["download", "--quiet", "--only-binary=:all:", "--dest", str(wheelhouse),
+                      "--python-version", python_version, "--implementation", "cp", "--abi", abi,
+                      "--abi", "abi3", "--abi", "none"]
+    for platform in platforms:
+        download += ["--platform", platform]
+    try:  # everything already there: no PyPI round trips on reruns
+        _run(download + ["--no-index", "--find-links", str(wheelhouse), str(wheel)], lambda _m: None)
+        say(f"wheelhouse {wheelhouse} is complete")
+    except ImageError:
+        _run(download + [str(wheel)], say)
+    return wheelhouse
+
+
+def _image_id(client: docker.DockerClient, ref: str) -> str | None:
+    try:
+        return client.images.get(ref).id
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _remove_if_dangling(client: docker.DockerClient, image_id: str | None, say: Say) -> None:
+    """Remove an image this build replaced, unless it still has a tag or a container."""
+    if image_id is None:
+        return
+    try:
+        if client.images.get(image_id).tags:
+            return
+        client.images.remove(image_id)
+        say(f"removed the replaced image {image_id[7:19]}")
+    except docker.errors.ImageNotFound:
+        pass
+    except docker.errors.APIError:
+        pass  # still used by a container: the engine keeps it, and so do we
+
+
+def build_stage_tag(tag: str) -> str:
+    """The tag kept on the Dockerfile's build stage, so its layers stay cached by tag."""
+    repository, _, version = tag.rpartition(":")
+    return f"{repository}-build:{version}"
+
+
+def build_image(client: docker.DockerClient, tag: str = DEFAULT_TAG, project: Path = PROJECT_ROOT,
+                say: Say = _say_to_log) -> str:
+    """Build the project's Dockerfile offline as ``tag``; return the image id.
+
+    The build stage is tagged too (:func:`build_stage_tag`): the engine would keep
+    it anyway as cache, untagged; with a tag it is a cache entry, not litter. Images
+    a rebuild replaces are removed.
+    """
+    base = ensure_base_image(client, say)
+    version, machine = base_python(client, base)
+    with _build_lock("wheelhouse"):
+        build_wheelhouse(project, version, machine, say)
+        say(f"docker build -t {tag} --build-arg BASE_IMAGE={base} --build-arg WHEELHOUSE={WHEELHOUSE} --network none")
+        started = time.monotonic()
+        replaced = {t: _image_id(client, t) for t in (tag, build_stage_tag(tag))}
+        common = dict(
+            path=str(project), dockerfile="Dockerfile",
+            buildargs={"BASE_IMAGE": base, "WHEELHOUSE": WHEELHOUSE},
+            network_mode="none",  # proves the build needs no network
+            pull=False, rm=True, forcerm=True,
+        )
+        try:
+            client.images.build(tag=build_stage_tag(tag), target="build", **common)
+            image, _logs = client.images.build(tag=tag, **common)
+        except docker.errors.BuildError as exc:
+            lines = [c.get("stream", c.get("error", "")) for c in exc.build_log if isinstance(c, dict)]
+            raise ImageError("docker build failed:\n" + "".join(lines)[-4000:]) from None
+        for old in replaced.values():
+            _remove_if_dangling(client, old, say)
+    say(f"image {tag} ({image.short_id}) built in {time.monotonic() - started:.0f}s")
+    return image.id
+
+
+def ensure_image(tag: str = DEFAULT_TAG, say: Say = _say_to_log) -> str:
+    """Build ``tag`` from the work tree (layers cached by the engine); return the image id."""
+    return build_image(client_or_error(), tag, PROJECT_ROOT, say)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: build the image, print its id."""
+    parser = argparse.ArgumentParser(prog="python -m kvstore.local.image", description=__doc__.splitlines()[0])
+    parser.add_argument("--tag", default=DEFAULT_TAG, help=f"image tag (default {DEFAULT_TAG})")
+    parser.add_argument("--quiet", action="store_true", help="print only the image id")
+    args = parser.parse_args(argv)
+    say: Say = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        image_id = ensure_image(args.tag, say)
+    except ImageError as exc:
+        print(f"kvstore image: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"tag": args.tag, "id": image_id}) if not args.quiet else image_id)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
