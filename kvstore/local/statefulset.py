@@ -190,7 +190,7 @@ class Pod:
                 await asyncio.wait_for(self._wake.wait(), backoff)  # delete() cuts the wait short
             backoff = min(backoff * 2, BACKOFF_MAX)
             if not self.deleting:
-                self.restarts += 1
+                self._set(restarts=self.restarts + 1)
 
     async def _probe(self) -> None:
         url = f"http://{self.spec.address}:{self.spec.http_port}/readyz"
