@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -25,6 +26,7 @@ from typing import Any, Callable, Sequence
 
 import aiohttp
 
+from kvstore.config import Config
 from kvstore.local import control
 from kvstore.local.runtime import RUNTIMES, RuntimeUnavailable, get_runtime
 from kvstore.local.state import (
@@ -77,6 +79,28 @@ def _seconds(text: str) -> float:
     return value
 
 
+# Set by the controller per pod (identity, addresses): not the user's to override.
+_CONTROLLER_ENV = {"POD_NAME", "POD_NAMESPACE", "KV_SERVICE", "KV_CLUSTER_DOMAIN", "KV_DATA_DIR",
+                   "KV_BIND_ADDRESS", "KV_HTTP_PORT", "KV_PEER_PORT", "KV_DNS_SERVER", "KV_REPLICAS",
+                   "KV_CLUSTER_TOKEN", "KV_CLUSTER_TOKEN_FILE"}
+
+
+def _env_var(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    settings = {f.metadata["setting"].env: f.metadata["setting"] for f in dataclasses.fields(Config)}
+    if not sep or name not in settings:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected NAME=VALUE with NAME one of the KV_* settings "
+            "(see `kvstore serve --help`)")
+    if name in _CONTROLLER_ENV:
+        raise argparse.ArgumentTypeError(f"{name} is set by the controller for each pod")
+    try:
+        settings[name].parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{name}={value!r}: {exc}") from None
+    return name, value
+
+
 def register(subparsers: Any) -> None:
     """Add ``cluster`` and its sub-commands to the ``kvstore`` parser."""
     cluster = subparsers.add_parser("cluster", help="a local StatefulSet: up, status, scale, kill, down",
@@ -106,6 +130,9 @@ def register(subparsers: Any) -> None:
                     help=f"seconds a pod gets to stop after SIGTERM (default {GRACE_PERIOD:g})")
     up.add_argument("--timeout", type=_seconds, default=120.0,
                     help="with --detach: seconds to wait for all pods to be Ready (default 120)")
+    up.add_argument("--env", type=_env_var, action="append", default=[], metavar="NAME=VALUE",
+                    help="extra pod environment, like env: in the pod template (repeatable), "
+                         "e.g. --env KV_WRITE_CONCERN=all")
 
     with_dir(sub.add_parser("status", help="the pods, like kubectl get pods"))
 
@@ -142,7 +169,7 @@ def _up(args: argparse.Namespace) -> int:
     directory = prepare_dir(args.dir)
     spec = ClusterSpec(directory=directory, replicas=args.replicas, parallel=args.parallel,
                        base_address=args.base_address, dns_address=args.dns_address,
-                       dns_port=args.dns_port, grace=args.grace)
+                       dns_port=args.dns_port, grace=args.grace, extra_env=dict(args.env))
     try:
         check_replicas(spec, args.replicas)
     except ValueError as exc:
@@ -260,6 +287,8 @@ def _detach(args: argparse.Namespace, directory: Path) -> int:
                "--dns-port", str(args.dns_port), "--grace", str(args.grace)]
     if args.parallel:
         command.append("--parallel")
+    for name, value in args.env:
+        command.append(f"--env={name}={value}")
     log_path = directory / LOG_DIR / "controller.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
