@@ -235,26 +235,15 @@ def build_wheelhouse(project: Path, python_version: str, machine: str, say: Say 
     return wheelhouse
 
 
-def _image_id(client: docker.DockerClient, ref: str) -> str | None:
-    try:
-        return client.images.get(ref).id
-    except docker.errors.ImageNotFound:
-        return None
+IMAGE_LABEL = "org.opencontainers.image.title=kvstore"  # set by the Dockerfile on both stages
 
 
-def _remove_if_dangling(client: docker.DockerClient, image_id: str | None, say: Say) -> None:
-    """Remove an image this build replaced, unless it still has a tag or a container."""
-    if image_id is None:
-        return
-    try:
-        if client.images.get(image_id).tags:
-            return
-        client.images.remove(image_id)
-        say(f"removed the replaced image {image_id[7:19]}")
-    except docker.errors.ImageNotFound:
-        pass
-    except docker.errors.APIError:
-        pass  # still used by a container: the engine keeps it, and so do we
+def prune_replaced(client: docker.DockerClient, say: Say) -> None:
+    """Remove the project's images that rebuilds left untagged (the engine keeps those still in use)."""
+    with contextlib.suppress(docker.errors.APIError):
+        pruned = client.images.prune(filters={"dangling": True, "label": IMAGE_LABEL})
+        if pruned.get("ImagesDeleted"):
+            say(f"pruned {len(pruned['ImagesDeleted'])} replaced image layers")
 
 
 def build_stage_tag(tag: str) -> str:
@@ -269,7 +258,7 @@ def build_image(client: docker.DockerClient, tag: str = DEFAULT_TAG, project: Pa
 
     The build stage is tagged too (:func:`build_stage_tag`): the engine would keep
     it anyway as cache, untagged; with a tag it is a cache entry, not litter. Images
-    a rebuild replaces are removed.
+    a rebuild replaces are pruned.
     """
     base = ensure_base_image(client, say)
     version, machine = base_python(client, base)
@@ -277,7 +266,6 @@ def build_image(client: docker.DockerClient, tag: str = DEFAULT_TAG, project: Pa
         build_wheelhouse(project, version, machine, say)
         say(f"docker build -t {tag} --build-arg BASE_IMAGE={base} --build-arg WHEELHOUSE={WHEELHOUSE} --network none")
         started = time.monotonic()
-        replaced = {t: _image_id(client, t) for t in (tag, build_stage_tag(tag))}
         common = dict(
             path=str(project), dockerfile="Dockerfile",
             buildargs={"BASE_IMAGE": base, "WHEELHOUSE": WHEELHOUSE},
@@ -290,8 +278,7 @@ def build_image(client: docker.DockerClient, tag: str = DEFAULT_TAG, project: Pa
         except docker.errors.BuildError as exc:
             lines = [c.get("stream", c.get("error", "")) for c in exc.build_log if isinstance(c, dict)]
             raise ImageError("docker build failed:\n" + "".join(lines)[-4000:]) from None
-        for old in replaced.values():
-            _remove_if_dangling(client, old, say)
+        prune_replaced(client, say)
     say(f"image {tag} ({image.short_id}) built in {time.monotonic() - started:.0f}s")
     return image.id
 

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from docker_pods import IMAGE_TAG, ROOT, TEST_LABEL, LoopThread, client_leftovers, subnet, unique  # noqa: E402
+from docker_pods import (  # noqa: E402
+    IMAGE_TAG, ROOT, TEST_LABEL, LoopThread, client_leftovers, is_leftover, start_runtime)
 
 from kvstore.local import image as image_mod  # noqa: E402
-from kvstore.local.docker_runtime import DockerRuntime  # noqa: E402
+from kvstore.local.statefulset import ClusterSpec  # noqa: E402
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -66,29 +66,31 @@ def loop_thread() -> Iterator[LoopThread]:
 
 @pytest.fixture(scope="session", autouse=True)
 def remove_leftovers_of_killed_runs(docker_client: Any) -> None:
-    """A test run that was SIGKILLed leaves containers, networks, volumes: remove them first."""
+    """A test run that was SIGKILLed leaves containers, networks, volumes: remove them first.
+
+    Only those whose creating process is gone: another run may be using the engine now.
+    """
     selector = {"label": TEST_LABEL}
     for container in docker_client.containers.list(all=True, filters=selector):
-        container.remove(force=True)
+        if is_leftover(container.labels):
+            container.remove(force=True)
     for network in docker_client.networks.list(filters=selector):
-        network.remove()
+        if is_leftover(network.attrs.get("Labels") or {}):
+            network.remove()
     for volume in docker_client.volumes.list(filters=selector):
-        volume.remove(force=True)
+        if is_leftover(volume.attrs.get("Labels") or {}):
+            volume.remove(force=True)
 
 
 @pytest.fixture(scope="module")
 def runtime(docker_client: Any, kv_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A DockerRuntime on a fresh network of the test subnet, one Docker volume per pod.
+    """A DockerRuntime on a fresh network of a free test subnet, one Docker volume per pod.
 
     Teardown removes its containers, its volumes and the network.
     """
-    directory = tmp_path_factory.mktemp("cluster")
-    runtime = DockerRuntime(image=IMAGE_TAG, subnet=subnet(), network=unique("kvtest"), build=False,
-                            volumes="named", client=docker_client, labels={TEST_LABEL: "1"},
-                            say=lambda m: print(m, flush=True))
-    spec = SimpleNamespace(directory=directory, replicas=3, base_address="", dns_address="")
+    spec = ClusterSpec(directory=tmp_path_factory.mktemp("cluster"), replicas=3)
+    runtime = start_runtime(docker_client, spec, volumes="named")
     try:
-        runtime.configure(spec)
         runtime.spec = spec  # type: ignore[attr-defined]
         yield runtime
     finally:

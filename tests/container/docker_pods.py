@@ -9,6 +9,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import socket
 import threading
 import time
 import urllib.error
@@ -23,12 +24,11 @@ import yaml
 from kvstore.local import image as image_mod
 from kvstore.local.dns import DnsServer, Endpoint, HeadlessService
 from kvstore.local.docker_runtime import POD_OFFSET, ContainerPod, DockerRuntime
-from kvstore.local.runtime import PodSpec
+from kvstore.local.runtime import PodSpec, RuntimeUnavailable
 
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
-TEST_SUBNET_DEFAULT = "172.30.78.0/24"  # unlike the runtime's 172.30.77.0/24: a dev cluster may run beside
 IMAGE_TAG = image_mod.DEFAULT_TAG
 TEST_LABEL = "org.kvstore.test"  # on everything the tests create
 
@@ -110,9 +110,48 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def subnet() -> str:
-    """The test network's subnet: $KV_TEST_SUBNET, else a private /24 unlikely to be in use."""
-    return os.environ.get("KV_TEST_SUBNET", TEST_SUBNET_DEFAULT)
+def subnets() -> list[str]:
+    """Candidate subnets for a test network: $KV_TEST_SUBNET only, else 172.30.78-97.0/24.
+
+    Several runs may share the engine (a developer's and CI's): each takes the first
+    candidate no other network holds.
+    """
+    chosen = os.environ.get("KV_TEST_SUBNET")
+    return [chosen] if chosen else [f"172.30.{n}.0/24" for n in range(78, 98)]
+
+
+def owner_labels() -> dict[str, str]:
+    """Labels on everything a test run creates: which process made it."""
+    return {TEST_LABEL: f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def is_leftover(labels: dict[str, str]) -> bool:
+    """True when the test run that created this (on this host) is gone."""
+    host, _, pid = labels.get(TEST_LABEL, "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def start_runtime(docker_client: Any, spec: Any, **options: Any) -> DockerRuntime:
+    """A DockerRuntime configured for ``spec`` (a ClusterSpec) on the first free candidate subnet."""
+    problems = []
+    for candidate in subnets():
+        runtime = DockerRuntime(image=IMAGE_TAG, subnet=candidate, network=unique("kvtest"), build=False,
+                                client=docker_client, labels=owner_labels(),
+                                say=lambda m: print(m, flush=True), **options)
+        try:
+            runtime.configure(spec)
+            return runtime
+        except RuntimeUnavailable as exc:  # the subnet is taken (another run, another project)
+            problems.append(str(exc))
+    pytest.fail("no free subnet for a test network (set KV_TEST_SUBNET): " + "; ".join(problems))
 
 
 def client_leftovers(client: Any, scope: str) -> list[str]:
