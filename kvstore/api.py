@@ -20,7 +20,7 @@ from aiohttp import web
 from kvstore import storage
 from kvstore.config import WRITE_CONCERNS
 from kvstore.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from kvstore.replica import LsnAhead, NoPrimary, ReadTimeout, Replica, WriteConcernTimeout
+from kvstore.replica import LsnAhead, NoPrimary, PrimaryTimeout, ReadTimeout, Replica, WriteConcernTimeout
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class ClientApi:
             value = None
         mutation = storage.Mutation(op, key, value, if_match, if_none_match)
         try:
-            result = await self.node.write(mutation, w, request)
+            result = await self.node.write(mutation, w, request, value)
         except storage.PreconditionFailed as exc:
             raise ApiError(412, "precondition_failed",
                            "the key's current version does not match the condition; "
@@ -216,6 +216,8 @@ class ClientApi:
                            headers={"ETag": etag(exc.lsn)}) from None
         except NoPrimary as exc:
             raise ApiError(503, "no_primary", str(exc), headers={"Retry-After": "1"}) from None
+        except PrimaryTimeout as exc:
+            raise ApiError(504, "primary_timeout", str(exc)) from None
         except storage.StorageError as exc:
             raise ApiError(503, "storage_unavailable", f"{exc}; retry later",
                            headers={"Retry-After": "1"}) from None
@@ -244,6 +246,8 @@ class ClientApi:
             raise ApiError(412, "min_lsn_ahead", str(exc)) from None
         except NoPrimary as exc:
             raise ApiError(503, "no_primary", str(exc), headers={"Retry-After": "1"}) from None
+        except PrimaryTimeout as exc:
+            raise ApiError(504, "primary_timeout", str(exc)) from None
         if forwarded is not None:
             return forwarded
         record = await self.node.store.get(key)
@@ -277,7 +281,7 @@ class ClientApi:
     async def status(self, request: web.Request) -> web.Response:
         parse_query(request, ())
         self.reject_body(request)
-        return web.json_response(self.node.status(), headers=self.headers())
+        return web.json_response(await self.node.status(), headers=self.headers())
 
     async def healthz(self, request: web.Request) -> web.Response:
         parse_query(request, ())
@@ -341,6 +345,13 @@ def make_error_middleware(metrics: Any) -> Callable[..., Awaitable[web.StreamRes
     return middleware
 
 
+def add_key_routes(app: web.Application, api: ClientApi) -> None:
+    """The key routes; the peer port mounts them too, for writes forwarded to the primary."""
+    app.router.add_get("/v1/kv/{key:.*}", api.get)
+    app.router.add_put("/v1/kv/{key:.*}", api.put)
+    app.router.add_delete("/v1/kv/{key:.*}", api.delete)
+
+
 def create_app(node: Replica) -> web.Application:
     """The client-port application of one replica."""
     api = ClientApi(node)
@@ -349,9 +360,7 @@ def create_app(node: Replica) -> web.Application:
     app = web.Application(middlewares=[make_error_middleware(node.metrics)],
                           client_max_size=node.config.max_value_bytes + 1)
     app.router.add_get("/v1/kv", api.list_keys)
-    app.router.add_get("/v1/kv/{key:.*}", api.get)
-    app.router.add_put("/v1/kv/{key:.*}", api.put)
-    app.router.add_delete("/v1/kv/{key:.*}", api.delete)
+    add_key_routes(app, api)
     app.router.add_get("/v1/status", api.status)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)

@@ -1,20 +1,26 @@
 """One replica's behaviour behind the API: role, write path, read freshness, health.
 
 The HTTP layer (api.py) parses and renders; this decides what a write or read
-means on this pod given its role. Replication plugs in here.
+means on this pod given its role: the primary commits and waits for its write
+concern, a secondary forwards writes and strong reads to the primary.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from kvstore import storage
 from kvstore.config import Config
 from kvstore.identity import PRIMARY
 from kvstore.metrics import Metrics
+from kvstore.replication import ForwardFailed, ForwardTimeout, Replication, forward
+
+FORWARDED_BY = "X-Kv-Forwarded-By"
 
 
 class NoPrimary(Exception):
@@ -29,14 +35,18 @@ class ReadTimeout(Exception):
     """``min_lsn`` was not reached in time."""
 
 
+class PrimaryTimeout(Exception):
+    """A forwarded write reached the primary but its answer did not come back."""
+
+
 class WriteConcernTimeout(Exception):
     """The write is durable on the primary but not confirmed by enough replicas."""
 
     def __init__(self, lsn: int, confirmed: int, required: int) -> None:
         super().__init__(
-            f"the write (version {lsn}) is durable on the primary but only {confirmed} of the "
-            f"{required} replicas the write concern needs confirmed it in time; it will still "
-            "replicate. Read it back or retry with the same If-Match to be sure")
+            f"the write (version {lsn}) is durable on the primary, but only {confirmed} of the "
+            f"{required} replicas its write concern needs confirmed it in time; it stays and will "
+            "replicate. Read it back before retrying")
         self.lsn = lsn
         self.confirmed = confirmed
         self.required = required
@@ -52,12 +62,14 @@ def required_acks(w: str, replicas: int) -> int:
 
 
 class Replica:
-    """This pod: its store, role, metrics and (later) replication."""
+    """This pod: its store, role, metrics and replication (None when it runs alone)."""
 
-    def __init__(self, config: Config, store: storage.Store, metrics: Metrics) -> None:
+    def __init__(self, config: Config, store: storage.Store, metrics: Metrics,
+                 replication: Replication | None = None) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
+        self.replication = replication
         self.started = time.time()
 
     @property
@@ -67,38 +79,68 @@ class Replica:
 
     def primary_lsn(self) -> int | None:
         """The primary's LSN when known (our own on the primary)."""
-        return self.store.lsn if self.role == PRIMARY else None
+        if self.role == PRIMARY:
+            return self.store.lsn
+        return self.replication.primary_lsn() if self.replication else None
 
-    async def write(self, mutation: storage.Mutation, w: str, request: web.Request) -> Any:
-        """Commit a client write; returns its LSN.
+    # ------------------------------------------------------------- writes
+    async def write(self, mutation: storage.Mutation, w: str, request: web.Request,
+                    body: bytes | None) -> int | web.Response:
+        """Commit a client write and wait for its concern; a secondary forwards it.
 
-        Raises the storage errors, NoPrimary or WriteConcernTimeout.
+        Returns the LSN, or the primary's answer when forwarded. Raises the
+        storage errors, NoPrimary, PrimaryTimeout or WriteConcernTimeout.
         """
         if self.role != PRIMARY:
-            raise NoPrimary("this replica is a secondary and replication is not running; "
-                            "write to kv-0")
+            return await self._forward(request, body, "writes go to the primary")
+        if self.replication is not None and not self.replication.writable:
+            raise NoPrimary("the primary is restoring its data from a peer; retry shortly")
         lsn = await self.store.write(mutation)
-        required = required_acks(w, self.config.replicas)
-        if required > 1:
-            raise WriteConcernTimeout(lsn, 1, required)
+        if self.replication is None:
+            return lsn
+        confirmed, required = await self.replication.wait_for_concern(lsn, w, required_acks)
+        if confirmed < required:
+            raise WriteConcernTimeout(lsn, confirmed, required)
         return lsn
 
-    async def prepare_read(self, request: web.Request, consistency: str, min_lsn: int) -> web.StreamResponse | None:
-        """Wait for ``min_lsn``; a non-None answer was served elsewhere (the primary)."""
+    async def _forward(self, request: web.Request, body: bytes | None, why: str) -> web.Response:
+        if request.headers.get(FORWARDED_BY):
+            raise NoPrimary(f"{self.config.pod_name} is not the primary and does not forward twice")
+        primary = self.replication.directory.primary() if self.replication else None
+        if primary is None:
+            raise NoPrimary(f"{why}, and kv-0 is not known (not in DNS); retry shortly")
+        try:
+            return await forward(self.replication.client, primary, request, body,
+                                 self.config.write_timeout + 2.0, self.config.pod_name)
+        except ForwardFailed as exc:
+            raise NoPrimary(f"{why}: {exc}; retry shortly") from None
+        except ForwardTimeout as exc:
+            raise PrimaryTimeout(f"{exc}: the write may or may not have been applied; "
+                                 "read the key to find out before retrying") from None
+
+    # -------------------------------------------------------------- reads
+    async def prepare_read(self, request: web.Request, consistency: str,
+                           min_lsn: int) -> web.StreamResponse | None:
+        """Wait for ``min_lsn``; a non-None answer was served by the primary (strong read)."""
+        if consistency == "strong":
+            if self.role != PRIMARY:
+                return await self._forward(request, None, "strong reads are answered by the primary")
+            if self.replication is not None and not self.replication.writable:
+                raise NoPrimary("the primary is restoring its data from a peer; retry shortly")
         if min_lsn > self.store.lsn and self.role == PRIMARY:
             # The primary numbers every write, so no client can have seen this LSN.
             raise LsnAhead(f"min_lsn {min_lsn} is ahead of the primary's last write "
                            f"({self.store.lsn}); use the version a write answered")
         if min_lsn and not await self.store.wait_for_lsn(min_lsn, self.config.read_wait):
             raise ReadTimeout(f"this replica has applied up to {self.store.lsn}, "
-                              f"not {min_lsn}; retry or read from kv-0")
-        if consistency == "strong" and self.role != PRIMARY:
-            raise NoPrimary("strong reads are answered by the primary, which is not reachable")
+                              f"not {min_lsn}, after {self.config.read_wait}s; retry, or read with "
+                              "consistency=strong")
         return None
 
-    def status(self) -> dict[str, Any]:
-        """What GET /v1/status shows for this pod."""
-        return {
+    # ------------------------------------------------------------- status
+    def local_status(self) -> dict[str, Any]:
+        """This pod's own view (also what peers get from /v1/peer/status)."""
+        status: dict[str, Any] = {
             "name": self.config.pod_name,
             "ordinal": self.config.ordinal,
             "role": self.role,
@@ -106,10 +148,52 @@ class Replica:
             "log_start": self.store.log_start,
             "history_id": self.store.history_id,
             "replicas": self.config.replicas,
+            "replicate_from": self.config.replicate_from,
             "uptime_seconds": round(time.time() - self.started, 3),
+            "primary_lsn": self.primary_lsn(),
             "peers": [],
         }
+        r = self.replication
+        if r is not None:
+            status["replicas"] = r.configured_replicas()
+            status["writable"] = r.writable if self.role == PRIMARY else None
+            status["peers"] = r.peers_status()
+            status["followers"] = {name: p.lsn for name, p in sorted(r.acks.positions.items())}
+            status["discovery"] = r.directory.status()
+            if r.follower is not None:
+                f = r.follower
+                status["following"] = {
+                    "upstream": f.upstream.name if f.upstream else None,
+                    "upstream_lsn": f.upstream_lsn,
+                    "connected": r.primary_reachable(),
+                    "installing_snapshot": f.installing_snapshot,
+                    "last_error": f.last_error,
+                }
+        return status
+
+    async def status(self) -> dict[str, Any]:
+        """GET /v1/status: our view, with the primary's follower positions on a secondary."""
+        status = self.local_status()
+        r = self.replication
+        primary = r.directory.primary() if r is not None and self.role != PRIMARY else None
+        if primary is not None:
+            try:
+                remote = await r.client.status(primary, timeout=0.5)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                return status
+            known = remote.get("followers", {})
+            reference = remote.get("lsn")
+            for row in status["peers"]:
+                if row["name"] in known and row["ordinal"] != 0:
+                    row["lsn"] = known[row["name"]]
+                    row["lag"] = reference - row["lsn"] if isinstance(reference, int) else None
+                elif row["ordinal"] == 0:
+                    row["lsn"], row["lag"] = reference, 0
+            status["primary_lsn"] = reference
+        return status
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why) for /readyz."""
-        return True, "accepting requests"
+        if self.replication is None:
+            return True, "accepting requests (single replica)"
+        return self.replication.readiness()

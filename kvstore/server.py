@@ -18,6 +18,8 @@ from aiohttp import web
 
 from kvstore import api
 from kvstore.config import Config, ConfigError
+from kvstore.discovery import PeerDirectory
+from kvstore.replication import Replication
 from kvstore.metrics import Metrics
 from kvstore.replica import Replica
 from kvstore.storage import Store, StorageError
@@ -32,7 +34,10 @@ class StartupError(Exception):
 
 
 def make_peer_app(replica: Replica, token: str) -> web.Application:
-    """The peer-port application: every call needs the cluster token."""
+    """The peer-port application: replication, snapshots, forwarded client calls.
+
+    Every call needs the cluster token.
+    """
     expected = f"Bearer {token}".encode()
 
     @web.middleware
@@ -47,13 +52,11 @@ def make_peer_app(replica: Replica, token: str) -> web.Application:
                                       "the peer port needs the cluster token (Authorization: Bearer)")
         return await handler(request)
 
-    app = web.Application(middlewares=[api.make_error_middleware(replica.metrics), require_token])
-
-    async def ping(request: web.Request) -> web.Response:
-        return web.json_response({"name": replica.config.pod_name, "lsn": replica.store.lsn,
-                                  "history_id": replica.store.history_id})
-
-    app.router.add_get("/v1/peer/ping", ping)
+    app = web.Application(middlewares=[api.make_error_middleware(replica.metrics), require_token],
+                          client_max_size=replica.config.max_value_bytes + 1)
+    if replica.replication is not None:
+        replica.replication.server.add_routes(app)
+    api.add_key_routes(app, api.ClientApi(replica))
     return app
 
 
@@ -82,7 +85,10 @@ async def serve(config: Config) -> None:
     except StorageError as exc:
         raise StartupError(str(exc)) from None
     await store.start()
-    replica = Replica(config, store, metrics)
+    # Always on, even for KV_REPLICAS=1: a StatefulSet may be scaled up later.
+    directory = PeerDirectory(config)
+    replication = Replication(config, store, metrics, directory, token, lambda: replica.local_status())
+    replica = Replica(config, store, metrics, replication)
     client_runner = web.AppRunner(api.create_app(replica), access_log=None,
                                   shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
     peer_runner = web.AppRunner(make_peer_app(replica, token), access_log=None,
@@ -98,6 +104,9 @@ async def serve(config: Config) -> None:
         await _start_site(client_runner, config.bind_address, config.http_port, "client")
         await _start_site(peer_runner, config.bind_address, config.peer_port, "peer")
         started = True
+        # Only now: peers may call back as soon as they learn of us.
+        await directory.start()
+        await replication.start()
         log.info("%s serving as %s at lsn %d: client %s:%d, peer %s:%d, data %s%s",
                  config.pod_name, replica.role, store.lsn, config.bind_address, config.http_port,
                  config.bind_address, config.peer_port, config.data_dir,
@@ -108,6 +117,9 @@ async def serve(config: Config) -> None:
         await stop.wait()
         log.info("%s stopping: finishing in-flight requests", config.pod_name)
     finally:
+        replication.server.close()
+        await directory.stop()
+        await replication.stop()
         await client_runner.cleanup()
         await peer_runner.cleanup()
         await store.close()

@@ -24,7 +24,7 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterable
 
 import plyvel
 
@@ -122,6 +122,34 @@ class _Job:
     mutations: list[Mutation] | None
     entries: list[LogEntry] | None
     future: asyncio.Future[Any]
+    swap_to: str | None = None
+
+
+class Snapshot:
+    """A LevelDB snapshot with the LSN and history it stands for; read it in chunks."""
+
+    def __init__(self, snapshot: Any, history_id: str) -> None:
+        self._snapshot = snapshot
+        raw = snapshot.get(META_LSN)
+        self.lsn = _unpack_version(raw) if raw else 0
+        self.history_id = history_id
+        self._iterator = snapshot.iterator(prefix=DATA)
+
+    def next_chunk(self, max_records: int, max_bytes: int) -> list[tuple[bytes, bytes]]:
+        """The next (key, raw record) pairs, bounded; empty when done (blocking)."""
+        out: list[tuple[bytes, bytes]] = []
+        size = 0
+        for raw_key, raw in self._iterator:
+            out.append((raw_key[len(DATA):], raw))
+            size += len(raw_key) + len(raw)
+            if len(out) >= max_records or size >= max_bytes:
+                break
+        return out
+
+    def close(self) -> None:
+        """Release the iterator and the snapshot (blocking)."""
+        self._iterator.close()
+        self._snapshot.close()
 
 
 def _pack_record(version: int, value: bytes) -> bytes:
@@ -155,6 +183,14 @@ class Store:
         self._readers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="kv-read")
         self._lsn_changed = asyncio.Event()
         self._closed = False
+        self.data_dir = os.path.dirname(path)
+        self._kwargs = {"fsync": fsync, "log_retention": log_retention}
+        # Reads are counted so a snapshot install can swap the database only
+        # when none is running inside LevelDB (closing under a reader crashes).
+        self._reads = 0
+        self._reads_done = asyncio.Event()
+        self._swap_gate = asyncio.Event()
+        self._swap_gate.set()
 
     # ----------------------------------------------------------------- opening
     @classmethod
@@ -182,6 +218,8 @@ class Store:
             raise StorageError(f"cannot open LevelDB in {path}: {text}") from None
         except plyvel.Error as exc:
             raise StorageError(f"cannot open LevelDB in {path}: {exc}") from None
+        # Left by a snapshot install that was interrupted: the ACTIVE one is whole.
+        remove_stale_dbs(data_dir, os.path.basename(path), os.listdir(data_dir))
         store = cls(db, path, **kwargs)
         if not store.history_id:
             store._stamp_history(uuid.uuid4().hex)
@@ -248,6 +286,7 @@ class Store:
         return True
 
     def _advance(self, lsn: int) -> None:
+        # Always wakes waiters: after a snapshot the LSN may equal or pass theirs.
         self._lsn = lsn
         event, self._lsn_changed = self._lsn_changed, asyncio.Event()
         event.set()
@@ -302,18 +341,94 @@ class Store:
             raise LogTruncated(after)
         return out
 
-    def iterate_data(self) -> Iterator[tuple[bytes, bytes]]:
-        """(key, raw record) pairs from a consistent LevelDB snapshot (blocking)."""
-        snapshot = self._db.snapshot()
-        try:
-            with snapshot.iterator(prefix=DATA) as it:
-                for raw_key, raw in it:
-                    yield raw_key[len(DATA):], raw
-        finally:
-            snapshot.close()
+    def open_snapshot(self) -> "Snapshot":
+        """A consistent point-in-time view (data plus its LSN) for a snapshot transfer."""
+        return Snapshot(self._db.snapshot(), self.history_id)
 
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+        await self._swap_gate.wait()
+        self._reads += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+        finally:
+            self._reads -= 1
+            if self._reads == 0:
+                self._reads_done.set()
+
+    async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking function that reads this database (snapshot serving) off the loop."""
+        return await self._read(fn, *args)
+
+    # -------------------------------------------------------------- snapshots
+    async def install_snapshot(self, history_id: str, lsn: int,
+                               chunks: "AsyncIterator[list[tuple[bytes, bytes]]]") -> int:
+        """Replace this replica's data with a snapshot, atomically.
+
+        The records go into a new LevelDB next to the live one; only when the
+        last chunk is in and synced does the ACTIVE pointer move to it. An
+        interrupted transfer leaves the old database in place and usable.
+        Returns the number of records installed.
+        """
+        loop = asyncio.get_running_loop()
+        name = f"db-{uuid.uuid4().hex[:12]}"
+        path = os.path.join(self.data_dir, name)
+        staging = await loop.run_in_executor(None, lambda: plyvel.DB(path, create_if_missing=True))
+        count = 0
+        try:
+            async for chunk in chunks:
+                def write(chunk: list[tuple[bytes, bytes]] = chunk) -> None:
+                    with staging.write_batch() as batch:
+                        for key, raw in chunk:
+                            batch.put(DATA + key, raw)
+                await loop.run_in_executor(None, write)
+                count += len(chunk)
+
+            def seal() -> None:
+                with staging.write_batch(sync=True) as batch:
+                    batch.put(META_LSN, _U64.pack(lsn))
+                    batch.put(META_LOG_START, _U64.pack(lsn + 1))
+                    batch.put(META_HISTORY, history_id.encode())
+                staging.close()
+            await loop.run_in_executor(None, seal)
+        except BaseException:
+            if not staging.closed:
+                staging.close()
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        await self._swap(name)
+        return count
+
+    async def _swap(self, name: str) -> None:
+        """Point the data dir at database ``name`` and reopen, with no read or write running."""
+        assert self._queue is not None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._swap_gate.clear()  # new reads wait
+        try:
+            while self._reads:
+                self._reads_done.clear()
+                await self._reads_done.wait()
+            # Through the committer, so no batch is being written meanwhile.
+            self._queue.put_nowait(_Job(None, None, future, swap_to=name))
+            await future
+        finally:
+            self._swap_gate.set()
+
+    def _do_swap(self, name: str) -> int:
+        old = os.path.basename(self.path)
+        self._db.close()
+        set_active_db(self.data_dir, name)
+        self.path = os.path.join(self.data_dir, name)
+        self._db = plyvel.DB(self.path)
+        remove_stale_dbs(self.data_dir, name, [old])
+        self.history_id = self._db.get(META_HISTORY).decode()
+        self._log_start = self._meta_int(META_LOG_START) or 1
+        return self._meta_int(META_LSN)
+
+    async def adopt_history(self, history_id: str) -> None:
+        """Take the primary's history id (an empty replica joining a cluster)."""
+        if self._lsn != 0:
+            raise StorageError("only an empty replica may adopt another history")
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._stamp_history, history_id)
 
     # ----------------------------------------------------------------- writes
     async def write(self, mutation: Mutation) -> int:
@@ -342,12 +457,26 @@ class Store:
     async def _commit_loop(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
+        carried: _Job | None = None
         while True:
-            jobs = [await self._queue.get()]
-            count = len(jobs[0].mutations or jobs[0].entries or ())
+            first, carried = carried or await self._queue.get(), None
+            if first.swap_to is not None:
+                try:
+                    new_lsn = await loop.run_in_executor(self._writer, self._do_swap, first.swap_to)
+                except Exception as exc:
+                    first.future.set_exception(StorageError(f"database swap failed: {exc}"))
+                    continue
+                self._advance(new_lsn)
+                first.future.set_result(None)
+                continue
+            jobs = [first]
+            count = len(first.mutations or first.entries or ())
             # Everything queued while the previous fsync ran shares this one.
             while not self._queue.empty() and count < MAX_BATCH:
                 job = self._queue.get_nowait()
+                if job.swap_to is not None:  # a swap never shares a batch: it goes next
+                    carried = job
+                    break
                 jobs.append(job)
                 count += len(job.mutations or job.entries or ())
             started = time.perf_counter()

@@ -32,6 +32,7 @@ class ReplicaProcess:
         self.host = host
         self.http_port = free_port(host)
         self.peer_port = free_port(host)
+        self.dns_port = free_port(host)
         self.data_dir = workdir / f"data-{pod_name}"
         self.log_path = workdir / f"{pod_name}.log"
         self.extra_env = dict(env or {})
@@ -55,6 +56,9 @@ class ReplicaProcess:
             "KV_CLUSTER_TOKEN": "test-token",
             "KV_REPLICAS": "1",
             "KV_WRITE_CONCERN": "1",
+            # Discovery runs even alone; keep its queries on loopback, where no
+            # DNS server answers (a lone replica has no peers to find).
+            "KV_DNS_SERVER": f"127.0.0.1:{self.dns_port}",
         })
         env.update(self.extra_env)
         return env

@@ -1,0 +1,79 @@
+"""Drive HTTP servers with wrk (Debian's package) and read its figures back.
+
+The Lua scripts in bench/lua print one ``WRK_JSON {...}`` line from wrk's
+``done`` hook, so no text parsing of wrk's human output is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+LUA = Path(__file__).parent / "lua"
+
+
+@dataclass
+class Figures:
+    """One wrk run: throughput and latency."""
+
+    name: str
+    connections: int
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+
+    @property
+    def rps(self) -> float:
+        """Requests per second."""
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready figures, req/s included."""
+        return {**asdict(self), "rps": round(self.rps, 1)}
+
+
+def ensure_wrk() -> str:
+    """Path to wrk; installs Debian's package when running as root, else says how."""
+    path = shutil.which("wrk")
+    if path:
+        return path
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("bench: wrk is missing; installing Debian's wrk package", file=sys.stderr)
+        subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, stdout=subprocess.DEVNULL)
+        path = shutil.which("wrk")
+        if path:
+            return path
+    sys.exit("bench: wrk is needed: install it with `sudo apt-get install wrk` and run again")
+
+
+def run_wrk(name: str, url: str, script: str, connections: int, seconds: float,
+            env: dict[str, str] | None = None) -> Figures:
+    """Run wrk for ``seconds`` with ``connections`` (at most 2 threads: the machine is small)."""
+    threads = min(2, connections)
+    cmd = [ensure_wrk(), f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "10s",
+           "-s", str(LUA / script), url]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                            timeout=seconds + 60)
+    line = next((l for l in result.stdout.splitlines() if l.startswith("WRK_JSON ")), None)
+    if result.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({result.returncode}): {result.stderr or result.stdout}")
+    data = json.loads(line[len("WRK_JSON "):])
+    return Figures(name, connections, data["requests"], data["duration_us"] / 1e6,
+                   data["p50_us"] / 1000, data["p99_us"] / 1000, data["non_2xx"], data["socket_errors"])
+
+
+def print_table(rows: list[Figures]) -> None:
+    """A fixed-width table of runs."""
+    print(f"{'run':<38} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'errors':>7}")
+    for row in rows:
+        print(f"{row.name:<38} {row.connections:>5} {row.rps:>10.0f} {row.p50_ms:>8.2f} "
+              f"{row.p99_ms:>8.2f} {row.non_2xx:>8} {row.socket_errors:>7}")

@@ -1,0 +1,760 @@
+"""Pull replication: secondaries long-poll their upstream's log over the peer port.
+
+Every replica serves its log and snapshots on the peer port (``LogServer``);
+every secondary runs a ``Follower`` that asks its upstream (kv-0, or kv-N-1
+in cascade mode) for entries after its applied LSN. Asking for ``after=N``
+acknowledges N, so the upstream learns each follower's position from the
+requests themselves and passes downstream positions on in its own requests
+(``acks=``). The primary's ``AckTable`` is what write concerns wait on.
+
+Wire formats (peer port, ``Authorization: Bearer <cluster token>``):
+
+- ``GET /v1/peer/log?after=N&history=H&follower=kv-2&wait=S&acks=kv-3:17``:
+  200 with frames ``u32 length + LogEntry`` (maybe none after a long poll);
+  409 history mismatch and 410 log truncated both mean "take a snapshot".
+- ``GET /v1/peer/snapshot``: frames ``u8 kind + u32 length + payload``: one
+  header (JSON: history, lsn), records (``u32 key length, key, raw record``),
+  one end frame (JSON: count). A stream without its end frame is discarded.
+- ``GET /v1/peer/status``: this replica's position and the acks it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+import aiohttp
+import yarl
+from aiohttp import web
+
+from kvstore import storage
+from kvstore.config import Config
+from kvstore.discovery import Peer, PeerDirectory
+from kvstore.identity import PRIMARY
+from kvstore.metrics import Metrics
+from kvstore.storage import LogEntry, LogTruncated, Store
+
+log = logging.getLogger("kvstore.replication")
+
+_LEN = struct.Struct(">I")
+_FRAME = struct.Struct(">BI")
+FRAME_HEADER, FRAME_RECORDS, FRAME_END = 1, 2, 3
+
+FETCH_MAX_ENTRIES = 2000
+FETCH_MAX_BYTES = 4 * 1024 * 1024
+LONG_POLL_SECONDS = 5.0
+SNAPSHOT_CHUNK_RECORDS = 2000
+SNAPSHOT_CHUNK_BYTES = 1024 * 1024
+READY_MAX_LAG = 1000  # entries a secondary may trail and still be Ready
+ACK_PARAM_LIMIT = 64
+
+
+class SnapshotNeeded(Exception):
+    """The upstream cannot serve the log from our position (history or truncation)."""
+
+    def __init__(self, reason: str, upstream_history: str, upstream_lsn: int) -> None:
+        super().__init__(reason)
+        self.upstream_history = upstream_history
+        self.upstream_lsn = upstream_lsn
+
+
+# ------------------------------------------------------------------- encoding
+def encode_entries(entries: list[LogEntry]) -> bytes:
+    """Length-prefixed log entries, the body of a log fetch."""
+    parts = []
+    for entry in entries:
+        raw = entry.encode()
+        parts.append(_LEN.pack(len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def decode_entries(body: bytes) -> list[LogEntry]:
+    """Inverse of :func:`encode_entries`; ValueError on a torn or malformed body."""
+    entries = []
+    view = memoryview(body)
+    offset = 0
+    while offset < len(view):
+        if offset + _LEN.size > len(view):
+            raise ValueError("torn log frame")
+        (length,) = _LEN.unpack_from(view, offset)
+        offset += _LEN.size
+        if offset + length > len(view):
+            raise ValueError("torn log frame")
+        entries.append(LogEntry.decode(view[offset:offset + length]))
+        offset += length
+    return entries
+
+
+def _frame(kind: int, payload: bytes) -> bytes:
+    return _FRAME.pack(kind, len(payload)) + payload
+
+
+def _encode_records(records: list[tuple[bytes, bytes]]) -> bytes:
+    parts = []
+    for key, raw in records:
+        parts.append(_LEN.pack(len(key)))
+        parts.append(key)
+        parts.append(_LEN.pack(len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def _decode_records(payload: bytes) -> list[tuple[bytes, bytes]]:
+    out = []
+    view = memoryview(payload)
+    offset = 0
+    while offset < len(view):
+        (key_len,) = _LEN.unpack_from(view, offset)
+        offset += _LEN.size
+        key = bytes(view[offset:offset + key_len])
+        offset += key_len
+        (raw_len,) = _LEN.unpack_from(view, offset)
+        offset += _LEN.size
+        raw = bytes(view[offset:offset + raw_len])
+        offset += raw_len
+        if len(raw) != raw_len or len(key) != key_len:
+            raise ValueError("torn snapshot record")
+        out.append((key, raw))
+    return out
+
+
+def parse_acks(text: str) -> dict[str, int]:
+    """``kv-2:17,kv-3:12`` -> {"kv-2": 17, "kv-3": 12}; ValueError if malformed."""
+    acks: dict[str, int] = {}
+    if not text:
+        return acks
+    items = text.split(",")
+    if len(items) > ACK_PARAM_LIMIT:
+        raise ValueError("too many acks")
+    for item in items:
+        name, sep, lsn = item.partition(":")
+        if not sep or not name or not lsn.isdigit():
+            raise ValueError(f"bad ack {item!r}")
+        acks[name] = int(lsn)
+    return acks
+
+
+# ------------------------------------------------------------------ positions
+@dataclass
+class FollowerPosition:
+    """What an upstream knows of one follower: its durable LSN and when it said so."""
+
+    lsn: int
+    seen: float
+    via: str  # the follower itself, or the replica that passed its ack on
+
+
+class AckTable:
+    """Followers' acknowledged LSNs; write concerns wait on it."""
+
+    def __init__(self) -> None:
+        self.positions: dict[str, FollowerPosition] = {}
+        self._changed = asyncio.Event()
+
+    def record(self, name: str, lsn: int, via: str) -> None:
+        """Note that ``name`` holds everything up to ``lsn`` durably."""
+        current = self.positions.get(name)
+        if current is None or lsn >= current.lsn or via == name:
+            # A direct ack replaces (a follower restored from a snapshot may go
+            # back); a relayed one only moves forward.
+            self.positions[name] = FollowerPosition(lsn, time.monotonic(), via)
+            event, self._changed = self._changed, asyncio.Event()
+            event.set()
+
+    def confirmed(self, lsn: int, exclude: str = "") -> int:
+        """How many followers hold ``lsn``."""
+        return sum(1 for name, p in self.positions.items() if p.lsn >= lsn and name != exclude)
+
+    async def wait(self, lsn: int, followers: int, timeout: float) -> int:
+        """Wait until ``followers`` followers hold ``lsn``; returns how many do."""
+        deadline = time.monotonic() + timeout
+        while (count := self.confirmed(lsn)) < followers:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return count
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return self.confirmed(lsn)
+        return count
+
+    async def wait_change(self) -> None:
+        """Return after the next recorded ack."""
+        await self._changed.wait()
+
+    def downstream_of(self, me: str) -> str:
+        """The acks to pass upstream: every follower's position we know."""
+        items = [f"{name}:{p.lsn}" for name, p in sorted(self.positions.items()) if name != me]
+        return ",".join(items[:ACK_PARAM_LIMIT])
+
+
+# --------------------------------------------------------------------- server
+class LogServer:
+    """Peer-port handlers every replica serves: log, snapshot and status."""
+
+    def __init__(self, config: Config, store: Store, acks: AckTable, metrics: Metrics,
+                 status: Callable[[], dict[str, Any]]) -> None:
+        self.config = config
+        self.store = store
+        self.acks = acks
+        self.metrics = metrics
+        self._status = status
+        self.on_foreign_history: Callable[[str, str, int], None] | None = None
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """End parked long polls now, so a SIGTERM does not wait them out."""
+        self._closing.set()
+
+    async def _wait_for_entries(self, after: int, wait: float) -> None:
+        waiter = asyncio.ensure_future(self.store.wait_for_lsn(after + 1, wait))
+        closing = asyncio.ensure_future(self._closing.wait())
+        _, pending = await asyncio.wait({waiter, closing}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+
+    def add_routes(self, app: web.Application) -> None:
+        """Mount the peer routes."""
+        app.router.add_get("/v1/peer/log", self.log)
+        app.router.add_get("/v1/peer/snapshot", self.snapshot)
+        app.router.add_get("/v1/peer/status", self.status)
+        app.router.add_post("/v1/peer/ack", self.ack)
+
+    def _headers(self) -> dict[str, str]:
+        return {"X-Kv-Lsn": str(self.store.lsn), "X-Kv-History": self.store.history_id,
+                "X-Kv-Log-Start": str(self.store.log_start)}
+
+    async def log(self, request: web.Request) -> web.Response:
+        """Entries after ``after``; long-polls up to ``wait`` seconds when there are none."""
+        q = request.rel_url.query
+        try:
+            after = int(q.get("after", ""))
+            wait = min(float(q.get("wait", LONG_POLL_SECONDS)), 30.0)
+            follower = q.get("follower", "")
+            acks = parse_acks(q.get("acks", ""))
+            if after < 0 or not follower or not wait >= 0:
+                raise ValueError
+        except ValueError:
+            return _peer_error(400, "bad_parameter",
+                               "need after=<lsn>, follower=<name>, wait=<seconds>, acks=name:lsn,...")
+        history = q.get("history", "")
+        if history != self.store.history_id:
+            if self.on_foreign_history is not None:
+                self.on_foreign_history(follower, history, after)
+            return _peer_error(409, "history_mismatch", "different history: take a snapshot",
+                               headers=self._headers())
+        # Asking for entries after N acknowledges N (it is durable on the follower).
+        self.acks.record(follower, after, follower)
+        for name, lsn in acks.items():
+            self.acks.record(name, lsn, follower)
+        self.metrics.follower_lag.labels(follower).set(max(0, self.store.lsn - after))
+        if after > self.store.lsn:
+            # The follower is ahead of us: our history is the same but we lost
+            # its tail. Never serve from here; it must not follow us blindly.
+            return _peer_error(409, "follower_ahead", "the follower is ahead of this replica",
+                               headers=self._headers())
+        if self.store.lsn <= after:
+            await self._wait_for_entries(after, wait)
+        try:
+            entries = await self.store.log_after(after, FETCH_MAX_ENTRIES, FETCH_MAX_BYTES)
+        except LogTruncated:
+            return _peer_error(410, "log_truncated", "position older than the retained log: take a snapshot",
+                               headers=self._headers())
+        return web.Response(body=encode_entries(entries), headers=self._headers(),
+                            content_type="application/octet-stream")
+
+    async def ack(self, request: web.Request) -> web.Response:
+        """Downstream positions relayed by a cascading follower, between its fetches."""
+        q = request.rel_url.query
+        try:
+            follower = q.get("follower", "")
+            acks = parse_acks(q.get("acks", ""))
+            if not follower:
+                raise ValueError
+        except ValueError:
+            return _peer_error(400, "bad_parameter", "need follower=<name> and acks=name:lsn,...")
+        for name, lsn in acks.items():
+            self.acks.record(name, lsn, follower)
+        return web.json_response({"recorded": len(acks)})
+
+    async def snapshot(self, request: web.Request) -> web.StreamResponse:
+        """Stream a consistent snapshot of the data in bounded chunks."""
+        snap = await self.store.run_blocking(self.store.open_snapshot)
+        response = web.StreamResponse(headers={**self._headers(), "Content-Type": "application/octet-stream"})
+        self.metrics.snapshots.labels("sent").inc()
+        count = 0
+        try:
+            await response.prepare(request)
+            header = json.dumps({"history": snap.history_id, "lsn": snap.lsn}).encode()
+            await response.write(_frame(FRAME_HEADER, header))
+            while True:
+                chunk = await self.store.run_blocking(snap.next_chunk, SNAPSHOT_CHUNK_RECORDS,
+                                                      SNAPSHOT_CHUNK_BYTES)
+                if not chunk:
+                    break
+                count += len(chunk)
+                await response.write(_frame(FRAME_RECORDS, _encode_records(chunk)))
+            await response.write(_frame(FRAME_END, json.dumps({"count": count}).encode()))
+            await response.write_eof()
+        finally:
+            await self.store.run_blocking(snap.close)
+        log.info("sent a snapshot of %d keys at lsn %d to %s", count, snap.lsn, request.remote)
+        return response
+
+    async def status(self, request: web.Request) -> web.Response:
+        """This replica's position and the follower positions it knows."""
+        return web.json_response(self._status(), headers=self._headers())
+
+
+def _peer_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+
+
+# ------------------------------------------------------------------- client
+class PeerClient:
+    """HTTP to other replicas' peer ports, with the cluster token, on kept-alive connections."""
+
+    def __init__(self, token: str) -> None:
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The shared session (created on first use, inside the event loop)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, connector=aiohttp.TCPConnector(limit_per_host=8))
+        return self._session
+
+    async def close(self) -> None:
+        """Close every connection."""
+        if self._session is not None:
+            await self._session.close()
+
+    async def status(self, peer: Peer, timeout: float = 1.0) -> dict[str, Any]:
+        """A peer's /v1/peer/status."""
+        async with self.session.get(peer.peer_url + "/v1/peer/status",
+                                    timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            if response.status != 200:
+                raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
+            return await response.json()
+
+    async def fetch(self, peer: Peer, params: dict[str, str], timeout: float) -> tuple[list[LogEntry], int]:
+        """One log fetch; returns (entries, upstream LSN). Raises SnapshotNeeded."""
+        async with self.session.get(peer.peer_url + "/v1/peer/log", params=params,
+                                    timeout=aiohttp.ClientTimeout(total=timeout, connect=1.0)) as response:
+            upstream_lsn = int(response.headers.get("X-Kv-Lsn", "0"))
+            if response.status in (409, 410):
+                body = await response.json(content_type=None)
+                raise SnapshotNeeded(body.get("error", "snapshot"), response.headers.get("X-Kv-History", ""),
+                                     upstream_lsn)
+            if response.status != 200:
+                raise aiohttp.ClientResponseError(response.request_info, (), status=response.status,
+                                                  message=(await response.text())[:200])
+            return decode_entries(await response.read()), upstream_lsn
+
+    async def relay_acks(self, peer: Peer, follower: str, acks: str) -> None:
+        """Pass downstream acks to ``peer`` now, without waiting for the next fetch."""
+        async with self.session.post(peer.peer_url + "/v1/peer/ack", params={"follower": follower, "acks": acks},
+                                     timeout=aiohttp.ClientTimeout(total=2.0)) as response:
+            await response.read()
+
+    async def snapshot(self, peer: Peer) -> tuple[dict[str, Any], AsyncIterator[list[tuple[bytes, bytes]]],
+                                                  aiohttp.ClientResponse]:
+        """Open a snapshot stream: (header, chunk iterator, response to release)."""
+        response = await self.session.get(peer.peer_url + "/v1/peer/snapshot",
+                                          timeout=aiohttp.ClientTimeout(total=None, sock_read=30, connect=2))
+        if response.status != 200:
+            response.release()
+            raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
+        kind, payload = await _read_frame(response.content)
+        if kind != FRAME_HEADER:
+            response.release()
+            raise ValueError("snapshot stream does not start with a header")
+        header = json.loads(payload)
+
+        async def chunks() -> AsyncIterator[list[tuple[bytes, bytes]]]:
+            count = 0
+            while True:
+                kind, payload = await _read_frame(response.content)
+                if kind == FRAME_RECORDS:
+                    records = _decode_records(payload)
+                    count += len(records)
+                    yield records
+                elif kind == FRAME_END:
+                    if json.loads(payload).get("count") != count:
+                        raise ValueError("snapshot record count does not match its end frame")
+                    return
+                else:
+                    raise ValueError(f"unexpected snapshot frame {kind}")
+
+        return header, chunks(), response
+
+
+class ForwardFailed(Exception):
+    """The primary could not be reached (nothing was sent): safe to retry."""
+
+
+class ForwardTimeout(Exception):
+    """The primary took the request but did not answer in time: outcome unknown."""
+
+
+FORWARDED_HEADERS = ("If-Match", "If-None-Match", "Content-Type")
+RETURNED_HEADERS = ("ETag", "Content-Type", "Retry-After", "X-Kv-Lsn", "X-Kv-Primary-Lsn")
+
+
+async def forward(client: PeerClient, peer: Peer, request: web.Request, body: bytes | None,
+                  timeout: float, forwarded_by: str) -> web.Response:
+    """Send a client request to ``peer``'s peer port and return its answer as ours."""
+    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+    headers["X-Kv-Forwarded-By"] = forwarded_by
+    url = peer.peer_url + request.rel_url.raw_path_qs
+    try:
+        async with client.session.request(
+                request.method, yarl_url(url), data=body, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout, connect=1.0)) as response:
+            payload = await response.read()
+            out = {name: response.headers[name] for name in RETURNED_HEADERS if name in response.headers}
+            out["X-Kv-Answered-By"] = response.headers.get("X-Kv-Pod", peer.name)
+            return web.Response(status=response.status, body=payload, headers=out)
+    except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
+        raise ForwardFailed(f"{peer.name} is unreachable: {exc}") from None
+    except (asyncio.TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+        raise ForwardTimeout(f"{peer.name} did not answer in time ({type(exc).__name__})") from None
+    except aiohttp.ClientError as exc:
+        raise ForwardTimeout(f"{peer.name} failed mid-request: {exc}") from None
+
+
+def yarl_url(url: str) -> yarl.URL:
+    """The URL as given, percent-encoding untouched (keys keep their exact bytes)."""
+    return yarl.URL(url, encoded=True)
+
+
+async def _read_frame(stream: aiohttp.StreamReader) -> tuple[int, bytes]:
+    head = await stream.readexactly(_FRAME.size)
+    kind, length = _FRAME.unpack(head)
+    return kind, await stream.readexactly(length)
+
+
+# ------------------------------------------------------------------- follower
+class Follower:
+    """Keeps this secondary's store following its upstream's log."""
+
+    def __init__(self, config: Config, store: Store, directory: PeerDirectory, client: PeerClient,
+                 acks: AckTable, metrics: Metrics) -> None:
+        self.config = config
+        self.store = store
+        self.directory = directory
+        self.client = client
+        self.acks = acks
+        self.metrics = metrics
+        self.upstream: Peer | None = None
+        self.upstream_lsn: int | None = None
+        self.primary_lsn: int | None = None
+        self.last_contact: float | None = None  # monotonic time of the last good fetch
+        self.installing_snapshot = False
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._relay: asyncio.Task[None] | None = None
+        self._cascade_failed: dict[int, float] = {}
+
+    def start(self) -> None:
+        """Start following in the background (and relaying downstream acks)."""
+        self._task = asyncio.create_task(self._run(), name="follower")
+        self._relay = asyncio.create_task(self._relay_acks(), name="ack-relay")
+
+    async def stop(self) -> None:
+        """Stop following."""
+        for task in (self._task, self._relay):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+
+    async def _relay_acks(self) -> None:
+        """Cascade: our followers' positions go upstream as they change, so w=all does not wait
+        for our next fetch (which may be parked in a long poll)."""
+        while True:
+            await self.acks.wait_change()
+            upstream = self.upstream
+            relayed = self.acks.downstream_of(self.config.pod_name)
+            if upstream is None or upstream.ordinal == self.config.ordinal or not relayed:
+                continue
+            try:
+                await self.client.relay_acks(upstream, self.config.pod_name, relayed)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                log.debug("relaying acks to %s failed: %s", upstream.name, exc)
+
+    def choose_upstream(self) -> Peer | None:
+        """kv-0, or in cascade mode kv-(N-1) while it is in DNS and answering."""
+        peers = self.directory.peers
+        if self.config.replicate_from == "previous" and self.config.ordinal > 1:
+            previous = peers.get(self.config.ordinal - 1)
+            failed_at = self._cascade_failed.get(self.config.ordinal - 1, 0.0)
+            if previous is not None and time.monotonic() - failed_at > 5.0:
+                return previous
+        return peers.get(0)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            upstream = self.choose_upstream()
+            if upstream is None:
+                self.directory.request_refresh()
+                await asyncio.sleep(0.5)
+                continue
+            if upstream != self.upstream:
+                log.info("following %s (%s) from lsn %d", upstream.name, upstream.address, self.store.lsn)
+                self.upstream = upstream
+            try:
+                await self._fetch_once(upstream)
+                backoff = 0.1
+                self.last_error = None
+            except SnapshotNeeded as exc:
+                await self._handle_snapshot_needed(upstream, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection refused, timeout, a torn body...
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if reason != self.last_error:
+                    log.warning("fetch from %s failed: %s; retrying", upstream.name, reason)
+                self.last_error = reason
+                if upstream.ordinal != 0:
+                    self._cascade_failed[upstream.ordinal] = time.monotonic()
+                self.directory.request_refresh()
+                await asyncio.sleep(backoff + random.uniform(0, backoff / 2))
+                backoff = min(backoff * 2, 2.0)
+
+    async def _fetch_once(self, upstream: Peer) -> None:
+        params = {"after": str(self.store.lsn), "history": self.store.history_id,
+                  "follower": self.config.pod_name, "wait": str(LONG_POLL_SECONDS)}
+        relayed = self.acks.downstream_of(self.config.pod_name)
+        if relayed:
+            params["acks"] = relayed
+        entries, upstream_lsn = await self.client.fetch(upstream, params, LONG_POLL_SECONDS + 5)
+        self.last_contact = time.monotonic()
+        self.upstream_lsn = upstream_lsn
+        if upstream.ordinal == 0:
+            self.primary_lsn = upstream_lsn
+        if entries:
+            if entries[0].lsn != self.store.lsn + 1:
+                raise ValueError(f"gap: expected lsn {self.store.lsn + 1}, got {entries[0].lsn}")
+            await self.store.apply(entries)
+            self.metrics.fetch_batch.observe(len(entries))
+        if upstream.ordinal == 0:
+            self.primary_lsn = max(upstream_lsn, self.store.lsn)
+
+    async def _handle_snapshot_needed(self, upstream: Peer, exc: SnapshotNeeded) -> None:
+        if str(exc) == "follower_ahead":
+            log.error("%s is behind this replica (%d > %d) on the same history; waiting for it to catch up "
+                      "rather than following it", upstream.name, self.store.lsn, exc.upstream_lsn)
+            await asyncio.sleep(1.0)
+            return
+        if self.store.lsn == 0 and str(exc) == "history_mismatch" and self.store.log_start <= 1:
+            # Empty replica: if the upstream still has its whole log, adopt its
+            # history and replay the log instead of copying a snapshot.
+            status = await self.client.status(upstream)
+            if status.get("log_start", 1) <= 1:
+                await self.store.adopt_history(exc.upstream_history)
+                log.info("empty replica joined history %s of %s", exc.upstream_history, upstream.name)
+                return
+        if str(exc) == "history_mismatch" and self.store.lsn > exc.upstream_lsn:
+            # Redis would wipe us here. An upstream with less data under another
+            # history lost its disk: never replace more data with less.
+            log.error("refusing a snapshot from %s: it has lsn %d under history %s, this replica has %d "
+                      "under %s; the primary must restore from its peers first", upstream.name,
+                      exc.upstream_lsn, exc.upstream_history, self.store.lsn, self.store.history_id)
+            await asyncio.sleep(1.0)
+            return
+        await self.install_snapshot_from(upstream, reason=str(exc))
+
+    async def install_snapshot_from(self, upstream: Peer, reason: str) -> None:
+        """Replace this replica's data with a snapshot streamed from ``upstream``."""
+        self.installing_snapshot = True
+        started = time.monotonic()
+        try:
+            header, chunks, response = await self.client.snapshot(upstream)
+            try:
+                log.info("installing a snapshot from %s at lsn %d (%s)", upstream.name, header["lsn"], reason)
+                count = await self.store.install_snapshot(header["history"], int(header["lsn"]), chunks)
+            finally:
+                response.release()
+            self.metrics.snapshots.labels("received").inc()
+            log.info("installed a snapshot of %d keys at lsn %d from %s in %.1fs", count, self.store.lsn,
+                     upstream.name, time.monotonic() - started)
+        finally:
+            self.installing_snapshot = False
+
+
+# ---------------------------------------------------------------- replication
+class Replication:
+    """Everything replication a replica runs: log server, follower, acks, restore."""
+
+    def __init__(self, config: Config, store: Store, metrics: Metrics, directory: PeerDirectory,
+                 token: str, status: Callable[[], dict[str, Any]]) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.directory = directory
+        self.acks = AckTable()
+        self.client = PeerClient(token)
+        self.server = LogServer(config, store, self.acks, metrics, status)
+        self.server.on_foreign_history = self._foreign_history
+        self.follower: Follower | None = None
+        self.writable = config.role != PRIMARY  # the primary opens for writes after its start-up check
+        self.restoring = False
+        self._restore_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start following (secondary) or check for data to restore (primary)."""
+        if self.config.role == PRIMARY:
+            self._restore_task = asyncio.create_task(self._primary_startup(), name="primary-startup")
+        else:
+            self.follower = Follower(self.config, self.store, self.directory, self.client, self.acks,
+                                     self.metrics)
+            self.follower.start()
+
+    async def stop(self) -> None:
+        """Stop background work and close peer connections."""
+        if self._restore_task is not None:
+            self._restore_task.cancel()
+            try:
+                await self._restore_task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.follower is not None:
+            await self.follower.stop()
+        await self.client.close()
+
+    def configured_replicas(self) -> int:
+        """KV_REPLICAS, or more when DNS shows a higher ordinal (a scale-up)."""
+        highest = max(self.directory.peers.keys(), default=0)
+        return max(self.config.replicas, highest + 1, self.config.ordinal + 1)
+
+    # ---------------------------------------------------------- the primary
+    async def _primary_startup(self) -> None:
+        """An empty primary restores from the most advanced peer before taking writes."""
+        try:
+            if self.store.lsn == 0:
+                await self._restore_if_peers_have_data()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("start-up restore check failed; taking writes with what is here")
+        self.writable = True
+        log.info("%s is primary and takes writes at lsn %d", self.config.pod_name, self.store.lsn)
+
+    async def _restore_if_peers_have_data(self) -> None:
+        """Ask every peer in DNS for its position; restore from the most advanced.
+
+        Waits for *every* peer DNS lists: a write acknowledged with w=majority
+        may live on one follower only, so deciding without one could lose it.
+        The directory refreshed itself when it started, just before this.
+        """
+        statuses: dict[str, dict[str, Any]] = {}
+        last_warning = time.monotonic()
+        while True:
+            missing = [p for p in self.directory.peers.values() if p.name not in statuses]
+            results = await asyncio.gather(*(self.client.status(p) for p in missing), return_exceptions=True)
+            for peer, result in zip(missing, results):
+                if isinstance(result, dict):
+                    statuses[peer.name] = result
+            missing = [p for p in self.directory.peers.values() if p.name not in statuses]
+            if not missing:
+                break
+            if time.monotonic() - last_warning > 10:
+                log.warning("empty primary: waiting for %s to answer before deciding what to restore",
+                            ", ".join(p.name for p in missing))
+                last_warning = time.monotonic()
+            await asyncio.sleep(0.5)
+            await self.directory.refresh()
+        best = max(statuses.items(), key=lambda item: item[1].get("lsn", 0), default=None)
+        if best is None or best[1].get("lsn", 0) <= self.store.lsn:
+            log.info("no peer holds data (%d in DNS): starting a fresh history", len(statuses))
+            return
+        name, status = best
+        peer = next(p for p in self.directory.peers.values() if p.name == name)
+        log.warning("this primary's data dir is empty but %s holds lsn %d (history %s): restoring from it "
+                    "before taking any write", name, status["lsn"], status.get("history_id"))
+        self.restoring = True
+        try:
+            follower = Follower(self.config, self.store, self.directory, self.client, self.acks, self.metrics)
+            await follower.install_snapshot_from(peer, reason="empty primary")
+        finally:
+            self.restoring = False
+        log.info("restored lsn %d from %s", self.store.lsn, name)
+
+    def _foreign_history(self, follower: str, history: str, lsn: int) -> None:
+        """A follower under another history with more data: an empty primary restores from it."""
+        if self.config.role != PRIMARY or self.store.lsn != 0 or lsn == 0 or self.restoring:
+            return
+        if self._restore_task is not None and not self._restore_task.done():
+            return
+        log.warning("%s has lsn %d under history %s while this primary is empty: restoring", follower, lsn,
+                    history)
+        self.writable = False
+        self._restore_task = asyncio.create_task(self._primary_startup(), name="primary-restore")
+
+    async def wait_for_concern(self, lsn: int, w: str, required_acks: Callable[[str, int], int]) -> tuple[int, int]:
+        """Wait for followers to confirm ``lsn``; returns (confirmed replicas, required replicas)."""
+        required = required_acks(w, self.configured_replicas())
+        if required <= 1:
+            return 1, required
+        followers = await self.acks.wait(lsn, required - 1, self.config.write_timeout)
+        return followers + 1, required
+
+    # ------------------------------------------------------------ positions
+    def primary_lsn(self) -> int | None:
+        """The primary's LSN as this replica knows it."""
+        if self.config.role == PRIMARY:
+            return self.store.lsn
+        return self.follower.primary_lsn if self.follower else None
+
+    def primary_reachable(self) -> bool:
+        """Whether the follower heard from its upstream recently."""
+        f = self.follower
+        return bool(f and f.last_contact and time.monotonic() - f.last_contact < LONG_POLL_SECONDS + 3)
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why) of this replica for /readyz."""
+        if self.config.role == PRIMARY:
+            if not self.writable:
+                return False, "restoring data from a peer before taking writes"
+            return True, "primary taking writes"
+        f = self.follower
+        if f is None or f.installing_snapshot:
+            return False, "installing a snapshot"
+        known = f.primary_lsn if f.primary_lsn is not None else f.upstream_lsn
+        if known is None:
+            return True, "no primary reachable yet; serving what this replica has"
+        lag = max(0, known - self.store.lsn)
+        if lag > READY_MAX_LAG:
+            return False, f"catching up: {lag} entries behind"
+        return True, f"following, {lag} entries behind"
+
+    def peers_status(self) -> list[dict[str, Any]]:
+        """Every peer with its LSN and lag as far as this replica knows."""
+        reference = self.primary_lsn()
+        out = []
+        for ordinal, peer in sorted(self.directory.peers.items()):
+            row = peer.to_dict()
+            position = self.acks.positions.get(peer.name)
+            if ordinal == 0 and self.follower is not None:
+                row["lsn"] = self.follower.primary_lsn
+            elif position is not None:
+                row["lsn"] = position.lsn
+                row["acked_seconds_ago"] = round(time.monotonic() - position.seen, 3)
+            else:
+                row["lsn"] = None
+            row["lag"] = (reference - row["lsn"]) if reference is not None and row["lsn"] is not None else None
+            out.append(row)
+        return out

@@ -1,0 +1,290 @@
+"""Replication across real processes: write concerns, catch-up, snapshots, failover of reads,
+an empty primary, read-your-writes, the peer token, and cascading.
+
+Every test runs twice, once with followers pulling from kv-0 and once in
+cascade (kv-N pulls from kv-N-1). After each test, every replica must hold
+identical data at the same LSN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from local_cluster import LocalCluster, http, wait_for
+from kvstore.local.state import running_pid
+
+RETENTION = 40  # small, so a follower that misses a few writes needs a snapshot
+
+
+@pytest.fixture(scope="module", params=["primary", "previous"], ids=["pull-from-primary", "cascade"])
+def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    base = {"primary": "127.0.7", "previous": "127.0.8"}[request.param]
+    c = LocalCluster(f"{base}.10", f"{base}.2", replicas=3, env={
+        "KV_REPLICATE_FROM": request.param, "KV_WRITE_TIMEOUT": "2", "KV_LOG_RETENTION": str(RETENTION),
+        "KV_READ_WAIT": "3"})
+    c.up()
+    try:
+        yield c
+    finally:
+        c.down()
+
+
+def put(c: LocalCluster, pod: str, key: str, value: bytes, w: str = "majority",
+        timeout: float = 15) -> tuple[int, dict[str, str], dict]:
+    status, headers, body = http("PUT", f"{c.url(pod)}/v1/kv/{urllib.parse.quote(key, safe='')}?w={w}",
+                                 value, timeout=timeout)
+    return status, headers, json.loads(body) if body else {}
+
+
+def get(c: LocalCluster, pod: str, key: str, query: str = "") -> tuple[int, dict[str, str], bytes]:
+    return http("GET", f"{c.url(pod)}/v1/kv/{urllib.parse.quote(key, safe='')}{query}")
+
+
+def contents(c: LocalCluster, pod: str) -> tuple[int, str]:
+    """(LSN, digest over every key and value) of one replica, read locally."""
+    status, _, body = http("GET", f"{c.url(pod)}/v1/status")
+    assert status == 200
+    lsn = json.loads(body)["lsn"]
+    digest = hashlib.sha256()
+    start_after = None
+    for _ in range(10_000):
+        query = "limit=1000" + (f"&start_after={urllib.parse.quote(start_after, safe='')}" if start_after else "")
+        status, _, body = http("GET", f"{c.url(pod)}/v1/kv?{query}")
+        page = json.loads(body)
+        for key in page["keys"]:
+            s, _, value = get(c, pod, key)
+            if s == 200:
+                digest.update(len(key).to_bytes(4, "big") + key.encode() + len(value).to_bytes(4, "big") + value)
+        if not page["more"]:
+            break
+        start_after = page["next_start_after"]
+    return lsn, digest.hexdigest()
+
+
+def wait_converged(c: LocalCluster, timeout: float = 60) -> tuple[int, str]:
+    """Every live replica at the same LSN with the same digest; bounded."""
+    def same() -> tuple[int, str] | None:
+        try:
+            c.wait_ready(timeout=1)
+            views = {name: contents(c, name) for name in c.pods()}
+        except (AssertionError, OSError, ValueError, KeyError):
+            return None
+        return next(iter(views.values())) if len(set(views.values())) == 1 else None
+    return wait_for("replicas to converge", same, timeout, interval=0.5)
+
+
+@pytest.fixture(autouse=True)
+def converges_after(cluster: LocalCluster) -> Iterator[None]:
+    yield
+    try:
+        wait_converged(cluster)
+    except AssertionError:
+        views = {}
+        for name in cluster.pods():
+            try:
+                views[name] = contents(cluster, name)
+            except Exception as exc:  # noqa: BLE001 - diagnostics only
+                views[name] = repr(exc)
+        raise AssertionError(f"replicas diverged: {views}\n{cluster.logs()}") from None
+
+
+class PausedController:
+    """SIGSTOP the controller, like a kubelet that does not restart pods; SIGCONT on exit."""
+
+    def __init__(self, c: LocalCluster) -> None:
+        self.pid = running_pid(c.directory)
+        assert self.pid
+
+    def __enter__(self) -> "PausedController":
+        os.kill(self.pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+
+# ------------------------------------------------------------------- write concerns
+def test_w_all_is_readable_on_every_replica_at_once(cluster: LocalCluster) -> None:
+    status, headers, body = put(cluster, "kv-0", "all/direct", b"one", w="all")
+    assert status == 200, body
+    for pod in ("kv-1", "kv-2"):
+        s, h, value = get(cluster, pod, "all/direct")
+        assert (s, value) == (200, b"one"), pod
+        assert h["ETag"] == headers["ETag"]
+    # Through a secondary: forwarded to kv-0, the answer comes back as is.
+    status, headers, body = put(cluster, "kv-2", "all/forwarded", b"two", w="all")
+    assert status == 200 and headers.get("X-Kv-Answered-By") == "kv-0", (status, headers, body)
+    for pod in ("kv-0", "kv-1", "kv-2"):
+        assert get(cluster, pod, "all/forwarded")[2] == b"two"
+
+
+def test_majority_succeeds_and_all_times_out_with_a_secondary_stopped(cluster: LocalCluster) -> None:
+    pid = cluster.pause("kv-2")
+    try:
+        status, _, body = put(cluster, "kv-0", "concern/majority", b"m", w="majority")
+        assert status == 200, body
+        status, headers, body = put(cluster, "kv-0", "concern/all", b"a", w="all")
+        assert status == 504, body
+        assert body["error"] == "write_concern_timeout"
+        assert body["confirmed"] == 2 and body["required"] == 3
+        assert "durable on the primary" in body["message"]
+        assert headers["ETag"] == f'"{body["version"]}"'
+        # Durable on the primary means readable there.
+        assert get(cluster, "kv-0", "concern/all")[2] == b"a"
+    finally:
+        cluster.resume(pid)
+    assert put(cluster, "kv-0", "concern/after", b"x", w="all")[0] == 200
+
+
+# ------------------------------------------------------------------------ catch-up
+def test_sigkilled_secondary_catches_up(cluster: LocalCluster) -> None:
+    with PausedController(cluster):
+        os.kill(killed := cluster.pid("kv-1"), signal.SIGKILL)
+        for i in range(10):  # fewer than the retained log: catch-up from the log
+            assert put(cluster, "kv-0", f"catchup/{i}", b"v%d" % i, w="majority")[0] == 200
+    cluster.wait_restarted("kv-1", killed)
+    lsn, _ = wait_converged(cluster)
+    assert get(cluster, "kv-1", "catchup/9", f"?min_lsn={lsn}")[2] == b"v9"
+
+
+def test_secondary_that_missed_more_than_the_log_gets_a_snapshot(cluster: LocalCluster) -> None:
+    pid = cluster.pause("kv-2")
+    try:
+        for i in range(RETENTION * 3):
+            assert put(cluster, "kv-0", f"snap/{i:03}", b"s" * 50, w="majority")[0] == 200
+        # Logs are truncated in the background; wait until kv-2's position is gone
+        # from its upstream (kv-0, or kv-1 in cascade).
+        for upstream in ("kv-0", "kv-1"):
+            wait_for(f"log truncation on {upstream}",
+                     lambda: json.loads(http("GET", cluster.url(upstream) + "/v1/status")[2])
+                     ["log_start"] > RETENTION, timeout=30)
+    finally:
+        cluster.resume(pid)
+    wait_converged(cluster)
+    metrics = http("GET", cluster.url("kv-2") + "/metrics")[2].decode()
+    received = [line for line in metrics.splitlines()
+                if line.startswith('kv_snapshot_transfers_total{direction="received"}')]
+    assert received and float(received[0].split()[-1]) >= 1, received
+
+
+def test_scale_up_replica_gets_everything(cluster: LocalCluster) -> None:
+    assert put(cluster, "kv-0", "scale/before", b"b", w="all")[0] == 200
+    cluster.scale(4)
+    try:
+        wait_converged(cluster)
+        assert get(cluster, "kv-3", "scale/before")[2] == b"b"
+        assert put(cluster, "kv-3", "scale/after", b"a", w="all")[0] == 200
+        assert get(cluster, "kv-3", "scale/after")[2] == b"a"
+    finally:
+        cluster.scale(3)
+
+
+# ----------------------------------------------------------------- primary failure
+def test_primary_down_reads_go_on_writes_get_503_then_nothing_is_lost(cluster: LocalCluster) -> None:
+    acknowledged = {}
+    for i in range(20):
+        status, _, body = put(cluster, "kv-1", f"failover/{i}", b"f%d" % i)
+        assert status == 200, body
+        acknowledged[f"failover/{i}"] = b"f%d" % i
+    with PausedController(cluster):
+        os.kill(killed := cluster.pid("kv-0"), signal.SIGKILL)
+        time.sleep(0.2)
+        for pod in ("kv-1", "kv-2"):
+            status, headers, value = get(cluster, pod, "failover/19")
+            assert (status, value) == (200, b"f19"), pod
+            # A 1 s client timeout: the answer must be quick, never a hang.
+            status, headers, body = http("PUT", f"{cluster.url(pod)}/v1/kv/failover-during", b"x", timeout=1)
+            assert status == 503, body
+            assert headers.get("Retry-After") and json.loads(body)["error"] == "no_primary"
+    cluster.wait_restarted("kv-0", killed)
+    for key, value in acknowledged.items():
+        for pod in ("kv-0", "kv-1", "kv-2"):
+            assert get(cluster, pod, key, "?consistency=strong" if pod == "kv-0" else "")[2] == value
+
+
+def test_primary_with_an_empty_disk_restores_before_taking_writes(cluster: LocalCluster) -> None:
+    acknowledged = {}
+    for i in range(15):
+        status, _, body = put(cluster, "kv-0", f"empty/{i}", b"e%d" % i)
+        assert status == 200, body
+        acknowledged[f"empty/{i}"] = b"e%d" % i
+    before, _ = wait_converged(cluster)
+    data_dir = Path(cluster.pods()["kv-0"]["data_dir"])
+    with PausedController(cluster):
+        os.kill(killed := cluster.pid("kv-0"), signal.SIGKILL)
+        time.sleep(0.2)
+        shutil.rmtree(data_dir)  # the PVC was lost
+    cluster.wait_restarted("kv-0", killed)
+    status, _, body = http("GET", cluster.url("kv-0") + "/v1/status")
+    assert json.loads(body)["lsn"] >= before
+    for key, value in acknowledged.items():
+        assert get(cluster, "kv-0", key)[2] == value, key
+    assert put(cluster, "kv-0", "empty/after", b"new", w="all")[0] == 200
+    log = (cluster.directory / "logs" / "kv-0.log").read_text()
+    assert "restoring from it before taking any write" in log
+
+
+# ------------------------------------------------------------------------- reads
+def test_min_lsn_gives_read_your_writes_on_a_secondary(cluster: LocalCluster) -> None:
+    for i in range(5):
+        status, headers, body = put(cluster, "kv-0", "ryw", b"v%d" % i, w="1")
+        assert status == 200
+        status, _, value = get(cluster, "kv-2", "ryw", f"?min_lsn={body['version']}")
+        assert (status, value) == (200, b"v%d" % i)
+
+
+def test_min_lsn_beyond_a_stopped_primary_is_504_not_a_hang(cluster: LocalCluster) -> None:
+    lsn = json.loads(http("GET", cluster.url("kv-1") + "/v1/status")[2])["lsn"]
+    status, _, body = get(cluster, "kv-1", "anything", f"?min_lsn={lsn + 1000}")
+    assert status == 504 and json.loads(body)["error"] == "min_lsn_timeout"
+
+
+def test_strong_reads_see_the_latest_acknowledged_write(cluster: LocalCluster) -> None:
+    for i in range(5):
+        assert put(cluster, "kv-0", "strong", b"s%d" % i, w="1")[0] == 200
+        for pod in ("kv-1", "kv-2"):
+            status, headers, value = get(cluster, pod, "strong", "?consistency=strong")
+            assert (status, value) == (200, b"s%d" % i)
+            assert headers.get("X-Kv-Answered-By") == "kv-0"
+
+
+def test_status_shows_every_replica_with_lsn_and_lag(cluster: LocalCluster) -> None:
+    put(cluster, "kv-0", "status/x", b"x", w="all")
+    for pod in ("kv-0", "kv-1"):
+        status = json.loads(http("GET", cluster.url(pod) + "/v1/status")[2])
+        peers = {p["name"]: p for p in status["peers"]}
+        assert set(peers) == {"kv-0", "kv-1", "kv-2"} - {pod}
+        for row in peers.values():
+            assert isinstance(row["lsn"], int) and isinstance(row["lag"], int), row
+
+
+# ------------------------------------------------------------------------- token
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}])
+def test_peer_calls_without_the_token_are_refused(cluster: LocalCluster, headers: dict[str, str]) -> None:
+    pod = cluster.pods()["kv-0"]
+    base = f"http://{pod['address']}:{pod['peer_port']}"
+    for method, path in (("GET", "/v1/peer/log?after=0&follower=x&history=y"), ("GET", "/v1/peer/snapshot"),
+                         ("GET", "/v1/peer/status"), ("PUT", "/v1/kv/sneaky")):
+        status, _, body = http(method, base + path, b"x" if method == "PUT" else None, headers)
+        assert status == 401 and json.loads(body)["error"] == "unauthorized", (path, status)
+    assert get(cluster, "kv-0", "sneaky")[0] == 404
+    log = (cluster.directory / "logs" / "kv-0.log").read_text()
+    assert "peer call refused" in log
+
+
+def test_peer_calls_with_the_token_work(cluster: LocalCluster) -> None:
+    token = (cluster.directory / "token").read_text().strip()
+    pod = cluster.pods()["kv-1"]
+    status, _, body = http("GET", f"http://{pod['address']}:{pod['peer_port']}/v1/peer/status",
+                           headers={"Authorization": f"Bearer {token}"})
+    assert status == 200 and json.loads(body)["name"] == "kv-1"
