@@ -7,7 +7,6 @@ gets an HTML page or a traceback.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -141,7 +140,7 @@ class ClientApi:
                            f"the key is {len(key)} bytes; the limit is {self.config.max_key_bytes}")
         return key
 
-    def headers(self, record_lsn: int | None = None) -> dict[str, str]:
+    def headers(self) -> dict[str, str]:
         """Freshness headers every answer carries."""
         out = {"X-Kv-Pod": self.config.pod_name, "X-Kv-Role": self.node.role,
                "X-Kv-Lsn": str(self.node.store.lsn)}
@@ -367,8 +366,3 @@ def create_app(node: Replica) -> web.Application:
     app.router.add_get("/metrics", api.metrics_text)
     app.router.add_get("/openapi.json", api.openapi)
     return app
-
-
-def dumps(obj: Any) -> str:
-    """Compact JSON for bodies built by hand."""
-    return json.dumps(obj, separators=(",", ":"))

@@ -33,7 +33,6 @@ import aiohttp
 import yarl
 from aiohttp import web
 
-from kvstore import storage
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
 from kvstore.identity import PRIMARY
