@@ -6,8 +6,9 @@ Dockerfile so that nothing inside the build needs the network:
 1. The base image: the Dockerfile's default (``python:3.11-slim``) when the
    engine already has it; otherwise a minimal Debian root filesystem made with
    ``debootstrap`` (python3 + python3-venv) from the host's Debian mirror and
-   ``docker import``-ed as :data:`LOCAL_BASE_TAG`. It is cached by that tag;
-   the first build takes about a minute.
+   ``docker import``-ed as :data:`LOCAL_BASE_TAG` (debootstrap itself is
+   installed with apt-get when missing). It is cached by that tag; the first
+   build takes about a minute.
 2. A wheelhouse on the host (``build/wheelhouse``): the kvstore wheel built
    from the work tree, and wheels of every dependency for the base image's
    Python and platform (``pip download --only-binary``). Wheels already there
@@ -131,15 +132,34 @@ def _run(argv: list[str], say: Say, env: dict[str, str] | None = None) -> subpro
     return proc
 
 
+def _find_debootstrap() -> str | None:
+    return shutil.which("debootstrap") or (
+        "/usr/sbin/debootstrap" if Path("/usr/sbin/debootstrap").exists() else None)
+
+
+def _install_debootstrap(say: Say) -> str:
+    """Install debootstrap from the Debian mirror (we are root on a Debian-like host), or explain."""
+    if shutil.which("apt-get") is None:
+        raise ImageError("debootstrap is not installed and there is no apt-get to install it; "
+                         "install debootstrap, or load python:3.11-slim into the engine")
+    say("debootstrap is missing: installing it with apt-get")
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "debootstrap"]
+    try:
+        _run(install, say, env={"DEBIAN_FRONTEND": "noninteractive"})
+    except ImageError:  # a fresh machine has no package lists yet
+        _run(["apt-get", "update", "-q"], say)
+        _run(install, say, env={"DEBIAN_FRONTEND": "noninteractive"})
+    found = _find_debootstrap()
+    if found is None:
+        raise ImageError("apt-get installed debootstrap, but it is not on PATH")
+    return found
+
+
 def build_local_base(client: docker.DockerClient, tag: str = LOCAL_BASE_TAG, say: Say = _say_to_log) -> str:
     """Make a Debian base image with python3 using debootstrap, and import it as ``tag``."""
     if os.geteuid() != 0:
         raise ImageError("building the local base image runs debootstrap, which needs root")
-    debootstrap = shutil.which("debootstrap") or (
-        "/usr/sbin/debootstrap" if Path("/usr/sbin/debootstrap").exists() else None)
-    if debootstrap is None:
-        raise ImageError("debootstrap is not installed: apt-get install -y debootstrap "
-                         "(or make the official base image available: docker pull python:3.11-slim)")
+    debootstrap = _find_debootstrap() or _install_debootstrap(say)
     mirror = debian_mirror()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kvstore-rootfs-") as tmp:

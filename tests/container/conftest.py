@@ -89,7 +89,7 @@ def runtime(docker_client: Any, kv_image: str, tmp_path_factory: pytest.TempPath
     Teardown removes its containers, its volumes and the network.
     """
     spec = ClusterSpec(directory=tmp_path_factory.mktemp("cluster"), replicas=3)
-    runtime = start_runtime(docker_client, spec, volumes="named")
+    runtime = start_runtime(docker_client, kv_image, spec, volumes="named")
     try:
         runtime.spec = spec  # type: ignore[attr-defined]
         yield runtime

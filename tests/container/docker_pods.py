@@ -139,11 +139,14 @@ def is_leftover(labels: dict[str, str]) -> bool:
     return False
 
 
-def start_runtime(docker_client: Any, spec: Any, **options: Any) -> DockerRuntime:
-    """A DockerRuntime configured for ``spec`` (a ClusterSpec) on the first free candidate subnet."""
+def start_runtime(docker_client: Any, image: str, spec: Any, **options: Any) -> DockerRuntime:
+    """A DockerRuntime configured for ``spec`` (a ClusterSpec) on the first free candidate subnet.
+
+    ``image`` is the id the session built: another run on the engine may move the tag meanwhile.
+    """
     problems = []
     for candidate in subnets():
-        runtime = DockerRuntime(image=IMAGE_TAG, subnet=candidate, network=unique("kvtest"), build=False,
+        runtime = DockerRuntime(image=image, subnet=candidate, network=unique("kvtest"), build=False,
                                 client=docker_client, labels=owner_labels(),
                                 say=lambda m: print(m, flush=True), **options)
         try:

@@ -50,7 +50,7 @@ def controller(docker_client: Any, kv_image: str, tmp_path: Path) -> Iterator[tu
     runtime: DockerRuntime | None = None
     try:
         # Before the DNS server binds the network's gateway; bind-mounted data dirs, as `kvstore cluster` uses.
-        runtime = start_runtime(docker_client, spec)
+        runtime = start_runtime(docker_client, kv_image, spec)
         sts = StatefulSet(spec, runtime)
         loop.run(sts.start())
         yield loop, sts
