@@ -1,0 +1,236 @@
+"""kvstore side by side with etcd: same machine, same run, same load generator (wrk).
+
+    ./kv bench compare_etcd [--seconds 10] [--connections 1,32]
+
+Starts a 3-member etcd cluster (Debian's etcd-server, fsync on as etcd
+always does) and a 3-replica kvstore local cluster (w=majority), both on
+loopback, plus one kvstore replica with fsync off as the ceiling of one Python
+process. Each pair runs etcd then kvstore, back to back, at each connection
+count:
+
+- durable PUT (kvstore w=majority on kv-0) vs etcd put on the leader;
+- kvstore consistency=strong GET on kv-0 vs etcd linearizable range on the leader;
+- kvstore local GET on the secondary kv-1 vs etcd serializable range on a follower;
+- kvstore single replica, fsync off: PUT and GET (the ceiling).
+
+Prints the table and the issue's target verdicts; writes JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from clusters import (  # noqa: E402
+    ETCD_GATEWAY, KvCluster, etcd_cluster, etcd_seed, kv_cluster, machine, stop_on_sigterm,
+)
+from single_replica import replica, seed as kv_seed  # noqa: E402
+from wrk import Figures, ensure_wrk, run_wrk  # noqa: E402
+
+from kvstore.client import Client  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+SEED_KEYS = 1000
+VALUE = b"s" * 100
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags; bad values end with a one-line usage error."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run (default 10)")
+    parser.add_argument("--connections", default="1,32",
+                        help="comma-separated connection counts (default 1,32)")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the single-replica no-fsync runs")
+    args = parser.parse_args(argv)
+    if not 1 <= args.seconds <= 600:
+        parser.error("--seconds must be from 1 to 600")
+    try:
+        args.connections = [int(c) for c in args.connections.split(",")]
+    except ValueError:
+        parser.error("--connections must be integers like 1,32")
+    if not args.connections or any(not 1 <= c <= 1024 for c in args.connections):
+        parser.error("--connections must each be from 1 to 1024")
+    return args
+
+
+async def seed_kvstore(url: str) -> None:
+    """The keys the kvstore GET runs read (w=all, so every replica holds them)."""
+    async with Client(url) as client:
+        for start in range(0, SEED_KEYS, 100):
+            replies = await asyncio.gather(*(client.put(f"seed/{i}", VALUE, w="all")
+                                             for i in range(start, min(SEED_KEYS, start + 100))))
+            bad = [r.status for r in replies if r.status != 200]
+            if bad:
+                raise RuntimeError(f"kvstore seed failed with statuses {bad[:5]}")
+
+
+def run_pairs(etcd_leader: str, etcd_follower: str, kv: KvCluster, conns_list: list[int],
+              seconds: int) -> list[dict[str, Any]]:
+    """The three etcd/kvstore pairs, etcd first then kvstore, at each connection count."""
+    primary, secondary = kv.url("kv-0"), kv.url("kv-1")
+    pairs: list[dict[str, Any]] = []
+    for conns in conns_list:
+        # (pair, etcd label, etcd run, kvstore label, kvstore run); called right away, so
+        # the lambdas' late binding of ``conns`` is harmless.
+        specs: list[tuple[str, str, Callable[[], Figures], str, Callable[[], Figures]]] = [
+            ("durable PUT", "etcd put (leader)",
+             lambda: run_wrk("etcd put", etcd_leader, "etcd_put_unique.lua", conns, seconds,
+                             {"ETCD_GATEWAY": ETCD_GATEWAY, "ETCD_KEY_PREFIX": f"bench-c{conns}/"}),
+             "kvstore PUT w=majority (kv-0)",
+             lambda: run_wrk("kvstore put w=majority", primary, "put_unique.lua", conns, seconds,
+                             {"KV_BENCH_PATH_PREFIX": f"/v1/kv/bench-c{conns}/", "KV_BENCH_QUERY": "?w=majority"})),
+            ("strong GET", "etcd range linearizable (leader)",
+             lambda: run_wrk("etcd range linearizable", etcd_leader, "etcd_range_existing.lua", conns, seconds,
+                             {"ETCD_GATEWAY": ETCD_GATEWAY, "ETCD_KEY_PREFIX": "seed/",
+                              "KV_BENCH_KEYS": str(SEED_KEYS), "ETCD_SERIALIZABLE": "false"}),
+             "kvstore GET consistency=strong (kv-0)",
+             lambda: run_wrk("kvstore get strong", primary, "get_existing.lua", conns, seconds,
+                             {"KV_BENCH_KEYS": str(SEED_KEYS), "KV_BENCH_QUERY": "?consistency=strong"})),
+            ("local GET", "etcd range serializable (follower)",
+             lambda: run_wrk("etcd range serializable", etcd_follower, "etcd_range_existing.lua", conns, seconds,
+                             {"ETCD_GATEWAY": ETCD_GATEWAY, "ETCD_KEY_PREFIX": "seed/",
+                              "KV_BENCH_KEYS": str(SEED_KEYS), "ETCD_SERIALIZABLE": "true"}),
+             "kvstore GET local (secondary kv-1)",
+             lambda: run_wrk("kvstore get local", secondary, "get_existing.lua", conns, seconds,
+                             {"KV_BENCH_KEYS": str(SEED_KEYS)})),
+        ]
+        for kind, etcd_label, etcd_run, kv_label, kv_run in specs:
+            etcd_fig = etcd_run()
+            _progress(etcd_label, etcd_fig)
+            kv_fig = kv_run()
+            _progress(kv_label, kv_fig)
+            pairs.append({"kind": kind, "connections": conns, "etcd_label": etcd_label, "kvstore_label": kv_label,
+                          "etcd": etcd_fig, "kvstore": kv_fig})
+    return pairs
+
+
+def run_ceiling(conns_list: list[int], seconds: int) -> list[Figures]:
+    """One kvstore replica, fsync off: what one Python process can do at best."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kv-ceiling-") as tmp, replica(tmp, fsync=False) as url:
+        asyncio.run(kv_seed(url, SEED_KEYS))
+        for conns in conns_list:
+            for fig in (run_wrk("kvstore 1 replica PUT no-fsync", url, "put_unique.lua", conns, seconds,
+                                {"KV_BENCH_PATH_PREFIX": f"/v1/kv/ceiling-c{conns}/"}),
+                        run_wrk("kvstore 1 replica GET no-fsync", url, "get_existing.lua", conns, seconds,
+                                {"KV_BENCH_KEYS": str(SEED_KEYS)})):
+                _progress(fig.name, fig)
+                rows.append(fig)
+    return rows
+
+
+def _progress(label: str, fig: Figures) -> None:
+    errors = f"  non-2xx {fig.non_2xx} errors {fig.socket_errors}" if fig.non_2xx or fig.socket_errors else ""
+    print(f"  {label:<42} c={fig.connections:<3} {fig.rps:>9.0f} req/s  p50 {fig.p50_ms:7.2f} ms  "
+          f"p99 {fig.p99_ms:7.2f} ms{errors}", file=sys.stderr, flush=True)
+
+
+def print_comparison(pairs: list[dict[str, Any]], ceiling: list[Figures]) -> None:
+    """The side-by-side table: etcd and kvstore figures and the kvstore/etcd ratio."""
+    head = (f"{'pair':<12} {'conns':>5} | {'etcd req/s':>10} {'p50 ms':>7} {'p99 ms':>7} | "
+            f"{'kv req/s':>9} {'p50 ms':>7} {'p99 ms':>7} | {'kv/etcd':>7}")
+    print(head)
+    print("-" * len(head))
+    for p in pairs:
+        e, k = p["etcd"], p["kvstore"]
+        ratio = k.rps / e.rps if e.rps else 0.0
+        print(f"{p['kind']:<12} {p['connections']:>5} | {e.rps:>10.0f} {e.p50_ms:>7.2f} {e.p99_ms:>7.2f} | "
+              f"{k.rps:>9.0f} {k.p50_ms:>7.2f} {k.p99_ms:>7.2f} | {ratio:>6.2f}x")
+    puts = {p["connections"]: p["etcd"] for p in pairs if p["kind"] == "durable PUT"}
+    gets = {p["connections"]: p["etcd"] for p in pairs if p["kind"] == "local GET"}
+    for fig in ceiling:
+        ref = (puts if "PUT" in fig.name else gets).get(fig.connections)
+        ratio = f"{fig.rps / ref.rps:>6.2f}x" if ref and ref.rps else "      -"
+        kind = "ceil PUT" if "PUT" in fig.name else "ceil GET"
+        print(f"{kind:<12} {fig.connections:>5} | {'':>10} {'':>7} {'':>7} | "
+              f"{fig.rps:>9.0f} {fig.p50_ms:>7.2f} {fig.p99_ms:>7.2f} | {ratio}")
+    print("(ceil = one kvstore replica, fsync off; its ratio is against etcd put / serializable range)")
+    bad = [f for p in pairs for f in (p["etcd"], p["kvstore"])] + ceiling
+    bad = [f for f in bad if f.non_2xx or f.socket_errors]
+    for f in bad:
+        print(f"WARNING: {f.name} c={f.connections}: {f.non_2xx} non-2xx answers, {f.socket_errors} socket errors")
+
+
+def verdicts(pairs: list[dict[str, Any]], ceiling: list[Figures]) -> list[dict[str, Any]]:
+    """The issue's speed targets that this run can judge, each with its measured figures."""
+    def pair(kind: str, conns: int) -> dict[str, Any] | None:
+        return next((p for p in pairs if p["kind"] == kind and p["connections"] == conns), None)
+
+    out: list[dict[str, Any]] = []
+
+    def judge(target: str, met: bool, measured: str) -> None:
+        out.append({"target": target, "met": met, "measured": measured})
+
+    if (p := pair("durable PUT", 32)) is not None:
+        e, k = p["etcd"], p["kvstore"]
+        judge("w=majority PUT at 32 conns >= 2.0x etcd put", k.rps >= 2.0 * e.rps,
+              f"{k.rps / e.rps:.2f}x ({k.rps:.0f} vs {e.rps:.0f} req/s)")
+        judge("w=majority PUT p99 at 32 conns <= etcd's", k.p99_ms <= e.p99_ms,
+              f"{k.p99_ms:.2f} ms vs {e.p99_ms:.2f} ms")
+    if (p := pair("durable PUT", 1)) is not None:
+        e, k = p["etcd"], p["kvstore"]
+        judge("single-client PUT p50 <= etcd's", k.p50_ms <= e.p50_ms, f"{k.p50_ms:.2f} ms vs {e.p50_ms:.2f} ms")
+    if (p := pair("local GET", 32)) is not None:
+        e, k = p["etcd"], p["kvstore"]
+        judge("local GET at 32 conns >= 2.0x etcd serializable", k.rps >= 2.0 * e.rps,
+              f"{k.rps / e.rps:.2f}x ({k.rps:.0f} vs {e.rps:.0f} req/s)")
+    if (p := pair("strong GET", 32)) is not None:
+        e, k = p["etcd"], p["kvstore"]
+        judge("strong GET at 32 conns >= 1.0x etcd linearizable", k.rps >= e.rps,
+              f"{k.rps / e.rps:.2f}x ({k.rps:.0f} vs {e.rps:.0f} req/s)")
+    ceil = next((f for f in ceiling if "PUT" in f.name and f.connections == 32), None)
+    if (p := pair("durable PUT", 32)) is not None and ceil is not None and ceil.rps:
+        k = p["kvstore"]
+        judge("replicated durable PUT >= 50% of the 1-replica no-fsync ceiling (32 conns)",
+              k.rps >= 0.5 * ceil.rps, f"{k.rps / ceil.rps:.0%} ({k.rps:.0f} vs {ceil.rps:.0f} req/s)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ensure_wrk()
+    stop_on_sigterm()
+    started = time.monotonic()
+    print("bench: starting a 3-member etcd cluster and a 3-replica kvstore cluster on loopback", file=sys.stderr)
+    with etcd_cluster() as etcd, kv_cluster(3) as kv:
+        print(f"bench: etcd {etcd.version} leader {etcd.leader}, follower {etcd.follower}; "
+              f"kvstore kv-0 {kv.url('kv-0')}, kv-1 {kv.url('kv-1')}", file=sys.stderr)
+        asyncio.run(etcd_seed(etcd.leader, "seed/", SEED_KEYS, VALUE))
+        asyncio.run(seed_kvstore(kv.url("kv-0")))
+        kv.wait_caught_up(["kv-1", "kv-2"])
+        pairs = run_pairs(etcd.leader, etcd.follower, kv, args.connections, args.seconds)
+        etcd_version = etcd.version
+    ceiling = [] if args.no_ceiling else run_ceiling(args.connections, args.seconds)
+    print()
+    print_comparison(pairs, ceiling)
+    judged = verdicts(pairs, ceiling)
+    print()
+    for v in judged:
+        print(f"{'MET   ' if v['met'] else 'MISSED'} {v['target']}: {v['measured']}")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"compare-etcd-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(json.dumps({
+        "command": " ".join(["./kv bench compare_etcd", *(argv if argv is not None else sys.argv[1:])]),
+        "seconds": args.seconds, "etcd_version": etcd_version, "machine": machine(),
+        "pairs": [{**{k: v for k, v in p.items() if k not in ("etcd", "kvstore")},
+                   "etcd": p["etcd"].as_dict(), "kvstore": p["kvstore"].as_dict(),
+                   "ratio": round(p["kvstore"].rps / p["etcd"].rps, 3) if p["etcd"].rps else None}
+                  for p in pairs],
+        "ceiling": [f.as_dict() for f in ceiling],
+        "verdicts": judged,
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }, indent=2))
+    print(f"\nfigures written to {out} ({time.monotonic() - started:.0f} s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
