@@ -235,6 +235,7 @@ class DockerRuntime:
         self.network.create()
         spec.base_address = self.network.address(POD_OFFSET)
         spec.dns_address = self.network.gateway
+        spec.network = str(self.network.subnet)  # for check_replicas: pods must fit in this subnet
         self.say(f"network {self.network_name} {self.subnet}: DNS at {self.network.gateway}, "
                  f"pods from {spec.base_address}")
 
