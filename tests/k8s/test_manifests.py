@@ -385,3 +385,18 @@ def test_dockerignore_is_a_whitelist() -> None:
     lines = [ln for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln and not ln.startswith("#")]
     assert lines[0] == "*"
     assert f"!{image_mod.WHEELHOUSE}/" in lines
+
+
+def test_build_context_holds_only_what_the_image_needs() -> None:
+    """The context the Docker SDK sends, after .dockerignore: the package, its metadata, the wheelhouse."""
+    from docker.utils.build import exclude_paths
+
+    patterns = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")]
+    sent = exclude_paths(str(ROOT), patterns, dockerfile="Dockerfile")
+    tops = {path.split("/")[0] for path in sent}
+    assert tops <= {"kvstore", "pyproject.toml", "README.md", "build", "Dockerfile", ".dockerignore"}, tops
+    assert "pyproject.toml" in sent and "kvstore/config.py" in sent
+    assert not any("__pycache__" in path or path.endswith(".pyc") for path in sent)
+    in_build = {path for path in sent if path.startswith("build/")}
+    assert all(p == image_mod.WHEELHOUSE or p.startswith(f"{image_mod.WHEELHOUSE}/") for p in in_build), in_build
