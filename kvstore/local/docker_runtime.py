@@ -31,6 +31,7 @@ import ipaddress
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,6 +51,8 @@ TOKEN_PATH = "/var/run/secrets/kvstore/token"
 DEFAULT_SUBNET = "172.30.77.0/24"  # private; override with KVSTORE_DOCKER_SUBNET or --subnet
 POD_OFFSET = 10                    # pods at .10, .11, ...; .1 is the gateway (the host)
 WAIT_SLICE = 30                    # seconds per container-wait request, so no request hangs forever
+ENGINE_FAILURES = 60               # consecutive failed calls (1 s apart) before a pod counts as lost
+LOG_DRAIN = 5.0                    # seconds to let the log follower write the last lines
 
 
 def docker_client() -> docker.DockerClient:
@@ -119,23 +122,35 @@ class ContainerPod:
         self._done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._exit: int | None = None
         # Dedicated threads: the default executor is small, and these block for the pod's life.
+        self._logs: threading.Thread | None = None
+        if log_path is not None:
+            self._logs = threading.Thread(target=self._follow_logs, args=(log_path,),
+                                          name=f"logs-{self.name}", daemon=True)
+            self._logs.start()
         threading.Thread(target=self._wait_thread, args=(asyncio.get_running_loop(),),
                          name=f"wait-{self.name}", daemon=True).start()
-        if log_path is not None:
-            threading.Thread(target=self._follow_logs, args=(log_path,),
-                             name=f"logs-{self.name}", daemon=True).start()
 
     def _wait_thread(self, loop: asyncio.AbstractEventLoop) -> None:
         code = -1
-        while True:
+        failures = 0
+        while failures < ENGINE_FAILURES:
             try:
                 code = int(self.container.wait(timeout=WAIT_SLICE)["StatusCode"])
                 break
             except docker.errors.NotFound:
                 break
-            except Exception:  # the request timed out while the container runs on: ask again
-                continue
+            except Exception:  # the wait timed out while the container runs on, or the engine is gone
+                try:
+                    self.container.reload()
+                    failures = 0
+                except docker.errors.NotFound:
+                    break
+                except Exception:
+                    failures += 1
+                    time.sleep(1)
         self._exit = code
+        if self._logs is not None:
+            self._logs.join(LOG_DRAIN)  # the last lines, before the container goes
         if self.remove_on_exit:
             with contextlib.suppress(docker.errors.APIError):
                 self.container.remove(force=True)
