@@ -275,8 +275,9 @@ def rss_mb(pid: int) -> float:
 
 
 def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    return {"cpus": os.cpu_count(), "kernel": os.uname().release, "python": sys.version.split()[0]}
+    """What the figures were measured on, with the load average: other work on the machine skews them."""
+    return {"cpus": os.cpu_count(), "kernel": os.uname().release, "python": sys.version.split()[0],
+            "loadavg_1_5_15": list(os.getloadavg())}
 
 
 def urlopen_ok(url: str) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_wrk()
     stop_on_sigterm()
     started = time.monotonic()
+    at_start = machine()
     print("bench: starting a 3-member etcd cluster and a 3-replica kvstore cluster on loopback", file=sys.stderr)
     with etcd_cluster() as etcd, kv_cluster(3) as kv:
         print(f"bench: etcd {etcd.version} leader {etcd.leader}, follower {etcd.follower}; "
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / f"compare-etcd-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps({
         "command": " ".join(["./kv bench compare_etcd", *(argv if argv is not None else sys.argv[1:])]),
-        "seconds": args.seconds, "etcd_version": etcd_version, "machine": machine(),
+        "seconds": args.seconds, "etcd_version": etcd_version, "machine": at_start,
         "pairs": [{**{k: v for k, v in p.items() if k not in ("etcd", "kvstore")},
                    "etcd": p["etcd"].as_dict(), "kvstore": p["kvstore"].as_dict(),
                    "ratio": round(p["kvstore"].rps / p["etcd"].rps, 3) if p["etcd"].rps else None}
@@ -227,8 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling": [f.as_dict() for f in ceiling],
         "verdicts": judged,
         "wall_seconds": round(time.monotonic() - started, 1),
+        "loadavg_at_end": list(os.getloadavg()),
     }, indent=2))
-    print(f"\nfigures written to {out} ({time.monotonic() - started:.0f} s in all)")
+    load = at_start["loadavg_1_5_15"][0], os.getloadavg()[0]
+    print(f"\nload average (1 min) at start {load[0]:.2f}, at end {load[1]:.2f} on {os.cpu_count()} CPUs: "
+          "other work on the machine skews the figures")
+    print(f"figures written to {out} ({time.monotonic() - started:.0f} s in all)")
     return 0
 
 
