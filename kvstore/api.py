@@ -346,9 +346,9 @@ def make_error_middleware(metrics: Any) -> Callable[..., Awaitable[web.StreamRes
 
 def add_key_routes(app: web.Application, api: ClientApi) -> None:
     """The key routes; the peer port mounts them too, for writes forwarded to the primary."""
-    app.router.add_get("/v1/kv/{key:.*}", api.get)
-    app.router.add_put("/v1/kv/{key:.*}", api.put)
-    app.router.add_delete("/v1/kv/{key:.*}", api.delete)
+    app.router.add_get("/v1/kv/{key:[\\s\\S]*}", api.get)
+    app.router.add_put("/v1/kv/{key:[\\s\\S]*}", api.put)
+    app.router.add_delete("/v1/kv/{key:[\\s\\S]*}", api.delete)
 
 
 def create_app(node: Replica) -> web.Application:

@@ -33,6 +33,7 @@ import aiohttp
 import yarl
 from aiohttp import web
 
+from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
 from kvstore.identity import PRIMARY
@@ -471,13 +472,7 @@ class Follower:
 
     async def stop(self) -> None:
         """Stop following."""
-        for task in (self._task, self._relay):
-            if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+        await cancel_and_wait(self._task, self._relay)
 
     async def _relay_acks(self) -> None:
         """Cascade: our followers' positions go upstream as they change, so w=all does not wait
@@ -624,20 +619,21 @@ class Replication:
 
     async def stop(self) -> None:
         """Stop background work and close peer connections."""
-        if self._restore_task is not None:
-            self._restore_task.cancel()
-            try:
-                await self._restore_task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._restore_task)
         if self.follower is not None:
             await self.follower.stop()
         await self.client.close()
 
     def configured_replicas(self) -> int:
-        """KV_REPLICAS, or more when DNS shows a higher ordinal (a scale-up)."""
-        highest = max(self.directory.peers.keys(), default=0)
-        return max(self.config.replicas, highest + 1, self.config.ordinal + 1)
+        """How many replicas the StatefulSet has: the pods DNS lists (highest ordinal + 1).
+
+        With publishNotReadyAddresses every pod that exists is listed, dead or
+        alive, so this follows `kubectl scale` both ways. Until DNS has answered
+        once, KV_REPLICAS (the manifest's count) stands in.
+        """
+        if self.directory.last_success is None:
+            return max(self.config.replicas, self.config.ordinal + 1)
+        return max(max(self.directory.peers.keys(), default=0), self.config.ordinal) + 1
 
     # ---------------------------------------------------------- the primary
     async def _primary_startup(self) -> None:

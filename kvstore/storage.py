@@ -28,6 +28,8 @@ from typing import Any, AsyncIterator, Callable, Iterable
 
 import plyvel
 
+from kvstore.aio import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 DATA = b"d/"
@@ -244,13 +246,7 @@ class Store:
         if self._closed:
             return
         self._closed = True
-        for task in (self._truncator, self._committer):
-            if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+        await cancel_and_wait(self._truncator, self._committer)
         if self._queue is not None:
             while not self._queue.empty():
                 job = self._queue.get_nowait()

@@ -10,27 +10,24 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from replica_process import ReplicaProcess  # noqa: E402
+from replica_process import ReplicaProcess, running  # noqa: E402
 
 
 @pytest.fixture
 def replica(tmp_path: Path) -> Iterator[ReplicaProcess]:
     """A fresh single replica (kv-0) with its own data dir, stopped afterwards."""
-    proc = ReplicaProcess(tmp_path)
-    try:
-        proc.start()
+    with running(tmp_path) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
 def shared_replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplicaProcess]:
     """One replica shared by a module's read-mostly tests (keeps the suite fast)."""
-    proc = ReplicaProcess(tmp_path_factory.mktemp("shared"),
-                          env={"KV_MAX_KEY_BYTES": "64", "KV_MAX_VALUE_BYTES": "4096"})
-    try:
-        proc.start()
+    with running(tmp_path_factory.mktemp("shared"),
+                 env={"KV_MAX_KEY_BYTES": "64", "KV_MAX_VALUE_BYTES": "4096"}) as proc:
         yield proc
-    finally:
-        proc.stop()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--soak``: also run the 10-minute chaos soak (tests/chaos)."""
+    parser.addoption("--soak", action="store_true", default=False, help="run the long chaos soak")

@@ -83,6 +83,12 @@ def test_keys_are_percent_encoded_utf8_with_slashes(shared_replica: ReplicaProce
     assert listing["keys"] == ["€/a b"]
 
 
+def test_keys_with_control_characters(shared_replica: ReplicaProcess) -> None:
+    # A newline in a key once fell through the router's pattern to a 404.
+    assert call(shared_replica, "PUT", "/v1/kv/line%0Abreak%00nul", b"x").status == 200
+    assert call(shared_replica, "GET", "/v1/kv/line%0Abreak%00nul").body == b"x"
+
+
 def test_empty_value_is_a_value(shared_replica: ReplicaProcess) -> None:
     assert call(shared_replica, "PUT", "/v1/kv/empty", b"").status == 200
     got = call(shared_replica, "GET", "/v1/kv/empty")
