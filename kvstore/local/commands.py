@@ -178,7 +178,8 @@ def _up(args: argparse.Namespace) -> int:
     if pid is not None:
         raise ClusterError(f"a cluster is already running in {directory} (controller pid {pid}); "
                            "stop it with `kvstore cluster down` or choose another --dir")
-    _check_ports(spec)
+    if args.runtime == "process":
+        _check_ports(spec)
     if args.detach:
         return _detach(args, directory)
     return asyncio.run(_run_controller(spec, runtime, watch=True))
@@ -239,6 +240,8 @@ async def _run_controller(spec: ClusterSpec, runtime: Any, watch: bool) -> int:
     lock.acquire()
     try:
         spec.token_path = ensure_token(directory)
+        # docker: builds the image and the network, and moves the spec's addresses onto it.
+        await asyncio.get_running_loop().run_in_executor(None, runtime.configure, spec)
         stop = asyncio.Event()
         statefulset = StatefulSet(spec, runtime, on_change=_Watch(directory, echo=watch))
         loop = asyncio.get_running_loop()
@@ -273,6 +276,7 @@ async def _run_controller(spec: ClusterSpec, runtime: Any, watch: bool) -> int:
         finally:
             await server.stop()
             await statefulset.stop(force=force)
+            await runtime.close()
             remove_state(directory)
         print("cluster stopped", flush=True)
         return 0

@@ -15,7 +15,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 RUNTIMES = ("process", "docker")
 
@@ -55,8 +55,14 @@ class PodRuntime(Protocol):
 
     name: str
 
+    def configure(self, spec: Any) -> None:
+        """Prepare before any pod starts (blocking; may set the ClusterSpec's addresses)."""
+
     async def start(self, spec: PodSpec) -> PodProcess:
         """Start the pod's container; raise OSError if it cannot be started."""
+
+    async def close(self) -> None:
+        """Release what ``configure`` made, after every pod has stopped."""
 
 
 class _Process:
@@ -106,6 +112,12 @@ class ProcessRuntime:
         self.command = command or [sys.executable, "-m", "kvstore", "serve"]
         self._hook = _die_with_parent()
 
+    def configure(self, spec: Any) -> None:
+        """Nothing to prepare: pods share this machine's loopback."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
     async def start(self, spec: PodSpec) -> PodProcess:
         spec.data_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KV_", "POD_"))}
@@ -125,8 +137,7 @@ def get_runtime(name: str) -> PodRuntime:
     if name == "process":
         return ProcessRuntime()
     if name == "docker":
-        raise RuntimeUnavailable(
-            "--runtime docker is not implemented yet; use --runtime process "
-            "(or deploy k8s/ to a real cluster)"
-        )
+        from kvstore.local.docker_runtime import DockerRuntime  # the Docker SDK only when asked for
+
+        return DockerRuntime()
     raise RuntimeUnavailable(f"--runtime {name}: expected one of {', '.join(RUNTIMES)}")

@@ -71,6 +71,7 @@ class ClusterSpec:
     grace: float = GRACE_PERIOD
     token_path: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    network: str = "127.0.0.0/8"  # where pod addresses live; the docker runtime sets its subnet
 
     @property
     def policy(self) -> str:
@@ -93,7 +94,8 @@ def check_replicas(spec: ClusterSpec, replicas: int) -> None:
     if replicas == 0:
         return
     last = ipaddress.ip_address(spec.base_address) + (replicas - 1)
-    if last not in ipaddress.ip_network("127.0.0.0/8") or str(last).endswith(".255"):
+    network = ipaddress.ip_network(spec.network)
+    if last not in network or str(last).endswith(".255"):
         raise ValueError(f"{replicas} pods from {spec.base_address} would run past the loopback "
                          "range; use a lower --base-address")
 
@@ -128,6 +130,7 @@ class Pod:
         self.last_exit: int | None = None
         self.process: PodProcess | None = None
         self.deleting = False
+        self._killed = False  # set by kill(): a deleted pod comes back without crash back-off
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -182,8 +185,10 @@ class Pod:
             self.last_exit = code
             if self.deleting:
                 break
-            if time.monotonic() - started > BACKOFF_RESET:
+            if time.monotonic() - started > BACKOFF_RESET or self._killed:
+                # `kubectl delete pod` gets a new pod, not CrashLoopBackOff: so does kill().
                 backoff = BACKOFF_INITIAL
+                self._killed = False
             log.warning("%s exited with status %s; restarting in %.0fs", self.name, code, backoff)
             self._set(status=BACKOFF, ready=False)
             with contextlib.suppress(asyncio.TimeoutError):
@@ -211,6 +216,7 @@ class Pod:
         if self.process is None:
             return False
         log.info("%s: SIGKILL", self.name)
+        self._killed = True
         self.process.send_signal(signal.SIGKILL)
         return True
 

@@ -59,10 +59,6 @@ def test_peers_are_found_through_dns_from_inside_a_container(cluster: Pods) -> N
 
 def test_put_on_kv1_is_readable_on_kv2(cluster: Pods) -> None:
     """A write sent to a secondary reaches the primary and is replicated to the other secondary."""
-    status = status_json(cluster.url(1))
-    if "replication" not in status:
-        pytest.skip("the server reports no replication support (no 'replication' field in "
-                    "GET /v1/status); this test runs once replication lands")
     code, headers, body = http("PUT", f"{cluster.url(1)}/v1/kv/across?w=all", b"from kv-1")
     assert code == 200, body
     version = json.loads(body)["version"]

@@ -215,7 +215,7 @@ def test_up_refuses_bad_flags(cluster_dir: Path) -> None:
     one_line_error(kvstore("cluster", "up", "--dir", d, "--replicas", "abc"), 2, "expected an integer")
     one_line_error(kvstore("cluster", "up", "--dir", d, "--replicas", "-3"), 2, "expected an integer")
     one_line_error(kvstore("cluster", "up", "--dir", d, "--base-address", "10.0.0.1"), 2, "127.0.0.0/8")
-    one_line_error(kvstore("cluster", "up", "--dir", d, "--runtime", "docker"), 1, "docker")
+    one_line_error(kvstore("cluster", "up", "--dir", d, "--runtime", "podman"), 2, "invalid choice")
     one_line_error(kvstore("cluster", "up", "--dir", d, "--base-address", "127.255.255.254"),
                    1, "past the loopback range")
     blocker = cluster_dir / "a-file"
