@@ -7,6 +7,7 @@ gets an HTML page or a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -314,12 +315,46 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def make_error_middleware(metrics: Any) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """JSON errors for everything, plus request metrics."""
+class InFlight:
+    """Requests being handled, so a stopping replica can let them finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False if some still are after ``timeout``."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+def make_error_middleware(metrics: Any, in_flight: InFlight | None = None) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """JSON errors for everything, plus request metrics and the in-flight count."""
+    in_flight = in_flight or InFlight()
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
+        in_flight.enter()
+        try:
+            return await _answer(request, handler, started)
+        finally:
+            in_flight.leave()
+
+    async def _answer(request: web.Request, handler: Handler, started: float) -> web.StreamResponse:
         try:
             response = await handler(request)
         except ApiError as exc:
@@ -351,12 +386,12 @@ def add_key_routes(app: web.Application, api: ClientApi) -> None:
     app.router.add_delete("/v1/kv/{key:[\\s\\S]*}", api.delete)
 
 
-def create_app(node: Replica) -> web.Application:
+def create_app(node: Replica, in_flight: InFlight | None = None) -> web.Application:
     """The client-port application of one replica."""
     api = ClientApi(node)
     # Bodies are streamed and bounded in read_body; aiohttp's own cap must not
     # cut in first with an HTML 413.
-    app = web.Application(middlewares=[make_error_middleware(node.metrics)],
+    app = web.Application(middlewares=[make_error_middleware(node.metrics, in_flight)],
                           client_max_size=node.config.max_value_bytes + 1)
     app.router.add_get("/v1/kv", api.list_keys)
     add_key_routes(app, api)

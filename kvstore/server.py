@@ -33,7 +33,7 @@ class StartupError(Exception):
     """The replica cannot start; the message is the one line to print."""
 
 
-def make_peer_app(replica: Replica, token: str) -> web.Application:
+def make_peer_app(replica: Replica, token: str, in_flight: api.InFlight | None = None) -> web.Application:
     """The peer-port application: replication, snapshots, forwarded client calls.
 
     Every call needs the cluster token.
@@ -52,7 +52,7 @@ def make_peer_app(replica: Replica, token: str) -> web.Application:
                                       "the peer port needs the cluster token (Authorization: Bearer)")
         return await handler(request)
 
-    app = web.Application(middlewares=[api.make_error_middleware(replica.metrics), require_token],
+    app = web.Application(middlewares=[api.make_error_middleware(replica.metrics, in_flight), require_token],
                           client_max_size=replica.config.max_value_bytes + 1)
     if replica.replication is not None:
         replica.replication.server.add_routes(app)
@@ -89,9 +89,10 @@ async def serve(config: Config) -> None:
     directory = PeerDirectory(config)
     replication = Replication(config, store, metrics, directory, token, lambda: replica.local_status())
     replica = Replica(config, store, metrics, replication)
-    client_runner = web.AppRunner(api.create_app(replica), access_log=None,
+    in_flight = api.InFlight()
+    client_runner = web.AppRunner(api.create_app(replica, in_flight), access_log=None,
                                   shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
-    peer_runner = web.AppRunner(make_peer_app(replica, token), access_log=None,
+    peer_runner = web.AppRunner(make_peer_app(replica, token, in_flight), access_log=None,
                                 shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -115,7 +116,14 @@ async def serve(config: Config) -> None:
             log.warning("no cluster token set (KV_CLUSTER_TOKEN / KV_CLUSTER_TOKEN_FILE): "
                         "the peer port refuses every call")
         await stop.wait()
-        log.info("%s stopping: finishing in-flight requests", config.pod_name)
+        log.info("%s stopping: finishing %d in-flight request(s)", config.pod_name, in_flight.count)
+        # Stop listening but keep open connections reading: aiohttp's own
+        # shutdown stops reading at once, which would cut a half-sent body.
+        replication.server.close()  # parked long polls answer now
+        for site in [*client_runner.sites, *peer_runner.sites]:
+            await site.stop()
+        if not await in_flight.wait_idle(SHUTDOWN_GRACE):
+            log.warning("%d request(s) still in flight after %.0fs; closing", in_flight.count, SHUTDOWN_GRACE)
     finally:
         replication.server.close()
         await directory.stop()

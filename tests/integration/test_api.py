@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -238,12 +239,26 @@ def test_sigterm_finishes_in_flight_and_exits_zero(tmp_path: Path) -> None:
     try:
         replica.start()
         assert call(replica, "PUT", "/v1/kv/before-term", b"x").status == 200
+        # A PUT whose body is half sent when SIGTERM arrives still completes.
+        conn = http.client.HTTPConnection(replica.host, replica.http_port, timeout=10)
+        conn.putrequest("PUT", "/v1/kv/in-flight")
+        conn.putheader("Content-Length", "10")
+        conn.endheaders(b"12345")
+        time.sleep(0.2)  # the request is being handled when the signal lands
+        assert replica.proc is not None
+        replica.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        conn.send(b"67890")
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        conn.close()
         started = time.monotonic()
-        assert replica.terminate(timeout=10) == 0
+        assert replica.proc.wait(10) == 0
         assert time.monotonic() - started < 10  # bounded wait, not a speed claim
         assert "stopped cleanly" in replica.log_tail()
         replica.start()  # LevelDB closed cleanly: the lock is free and data is there
         assert call(replica, "GET", "/v1/kv/before-term").body == b"x"
+        assert call(replica, "GET", "/v1/kv/in-flight").body == b"1234567890"
     finally:
         replica.stop()
 
