@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from hypothesis import settings
+
+# CI replays the same generated cases every run (a red CI is then reproducible);
+# local runs explore new ones. KV_SCHEMATHESIS_EXAMPLES=500 explores harder.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
