@@ -1,0 +1,344 @@
+"""The checker: after the faults stop and the cluster heals, prove nothing was lost or reordered.
+
+Checks (each violation names its kind, key and the operations involved):
+
+1. ``lost_write``: per key, the final value is the last acknowledged write or
+   a later write whose outcome was unknown; an acknowledged delete stays deleted.
+2. ``divergence``: every replica ends with identical contents and LSN.
+3. ``non_linearizable``: strong reads and (conditional) writes, per key, by the
+   WGL search (:mod:`kvstore.chaos.linearizability`); a search past its step
+   cap is reported as undecided, never as a pass.
+4. ``stale_min_lsn``: a ``min_lsn`` read older than the client's own
+   acknowledged write (``min_lsn_ahead``: the primary lacks it).
+5. Also: ``phantom_value`` (a value no write wrote), ``failed_write_visible``
+   (a write answered as not applied was seen), ``version_conflict`` (one value,
+   two versions: replicas disagree) and ``server_error`` (a 500).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from kvstore.chaos import linearizability as lin
+from kvstore.chaos.history import FAILED, OK, UNKNOWN, Op
+
+
+@dataclass
+class Violation:
+    """One thing the store got wrong."""
+
+    kind: str
+    key: str | None
+    message: str
+    ops: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """For the JSON report."""
+        return {"kind": self.kind, "key": self.key, "message": self.message, "ops": self.ops}
+
+
+@dataclass
+class ReplicaView:
+    """One replica's final contents: its LSN and every key with (value, version)."""
+
+    lsn: int
+    contents: dict[str, tuple[str, int]]
+
+
+@dataclass
+class Report:
+    """Everything the checker found."""
+
+    violations: list[Violation] = field(default_factory=list)
+    undecided: list[str] = field(default_factory=list)  # keys whose search hit its cap
+    keys_checked: int = 0
+    search_steps: int = 0
+
+    @property
+    def verdict(self) -> str:
+        """PASS, FAIL (any violation) or UNKNOWN (no violation, but not everything decided)."""
+        if self.violations:
+            return "FAIL"
+        return "UNKNOWN" if self.undecided else "PASS"
+
+    def counts(self) -> Counter[str]:
+        """Violations by kind."""
+        return Counter(v.kind for v in self.violations)
+
+
+# ------------------------------------------------------------------------------ helpers
+def _by_key(history: Iterable[Op]) -> dict[str, list[Op]]:
+    keys: dict[str, list[Op]] = defaultdict(list)
+    for op in history:
+        keys[op.key].append(op)
+    return keys
+
+
+def _applied(op: Op) -> bool:
+    """A write that took effect for sure."""
+    return op.is_write and op.outcome == OK
+
+
+def build_versions(history: Iterable[Op], views: dict[str, ReplicaView] | None = None) -> tuple[
+        dict[str, lin.VersionMap], list[Violation]]:
+    """Per key: value <-> version from every acknowledged write and every read; conflicts are violations."""
+    maps: dict[str, lin.VersionMap] = defaultdict(lin.VersionMap)
+    out: list[Violation] = []
+    seen_conflicts: set[tuple[str, str]] = set()
+
+    def add(key: str, value: str, version: int, op_id: int | None) -> None:
+        problem = maps[key].add(value, version)
+        if problem and (key, problem) not in seen_conflicts:
+            seen_conflicts.add((key, problem))
+            out.append(Violation("version_conflict", key, problem, [op_id] if op_id is not None else []))
+
+    for op in history:
+        if _applied(op) and op.f == "delete" and op.version is not None:
+            maps[op.key].add_delete(op.version)
+        elif _applied(op) and op.version is not None and op.value is not None:
+            add(op.key, op.value, op.version, op.id)
+        elif op.f == "read" and op.outcome == OK and op.found and op.version is not None and op.observed is not None:
+            add(op.key, op.observed, op.version, op.id)
+    for pod, view in sorted((views or {}).items()):
+        for key, (value, version) in view.contents.items():
+            add(key, value, version, None)
+    return maps, out
+
+
+# -------------------------------------------------------------------------------- checks
+def check_server_errors(history: Iterable[Op]) -> list[Violation]:
+    """No input produces a 500."""
+    return [Violation("server_error", op.key, f"{op.f} on {op.pod} answered 500 ({op.error})", [op.id])
+            for op in history if op.status == 500]
+
+
+def check_values(history: list[Op], views: dict[str, ReplicaView] | None = None) -> list[Violation]:
+    """Every value seen was written by a write not known to have failed."""
+    written: dict[tuple[str, str], Op] = {}
+    for op in history:
+        if op.is_write and op.value is not None:
+            written[(op.key, op.value)] = op
+    out: list[Violation] = []
+
+    def seen(key: str, value: str, where: str, op_id: int | None) -> None:
+        writer = written.get((key, value))
+        ids = [op_id] if op_id is not None else []
+        if writer is None:
+            out.append(Violation("phantom_value", key, f"{where} saw {value!r}, which no write wrote", ids))
+        elif writer.outcome == FAILED:
+            out.append(Violation("failed_write_visible", key,
+                                 f"{where} saw {value!r}, written by op {writer.id} that answered "
+                                 f"{writer.status} {writer.error} (not applied)", ids + [writer.id]))
+
+    for op in history:
+        if op.f == "read" and op.outcome == OK and op.found and op.observed is not None:
+            seen(op.key, op.observed, f"read {op.id} ({op.consistency}, {op.pod})", op.id)
+    for pod, view in sorted((views or {}).items()):
+        for key, (value, _) in sorted(view.contents.items()):
+            if key.startswith("chaos/"):
+                seen(key, value, f"final contents of {pod}", None)
+    return out
+
+
+def check_lost_writes(history: list[Op], final: dict[str, tuple[str, int]]) -> list[Violation]:
+    """Per key: the final state is the last acknowledged write or a later write of unknown outcome."""
+    out: list[Violation] = []
+    keys = _by_key(history)
+    for key, ops in sorted(keys.items()):
+        acked = [op for op in ops if _applied(op) and op.version is not None]
+        last = max(acked, key=lambda op: op.version) if acked else None
+        if last is None:
+            continue
+        state = final.get(key)
+        unknown_deletes = [op for op in ops if op.f == "delete" and op.outcome == UNKNOWN]
+        if state is None:
+            if last.f != "delete" and not unknown_deletes:
+                out.append(Violation(
+                    "lost_write", key, f"acknowledged {last.f} of {last.value!r} (version {last.version}, "
+                    f"op {last.id}) is gone: the key is absent at the end and no delete could explain it",
+                    [last.id]))
+            continue
+        value, version = state
+        if version < last.version:
+            what = "delete" if last.f == "delete" else f"{last.f} of {last.value!r}"
+            out.append(Violation(
+                "lost_write", key, f"acknowledged {what} (version {last.version}, op {last.id}) is lost: "
+                f"the final value is {value!r} at version {version}", [last.id]))
+        elif version == last.version and last.f != "delete" and value != last.value:
+            out.append(Violation("lost_write", key, f"version {version} holds {value!r}, but op {last.id} "
+                                 f"wrote {last.value!r} there", [last.id]))
+        elif version > last.version:
+            later = [op for op in ops if op.is_write and op.value == value]
+            if not later or later[0].outcome != UNKNOWN:
+                out.append(Violation("lost_write", key, f"final {value!r} at version {version} is after the "
+                                     f"last acknowledged write (op {last.id}, version {last.version}) but was "
+                                     "not written by a write of unknown outcome", [last.id]))
+    return out
+
+
+def check_convergence(views: dict[str, ReplicaView]) -> list[Violation]:
+    """All replicas hold the same LSN and contents."""
+    if len(views) < 2:
+        return []
+    reference_pod = sorted(views)[0]
+    reference = views[reference_pod]
+    out: list[Violation] = []
+    for pod, view in sorted(views.items()):
+        if pod == reference_pod:
+            continue
+        differing = sorted(k for k in set(reference.contents) | set(view.contents)
+                           if reference.contents.get(k) != view.contents.get(k))
+        if view.lsn != reference.lsn or differing:
+            sample = ", ".join(f"{k}: {reference.contents.get(k)} vs {view.contents.get(k)}" for k in differing[:3])
+            out.append(Violation("divergence", None,
+                                 f"{pod} (lsn {view.lsn}) differs from {reference_pod} (lsn {reference.lsn}) "
+                                 f"on {len(differing)} keys{': ' + sample if sample else ''}"))
+    return out
+
+
+def check_min_lsn_reads(history: list[Op]) -> list[Violation]:
+    """A ``min_lsn`` read never returns data older than the client's own acknowledged write."""
+    out: list[Violation] = []
+    keys = _by_key(history)
+    for op in history:
+        if op.f != "read" or op.consistency != "min_lsn" or op.outcome != OK or op.min_lsn is None:
+            continue
+        own = op.own_version if op.own_version is not None else op.min_lsn
+        if op.status == 412:
+            out.append(Violation("stale_min_lsn", op.key, f"read {op.id} on {op.pod}: min_lsn {op.min_lsn} "
+                                 "(the client's own acknowledged write) is ahead of the primary", [op.id]))
+            continue
+        if op.lsn is not None and op.lsn < op.min_lsn:
+            out.append(Violation("stale_min_lsn", op.key, f"read {op.id} on {op.pod} answered at lsn {op.lsn} "
+                                 f"< min_lsn {op.min_lsn}", [op.id]))
+            continue
+        if op.found:
+            if op.version is not None and op.version < own:
+                out.append(Violation("stale_min_lsn", op.key, f"read {op.id} on {op.pod} saw version "
+                                     f"{op.version}, older than the client's own write (version {own})", [op.id]))
+        elif not op.own_deleted:
+            deletes = [d for d in keys[op.key] if d.f == "delete" and d.outcome != FAILED
+                       and (d.version is None or d.version > own)]
+            if not deletes:
+                out.append(Violation("stale_min_lsn", op.key, f"read {op.id} on {op.pod} found the key absent "
+                                     f"after the client's own write (version {own}) and no later delete",
+                                     [op.id]))
+    return out
+
+
+def register_ops(ops: list[Op]) -> list[lin.RegisterOp]:
+    """The operations of one key that the linearizability search considers."""
+    out: list[lin.RegisterOp] = []
+    for op in ops:
+        ret = None if op.outcome == UNKNOWN else op.ret
+        if op.f == "read":
+            if op.consistency == "strong" and op.outcome == OK and op.status in (200, 404):
+                out.append(lin.RegisterOp(op.id, lin.READ, op.call, op.ret,
+                                          observed=op.observed if op.found else None))
+            continue
+        if op.outcome == FAILED:
+            # A 412 / a 404 on delete is an observation; any other failure did nothing.
+            if op.status == 412 and op.f in ("cas", "create"):
+                out.append(lin.RegisterOp(op.id, op.f, op.call, op.ret, value=op.value,
+                                          expect_version=op.expect_version, succeeded=False,
+                                          current_version=op.current_version))
+            elif op.status == 404 and op.f == "delete":
+                out.append(lin.RegisterOp(op.id, lin.DELETE, op.call, op.ret, succeeded=False))
+            continue
+        out.append(lin.RegisterOp(op.id, op.f, op.call, ret, value=op.value, expect_version=op.expect_version))
+    return out
+
+
+def check_linearizable(history: list[Op], final: dict[str, tuple[str, int]] | None,
+                       versions: dict[str, lin.VersionMap], max_steps: int = lin.DEFAULT_MAX_STEPS,
+                       report: Report | None = None) -> list[Violation]:
+    """Per key WGL over strong reads and writes; with ``final``, the end state is one more strong read."""
+    out: list[Violation] = []
+    end = max((op.ret or op.call for op in history), default=0.0) + 1.0
+    for key, ops in sorted(_by_key(history).items()):
+        reg = register_ops(ops)
+        if final is not None:
+            state = final.get(key)
+            reg.append(lin.RegisterOp(-2, lin.READ, end, end, observed=state[0] if state else None))
+        result = lin.check(reg, versions.get(key, lin.VersionMap()), max_steps=max_steps)
+        if report is not None:
+            report.keys_checked += 1
+            report.search_steps += result.steps
+        if result.verdict == lin.UNKNOWN:
+            if report is not None:
+                report.undecided.append(key)
+            continue
+        if result.verdict == lin.VIOLATION:
+            blocked = result.blocked
+            if blocked is not None and blocked.id == -2:
+                what = f"the final state {final.get(key) if final else None}"
+            elif blocked is not None:
+                what = f"op {blocked.id} ({blocked.kind}"
+                what += f" -> {blocked.observed!r})" if blocked.kind == lin.READ else f" {blocked.value!r})"
+            else:
+                what = "an operation"
+            out.append(Violation("non_linearizable", key, f"no linearization of {len(reg)} operations can "
+                                 f"place {what}", [blocked.id] if blocked and blocked.id >= 0 else []))
+    return out
+
+
+def check(history: list[Op], views: dict[str, ReplicaView], final_pod: str = "kv-0",
+          max_steps: int = lin.DEFAULT_MAX_STEPS) -> Report:
+    """Every check over a finished run: ``views`` are the healed replicas' contents."""
+    report = Report()
+    versions, conflicts = build_versions(history, views)
+    final = views[final_pod].contents if final_pod in views else None
+    report.violations += check_server_errors(history)
+    report.violations += conflicts
+    report.violations += check_values(history, views)
+    if final is not None:
+        report.violations += check_lost_writes(history, final)
+    report.violations += check_convergence(views)
+    report.violations += check_min_lsn_reads(history)
+    report.violations += check_linearizable(history, final, versions, max_steps, report)
+    return report
+
+
+# -------------------------------------------------------------------------------- figures
+def outcome_table(history: Iterable[Op]) -> dict[str, Counter[str]]:
+    """Operations by kind (reads split by consistency) and outcome."""
+    table: dict[str, Counter[str]] = defaultdict(Counter)
+    for op in history:
+        kind = f"read/{op.consistency}" if op.f == "read" else op.f
+        outcome = op.outcome
+        if op.f != "read" and op.outcome == FAILED and op.status in (412, 404):
+            outcome = "rejected"  # a condition not met: an answer, not a fault
+        table[kind][outcome] += 1
+    return table
+
+
+def fault_counts(faults: Iterable[dict[str, Any]]) -> Counter[str]:
+    """Faults injected by kind (kills on kv-0 counted apart as well)."""
+    counts: Counter[str] = Counter()
+    for entry in faults:
+        if entry["fault"] in ("kill", "pause", "partition"):
+            counts[entry["fault"]] += 1
+            if entry["fault"] == "kill" and entry["pod"].endswith("-0"):
+                counts["kill_primary"] += 1
+    return counts
+
+
+def longest_write_gap_after_primary_kill(history: list[Op], faults: list[dict[str, Any]],
+                                         end: float) -> tuple[float, bool]:
+    """The longest time from a kill of kv-0 to the next successful write invoked after it.
+
+    Returns (seconds, open): ``open`` when no write succeeded before ``end``.
+    """
+    writes = sorted((op.call, op.ret) for op in history if _applied(op) and op.ret is not None)
+    longest, still_open = 0.0, False
+    for entry in faults:
+        if entry["fault"] != "kill" or not entry["pod"].endswith("-0"):
+            continue
+        t = entry["time"]
+        done = next((ret for call, ret in writes if call >= t), None)
+        gap = (done if done is not None else end) - t
+        if gap > longest:
+            longest, still_open = gap, done is None
+    return longest, still_open

@@ -1,0 +1,443 @@
+"""``kvstore chaos``: a workload, faults and the checker against a cluster; exits non-zero on any violation.
+
+With the ``process`` or ``docker`` runtime and no ``--dir``, it starts its own
+local cluster in a temporary directory on a free loopback range and stops it
+afterwards. Results go to ``--out``: ``history.jsonl`` (one operation a line),
+``faults.jsonl``, ``report.json``, and the pod logs of a cluster it created.
+
+Exit status: 0 pass, 1 a violation, 2 bad flags or a cluster that cannot be
+set up, 3 nothing violated but some key's linearizability was not decided.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import ipaddress
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote
+
+import aiohttp
+
+from kvstore.chaos import checker
+from kvstore.chaos.history import OK, write_jsonl
+from kvstore.chaos.linearizability import DEFAULT_MAX_STEPS
+from kvstore.chaos.nemesis import (
+    FAULTS, Backend, KubernetesBackend, LocalBackend, Nemesis, NemesisConfig, NemesisUnavailable, PodInfo,
+    local_pods,
+)
+from kvstore.chaos.workload import Workload, WorkloadConfig
+
+RUNTIMES = ("process", "docker", "kubernetes")
+# Pod settings of a cluster chaos creates: short server timeouts so most answers are definite,
+# and a short log so followers that were down need snapshots.
+CLUSTER_ENV = {"KV_WRITE_TIMEOUT": "2", "KV_READ_WAIT": "2", "KV_LOG_RETENTION": "300"}
+EXIT_VIOLATION, EXIT_SETUP, EXIT_UNDECIDED = 1, 2, 3
+
+
+class ChaosError(Exception):
+    """Setup failed; the message is one line."""
+
+
+# ------------------------------------------------------------------------ flags
+def _duration(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 1 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds from 1 to 86400, got {text!r}")
+    return value
+
+
+def _nemesis(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if text.strip() == "none":
+        return ()
+    bad = [n for n in names if n not in FAULTS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(FAULTS)} (or none), "
+                                         f"got {text!r}")
+    return tuple(dict.fromkeys(names))
+
+
+def _positive_int(high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.isdigit() or not 1 <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer from 1 to {high}, got {text!r}")
+        return int(text)
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.05 <= value <= 600:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0.05 to 600, got {text!r}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    """Add ``chaos`` to the ``kvstore`` parser."""
+    p = subparsers.add_parser(
+        "chaos", help="workload + faults (kill, pause, partition) + checker; non-zero exit on any violation",
+        description="Run concurrent clients against a cluster while killing, pausing and partitioning pods, "
+                    "then check that nothing acknowledged was lost, replicas converged, and strong reads "
+                    "and compare-and-set were linearizable.")
+    p.set_defaults(handler=handle)
+    p.add_argument("--duration", type=_duration, default=60.0, help="seconds of workload and faults (default 60)")
+    p.add_argument("--nemesis", type=_nemesis, default=FAULTS,
+                   help="faults: comma-separated kill,pause,partition, or none (default all)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="process",
+                   help="process|docker: a local cluster; kubernetes: kubectl, kill only (default process)")
+    p.add_argument("--dir", default=None,
+                   help="use the running local cluster in this dir (default: start one in a temp dir)")
+    p.add_argument("--out", default="kvstore-chaos-out", help="where the history and report go "
+                   "(default ./kvstore-chaos-out)")
+    p.add_argument("--replicas", type=_positive_int(9), default=3, help="pods of a cluster it starts (default 3)")
+    p.add_argument("--clients", type=_positive_int(64), default=6, help="concurrent clients (default 6)")
+    p.add_argument("--keys", type=_positive_int(1000), default=6, help="keys in use at once (default 6)")
+    p.add_argument("--ops-per-key", type=_positive_int(10000), default=120,
+                   help="operations on a key before a fresh one is used (default 120)")
+    p.add_argument("--interval", type=_interval, default=1.0, help="mean seconds between faults (default 1)")
+    p.add_argument("--primary-bias", type=_fraction, default=0.45,
+                   help="chance a kill targets kv-0 (default 0.45)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
+    p.add_argument("--max-steps", type=_positive_int(100_000_000), default=DEFAULT_MAX_STEPS,
+                   help=f"linearizability search steps per key before it says undecided (default {DEFAULT_MAX_STEPS})")
+    p.add_argument("--heal-timeout", type=_interval, default=120.0,
+                   help="seconds for the healed cluster to be Ready and converge (default 120)")
+    k8s = p.add_argument_group("--runtime kubernetes")
+    k8s.add_argument("--namespace", default=None, help="namespace (default: the current context's)")
+    k8s.add_argument("--context", default=None, help="kubectl context (default: the current one)")
+    k8s.add_argument("--kubectl", default="kubectl", help="the kubectl binary (default kubectl)")
+    k8s.add_argument("--selector", default="app.kubernetes.io/name=kvstore",
+                     help="label selector of the StatefulSet's pods")
+
+
+# ------------------------------------------------------------------- the cluster
+def _bindable(address: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex((address, 8080)) != 0  # nothing listens there already
+
+
+def free_loopback_range(rng: random.Random, replicas: int) -> int:
+    """A third octet X such that 127.0.X.2 and 127.0.X.10… are unused."""
+    for _ in range(50):
+        x = rng.randrange(100, 250)
+        if all(_bindable(f"127.0.{x}.{host}") for host in (2, *range(10, 10 + replicas))):
+            return x
+    raise ChaosError("no free loopback range 127.0.X.0/24 found for a chaos cluster")
+
+
+def _kvstore(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kvstore", *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+class OwnCluster:
+    """A local cluster this command starts, and always stops."""
+
+    def __init__(self, runtime: str, replicas: int, rng: random.Random) -> None:
+        self.runtime = runtime
+        self.replicas = replicas
+        self.directory = Path(tempfile.mkdtemp(prefix="kvchaos-"))
+        self.octet = free_loopback_range(rng, replicas) if runtime == "process" else None
+
+    def up(self) -> None:
+        args = ["cluster", "up", "--detach", "--dir", str(self.directory), "--replicas", str(self.replicas),
+                "--runtime", self.runtime, "--grace", "5", "--timeout", "150"]
+        if self.octet is not None:
+            args += ["--base-address", f"127.0.{self.octet}.10", "--dns-address", f"127.0.{self.octet}.2"]
+        for name, value in CLUSTER_ENV.items():
+            args.append(f"--env={name}={value}")
+        result = _kvstore(*args, timeout=240)
+        if result.returncode != 0:
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            raise ChaosError(f"cannot start a cluster: {lines[-1] if lines else result.returncode}")
+
+    def down(self, keep_logs: Path | None) -> None:
+        from kvstore.local.state import running_pid
+        try:
+            if running_pid(self.directory) is not None:
+                _kvstore("cluster", "down", "--dir", str(self.directory), "--timeout", "60", timeout=90)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            pid = running_pid(self.directory)
+            if pid and pid > 0:  # our own controller, found through its lock file
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                deadline = time.monotonic() + 10
+                while running_pid(self.directory) is not None and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            if keep_logs is not None and (self.directory / "logs").is_dir():
+                shutil.copytree(self.directory / "logs", keep_logs, dirs_exist_ok=True)
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def client_address_for(pods: list[PodInfo]) -> str:
+    """The chaos client's own loopback address: .250 of the pods' /24 (partitions let it through)."""
+    network = ipaddress.ip_network(f"{pods[0].address}/24", strict=False)
+    return str(network.network_address + 250)
+
+
+# --------------------------------------------------------------------- final state
+async def _view(session: aiohttp.ClientSession, pod: PodInfo) -> checker.ReplicaView:
+    """One replica's LSN and contents, read locally; retried until the LSN is the same before and after."""
+    for _ in range(5):
+        async with session.get(f"{pod.url}/v1/status") as r:
+            before = (await r.json())["lsn"]
+        contents: dict[str, tuple[str, int]] = {}
+        start_after = None
+        for _ in range(100_000):
+            params = {"limit": "1000", **({"start_after": start_after} if start_after else {})}
+            async with session.get(f"{pod.url}/v1/kv", params=params) as r:
+                page = await r.json()
+            for key in page["keys"]:
+                async with session.get(f"{pod.url}/v1/kv/{quote(key, safe='/')}") as r:
+                    if r.status == 200:
+                        tag = r.headers.get("ETag", "").strip('"')
+                        contents[key] = ((await r.read()).decode(errors="replace"), int(tag) if tag.isdigit() else -1)
+            if not page["more"]:
+                break
+            start_after = page["next_start_after"]
+        async with session.get(f"{pod.url}/v1/status") as r:
+            after = (await r.json())["lsn"]
+        if before == after:
+            return checker.ReplicaView(after, contents)
+    return checker.ReplicaView(after, contents)
+
+
+async def heal_and_read(backend: Backend, replicas: int, timeout: float,
+                        say: Callable[[str], None]) -> tuple[dict[str, checker.ReplicaView], bool]:
+    """Wait (bounded) for every pod to be Ready and every replica to agree; returns the views."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pods = backend.pods()
+        if len(pods) >= replicas and all(p.ready for p in pods):
+            break
+        await asyncio.sleep(0.5)
+    else:
+        say(f"not every pod is Ready after {timeout:g}s")
+    views: dict[str, checker.ReplicaView] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        while True:
+            try:
+                views = {p.name: await _view(session, p) for p in backend.pods()}
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, KeyError) as exc:
+                say(f"reading the final state: {type(exc).__name__} {exc}")
+                views = {}
+            agreed = len(views) >= replicas and len({(v.lsn, tuple(sorted(v.contents.items())))
+                                                     for v in views.values()}) == 1
+            if agreed or time.monotonic() >= deadline:
+                return views, agreed
+            await asyncio.sleep(1.0)
+
+
+# ------------------------------------------------------------------------- summary
+def summary(args: argparse.Namespace, seed: int, history: list[Any], faults: list[dict[str, Any]],
+            report: checker.Report, views: dict[str, checker.ReplicaView], converged: bool,
+            elapsed: float) -> str:
+    """The summary table and the verdict, as printed."""
+    lines = [f"kvstore chaos: {args.duration:g}s, nemesis {','.join(args.nemesis) or 'none'}, runtime "
+             f"{args.runtime}, {len(views) or args.replicas} replicas, {args.clients} clients, seed {seed}"]
+    table = checker.outcome_table(history)
+    columns = ("ok", "rejected", "failed", "unknown")
+    lines.append(f"{'operation':<16}" + "".join(f"{c:>10}" for c in columns) + f"{'total':>10}")
+    totals = {c: 0 for c in columns}
+    for kind in sorted(table):
+        row = table[kind]
+        lines.append(f"{kind:<16}" + "".join(f"{row.get(c, 0):>10}" for c in columns) + f"{sum(row.values()):>10}")
+        for c in columns:
+            totals[c] += row.get(c, 0)
+    lines.append(f"{'all':<16}" + "".join(f"{totals[c]:>10}" for c in columns) + f"{sum(totals.values()):>10}")
+    counts = checker.fault_counts(faults)
+    lines.append(f"faults: kill {counts['kill']} (on kv-0: {counts['kill_primary']}), pause {counts['pause']}, "
+                 f"partition {counts['partition']}")
+    gap, still_open = checker.longest_write_gap_after_primary_kill(history, faults, elapsed)
+    lines.append("longest window without a successful write after a kv-0 kill: "
+                 + (f"{'>' if still_open else ''}{gap:.1f}s" if counts["kill_primary"] else "- (no kv-0 kill)"))
+    concern = sum(1 for op in history if op.status == 504 and op.error == "write_concern_timeout")
+    lines.append(f"writes durable on kv-0 but answered 504 write_concern_timeout: {concern}")
+    lsns = sorted({v.lsn for v in views.values()})
+    digest = hashlib.sha256(json.dumps(sorted(next(iter(views.values())).contents.items())).encode()
+                            ).hexdigest()[:12] if views else "-"
+    lines.append(f"convergence: {'yes' if converged else 'NO'}: {len(views)} replicas, lsn "
+                 f"{','.join(map(str, lsns)) or '-'}, digest {digest}")
+    lines.append(f"linearizability: {report.keys_checked} keys, {len(report.undecided)} undecided, "
+                 f"{report.search_steps} search steps")
+    counts_v = report.counts()
+    kinds = ("lost_write", "divergence", "non_linearizable", "stale_min_lsn", "phantom_value",
+             "failed_write_visible", "version_conflict", "server_error")
+    lines.append("violations: " + ", ".join(f"{k} {counts_v.get(k, 0)}" for k in kinds))
+    for violation in report.violations[:20]:
+        lines.append(f"  {violation.kind}: {violation.key or ''} {violation.message} ops={violation.ops}")
+    if len(report.violations) > 20:
+        lines.append(f"  … {len(report.violations) - 20} more in report.json")
+    lines.append(f"verdict: {report.verdict}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- run
+def handle(args: argparse.Namespace) -> int:
+    """Run ``kvstore chaos``; returns the exit status."""
+    def on_term(signum: int, frame: Any) -> None:  # SIGTERM cleans up like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        return _run(args)
+    except (ChaosError, NemesisUnavailable) as exc:
+        print(f"kvstore chaos: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _say(text: str) -> None:
+    print(f"chaos: {text}", file=sys.stderr, flush=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    rng = random.Random(seed)
+    run_id = f"{os.getpid()}-{seed % 100000}"
+    if args.runtime == "kubernetes" and args.dir:
+        raise ChaosError("--dir is for a local cluster; --runtime kubernetes uses kubectl's current context")
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ChaosError(f"--out {args.out}: {exc.strerror or exc}") from None
+
+    own: OwnCluster | None = None
+    backend: Backend | None = None
+    nemesis: Nemesis | None = None
+    workload: Workload | None = None
+    started = time.monotonic()
+    try:
+        if args.runtime == "kubernetes":
+            backend = KubernetesBackend(args.kubectl, args.namespace, args.context, args.selector)
+        else:
+            if args.dir:
+                directory = Path(args.dir)
+            else:
+                own = OwnCluster(args.runtime, args.replicas, rng)
+                _say(f"starting a {args.replicas}-pod cluster ({args.runtime}) in {own.directory}")
+                own.up()
+                directory = own.directory
+            from kvstore.local.state import ClusterError, read_state
+            try:
+                state = read_state(directory)
+            except ClusterError as exc:
+                raise ChaosError(str(exc)) from None
+            if state.get("runtime", "process") != args.runtime:
+                raise ChaosError(f"the cluster in {directory} runs with --runtime {state.get('runtime')}, "
+                                 f"not {args.runtime}")
+            pods = local_pods(directory)
+            if not pods:
+                raise ChaosError(f"the cluster in {directory} has no pods")
+            client_address = client_address_for(pods) if args.runtime == "process" else None
+            backend = LocalBackend(directory, args.runtime, run_id, client_address)
+        pods = backend.pods()
+        if not pods:
+            raise ChaosError("no pods found")
+        replicas = len(pods)
+        nemesis = Nemesis(backend, NemesisConfig(faults=args.nemesis, interval=args.interval,
+                                                 primary_bias=args.primary_bias, seed=rng.randrange(2**31)),
+                          clock=lambda: time.monotonic() - started)
+        workload_config = WorkloadConfig(clients=args.clients, keys=args.keys, ops_per_key=args.ops_per_key,
+                                         seed=rng.randrange(2**31),
+                                         local_address=getattr(backend, "partitioner", None)
+                                         and backend.partitioner.client_address)
+        pod_urls = {p.name: p.url for p in pods}
+        started = time.monotonic()
+        workload = Workload(lambda: pod_urls, workload_config, clock=lambda: time.monotonic() - started)
+        _say(f"running {args.duration:g}s: {args.clients} clients, nemesis "
+             f"{','.join(args.nemesis) or 'none'}, seed {seed}")
+
+        async def run() -> tuple[dict[str, checker.ReplicaView], bool]:
+            deadline = args.duration
+            try:
+                await asyncio.gather(workload.run(deadline), nemesis.run(deadline))
+            finally:
+                nemesis.heal_all()
+            _say("faults stopped; waiting for the cluster to heal and converge")
+            return await heal_and_read(backend, replicas, args.heal_timeout, _say)
+
+        views, converged = asyncio.run(run())
+        elapsed = time.monotonic() - started
+        history = workload.history
+        report = checker.check(history, views, max_steps=args.max_steps)
+        if not converged and not any(v.kind == "divergence" for v in report.violations):
+            report.violations.append(checker.Violation(
+                "divergence", None, f"replicas did not converge within {args.heal_timeout:g}s "
+                f"(views of {sorted(views)})"))
+        write_jsonl(out / "history.jsonl", history)
+        write_jsonl(out / "faults.jsonl", nemesis.log)
+        (out / "final.json").write_text(json.dumps(
+            {pod: {"lsn": v.lsn, "contents": v.contents} for pod, v in sorted(views.items())}) + "\n")
+        text = summary(args, seed, history, nemesis.log, report, views, converged, elapsed)
+        (out / "report.json").write_text(json.dumps({
+            "verdict": report.verdict, "seed": seed, "summary": text,
+            "violations": [v.to_dict() for v in report.violations], "undecided": report.undecided,
+            "outcomes": {k: dict(v) for k, v in checker.outcome_table(history).items()},
+            "faults": dict(checker.fault_counts(nemesis.log)),
+            "final": {pod: {"lsn": v.lsn, "keys": len(v.contents)} for pod, v in views.items()},
+        }, indent=2) + "\n")
+        print(text, flush=True)
+        _say(f"history, faults and report in {out}")
+        if report.verdict == "FAIL":
+            return EXIT_VIOLATION
+        return EXIT_UNDECIDED if report.verdict == "UNKNOWN" else 0
+    except KeyboardInterrupt:
+        _say("interrupted: healing and stopping")
+        if backend is not None:
+            backend.cleanup()
+        if nemesis is not None:  # what was injected, and healed, up to the interruption
+            nemesis.log.append({"time": round(time.monotonic() - started, 6), "fault": "interrupted", "pod": ""})
+            write_jsonl(out / "faults.jsonl", nemesis.log)
+        if workload is not None:
+            write_jsonl(out / "history.jsonl", workload.history)
+        return 130
+    finally:
+        if backend is not None:
+            backend.cleanup()
+        if own is not None:
+            own.down(keep_logs=out / "logs")
+
+
+__all__ = ["register", "handle", "OK"]

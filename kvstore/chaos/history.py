@@ -1,0 +1,118 @@
+"""The history of a chaos run: one record per client operation, and how an answer is classified.
+
+Outcomes follow the API's contract:
+
+- ``ok``: it happened (for writes: applied, with its version; a 504
+  ``write_concern_timeout`` is also applied: durable on the primary);
+- ``failed``: definitely not applied (503 ``no_primary``/``restoring``, a
+  connection that was never made, a 412/404 that is itself an observation);
+- ``unknown``: may or may not have applied (timeouts, a cut connection,
+  504 ``primary_timeout``, 503 ``storage_unavailable``, a 500).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+import aiohttp
+
+OK = "ok"
+FAILED = "failed"
+UNKNOWN = "unknown"
+
+WRITE_KINDS = ("put", "cas", "create", "delete")
+READ_KINDS = ("read",)
+
+
+@dataclass
+class Op:
+    """One client operation: invocation and completion (seconds since the run started), arguments, outcome."""
+
+    id: int
+    process: int
+    key: str
+    f: str                       # put | cas | create | delete | read
+    pod: str                     # the pod the request was sent to
+    call: float
+    ret: float | None = None     # None while in flight; kept for unknown outcomes too
+    outcome: str = UNKNOWN
+    value: str | None = None     # what a write writes
+    expect_version: int | None = None   # If-Match of a cas
+    consistency: str = "local"   # reads: local | strong | min_lsn
+    min_lsn: int | None = None
+    status: int | None = None    # HTTP status, None when no answer
+    error: str | None = None     # the error code or exception
+    version: int | None = None   # a write's version, or the version a read saw
+    observed: str | None = None  # a read's value (None: absent)
+    found: bool | None = None    # a read: 200 (True) or 404 (False)
+    current_version: int | None = None  # from a 412
+    lsn: int | None = None       # X-Kv-Lsn of the answering replica
+    answered_by: str | None = None
+    # For min_lsn reads: this process's own last acknowledged write on the key.
+    own_version: int | None = None
+    own_deleted: bool | None = None
+
+    @property
+    def is_write(self) -> bool:
+        """A put, cas, create or delete."""
+        return self.f in WRITE_KINDS
+
+    def to_json(self) -> str:
+        """One JSON line."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Op":
+        """The inverse of ``to_json`` (unknown fields are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def classify_exception(exc: BaseException) -> str:
+    """Outcome of a request that got no HTTP answer."""
+    # No connection was ever made: the request was never sent.
+    not_sent: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError,)
+    connect_timeout = getattr(aiohttp, "ConnectionTimeoutError", None)
+    if connect_timeout is not None:
+        not_sent += (connect_timeout,)
+    return FAILED if isinstance(exc, not_sent) else UNKNOWN
+
+
+def classify_write(status: int, error: str | None) -> str:
+    """Outcome of a write from its HTTP status and error code."""
+    if status == 200:
+        return OK
+    if status == 504:
+        # Durable on the primary, not yet confirmed by enough replicas: it happened.
+        return OK if error == "write_concern_timeout" else UNKNOWN
+    if status == 503:
+        return UNKNOWN if error == "storage_unavailable" else FAILED
+    if status in (412, 404, 400, 413):
+        return FAILED
+    return UNKNOWN  # 500 and anything unexpected: it may have been applied
+
+
+def classify_read(status: int) -> str:
+    """Outcome of a read: 200 and 404 are observations, anything else tells nothing."""
+    if status in (200, 404):
+        return OK
+    if status == 412:  # min_lsn_ahead: an observation the checker judges
+        return OK
+    return FAILED if status in (503, 504, 400) else UNKNOWN
+
+
+def write_jsonl(path: Path, records: Iterable[Any]) -> None:
+    """Write records (with ``to_json`` or plain dicts) as JSON lines."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            line = record.to_json() if hasattr(record, "to_json") else json.dumps(record, separators=(",", ":"))
+            handle.write(line + "\n")
+
+
+def read_history(path: Path) -> list[Op]:
+    """Read a history written by ``write_jsonl``."""
+    with open(path, encoding="utf-8") as handle:
+        return [Op.from_dict(json.loads(line)) for line in handle if line.strip()]

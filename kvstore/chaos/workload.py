@@ -1,0 +1,197 @@
+"""The chaos workload: concurrent clients issuing writes and reads on every pod, recording a history.
+
+Each client (a "process" in the history) loops until the deadline, picking a
+key from a small pool and an operation: PUT of a unique value, compare-and-set
+on the version it last saw, create-only, DELETE, and local, strong and
+``min_lsn`` reads. Keys are retired after ``ops_per_key`` operations, so each
+key's history stays small enough for the linearizability search.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import aiohttp
+
+from kvstore.chaos.history import (
+    FAILED, OK, UNKNOWN, Op, classify_exception, classify_read, classify_write,
+)
+from kvstore.client import Client, Reply
+
+# Operation mix (weights).
+MIX = {"put": 25, "cas": 15, "create": 5, "delete": 6, "read_strong": 20, "read_local": 14,
+       "read_min_lsn": 15}
+
+
+@dataclass
+class WorkloadConfig:
+    """Bounds and shape of the workload."""
+
+    clients: int = 6
+    keys: int = 6                 # keys in use at once
+    ops_per_key: int = 120        # then the key is retired and a fresh one is used
+    request_timeout: float = 6.0  # longer than the server's own write timeout + forwarding
+    max_ops: int = 1_000_000      # a hard bound on the count, besides the deadline
+    seed: int | None = None
+    local_address: str | None = None  # bind client connections here (partitions let it through)
+
+
+@dataclass
+class _Session:
+    """What one client remembers per key: the version it last saw, its own last acked write."""
+
+    seen: dict[str, int] = field(default_factory=dict)
+    own: dict[str, tuple[int, bool]] = field(default_factory=dict)
+
+
+class Workload:
+    """Runs the clients against ``urls`` (pod name -> client URL) and keeps the history."""
+
+    def __init__(self, urls: Callable[[], dict[str, str]], config: WorkloadConfig,
+                 clock: Callable[[], float]) -> None:
+        self.urls = urls
+        self.config = config
+        self.clock = clock
+        self.history: list[Op] = []
+        self.rng = random.Random(config.seed)
+        self._next_id = 0
+        self._key_gen = 0
+        self._pool: list[list] = []  # [key, ops used]
+
+    # ------------------------------------------------------------------ keys
+    def _new_key(self) -> list:
+        self._key_gen += 1
+        return [f"chaos/{self._key_gen:05d}", 0]
+
+    def _pick_key(self) -> str:
+        while len(self._pool) < self.config.keys:
+            self._pool.append(self._new_key())
+        slot = self.rng.randrange(len(self._pool))
+        entry = self._pool[slot]
+        entry[1] += 1
+        if entry[1] >= self.config.ops_per_key:
+            self._pool[slot] = self._new_key()
+        return entry[0]
+
+    def _op(self, process: int, key: str, f: str, pod: str, **kw: object) -> Op:
+        op = Op(id=self._next_id, process=process, key=key, f=f, pod=pod, call=self.clock(), **kw)
+        self._next_id += 1
+        self.history.append(op)
+        return op
+
+    def _value(self, process: int) -> str:
+        # Unique across the run: the op id that will write it is not known yet, so use a counter.
+        self._next_value = getattr(self, "_next_value", 0) + 1
+        return f"p{process}-{self._next_value}"
+
+    # ------------------------------------------------------------------- run
+    async def run(self, deadline: float) -> list[Op]:
+        """Run every client until ``deadline`` (on ``clock``); returns the history."""
+        connector = aiohttp.TCPConnector(
+            limit=0, local_addr=(self.config.local_address, 0) if self.config.local_address else None)
+        timeout = aiohttp.ClientTimeout(total=self.config.request_timeout, sock_connect=2.0)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            # aiohttp resends a PUT/DELETE once when the connection drops mid-request; the
+            # resend's "connection refused" would then look like "never sent". Never resend.
+            session._retry_connection = False
+            await asyncio.gather(*(self._client(i, session, deadline) for i in range(self.config.clients)))
+        return self.history
+
+    async def _client(self, process: int, session: aiohttp.ClientSession, deadline: float) -> None:
+        memory = _Session()
+        kinds, weights = zip(*MIX.items())
+        while self.clock() < deadline and self._next_id < self.config.max_ops:
+            urls = self.urls()
+            if not urls:
+                await asyncio.sleep(0.2)
+                continue
+            pod = self.rng.choice(sorted(urls))
+            client = Client(urls[pod], session=session)
+            key = self._pick_key()
+            kind = self.rng.choices(kinds, weights)[0]
+            if kind == "cas" and key not in memory.seen:
+                kind = "read_strong"  # learn a version first
+            if kind == "read_min_lsn" and key not in memory.own:
+                kind = "read_local"
+            if kind.startswith("read"):
+                op = await self._read(process, client, pod, key, kind[5:], memory)
+            else:
+                op = await self._write(process, client, pod, key, kind, memory)
+            if op.status in (None, 503):
+                await asyncio.sleep(0.1)  # Retry-After, loosely: do not spin on a dead pod or primary
+
+    async def _write(self, process: int, client: Client, pod: str, key: str, kind: str,
+                     memory: _Session) -> Op:
+        value = None if kind == "delete" else self._value(process)
+        op = self._op(process, key, kind, pod, value=value,
+                      expect_version=memory.seen.get(key) if kind == "cas" else None)
+        try:
+            if kind == "delete":
+                reply = await client.delete(key)
+            else:
+                reply = await client.put(key, value.encode(), if_match=op.expect_version,
+                                         create_only=kind == "create")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self._no_answer(op, exc)
+            return op
+        self._answer(op, reply)
+        op.outcome = classify_write(reply.status, op.error)
+        if op.outcome == OK:
+            version = _json_version(reply)
+            op.version = version
+            if version is not None:
+                memory.seen[key] = version
+                memory.own[key] = (version, kind == "delete")
+        elif reply.status == 412 and isinstance(reply.data, dict):
+            op.current_version = reply.data.get("current_version")
+            if op.current_version is not None:
+                memory.seen[key] = op.current_version
+        return op
+
+    async def _read(self, process: int, client: Client, pod: str, key: str, consistency: str,
+                    memory: _Session) -> Op:
+        own = memory.own.get(key)
+        min_lsn = own[0] if consistency == "min_lsn" and own else None
+        op = self._op(process, key, "read", pod, consistency=consistency, min_lsn=min_lsn,
+                      own_version=own[0] if own else None, own_deleted=own[1] if own else None)
+        try:
+            reply = await client.get(key, consistency="strong" if consistency == "strong" else None,
+                                     min_lsn=min_lsn)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self._no_answer(op, exc)
+            return op
+        self._answer(op, reply)
+        op.outcome = classify_read(reply.status)
+        if reply.status == 200:
+            op.found, op.observed, op.version = True, reply.body.decode(errors="replace"), reply.version
+            if op.version is not None:
+                memory.seen[key] = op.version
+        elif reply.status == 404:
+            op.found = False
+            memory.seen.pop(key, None)
+        return op
+
+    def _answer(self, op: Op, reply: Reply) -> None:
+        op.ret = self.clock()
+        op.status = reply.status
+        op.lsn = reply.lsn
+        op.answered_by = reply.headers.get("X-Kv-Answered-By") or reply.headers.get("X-Kv-Pod")
+        if isinstance(reply.data, dict) and "error" in reply.data:
+            op.error = str(reply.data["error"])
+
+    def _no_answer(self, op: Op, exc: BaseException) -> None:
+        op.ret = self.clock()
+        op.error = type(exc).__name__
+        op.outcome = classify_exception(exc) if op.is_write else FAILED
+
+
+def _json_version(reply: Reply) -> int | None:
+    if isinstance(reply.data, dict) and isinstance(reply.data.get("version"), int):
+        return reply.data["version"]
+    return reply.version
+
+
+__all__ = ["Workload", "WorkloadConfig", "OK", "FAILED", "UNKNOWN"]
