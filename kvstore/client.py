@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from urllib.parse import quote
 
 import aiohttp
+from multidict import CIMultiDict
 
 
 @dataclass
@@ -70,7 +71,8 @@ class Client:
                     parsed = json.loads(body)
                 except ValueError:
                     parsed = None
-            return Reply(response.status, dict(response.headers), body, parsed)
+            # Case-insensitive, as HTTP header names are: aiohttp's server sends ``Etag``.
+            return Reply(response.status, CIMultiDict(response.headers), body, parsed)
 
     async def put(self, key: str, value: bytes, *, w: str | None = None,
                   if_match: int | None = None, create_only: bool = False) -> Reply:
