@@ -274,6 +274,17 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User+system CPU seconds used so far by each named process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        # Fields after the ")" of the command name; utime and stime are the 12th and 13th.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        out[name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on, with the load average: other work on the machine skews them."""
     return {"cpus": os.cpu_count(), "kernel": os.uname().release, "python": sys.version.split()[0],

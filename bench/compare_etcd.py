@@ -31,7 +31,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).parent))
 
 from clusters import (  # noqa: E402
-    ETCD_GATEWAY, KvCluster, etcd_cluster, etcd_seed, kv_cluster, machine, stop_on_sigterm,
+    ETCD_GATEWAY, EtcdCluster, KvCluster, cpu_seconds, etcd_cluster, etcd_seed, kv_cluster, machine, stop_on_sigterm,
 )
 from single_replica import replica, seed as kv_seed  # noqa: E402
 from wrk import Figures, ensure_wrk, run_wrk  # noqa: E402
@@ -73,10 +73,20 @@ async def seed_kvstore(url: str) -> None:
                 raise RuntimeError(f"kvstore seed failed with statuses {bad[:5]}")
 
 
-def run_pairs(etcd_leader: str, etcd_follower: str, kv: KvCluster, conns_list: list[int],
-              seconds: int) -> list[dict[str, Any]]:
+def with_cpu(run: Callable[[], Figures], pids: dict[str, int]) -> tuple[Figures, dict[str, float]]:
+    """Run ``run`` and charge the servers' CPU time to its requests: microseconds per request
+    per process. Unlike req/s this hardly moves when other work shares the machine."""
+    before = cpu_seconds(pids)
+    fig = run()
+    after = cpu_seconds(pids)
+    return fig, {name: round((after[name] - before[name]) * 1e6 / max(1, fig.requests), 1) for name in pids}
+
+
+def run_pairs(etcd: EtcdCluster, kv: KvCluster, conns_list: list[int], seconds: int) -> list[dict[str, Any]]:
     """The three etcd/kvstore pairs, etcd first then kvstore, at each connection count."""
+    etcd_leader, etcd_follower = etcd.leader, etcd.follower
     primary, secondary = kv.url("kv-0"), kv.url("kv-1")
+    kv_pids = {name: kv.pid(name) for name in ("kv-0", "kv-1", "kv-2")}
     pairs: list[dict[str, Any]] = []
     for conns in conns_list:
         # (pair, etcd label, etcd run, kvstore label, kvstore run); called right away, so
@@ -104,12 +114,13 @@ def run_pairs(etcd_leader: str, etcd_follower: str, kv: KvCluster, conns_list: l
                              {"KV_BENCH_KEYS": str(SEED_KEYS)})),
         ]
         for kind, etcd_label, etcd_run, kv_label, kv_run in specs:
-            etcd_fig = etcd_run()
+            etcd_fig, etcd_cpu = with_cpu(etcd_run, etcd.pids)
             _progress(etcd_label, etcd_fig)
-            kv_fig = kv_run()
+            kv_fig, kv_cpu = with_cpu(kv_run, kv_pids)
             _progress(kv_label, kv_fig)
             pairs.append({"kind": kind, "connections": conns, "etcd_label": etcd_label, "kvstore_label": kv_label,
-                          "etcd": etcd_fig, "kvstore": kv_fig})
+                          "etcd": etcd_fig, "kvstore": kv_fig,
+                          "etcd_cpu_us_per_request": etcd_cpu, "kvstore_cpu_us_per_request": kv_cpu})
     return pairs
 
 
@@ -136,24 +147,27 @@ def _progress(label: str, fig: Figures) -> None:
 
 def print_comparison(pairs: list[dict[str, Any]], ceiling: list[Figures]) -> None:
     """The side-by-side table: etcd and kvstore figures and the kvstore/etcd ratio."""
-    head = (f"{'pair':<12} {'conns':>5} | {'etcd req/s':>10} {'p50 ms':>7} {'p99 ms':>7} | "
-            f"{'kv req/s':>9} {'p50 ms':>7} {'p99 ms':>7} | {'kv/etcd':>7}")
+    head = (f"{'pair':<12} {'conns':>5} | {'etcd req/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'cpu us':>7} | "
+            f"{'kv req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'cpu us':>7} | {'kv/etcd':>7}")
     print(head)
     print("-" * len(head))
     for p in pairs:
         e, k = p["etcd"], p["kvstore"]
         ratio = k.rps / e.rps if e.rps else 0.0
-        print(f"{p['kind']:<12} {p['connections']:>5} | {e.rps:>10.0f} {e.p50_ms:>7.2f} {e.p99_ms:>7.2f} | "
-              f"{k.rps:>9.0f} {k.p50_ms:>7.2f} {k.p99_ms:>7.2f} | {ratio:>6.2f}x")
+        ecpu = sum(p["etcd_cpu_us_per_request"].values())
+        kcpu = sum(p["kvstore_cpu_us_per_request"].values())
+        print(f"{p['kind']:<12} {p['connections']:>5} | {e.rps:>10.0f} {e.p50_ms:>7.2f} {e.p99_ms:>7.2f} {ecpu:>7.0f} | "
+              f"{k.rps:>9.0f} {k.p50_ms:>7.2f} {k.p99_ms:>7.2f} {kcpu:>7.0f} | {ratio:>6.2f}x")
     puts = {p["connections"]: p["etcd"] for p in pairs if p["kind"] == "durable PUT"}
     gets = {p["connections"]: p["etcd"] for p in pairs if p["kind"] == "local GET"}
     for fig in ceiling:
         ref = (puts if "PUT" in fig.name else gets).get(fig.connections)
         ratio = f"{fig.rps / ref.rps:>6.2f}x" if ref and ref.rps else "      -"
         kind = "ceil PUT" if "PUT" in fig.name else "ceil GET"
-        print(f"{kind:<12} {fig.connections:>5} | {'':>10} {'':>7} {'':>7} | "
-              f"{fig.rps:>9.0f} {fig.p50_ms:>7.2f} {fig.p99_ms:>7.2f} | {ratio}")
-    print("(ceil = one kvstore replica, fsync off; its ratio is against etcd put / serializable range)")
+        print(f"{kind:<12} {fig.connections:>5} | {'':>10} {'':>7} {'':>7} {'':>7} | "
+              f"{fig.rps:>9.0f} {fig.p50_ms:>7.2f} {fig.p99_ms:>7.2f} {'':>7} | {ratio}")
+    print("(cpu us = server CPU per request, all 3 members/replicas together; ceil = one kvstore replica,\n"
+          " fsync off, its ratio against etcd put / serializable range)")
     bad = [f for p in pairs for f in (p["etcd"], p["kvstore"])] + ceiling
     bad = [f for f in bad if f.non_2xx or f.socket_errors]
     for f in bad:
@@ -208,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(etcd_seed(etcd.leader, "seed/", SEED_KEYS, VALUE))
         asyncio.run(seed_kvstore(kv.url("kv-0")))
         kv.wait_caught_up(["kv-1", "kv-2"])
-        pairs = run_pairs(etcd.leader, etcd.follower, kv, args.connections, args.seconds)
+        pairs = run_pairs(etcd, kv, args.connections, args.seconds)
         etcd_version = etcd.version
     ceiling = [] if args.no_ceiling else run_ceiling(args.connections, args.seconds)
     print()
