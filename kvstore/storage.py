@@ -191,6 +191,9 @@ class Store:
         # when none is running inside LevelDB (closing under a reader crashes).
         self._reads = 0
         self._reads_done = asyncio.Event()
+        # Point reads that arrive in the same loop iteration share one trip to a
+        # reader thread: the hop, not LevelDB, is most of a GET's cost.
+        self._pending_gets: list[tuple[bytes, asyncio.Future[bytes | None]]] = []
         self._swap_gate = asyncio.Event()
         self._swap_gate.set()
 
@@ -290,10 +293,60 @@ class Store:
     # ------------------------------------------------------------------ reads
     async def get(self, key: bytes) -> Record | None:
         """The key's value and version, or None."""
-        raw = await self._read(self._db.get, DATA + key)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        self._pending_gets.append((DATA + key, future))
+        if len(self._pending_gets) == 1:
+            loop.call_soon(self._send_gets)
+        raw = await future
         if raw is None:
             return None
         return Record(raw[_U64.size:], _unpack_version(raw))
+
+    def _send_gets(self) -> None:
+        """Hand every pending point read to one reader thread (on the loop)."""
+        batch, self._pending_gets = self._pending_gets, []
+        if not self._swap_gate.is_set():  # a snapshot swap is closing the database: wait for it
+            task = asyncio.ensure_future(self._read(self._multi_get, [key for key, _ in batch]))
+            task.add_done_callback(lambda t: self._deliver_gets(batch, t))
+            return
+        loop = asyncio.get_running_loop()
+        self._reads += 1
+        try:
+            work = self._readers.submit(self._multi_get, [key for key, _ in batch])
+        except RuntimeError as exc:  # the pool is shut down: the store is closing
+            self._read_finished()
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(StorageError(f"replica is shutting down ({exc})"))
+            return
+
+        def finished(work: concurrent.futures.Future[list[bytes | None]]) -> None:
+            self._read_finished()
+            self._deliver_gets(batch, work)
+        work.add_done_callback(lambda w: loop.call_soon_threadsafe(finished, w))
+
+    def _multi_get(self, keys: list[bytes]) -> list[bytes | None]:
+        get = self._db.get
+        return [get(key) for key in keys]
+
+    def _read_finished(self) -> None:
+        self._reads -= 1
+        if self._reads == 0:
+            self._reads_done.set()
+
+    @staticmethod
+    def _deliver_gets(batch: list[tuple[bytes, asyncio.Future[bytes | None]]],
+                      work: "asyncio.Future[list[bytes | None]] | concurrent.futures.Future[list[bytes | None]]") -> None:
+        exc = work.exception() if not work.cancelled() else StorageError("read cancelled")
+        values = work.result() if exc is None else [None] * len(batch)
+        for (_, future), value in zip(batch, values):
+            if future.done():  # its request went away meanwhile
+                continue
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(value)
 
     async def scan(self, prefix: bytes, start_after: bytes | None, limit: int) -> list[tuple[bytes, int]]:
         """Up to ``limit`` (key, version) pairs with ``prefix``, in key order."""
