@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import socket
 from dataclasses import dataclass, field
@@ -169,12 +170,13 @@ class Config:
     fsync: bool = _setting("KV_FSYNC", "--fsync", _bool,
                            "fsync before acknowledging (false is for benchmarks only)", True)
 
-    @property
+    # Cached: read on every request, and a frozen Config's pod name never changes.
+    @functools.cached_property
     def ordinal(self) -> int:
         """The StatefulSet ordinal of this pod."""
         return parse_ordinal(self.pod_name)
 
-    @property
+    @functools.cached_property
     def role(self) -> str:
         """``primary`` for ordinal 0, else ``secondary``."""
         return role_of(self.ordinal)
