@@ -344,6 +344,7 @@ class InFlight:
 def make_error_middleware(metrics: Any, in_flight: InFlight | None = None) -> Callable[..., Awaitable[web.StreamResponse]]:
     """JSON errors for everything, plus request metrics and the in-flight count."""
     in_flight = in_flight or InFlight()
+    series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -372,8 +373,15 @@ def make_error_middleware(metrics: Any, in_flight: InFlight | None = None) -> Ca
             log.exception("unhandled error on %s %s", request.method, request.rel_url)
             response = error_response(500, "internal", "internal error; see the replica's log")
         route = _route_name(request)
-        metrics.requests.labels(route, request.method, str(response.status)).inc()
-        metrics.request_seconds.labels(route, request.method).observe(time.perf_counter() - started)
+        # The labelled children are looked up once per label set: labels() costs a lock
+        # and validation on every request otherwise.
+        key = (route, request.method, response.status)
+        children = series.get(key)
+        if children is None:
+            children = series[key] = (metrics.requests.labels(route, request.method, str(response.status)),
+                                      metrics.request_seconds.labels(route, request.method))
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
         return response
 
     return middleware
