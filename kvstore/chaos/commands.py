@@ -32,7 +32,7 @@ from urllib.parse import quote
 import aiohttp
 
 from kvstore.chaos import checker
-from kvstore.chaos.history import OK, write_jsonl
+from kvstore.chaos.history import OK, read_history, write_jsonl
 from kvstore.chaos.linearizability import DEFAULT_MAX_STEPS
 from kvstore.chaos.nemesis import (
     FAULTS, Backend, KubernetesBackend, LocalBackend, Nemesis, NemesisConfig, NemesisUnavailable, PodInfo,
@@ -110,8 +110,9 @@ def register(subparsers: Any) -> None:
                     "and compare-and-set were linearizable.")
     p.set_defaults(handler=handle)
     p.add_argument("--duration", type=_duration, default=60.0, help="seconds of workload and faults (default 60)")
-    p.add_argument("--nemesis", type=_nemesis, default=FAULTS,
-                   help="faults: comma-separated kill,pause,partition, or none (default all)")
+    p.add_argument("--nemesis", type=_nemesis, default=None,
+                   help="faults: comma-separated kill,pause,partition, or none "
+                        "(default: all; kill with --runtime kubernetes)")
     p.add_argument("--runtime", choices=RUNTIMES, default="process",
                    help="process|docker: a local cluster; kubernetes: kubectl, kill only (default process)")
     p.add_argument("--dir", default=None,
@@ -131,6 +132,9 @@ def register(subparsers: Any) -> None:
                    help=f"linearizability search steps per key before it says undecided (default {DEFAULT_MAX_STEPS})")
     p.add_argument("--heal-timeout", type=_interval, default=120.0,
                    help="seconds for the healed cluster to be Ready and converge (default 120)")
+    p.add_argument("--recheck", metavar="DIR", default=None,
+                   help="no cluster: run the checker again on the history, faults and final state in DIR "
+                        "(a previous --out)")
     k8s = p.add_argument_group("--runtime kubernetes")
     k8s.add_argument("--namespace", default=None, help="namespace (default: the current context's)")
     k8s.add_argument("--context", default=None, help="kubectl context (default: the current one)")
@@ -319,6 +323,8 @@ def handle(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
+        if args.recheck:
+            return _recheck(args)
         return _run(args)
     except (ChaosError, NemesisUnavailable) as exc:
         print(f"kvstore chaos: {exc}", file=sys.stderr)
@@ -327,11 +333,34 @@ def handle(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _recheck(args: argparse.Namespace) -> int:
+    """The checker over a saved run: same verdict, same table (no cluster involved)."""
+    directory = Path(args.recheck)
+    try:
+        history = read_history(directory / "history.jsonl")
+        faults = [json.loads(line) for line in (directory / "faults.jsonl").read_text().splitlines() if line]
+        final = json.loads((directory / "final.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ChaosError(f"--recheck {args.recheck}: {exc}") from None
+    views = {pod: checker.ReplicaView(v["lsn"], {k: (c[0], c[1]) for k, c in v["contents"].items()})
+             for pod, v in final.items()}
+    report = checker.check(history, views, max_steps=args.max_steps)
+    args.nemesis = args.nemesis or tuple(sorted({f["fault"] for f in faults if f["fault"] in FAULTS}))
+    end = max((op.ret or op.call for op in history), default=0.0)
+    converged = len({(v.lsn, tuple(sorted(v.contents.items()))) for v in views.values()}) <= 1
+    print(summary(args, -1, history, faults, report, views, converged, end), flush=True)
+    if report.verdict == "FAIL":
+        return EXIT_VIOLATION
+    return EXIT_UNDECIDED if report.verdict == "UNKNOWN" else 0
+
+
 def _say(text: str) -> None:
     print(f"chaos: {text}", file=sys.stderr, flush=True)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.nemesis is None:
+        args.nemesis = ("kill",) if args.runtime == "kubernetes" else FAULTS
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     rng = random.Random(seed)
     run_id = f"{os.getpid()}-{seed % 100000}"

@@ -368,7 +368,14 @@ class KubernetesBackend:
         self.run = runner or (lambda argv: run_command(argv, timeout=30))
 
     def pods(self) -> list[PodInfo]:
-        data = json.loads(self.run(kubectl_get_pods(self.base, self.selector)).stdout)
+        argv = kubectl_get_pods(self.base, self.selector)
+        try:
+            data = json.loads(self.run(argv).stdout)
+        except subprocess.CalledProcessError as exc:
+            lines = (exc.stderr or "").strip().splitlines()
+            raise NemesisUnavailable(f"{shlex.join(argv)}: {lines[-1] if lines else exc}") from None
+        except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+            raise NemesisUnavailable(f"{shlex.join(argv)}: {exc}") from None
         out = []
         for item in data.get("items", []):
             name = item["metadata"]["name"]
@@ -452,7 +459,11 @@ class Nemesis:
                 if self.clock() >= deadline:
                     break
                 fault = self._choose()
-                pods = [p for p in self.backend.pods() if p.pid or fault == "kill"]
+                try:
+                    pods = [p for p in self.backend.pods() if p.pid or fault == "kill"]
+                except NemesisUnavailable as exc:  # e.g. the API server did not answer: try later
+                    self._record("skipped", "", reason=str(exc))
+                    continue
                 if not pods:
                     continue
                 if fault == "kill":
@@ -484,7 +495,10 @@ class Nemesis:
         limit = min(self.clock() + self.config.restart_wait, deadline + self.config.restart_wait)
         while self.clock() < limit:
             await asyncio.sleep(0.2)
-            now = {p.name: p for p in self.backend.pods()}.get(pod.name)
+            try:
+                now = {p.name: p for p in self.backend.pods()}.get(pod.name)
+            except NemesisUnavailable:
+                continue
             if now is not None and now.incarnation != pod.incarnation and (now.pid or now.ready):
                 self._record("restarted", pod.name, pid=now.pid)
                 return

@@ -62,6 +62,22 @@ def test_bounded_chaos_run_kills_pauses_partitions_and_passes(tmp_path: Path) ->
                    timeout=420)
     assert_clean_run(tmp_path, result, kills=5)
     assert (tmp_path / "logs" / "kv-0.log").exists()  # pod logs of the cluster it made, kept
+    # The saved run checks the same offline; with one acknowledged write removed from every
+    # replica's final state, the checker reports it lost.
+    again = chaos(tmp_path, "--recheck", str(tmp_path), timeout=120)
+    assert again.returncode == 0 and "verdict: PASS" in again.stdout, again.stdout + again.stderr
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    final = json.loads((tmp_path / "final.json").read_text())
+    maybe_deleted = {op["key"] for op in history if op["f"] == "delete" and op["outcome"] == "unknown"}
+    victim = next(op["key"] for op in reversed(history)
+                  if op["f"] == "put" and op["outcome"] == "ok" and op["key"] in final["kv-0"]["contents"]
+                  and op["key"] not in maybe_deleted)
+    for replica in final.values():
+        del replica["contents"][victim]
+    (tmp_path / "final.json").write_text(json.dumps(final))
+    lost = chaos(tmp_path, "--recheck", str(tmp_path), timeout=120)
+    assert lost.returncode == 1 and "verdict: FAIL" in lost.stdout, lost.stdout + lost.stderr
+    assert f"lost_write: {victim}" in lost.stdout
 
 
 @pytest.mark.soak

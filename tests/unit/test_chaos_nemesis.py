@@ -64,3 +64,11 @@ def test_partition_rules_are_tagged_and_spare_the_chaos_client() -> None:
     assert rules[0][:8] == ["-m", "cgroup", "--cgroup", hex(0x4B560007), "!", "-d", "127.0.150.250", "-m"]
     assert rules[1][:5] == ["-d", "127.0.150.11", "!", "-s", "127.0.150.250"]
     assert all(r[-2:] == ["-j", "DROP"] for r in rules)
+
+
+def test_kubectl_failure_is_a_one_line_error() -> None:
+    def runner(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        raise subprocess.CalledProcessError(1, argv, "", "error: no context\nThe connection was refused")
+
+    with pytest.raises(NemesisUnavailable, match="The connection was refused"):
+        KubernetesBackend(runner=runner).pods()
