@@ -416,7 +416,7 @@ def _run(args: argparse.Namespace) -> int:
         started = time.monotonic()
         workload = Workload(lambda: pod_urls, workload_config, clock=lambda: time.monotonic() - started)
         _say(f"running {args.duration:g}s: {args.clients} clients, nemesis "
-             f"{','.join(args.nemesis) or 'none'}, seed {seed}")
+             f"{','.join(args.nemesis) or 'none'}, seed {seed}, run kvstore-chaos-{run_id}")
 
         async def run() -> tuple[dict[str, checker.ReplicaView], bool]:
             deadline = args.duration
@@ -441,7 +441,7 @@ def _run(args: argparse.Namespace) -> int:
             {pod: {"lsn": v.lsn, "contents": v.contents} for pod, v in sorted(views.items())}) + "\n")
         text = summary(args, seed, history, nemesis.log, report, views, converged, elapsed)
         (out / "report.json").write_text(json.dumps({
-            "verdict": report.verdict, "seed": seed, "summary": text,
+            "verdict": report.verdict, "seed": seed, "run": f"kvstore-chaos-{run_id}", "summary": text,
             "violations": [v.to_dict() for v in report.violations], "undecided": report.undecided,
             "outcomes": {k: dict(v) for k, v in checker.outcome_table(history).items()},
             "faults": dict(checker.fault_counts(nemesis.log)),

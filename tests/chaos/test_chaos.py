@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from local_cluster import LocalCluster, http, wait_for
+from kvstore.chaos.commands import free_loopback_range
 from kvstore.chaos.nemesis import LoopbackPartitioner
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="partitions need root (iptables, net_cls)")
@@ -29,12 +31,13 @@ def chaos(out: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def tagged_rules() -> list[str]:
+def tagged_rules(tag: str) -> list[str]:
+    """iptables rules carrying ``tag`` (a run's own: runs beside this one keep theirs)."""
     iptables = shutil.which("iptables")
     if not iptables:
         return []
     listing = subprocess.run([iptables, "-w", "5", "-S", "OUTPUT"], capture_output=True, text=True, timeout=30)
-    return [line for line in listing.stdout.splitlines() if "kvstore-chaos-" in line]
+    return [line for line in listing.stdout.splitlines() if f"{tag} " in line + " "]
 
 
 def assert_clean_run(out: Path, result: subprocess.CompletedProcess[str], kills: int) -> dict[str, Any]:
@@ -51,7 +54,7 @@ def assert_clean_run(out: Path, result: subprocess.CompletedProcess[str], kills:
     fault_log = [json.loads(line) for line in (out / "faults.jsonl").read_text().splitlines()]
     assert sum(1 for f in fault_log if f["fault"] == "kill") == faults["kill"]
     # Everything healed and stopped: no rule left, no paused pod, the cluster gone.
-    assert tagged_rules() == []
+    assert tagged_rules(report["run"]) == []
     assert "verdict: PASS" in result.stdout
     return report
 
@@ -94,8 +97,9 @@ def test_soak_ten_minutes(tmp_path: Path, request: pytest.FixtureRequest) -> Non
 
 @needs_root
 def test_partition_cuts_a_pod_off_its_peers_but_not_off_the_client() -> None:
-    cluster = LocalCluster("127.0.77.10", "127.0.77.2", replicas=3, env={"KV_WRITE_TIMEOUT": "1"}).up()
-    partitioner = LoopbackPartitioner("test-partition", "127.0.77.250", 0x77)
+    x = free_loopback_range(random.Random(), 3)  # not a fixed range: benchmarks and tests may run beside
+    cluster = LocalCluster(f"127.0.{x}.10", f"127.0.{x}.2", replicas=3, env={"KV_WRITE_TIMEOUT": "1"}).up()
+    partitioner = LoopbackPartitioner(f"test-partition-{os.getpid()}", f"127.0.{x}.250", 0x77)
     try:
         check_partition(cluster, partitioner)
     finally:
@@ -105,7 +109,7 @@ def test_partition_cuts_a_pod_off_its_peers_but_not_off_the_client() -> None:
 def check_partition(cluster: LocalCluster, partitioner: LoopbackPartitioner) -> None:
     try:
         partitioner.isolate(cluster.pods()["kv-2"]["address"], cluster.pid("kv-2"))
-        assert len(tagged_rules()) >= 2
+        assert len(tagged_rules(partitioner.tag)) >= 2
         # A long poll kv-2 sent before the cut may still bring one batch (a message in flight);
         # after that, nothing: kv-2's own packets are dropped.
         assert http("PUT", cluster.url("kv-0") + "/v1/kv/in-flight?w=1", b"maybe")[0] == 200
@@ -117,7 +121,7 @@ def check_partition(cluster: LocalCluster, partitioner: LoopbackPartitioner) -> 
         # chaos client's address, and it is behind: it never got the write.
         assert shutil.which("curl"), "curl is needed to bind the client address"
         answer = subprocess.run(
-            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--interface", "127.0.77.250",
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--interface", partitioner.client_address,
              "--max-time", "5", cluster.url("kv-2") + "/v1/kv/cut"], capture_output=True, text=True, timeout=15)
         assert answer.stdout == "404", answer
         # Anybody else (here: this test's own unbound connections) cannot reach it.
@@ -125,7 +129,7 @@ def check_partition(cluster: LocalCluster, partitioner: LoopbackPartitioner) -> 
             http("GET", cluster.url("kv-2") + "/healthz", timeout=2)
     finally:
         partitioner.cleanup()
-    assert tagged_rules() == []
+    assert tagged_rules(partitioner.tag) == []
     wait_for("kv-2 to catch up after the heal",
              lambda: http("GET", cluster.url("kv-2") + "/v1/kv/cut", timeout=2)[2] == b"while-cut", 30)
 
@@ -164,7 +168,8 @@ def test_ctrl_c_heals_everything_and_stops_the_cluster(tmp_path: Path) -> None:
     injected = [f for f in faults if f["fault"] in ("pause", "partition")]
     healed = [f for f in faults if f["fault"] in ("resume", "heal")]
     assert injected and len(healed) == len(injected), faults
-    assert tagged_rules() == []
+    run = next(line.rsplit(" run ", 1)[1].strip() for line in lines if " run kvstore-chaos-" in line)
+    assert tagged_rules(run) == []
     assert not Path(directory).exists()
     assert processes_in(directory) == [], "processes of the chaos cluster are still running"
 
