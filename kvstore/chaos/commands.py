@@ -374,6 +374,7 @@ def _run(args: argparse.Namespace) -> int:
 
     own: OwnCluster | None = None
     backend: Backend | None = None
+    client_address: str | None = None  # the process runtime binds the workload here (partitions spare it)
     nemesis: Nemesis | None = None
     workload: Workload | None = None
     started = time.monotonic()
@@ -409,9 +410,7 @@ def _run(args: argparse.Namespace) -> int:
                                                  primary_bias=args.primary_bias, seed=rng.randrange(2**31)),
                           clock=lambda: time.monotonic() - started)
         workload_config = WorkloadConfig(clients=args.clients, keys=args.keys, ops_per_key=args.ops_per_key,
-                                         seed=rng.randrange(2**31),
-                                         local_address=getattr(backend, "partitioner", None)
-                                         and backend.partitioner.client_address)
+                                         seed=rng.randrange(2**31), local_address=client_address)
         pod_urls = {p.name: p.url for p in pods}
         started = time.monotonic()
         workload = Workload(lambda: pod_urls, workload_config, clock=lambda: time.monotonic() - started)

@@ -58,8 +58,9 @@ class Workload:
         self.history: list[Op] = []
         self.rng = random.Random(config.seed)
         self._next_id = 0
+        self._next_value = 0
         self._key_gen = 0
-        self._pool: list[list] = []  # [key, ops used]
+        self._pool: list[list] = []  # [key, operations so far]
 
     # ------------------------------------------------------------------ keys
     def _new_key(self) -> list:
@@ -83,8 +84,8 @@ class Workload:
         return op
 
     def _value(self, process: int) -> str:
-        # Unique across the run: the op id that will write it is not known yet, so use a counter.
-        self._next_value = getattr(self, "_next_value", 0) + 1
+        # Unique across the run, so a value names the write that made it.
+        self._next_value += 1
         return f"p{process}-{self._next_value}"
 
     # ------------------------------------------------------------------- run
