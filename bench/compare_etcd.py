@@ -253,4 +253,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the context managers have stopped everything
+        print("\nbench: interrupted; everything it started has been stopped", file=sys.stderr)
+        raise SystemExit(130) from None
