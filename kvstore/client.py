@@ -33,6 +33,18 @@ class Reply:
         return int(value) if value is not None else None
 
 
+def never_resend(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
+    """Stop aiohttp from silently resending a PUT/DELETE once a connection drops mid-request.
+
+    A resent write may already have been applied, and the resend's "connection
+    refused" would read as "never sent": for a database client an unknown
+    outcome must stay unknown. aiohttp has no public switch for this
+    (aio-libs/aiohttp#10790), hence the private attribute.
+    """
+    session._retry_connection = False  # type: ignore[attr-defined]
+    return session
+
+
 def key_path(key: str) -> str:
     """``/v1/kv/<key>`` with the key percent-encoded (``/`` kept, it is allowed)."""
     return "/v1/kv/" + quote(key, safe="/")
@@ -45,8 +57,8 @@ class Client:
                  session: aiohttp.ClientSession | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._own_session = session is None
-        self._session = session or aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=timeout))
+        self._session = session or never_resend(aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout)))
 
     async def close(self) -> None:
         """Close the underlying session if this client made it."""

@@ -109,10 +109,6 @@ class Replica:
         primary = self.replication.directory.primary() if self.replication else None
         if primary is None:
             raise NoPrimary(f"{why}, and kv-0 is not known (not in DNS); retry shortly")
-        # aiohttp resends an idempotent method (PUT, DELETE) once when a connection drops
-        # mid-request: a write kv-0 applied could then be applied again, or its retry's
-        # "connection refused" be answered 503 (not applied). Forwarded writes are never resent.
-        self.replication.client.session._retry_connection = False
         try:
             return await forward(self.replication.client, primary, request, body,
                                  self.config.write_timeout + 2.0, self.config.pod_name)

@@ -34,9 +34,10 @@ import yarl
 from aiohttp import web
 
 from kvstore.aio import cancel_and_wait
+from kvstore.client import never_resend
 from kvstore.config import Config
-from kvstore.discovery import Peer, PeerDirectory
-from kvstore.identity import PRIMARY
+from kvstore.discovery import MembershipChange, Peer, PeerDirectory
+from kvstore.identity import PRIMARY, parse_ordinal
 from kvstore.metrics import Metrics
 from kvstore.storage import LogEntry, LogTruncated, Store
 
@@ -53,6 +54,7 @@ SNAPSHOT_CHUNK_RECORDS = 2000
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 READY_MAX_LAG = 1000  # entries a secondary may trail and still be Ready
 ACK_PARAM_LIMIT = 64
+RECENT_ACK_SECONDS = 30.0  # a follower that acknowledged this recently exists
 
 
 class SnapshotNeeded(Exception):
@@ -349,8 +351,9 @@ class PeerClient:
     def session(self) -> aiohttp.ClientSession:
         """The shared session (created on first use, inside the event loop)."""
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                headers=self._headers, connector=aiohttp.TCPConnector(limit_per_host=8))
+            # Forwarded writes must never be resent behind our back (see never_resend).
+            self._session = never_resend(aiohttp.ClientSession(
+                headers=self._headers, connector=aiohttp.TCPConnector(limit_per_host=8)))
         return self._session
 
     async def close(self) -> None:
@@ -623,6 +626,7 @@ class Replication:
         self.client = PeerClient(token)
         self.server = LogServer(config, store, self.acks, metrics, status)
         self.server.on_foreign_history = self._foreign_history
+        directory.subscribe(self._membership_changed)
         self.follower: Follower | None = None
         self.writable = config.role != PRIMARY  # the primary opens for writes after its start-up check
         self.restoring = False
@@ -644,16 +648,32 @@ class Replication:
             await self.follower.stop()
         await self.client.close()
 
-    def configured_replicas(self) -> int:
-        """How many replicas the StatefulSet has: the pods DNS lists (highest ordinal + 1).
+    def _membership_changed(self, change: MembershipChange) -> None:
+        # A pod DNS no longer lists was scaled away: its old acks must not
+        # make the cluster look bigger than it is.
+        for peer in change.left:
+            self.acks.positions.pop(peer.name, None)
 
-        With publishNotReadyAddresses every pod that exists is listed, dead or
-        alive, so this follows `kubectl scale` both ways. Until DNS has answered
-        once, KV_REPLICAS (the manifest's count) stands in.
+    def configured_replicas(self) -> int:
+        """How many replicas write concerns count: never fewer than the cluster has.
+
+        The largest of KV_REPLICAS (the manifest's count), the pods DNS lists
+        (highest ordinal + 1: with publishNotReadyAddresses a pod that exists
+        is listed, up or not, so a `kubectl scale` up counts at once), and
+        the followers that acknowledged lately (DNS may lag by a refresh).
+        Counting too many only delays an answer (504, the write stays);
+        counting too few would acknowledge a write held by too few replicas.
+        Shrinking below KV_REPLICAS therefore needs KV_REPLICAS lowered.
         """
-        if self.directory.last_success is None:
-            return max(self.config.replicas, self.config.ordinal + 1)
-        return max(max(self.directory.peers.keys(), default=0), self.config.ordinal) + 1
+        ordinals = [self.config.ordinal, *self.directory.peers.keys()]
+        now = time.monotonic()
+        for name, position in self.acks.positions.items():
+            if now - position.seen < RECENT_ACK_SECONDS:
+                try:
+                    ordinals.append(parse_ordinal(name))
+                except ValueError:
+                    continue
+        return max(self.config.replicas, max(ordinals) + 1)
 
     # ---------------------------------------------------------- the primary
     async def _primary_startup(self) -> None:

@@ -19,7 +19,7 @@ import aiohttp
 from kvstore.chaos.history import (
     FAILED, OK, UNKNOWN, Op, classify_exception, classify_read, classify_write,
 )
-from kvstore.client import Client, Reply
+from kvstore.client import Client, Reply, never_resend
 
 # Operation mix (weights).
 MIX = {"put": 25, "cas": 15, "create": 5, "delete": 6, "read_strong": 20, "read_local": 14,
@@ -94,10 +94,7 @@ class Workload:
         connector = aiohttp.TCPConnector(
             limit=0, local_addr=(self.config.local_address, 0) if self.config.local_address else None)
         timeout = aiohttp.ClientTimeout(total=self.config.request_timeout, sock_connect=2.0)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            # aiohttp resends a PUT/DELETE once when the connection drops mid-request; the
-            # resend's "connection refused" would then look like "never sent". Never resend.
-            session._retry_connection = False
+        async with never_resend(aiohttp.ClientSession(connector=connector, timeout=timeout)) as session:
             await asyncio.gather(*(self._client(i, session, deadline) for i in range(self.config.clients)))
         return self.history
 

@@ -395,8 +395,9 @@ class StatefulSet:
             "KV_CLUSTER_DOMAIN": s.cluster_domain, "KV_DATA_DIR": str(data_dir),
             "KV_BIND_ADDRESS": address, "KV_HTTP_PORT": str(s.http_port),
             "KV_PEER_PORT": str(s.peer_port), "KV_DNS_SERVER": self.dns.address,
-            # Like an env var in the pod template: the count when the pod started.
-            "KV_REPLICAS": str(max(1, self.replicas)),
+            # Like an env var in the pod template: the count `up` was given;
+            # `scale` leaves it, as kubectl scale leaves the template.
+            "KV_REPLICAS": str(max(1, s.replicas)),
         }
         if s.token_path is not None:
             env["KV_CLUSTER_TOKEN_FILE"] = str(s.token_path)
