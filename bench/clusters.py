@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import aiohttp
 
-from kvstore.local.state import read_state, running_pid
+from kvstore.local.state import client_url, read_state, running_pid
 
 # Loopback ranges of their own, apart from the tests' and `./kv cluster up`'s defaults.
 ETCD_NET = "127.0.78"
@@ -206,8 +206,7 @@ class KvCluster:
 
     def url(self, name: str) -> str:
         """A pod's client URL."""
-        pod = self.pods()[name]
-        return f"http://{pod['address']}:{pod['http_port']}"
+        return client_url(self.pods()[name])
 
     def pid(self, name: str) -> int:
         """A pod's process id."""

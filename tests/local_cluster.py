@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from kvstore.local.state import read_state, running_pid
+from kvstore.local.state import client_url, read_state, running_pid
 
 
 def kvstore(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
@@ -80,8 +80,7 @@ class LocalCluster:
 
     def url(self, name: str) -> str:
         """A pod's client URL."""
-        pod = self.pods()[name]
-        return f"http://{pod['address']}:{pod['http_port']}"
+        return client_url(self.pods()[name])
 
     def pid(self, name: str) -> int:
         """A pod's process id (changes when it restarts)."""

@@ -1,5 +1,6 @@
+require("summary")
 -- Shared by the etcd scripts: base64 (the gateway's JSON carries keys and
--- values as base64 bytes) and the WRK_JSON summary line every bench script prints.
+-- values as base64 bytes); it brings the WRK_JSON summary line along.
 local b64chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 function base64(data)
@@ -13,11 +14,4 @@ function base64(data)
     for i = 1, 6 do c = c + (x:sub(i, i) == "1" and 2 ^ (6 - i) or 0) end
     return b64chars:sub(c + 1, c + 1)
   end) .. ({ "", "==", "=" })[#data % 3 + 1])
-end
-
-function done(summary, latency, requests)
-  io.write(string.format(
-    'WRK_JSON {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "non_2xx": %d, "socket_errors": %d}\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end

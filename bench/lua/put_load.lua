@@ -8,6 +8,8 @@
 -- connection has one request in flight, so its last PUT was answered first).
 -- Env: KV_BENCH_PATH_PREFIX, KV_BENCH_QUERY, KV_LOAD_KEYS, KV_LOAD_START,
 --      KV_LOAD_THREADS, KV_LOAD_CONNS_PER_THREAD.
+package.path = debug.getinfo(1, "S").source:match("@?(.*/)") .. "?.lua;" .. package.path
+require("summary")  -- done(): the WRK_JSON line bench/wrk.py reads
 local body = string.rep("v", tonumber(os.getenv("KV_BENCH_VALUE_BYTES") or "100"))
 local path_prefix = os.getenv("KV_BENCH_PATH_PREFIX") or "/v1/kv/load/"
 local query = os.getenv("KV_BENCH_QUERY") or ""
@@ -48,11 +50,4 @@ function response(status, headers, body)
       wrk.thread:stop()
     end
   end
-end
-
-function done(summary, latency, requests)
-  io.write(string.format(
-    'WRK_JSON {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "non_2xx": %d, "socket_errors": %d}\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end

@@ -1,4 +1,6 @@
 -- PUT of unique keys with a fixed-size value; each wrk thread has its own key space.
+package.path = debug.getinfo(1, "S").source:match("@?(.*/)") .. "?.lua;" .. package.path
+require("summary")  -- done(): the WRK_JSON line bench/wrk.py reads
 local body = string.rep("v", tonumber(os.getenv("KV_BENCH_VALUE_BYTES") or "100"))
 local path_prefix = os.getenv("KV_BENCH_PATH_PREFIX") or "/v1/kv/bench/"
 local query = os.getenv("KV_BENCH_QUERY") or ""
@@ -14,11 +16,4 @@ end
 function request()
   counter = counter + 1
   return wrk.format("PUT", path_prefix .. tid .. "-" .. counter .. query, nil, body)
-end
-
-function done(summary, latency, requests)
-  io.write(string.format(
-    'WRK_JSON {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "non_2xx": %d, "socket_errors": %d}\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
