@@ -191,3 +191,70 @@ def test_log_entry_round_trip_and_malformed() -> None:
         LogEntry.decode(b"short")
     with pytest.raises(ValueError):
         LogEntry.decode(entry.encode()[:14])  # key cut off
+
+
+async def _chunks(records: list[list[tuple[bytes, bytes]]], fail_after: int | None = None):
+    for i, chunk in enumerate(records):
+        if fail_after is not None and i == fail_after:
+            raise ConnectionResetError("upstream went away mid-snapshot")
+        yield chunk
+
+
+def _record(version: int, value: bytes) -> bytes:
+    return storage._pack_record(version, value)
+
+
+async def test_snapshot_install_replaces_data_atomically(tmp_path: Path) -> None:
+    s = Store.open(str(tmp_path / "d"))
+    await s.start()
+    try:
+        await s.write(put("old", b"gone after the snapshot"))
+        chunks = [[(b"a", _record(5, b"A")), (b"b", _record(9, b"B"))], [(b"c", _record(12, b"C"))]]
+        assert await s.install_snapshot("f" * 32, 12, _chunks(chunks)) == 3
+        assert (s.lsn, s.history_id, s.log_start) == (12, "f" * 32, 13)
+        assert await s.get(b"old") is None
+        assert (await s.get(b"b")).version == 9
+        assert await s.write(put("next")) == 13  # numbering continues from the snapshot
+        with pytest.raises(storage.LogTruncated):
+            await s.log_after(3, 10, 1 << 20)  # the log before the snapshot is not here
+    finally:
+        await s.close()
+    reopened = Store.open(str(tmp_path / "d"))  # the ACTIVE pointer survives a restart
+    try:
+        assert reopened.lsn == 13 and reopened.history_id == "f" * 32
+        assert len([p for p in (tmp_path / "d").iterdir() if p.name.startswith("db")]) == 1
+    finally:
+        await reopened.close()
+
+
+async def test_interrupted_snapshot_leaves_old_data_usable(tmp_path: Path) -> None:
+    s = Store.open(str(tmp_path / "d"))
+    await s.start()
+    try:
+        await s.write(put("kept", b"still here"))
+        history = s.history_id
+        chunks = [[(b"a", _record(5, b"A"))], [(b"b", _record(9, b"B"))]]
+        with pytest.raises(ConnectionResetError):
+            await s.install_snapshot("e" * 32, 9, _chunks(chunks, fail_after=1))
+        assert (s.lsn, s.history_id) == (1, history)
+        assert (await s.get(b"kept")).value == b"still here"
+        assert await s.get(b"a") is None
+        assert await s.write(put("after")) == 2
+        assert [p.name for p in (tmp_path / "d").iterdir() if p.name.startswith("db")] == ["db"]
+    finally:
+        await s.close()
+
+
+async def test_a_staging_db_left_by_a_crash_is_removed_on_open(tmp_path: Path) -> None:
+    s = Store.open(str(tmp_path / "d"))
+    await s.start()
+    await s.write(put("k"))
+    await s.close()
+    (tmp_path / "d" / "db-0123456789ab").mkdir()  # a snapshot install SIGKILLed midway
+    (tmp_path / "d" / "db-0123456789ab" / "000001.log").write_bytes(b"partial")
+    s = Store.open(str(tmp_path / "d"))
+    try:
+        assert not (tmp_path / "d" / "db-0123456789ab").exists()
+        assert s.lsn == 1
+    finally:
+        await s.close()
