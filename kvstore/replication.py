@@ -57,6 +57,10 @@ ACK_PARAM_LIMIT = 64
 RECENT_ACK_SECONDS = 30.0  # a follower that acknowledged this recently exists
 
 
+class Stalled(Exception):
+    """Following cannot go on safely now; logged once and retried with back-off."""
+
+
 class SnapshotNeeded(Exception):
     """The upstream cannot serve the log from our position (history or truncation)."""
 
@@ -272,16 +276,17 @@ class LogServer:
                 self.on_foreign_history(follower, history, after)
             return _peer_error(409, "history_mismatch", "different history: take a snapshot",
                                headers=self._headers())
+        if after > self.store.lsn:
+            # The follower is ahead of us: our history is the same but we lost
+            # its tail. Never serve from here, and never count its position as
+            # an ack: its entries past our LSN are not ours.
+            return _peer_error(409, "follower_ahead", "the follower is ahead of this replica",
+                               headers=self._headers())
         # Asking for entries after N acknowledges N (it is durable on the follower).
         self.acks.record(follower, after, follower)
         for name, lsn in acks.items():
             self.acks.record(name, lsn, follower)
-        self.metrics.follower_lag.labels(follower).set(max(0, self.store.lsn - after))
-        if after > self.store.lsn:
-            # The follower is ahead of us: our history is the same but we lost
-            # its tail. Never serve from here; it must not follow us blindly.
-            return _peer_error(409, "follower_ahead", "the follower is ahead of this replica",
-                               headers=self._headers())
+        self.metrics.follower_lag.labels(follower).set(self.store.lsn - after)
         if self.store.lsn <= after:
             await self._wait_for_entries(after, wait)
         try:
@@ -533,11 +538,14 @@ class Follower:
                 log.info("following %s (%s) from lsn %d", upstream.name, upstream.address, self.store.lsn)
                 self.upstream = upstream
             try:
-                await self._fetch_once(upstream)
+                try:
+                    await self._fetch_once(upstream)
+                except SnapshotNeeded as exc:
+                    # Inside the outer try: a snapshot that fails midway is retried
+                    # like any fetch, and never ends the follower.
+                    await self._handle_snapshot_needed(upstream, exc)
                 backoff = 0.1
                 self.last_error = None
-            except SnapshotNeeded as exc:
-                await self._handle_snapshot_needed(upstream, exc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # connection refused, timeout, a torn body...
@@ -572,10 +580,8 @@ class Follower:
 
     async def _handle_snapshot_needed(self, upstream: Peer, exc: SnapshotNeeded) -> None:
         if str(exc) == "follower_ahead":
-            log.error("%s is behind this replica (%d > %d) on the same history; waiting for it to catch up "
-                      "rather than following it", upstream.name, self.store.lsn, exc.upstream_lsn)
-            await asyncio.sleep(1.0)
-            return
+            raise Stalled(f"{upstream.name} is behind this replica ({exc.upstream_lsn} < {self.store.lsn}) on "
+                          "the same history; not following it until it has caught up")
         if self.store.lsn == 0 and str(exc) == "history_mismatch" and self.store.log_start <= 1:
             # Empty replica: if the upstream still has its whole log, adopt its
             # history and replay the log instead of copying a snapshot.
@@ -587,11 +593,9 @@ class Follower:
         if str(exc) == "history_mismatch" and self.store.lsn > exc.upstream_lsn:
             # Redis would wipe us here. An upstream with less data under another
             # history lost its disk: never replace more data with less.
-            log.error("refusing a snapshot from %s: it has lsn %d under history %s, this replica has %d "
-                      "under %s; the primary must restore from its peers first", upstream.name,
-                      exc.upstream_lsn, exc.upstream_history, self.store.lsn, self.store.history_id)
-            await asyncio.sleep(1.0)
-            return
+            raise Stalled(f"refusing a snapshot from {upstream.name}: it has lsn {exc.upstream_lsn} under "
+                          f"history {exc.upstream_history}, this replica has {self.store.lsn} under "
+                          f"{self.store.history_id}; the primary must restore from its peers first")
         await self.install_snapshot_from(upstream, reason=str(exc))
 
     async def install_snapshot_from(self, upstream: Peer, reason: str) -> None:
