@@ -27,7 +27,7 @@ import pytest
 
 from kvstore import config as config_mod
 from kvstore.discovery import PeerDirectory
-from kvstore.local.state import read_state, running_pid
+from kvstore.local.state import ClusterError, read_state, running_pid
 
 
 def kvstore(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
@@ -52,7 +52,10 @@ def pods(directory: Path) -> dict[str, dict[str, Any]]:
 
 
 def all_ready(directory: Path, count: int) -> bool:
-    current = pods(directory)
+    try:
+        current = pods(directory)
+    except ClusterError:  # the controller holds its lock but has not written its state yet
+        return False
     return len(current) == count and all(p["ready"] for p in current.values())
 
 
@@ -273,7 +276,7 @@ def test_parallel_starts_pods_without_waiting(cluster_dir: Path) -> None:
 def test_foreground_up_stops_in_reverse_order_on_ctrl_c(cluster_dir: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "kvstore", "cluster", "up", "--dir", str(cluster_dir), "--replicas", "2",
-         "--base-address", "127.0.7.10", "--dns-address", "127.0.7.2"],
+         "--base-address", "127.0.10.10", "--dns-address", "127.0.10.2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
     )
     try:
