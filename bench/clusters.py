@@ -63,6 +63,15 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def run_main(main: Callable[[], int]) -> None:
+    """A benchmark's entry point: exit with main()'s status; Ctrl-C/SIGTERM is one line, not a traceback."""
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:  # the context managers have stopped everything by now
+        print("\nbench: interrupted; everything it started has been stopped", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
 # ---------------------------------------------------------------------- etcd
 def ensure_etcd() -> str:
     """Path to etcd; installs Debian's etcd-server when root and missing, else says how."""

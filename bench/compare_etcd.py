@@ -31,7 +31,8 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).parent))
 
 from clusters import (  # noqa: E402
-    ETCD_GATEWAY, EtcdCluster, KvCluster, cpu_seconds, etcd_cluster, etcd_seed, kv_cluster, machine, stop_on_sigterm,
+    ETCD_GATEWAY, EtcdCluster, KvCluster, cpu_seconds, etcd_cluster, etcd_seed, kv_cluster, machine, run_main,
+    stop_on_sigterm,
 )
 from single_replica import replica, seed as kv_seed  # noqa: E402
 from wrk import Figures, ensure_wrk, run_wrk  # noqa: E402
@@ -253,8 +254,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the context managers have stopped everything
-        print("\nbench: interrupted; everything it started has been stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_main(main)

@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from clusters import KvCluster, kv_cluster, machine, rss_mb, stop_on_sigterm, wait_for  # noqa: E402
+from clusters import KvCluster, kv_cluster, machine, rss_mb, run_main, stop_on_sigterm, wait_for  # noqa: E402
 from wrk import LUA, ensure_wrk, run_wrk  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -210,8 +210,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the context managers have stopped everything
-        print("\nbench: interrupted; everything it started has been stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_main(main)
