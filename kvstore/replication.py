@@ -682,13 +682,20 @@ class Replication:
     # ---------------------------------------------------------- the primary
     async def _primary_startup(self) -> None:
         """An empty primary restores from the most advanced peer before taking writes."""
-        try:
-            if self.store.lsn == 0:
+        delay = 0.5
+        while self.store.lsn == 0:
+            try:
                 await self._restore_if_peers_have_data()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("start-up restore check failed; taking writes with what is here")
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Never fall back to taking writes on an empty disk: that is
+                # exactly how a lost volume would wipe the cluster.
+                log.warning("restore from a peer failed (%s: %s); retrying in %.1fs without taking writes",
+                            type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         self.writable = True
         log.info("%s is primary and takes writes at lsn %d", self.config.pod_name, self.store.lsn)
 
