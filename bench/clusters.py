@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 import aiohttp
 
 from kvstore.local.state import client_url, read_state, running_pid
+from wrk import ensure_tool
 
 # Loopback ranges of their own, apart from the tests' and `./kv cluster up`'s defaults.
 ETCD_NET = "127.0.78"
@@ -74,19 +75,8 @@ def run_main(main: Callable[[], int]) -> None:
 
 # ---------------------------------------------------------------------- etcd
 def ensure_etcd() -> str:
-    """Path to etcd; installs Debian's etcd-server when root and missing, else says how."""
-    path = shutil.which("etcd")
-    if path:
-        return path
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("bench: etcd is missing; installing Debian's etcd-server package", file=sys.stderr)
-        subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "etcd-server"], check=True,
-                       stdout=subprocess.DEVNULL, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        path = shutil.which("etcd")
-        if path:
-            return path
-    sys.exit("bench: etcd is needed: install it with `sudo apt-get install etcd-server` and run again")
+    """Path to etcd (Debian's etcd-server, installed when missing and root)."""
+    return ensure_tool("etcd", "etcd-server")
 
 
 def etcd_version(binary: str) -> str:

@@ -40,19 +40,25 @@ class Figures:
         return {**asdict(self), "rps": round(self.rps, 1)}
 
 
-def ensure_wrk() -> str:
-    """Path to wrk; installs Debian's package when running as root, else says how."""
-    path = shutil.which("wrk")
+def ensure_tool(binary: str, package: str) -> str:
+    """Path to ``binary``; installs Debian's ``package`` when root and missing, else says how."""
+    path = shutil.which(binary)
     if path:
         return path
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("bench: wrk is missing; installing Debian's wrk package", file=sys.stderr)
+        print(f"bench: {binary} is missing; installing Debian's {package} package", file=sys.stderr)
         subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, stdout=subprocess.DEVNULL)
-        path = shutil.which("wrk")
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        path = shutil.which(binary)
         if path:
             return path
-    sys.exit("bench: wrk is needed: install it with `sudo apt-get install wrk` and run again")
+    sys.exit(f"bench: {binary} is needed: install it with `sudo apt-get install {package}` and run again")
+
+
+def ensure_wrk() -> str:
+    """Path to wrk (Debian's package, installed when missing and root)."""
+    return ensure_tool("wrk", "wrk")
 
 
 def run_wrk(name: str, url: str, script: str, connections: int, seconds: float,

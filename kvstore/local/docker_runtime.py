@@ -58,11 +58,9 @@ LOG_DRAIN = 5.0                    # seconds to let the log follower write the l
 def docker_client() -> docker.DockerClient:
     """A client of the local engine, or RuntimeUnavailable saying why not."""
     try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except Exception as exc:  # the SDK raises several unrelated types when no engine answers
-        raise RuntimeUnavailable(f"--runtime docker: no Docker engine reachable ({exc})") from None
-    return client
+        return image_mod.client_or_error(timeout=120)
+    except image_mod.ImageError as exc:
+        raise RuntimeUnavailable(f"--runtime docker: {exc}") from None
 
 
 def exit_status(code: int) -> int:

@@ -76,10 +76,10 @@ def _build_lock(name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def client_or_error() -> docker.DockerClient:
+def client_or_error(timeout: int = 300) -> docker.DockerClient:
     """A client for the local engine, or ImageError saying why there is none."""
     try:
-        client = docker.from_env(timeout=300)
+        client = docker.from_env(timeout=timeout)
         client.ping()
     except Exception as exc:  # the SDK raises several unrelated types when no engine answers
         raise ImageError(f"no Docker engine reachable: {exc}") from None
