@@ -6,7 +6,7 @@ local path_prefix = os.getenv("KV_BENCH_PATH_PREFIX") or "/v1/kv/bench/"
 local query = os.getenv("KV_BENCH_QUERY") or ""
 local threads = {}
 local counter = 0
-local tid = 0
+tid = 0  -- global: thread:set() sets the thread's global, a local would shadow it
 
 function setup(thread)
   thread:set("tid", #threads + 1)
