@@ -15,3 +15,9 @@ async def cancel_and_wait(*tasks: asyncio.Task[object] | None) -> None:
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def wake(future: asyncio.Future[None]) -> None:
+    """Resolve ``future`` unless it already is (a timer and an event may both fire)."""
+    if not future.done():
+        future.set_result(None)
