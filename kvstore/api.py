@@ -7,12 +7,10 @@ gets an HTML page or a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import time
 from importlib import resources
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Mapping
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
@@ -20,6 +18,7 @@ from aiohttp import web
 from kvstore import storage
 from kvstore.config import WRITE_CONCERNS
 from kvstore.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from kvstore.routing import ApiError, Handler, InFlight, Router, make_handler
 from kvstore.replica import LsnAhead, NoPrimary, PrimaryTimeout, ReadTimeout, Replica, WriteConcernTimeout
 
 log = logging.getLogger(__name__)
@@ -31,29 +30,6 @@ DEFAULT_LIST_LIMIT = 100
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Strong ETags are quoted ("42"); a bare 42 is accepted too, as curl users type it.
 _ETAG = re.compile(r'^("?)(0|[1-9][0-9]{0,17})\1$')
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiError(Exception):
-    """An error the client caused or must react to, rendered as JSON."""
-
-    def __init__(self, status: int, code: str, message: str,
-                 headers: Mapping[str, str] | None = None, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
-        self.extra = extra
-
-
-def error_response(status: int, code: str, message: str,
-                   headers: Mapping[str, str] | None = None, **extra: Any) -> web.Response:
-    """The JSON error body every endpoint uses."""
-    body = {"error": code, "message": message, **extra}
-    return web.json_response(body, status=status, headers=dict(headers or {}))
-
 
 # ------------------------------------------------------------------ parsing
 def decode_component(raw: str, what: str) -> str:
@@ -67,7 +43,7 @@ def decode_component(raw: str, what: str) -> str:
         raise ApiError(400, "bad_encoding", f"{what} is not valid UTF-8 once percent-decoded") from None
 
 
-def parse_query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
+def parse_query(request: web.BaseRequest, allowed: tuple[str, ...]) -> dict[str, str]:
     """Decode the query string; unknown or repeated parameters are a 400."""
     raw = request.rel_url.raw_query_string
     params: dict[str, str] = {}
@@ -131,7 +107,7 @@ class ClientApi:
         self.metrics = node.metrics
 
     # ------------------------------------------------------------ helpers
-    def key_of(self, request: web.Request) -> bytes:
+    def key_of(self, request: web.BaseRequest) -> bytes:
         raw = request.rel_url.raw_path[len(KV_PREFIX):]
         if not raw:
             raise ApiError(400, "bad_key", "the key is empty: use /v1/kv/<key>")
@@ -151,7 +127,7 @@ class ClientApi:
         return out
 
     @staticmethod
-    def reject_body(request: web.Request) -> None:
+    def reject_body(request: web.BaseRequest) -> None:
         if request.body_exists and request.content_length != 0:
             raise ApiError(400, "unexpected_body", f"{request.method} takes no request body")
 
@@ -161,7 +137,7 @@ class ClientApi:
             raise ApiError(400, "bad_parameter", "w must be one of 1, majority, all")
         return w
 
-    def conditions(self, request: web.Request) -> tuple[tuple[int, ...] | str | None, bool]:
+    def conditions(self, request: web.BaseRequest) -> tuple[tuple[int, ...] | str | None, bool]:
         if_match = request.headers.get("If-Match")
         if_none = request.headers.get("If-None-Match")
         match = parse_etags(if_match, "If-Match") if if_match is not None else None
@@ -169,7 +145,7 @@ class ClientApi:
             raise ApiError(400, "bad_header", "If-None-Match on a write only accepts * (create only)")
         return match, if_none is not None
 
-    async def read_body(self, request: web.Request) -> bytes:
+    async def read_body(self, request: web.BaseRequest) -> bytes:
         limit = self.config.max_value_bytes
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, "value_too_large",
@@ -184,13 +160,13 @@ class ClientApi:
         return b"".join(chunks)
 
     # ----------------------------------------------------------- handlers
-    async def put(self, request: web.Request) -> web.Response:
+    async def put(self, request: web.BaseRequest) -> web.Response:
         return await self._write(request, storage.PUT)
 
-    async def delete(self, request: web.Request) -> web.Response:
+    async def delete(self, request: web.BaseRequest) -> web.Response:
         return await self._write(request, storage.DELETE)
 
-    async def _write(self, request: web.Request, op: int) -> web.Response:
+    async def _write(self, request: web.BaseRequest, op: int) -> web.Response:
         key = self.key_of(request)
         params = parse_query(request, ("w",))
         w = self.write_concern(params)
@@ -228,7 +204,7 @@ class ClientApi:
         headers["ETag"] = etag(result)
         return web.json_response(body, headers=headers)
 
-    async def get(self, request: web.Request) -> web.StreamResponse:
+    async def get(self, request: web.BaseRequest) -> web.StreamResponse:
         key = self.key_of(request)
         params = parse_query(request, ("consistency", "min_lsn"))
         self.reject_body(request)
@@ -260,7 +236,7 @@ class ClientApi:
         return web.Response(body=record.value, headers=headers,
                             content_type="application/octet-stream")
 
-    async def list_keys(self, request: web.Request) -> web.Response:
+    async def list_keys(self, request: web.BaseRequest) -> web.Response:
         params = parse_query(request, ("prefix", "start_after", "limit"))
         self.reject_body(request)
         limit = parse_int(params, "limit", 1, MAX_LIST_LIMIT, DEFAULT_LIST_LIMIT)
@@ -278,29 +254,29 @@ class ClientApi:
                 "more": more, "next_start_after": keys[-1] if more else None}
         return web.json_response(body, headers=self.headers())
 
-    async def status(self, request: web.Request) -> web.Response:
+    async def status(self, request: web.BaseRequest) -> web.Response:
         parse_query(request, ())
         self.reject_body(request)
         return web.json_response(await self.node.status(), headers=self.headers())
 
-    async def healthz(self, request: web.Request) -> web.Response:
+    async def healthz(self, request: web.BaseRequest) -> web.Response:
         parse_query(request, ())
         return web.json_response({"status": "ok"})
 
-    async def readyz(self, request: web.Request) -> web.Response:
+    async def readyz(self, request: web.BaseRequest) -> web.Response:
         parse_query(request, ())
         ready, reason = self.node.readiness()
         if not ready:
             raise ApiError(503, "not_ready", reason, headers={"Retry-After": "1"})
         return web.json_response({"status": "ready", "reason": reason})
 
-    async def metrics_text(self, request: web.Request) -> web.Response:
+    async def metrics_text(self, request: web.BaseRequest) -> web.Response:
         parse_query(request, ())
         self.metrics.lsn.set(self.node.store.lsn)
         self.metrics.log_start.set(self.node.store.log_start)
         return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
-    async def openapi(self, request: web.Request) -> web.Response:
+    async def openapi(self, request: web.BaseRequest) -> web.Response:
         parse_query(request, ())
         return web.Response(body=openapi_document(), content_type="application/json")
 
@@ -310,102 +286,22 @@ def openapi_document() -> bytes:
     return resources.files("kvstore").joinpath("openapi.json").read_bytes()
 
 
-def _route_name(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
-
-
-class InFlight:
-    """Requests being handled, so a stopping replica can let them finish."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def enter(self) -> None:
-        self.count += 1
-        self._idle.clear()
-
-    def leave(self) -> None:
-        self.count -= 1
-        if self.count == 0:
-            self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no request is in flight; False if some still are after ``timeout``."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
-
-
-def make_error_middleware(metrics: Any, in_flight: InFlight | None = None) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """JSON errors for everything, plus request metrics and the in-flight count."""
-    in_flight = in_flight or InFlight()
-    series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        in_flight.enter()
-        try:
-            return await _answer(request, handler, started)
-        finally:
-            in_flight.leave()
-
-    async def _answer(request: web.Request, handler: Handler, started: float) -> web.StreamResponse:
-        try:
-            response = await handler(request)
-        except ApiError as exc:
-            response = error_response(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
-        except web.HTTPRequestEntityTooLarge:
-            response = error_response(413, "too_large", "the request body is too large")
-        except web.HTTPException as exc:  # router 404/405 and friends
-            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-            message = {404: "no such endpoint; see /openapi.json",
-                       405: f"{request.method} is not allowed here; allowed: "
-                            f"{exc.headers.get('Allow', '')}"}.get(exc.status, exc.reason)
-            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-            response = error_response(exc.status, code, message, headers)
-        except Exception:  # a bug: log it, still answer in the contract's shape
-            log.exception("unhandled error on %s %s", request.method, request.rel_url)
-            response = error_response(500, "internal", "internal error; see the replica's log")
-        route = _route_name(request)
-        # The labelled children are looked up once per label set: labels() costs a lock
-        # and validation on every request otherwise.
-        key = (route, request.method, response.status)
-        children = series.get(key)
-        if children is None:
-            children = series[key] = (metrics.requests.labels(route, request.method, str(response.status)),
-                                      metrics.request_seconds.labels(route, request.method))
-        children[0].inc()
-        children[1].observe(time.perf_counter() - started)
-        return response
-
-    return middleware
-
-
-def add_key_routes(app: web.Application, api: ClientApi) -> None:
+def add_key_routes(router: Router, api: ClientApi) -> None:
     """The key routes; the peer port mounts them too, for writes forwarded to the primary."""
-    app.router.add_get("/v1/kv/{key:[\\s\\S]*}", api.get)
-    app.router.add_put("/v1/kv/{key:[\\s\\S]*}", api.put)
-    app.router.add_delete("/v1/kv/{key:[\\s\\S]*}", api.delete)
+    router.add_prefix("GET", KV_PREFIX, api.get)
+    router.add_prefix("PUT", KV_PREFIX, api.put)
+    router.add_prefix("DELETE", KV_PREFIX, api.delete)
 
 
-def create_app(node: Replica, in_flight: InFlight | None = None) -> web.Application:
-    """The client-port application of one replica."""
+def create_handler(node: Replica, in_flight: InFlight | None = None) -> Handler:
+    """The client port of one replica, as a handler for ``web.Server``."""
     api = ClientApi(node)
-    # Bodies are streamed and bounded in read_body; aiohttp's own cap must not
-    # cut in first with an HTML 413.
-    app = web.Application(middlewares=[make_error_middleware(node.metrics, in_flight)],
-                          client_max_size=node.config.max_value_bytes + 1)
-    app.router.add_get("/v1/kv", api.list_keys)
-    add_key_routes(app, api)
-    app.router.add_get("/v1/status", api.status)
-    app.router.add_get("/healthz", api.healthz)
-    app.router.add_get("/readyz", api.readyz)
-    app.router.add_get("/metrics", api.metrics_text)
-    app.router.add_get("/openapi.json", api.openapi)
-    return app
+    router = Router()
+    router.add("GET", "/v1/kv", api.list_keys)
+    add_key_routes(router, api)
+    router.add("GET", "/v1/status", api.status)
+    router.add("GET", "/healthz", api.healthz)
+    router.add("GET", "/readyz", api.readyz)
+    router.add("GET", "/metrics", api.metrics_text)
+    router.add("GET", "/openapi.json", api.openapi)
+    return make_handler(router, node.metrics, in_flight)

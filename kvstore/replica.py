@@ -84,7 +84,7 @@ class Replica:
         return self.replication.primary_lsn() if self.replication else None
 
     # ------------------------------------------------------------- writes
-    async def write(self, mutation: storage.Mutation, w: str, request: web.Request,
+    async def write(self, mutation: storage.Mutation, w: str, request: web.BaseRequest,
                     body: bytes | None) -> int | web.Response:
         """Commit a client write and wait for its concern; a secondary forwards it.
 
@@ -103,7 +103,7 @@ class Replica:
             raise WriteConcernTimeout(lsn, confirmed, required)
         return lsn
 
-    async def _forward(self, request: web.Request, body: bytes | None, why: str) -> web.Response:
+    async def _forward(self, request: web.BaseRequest, body: bytes | None, why: str) -> web.Response:
         if request.headers.get(FORWARDED_BY):
             raise NoPrimary(f"{self.config.pod_name} is not the primary and does not forward twice")
         primary = self.replication.directory.primary() if self.replication else None
@@ -119,7 +119,7 @@ class Replica:
                                  "read the key to find out before retrying") from None
 
     # -------------------------------------------------------------- reads
-    async def prepare_read(self, request: web.Request, consistency: str,
+    async def prepare_read(self, request: web.BaseRequest, consistency: str,
                            min_lsn: int) -> web.StreamResponse | None:
         """Wait for ``min_lsn``; a non-None answer was served by the primary (strong read)."""
         if consistency == "strong":

@@ -1,17 +1,31 @@
-"""Pull replication: secondaries long-poll their upstream's log over the peer port.
+"""Pull replication: secondaries stream their upstream's log over the peer port.
 
 Every replica serves its log and snapshots on the peer port (``LogServer``);
 every secondary runs a ``Follower`` that asks its upstream (kv-0, or kv-N-1
-in cascade mode) for entries after its applied LSN. Asking for ``after=N``
-acknowledges N, so the upstream learns each follower's position from the
-requests themselves and passes downstream positions on in its own requests
-(``acks=``). The primary's ``AckTable`` is what write concerns wait on.
+in cascade mode) for the entries after its applied LSN. The request is a
+long-lived WebSocket: the upstream pushes each group commit as it happens
+(from the in-memory tail of its log) and the follower answers with its
+durable LSN after each of its own group commits. Asking for ``after=N``
+acknowledges N; each ack then moves the position on, and a cascading
+follower passes its own followers' positions along with it. The primary's
+``AckTable`` is what write concerns wait on.
+
+One stream instead of a request per fetch: a long-poll fetch cost the
+primary a full HTTP request per follower per commit (most of its CPU per
+replicated write at one client), and the follower's ack had to wait for its
+next request.
 
 Wire formats (peer port, ``Authorization: Bearer <cluster token>``):
 
-- ``GET /v1/peer/log?after=N&history=H&follower=kv-2&wait=S&acks=kv-3:17``:
-  200 with frames ``u32 length + LogEntry`` (maybe none after a long poll);
-  409 history mismatch and 410 log truncated both mean "take a snapshot".
+- ``GET /v1/peer/stream?after=N&history=H&follower=kv-2`` (WebSocket).
+  Refused before the upgrade with 400 (bad parameters), or 409/410 and an
+  ``X-Kv-Error`` header (history_mismatch, follower_ahead, log_truncated):
+  "take a snapshot" (or, for follower_ahead, "do not follow this one").
+  Upstream to follower, binary: ``u64 upstream LSN`` + frames ``u32 length +
+  LogEntry`` (none: a keepalive, every second when idle). Follower to
+  upstream, text: ``<durable lsn>[ <name>:<lsn>,...]``. The upstream closes
+  with code 4409 / 4410 when its history changed or the follower's position
+  left the retained log; either side drops a stream silent for 5 s.
 - ``GET /v1/peer/snapshot``: frames ``u8 kind + u32 length + payload``: one
   header (JSON: history, lsn), records (``u32 key length, key, raw record``),
   one end frame (JSON: count). A stream without its end frame is discarded.
@@ -21,6 +35,8 @@ Wire formats (peer port, ``Authorization: Bearer <cluster token>``):
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
 import logging
 import random
@@ -33,7 +49,8 @@ import aiohttp
 import yarl
 from aiohttp import web
 
-from kvstore.aio import cancel_and_wait
+from kvstore.aio import cancel_and_wait, wake
+from kvstore.routing import Router
 from kvstore.client import never_resend
 from kvstore.config import Config
 from kvstore.discovery import MembershipChange, Peer, PeerDirectory
@@ -44,12 +61,16 @@ from kvstore.storage import LogEntry, LogTruncated, Store
 log = logging.getLogger("kvstore.replication")
 
 _LEN = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
 _FRAME = struct.Struct(">BI")
 FRAME_HEADER, FRAME_RECORDS, FRAME_END = 1, 2, 3
 
 FETCH_MAX_ENTRIES = 2000
 FETCH_MAX_BYTES = 4 * 1024 * 1024
-LONG_POLL_SECONDS = 5.0
+KEEPALIVE_SECONDS = 1.0  # an idle stream still carries the upstream's LSN this often
+SILENCE_SECONDS = 5.0  # a stream quiet this long is dead (SIGSTOP, partition)
+MAX_APPLYING = 8  # batches a follower has queued for its disk before it stops reading
+CLOSE_HISTORY_CHANGED, CLOSE_LOG_TRUNCATED = 4409, 4410
 SNAPSHOT_CHUNK_RECORDS = 2000
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 READY_MAX_LAG = 1000  # entries a secondary may trail and still be Ready
@@ -71,21 +92,26 @@ class SnapshotNeeded(Exception):
 
 
 # ------------------------------------------------------------------- encoding
-def encode_entries(entries: list[LogEntry]) -> bytes:
-    """Length-prefixed log entries, the body of a log fetch."""
-    parts = []
-    for entry in entries:
-        raw = entry.encode()
+def encode_message(upstream_lsn: int, raws: list[bytes]) -> bytes:
+    """One stream message: the upstream's LSN, then length-prefixed encoded entries."""
+    parts = [_U64.pack(upstream_lsn)]
+    for raw in raws:
         parts.append(_LEN.pack(len(raw)))
         parts.append(raw)
     return b"".join(parts)
 
 
-def decode_entries(body: bytes) -> list[LogEntry]:
-    """Inverse of :func:`encode_entries`; ValueError on a torn or malformed body."""
+def decode_message(data: bytes) -> tuple[int, list[LogEntry]]:
+    """Inverse of :func:`encode_message`; ValueError on a torn or malformed message."""
+    if len(data) < _U64.size:
+        raise ValueError("stream message too short")
+    return _U64.unpack_from(data)[0], decode_entries(data, _U64.size)
+
+
+def decode_entries(body: bytes, offset: int = 0) -> list[LogEntry]:
+    """Length-prefixed entries from ``offset`` to the end; ValueError if torn or malformed."""
     entries = []
     view = memoryview(body)
-    offset = 0
     while offset < len(view):
         if offset + _LEN.size > len(view):
             raise ValueError("torn log frame")
@@ -198,7 +224,7 @@ class AckTable:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._waiters[future] = (lsn, followers)
-        timer = loop.call_later(timeout, _resolve, future)
+        timer = loop.call_later(timeout, wake, future)
         try:
             await future
         finally:
@@ -216,9 +242,9 @@ class AckTable:
         return ",".join(items[:ACK_PARAM_LIMIT])
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 # --------------------------------------------------------------------- server
@@ -233,85 +259,97 @@ class LogServer:
         self.metrics = metrics
         self._status = status
         self.on_foreign_history: Callable[[str, str, int], None] | None = None
+        # Whether a name is a pod DNS lists: relayed acks of pods that left are
+        # dropped, or a cascade would keep a scaled-away pod counted for ever.
+        self.is_member: Callable[[str], bool] = lambda name: True
         self._closing = asyncio.Event()
 
     def close(self) -> None:
         """End parked long polls now, so a SIGTERM does not wait them out."""
         self._closing.set()
 
-    async def _wait_for_entries(self, after: int, wait: float) -> None:
-        waiter = asyncio.ensure_future(self.store.wait_for_lsn(after + 1, wait))
-        closing = asyncio.ensure_future(self._closing.wait())
-        _, pending = await asyncio.wait({waiter, closing}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-
-    def add_routes(self, app: web.Application) -> None:
+    def add_routes(self, router: Router) -> None:
         """Mount the peer routes."""
-        app.router.add_get("/v1/peer/log", self.log)
-        app.router.add_get("/v1/peer/snapshot", self.snapshot)
-        app.router.add_get("/v1/peer/status", self.status)
-        app.router.add_post("/v1/peer/ack", self.ack)
+        router.add("GET", "/v1/peer/stream", self.stream)
+        router.add("GET", "/v1/peer/snapshot", self.snapshot)
+        router.add("GET", "/v1/peer/status", self.status)
 
     def _headers(self) -> dict[str, str]:
         return {"X-Kv-Lsn": str(self.store.lsn), "X-Kv-History": self.store.history_id,
                 "X-Kv-Log-Start": str(self.store.log_start)}
 
-    async def log(self, request: web.Request) -> web.Response:
-        """Entries after ``after``; long-polls up to ``wait`` seconds when there are none."""
+    async def stream(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Push the log after ``after`` to a follower as it grows; read its acks."""
         q = request.rel_url.query
         try:
             after = int(q.get("after", ""))
-            wait = min(float(q.get("wait", LONG_POLL_SECONDS)), 30.0)
             follower = q.get("follower", "")
-            acks = parse_acks(q.get("acks", ""))
-            if after < 0 or not follower or not wait >= 0:
+            if after < 0 or not follower or len(follower) > 253:
                 raise ValueError
         except ValueError:
-            return _peer_error(400, "bad_parameter",
-                               "need after=<lsn>, follower=<name>, wait=<seconds>, acks=name:lsn,...")
+            return _peer_error(400, "bad_parameter", "need after=<lsn>, history=<id>, follower=<name>")
         history = q.get("history", "")
         if history != self.store.history_id:
             if self.on_foreign_history is not None:
                 self.on_foreign_history(follower, history, after)
-            return _peer_error(409, "history_mismatch", "different history: take a snapshot",
-                               headers=self._headers())
+            return self._refuse(409, "history_mismatch", "different history: take a snapshot")
         if after > self.store.lsn:
             # The follower is ahead of us: our history is the same but we lost
             # its tail. Never serve from here, and never count its position as
             # an ack: its entries past our LSN are not ours.
-            return _peer_error(409, "follower_ahead", "the follower is ahead of this replica",
-                               headers=self._headers())
-        # Asking for entries after N acknowledges N (it is durable on the follower).
-        self.acks.record(follower, after, follower)
-        for name, lsn in acks.items():
-            self.acks.record(name, lsn, follower)
-        self.metrics.follower_lag.labels(follower).set(self.store.lsn - after)
-        if self.store.lsn <= after:
-            await self._wait_for_entries(after, wait)
+            return self._refuse(409, "follower_ahead", "the follower is ahead of this replica")
+        if after + 1 < self.store.log_start and after < self.store.lsn:
+            return self._refuse(410, "log_truncated", "position older than the retained log: take a snapshot")
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        self.acks.record(follower, after, follower)  # asking for after=N acknowledges N
+        sender = asyncio.create_task(self._push(ws, after, history), name=f"push-{follower}")
         try:
-            entries = await self.store.log_after(after, FETCH_MAX_ENTRIES, FETCH_MAX_BYTES)
-        except LogTruncated:
-            return _peer_error(410, "log_truncated", "position older than the retained log: take a snapshot",
-                               headers=self._headers())
-        return web.Response(body=encode_entries(entries), headers=self._headers(),
-                            content_type="application/octet-stream")
-
-    async def ack(self, request: web.Request) -> web.Response:
-        """Downstream positions relayed by a cascading follower, between its fetches."""
-        q = request.rel_url.query
-        try:
-            follower = q.get("follower", "")
-            acks = parse_acks(q.get("acks", ""))
-            if not follower:
-                raise ValueError
+            while not sender.done():
+                msg = await ws.receive(timeout=SILENCE_SECONDS)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break  # closed, or an error
+                lsn_text, _, relayed = msg.data.partition(" ")
+                lsn = int(lsn_text)
+                self.acks.record(follower, lsn, follower)
+                for name, position in parse_acks(relayed).items():
+                    if self.is_member(name):
+                        self.acks.record(name, position, follower)
+                self.metrics.follower_lag.labels(follower).set(self.store.lsn - lsn)
+        except asyncio.TimeoutError:
+            log.info("%s went silent for %.0fs: dropping its stream", follower, SILENCE_SECONDS)
         except ValueError:
-            return _peer_error(400, "bad_parameter", "need follower=<name> and acks=name:lsn,...")
-        for name, lsn in acks.items():
-            self.acks.record(name, lsn, follower)
-        return web.json_response({"recorded": len(acks)})
+            log.warning("%s sent a malformed ack: dropping its stream", follower)
+        finally:
+            await cancel_and_wait(sender)
+            await ws.close()
+        return ws
 
-    async def snapshot(self, request: web.Request) -> web.StreamResponse:
+    async def _push(self, ws: web.WebSocketResponse, sent: int, history: str) -> None:
+        """Send entries after ``sent`` as they are committed, or a keepalive when idle."""
+        store = self.store
+        while not self._closing.is_set():
+            if store.history_id != history:  # an empty primary restored from a peer
+                await ws.close(code=CLOSE_HISTORY_CHANGED, message=b"history_mismatch")
+                return
+            if store.lsn > sent:
+                try:
+                    raws = await store.log_after_raw(sent, FETCH_MAX_ENTRIES, FETCH_MAX_BYTES)
+                except LogTruncated:
+                    await ws.close(code=CLOSE_LOG_TRUNCATED, message=b"log_truncated")
+                    return
+                if raws:
+                    sent = _U64.unpack_from(raws[-1])[0]
+                    await ws.send_bytes(encode_message(store.lsn, raws))
+                    continue
+            if not await store.wait_for_lsn(sent + 1, KEEPALIVE_SECONDS):
+                await ws.send_bytes(encode_message(store.lsn, []))
+        await ws.close()
+
+    def _refuse(self, status: int, code: str, message: str) -> web.Response:
+        return _peer_error(status, code, message, headers={**self._headers(), "X-Kv-Error": code})
+
+    async def snapshot(self, request: web.BaseRequest) -> web.StreamResponse:
         """Stream a consistent snapshot of the data in bounded chunks."""
         snap = await self.store.run_blocking(self.store.open_snapshot)
         response = web.StreamResponse(headers={**self._headers(), "Content-Type": "application/octet-stream"})
@@ -335,7 +373,7 @@ class LogServer:
         log.info("sent a snapshot of %d keys at lsn %d to %s", count, snap.lsn, request.remote)
         return response
 
-    async def status(self, request: web.Request) -> web.Response:
+    async def status(self, request: web.BaseRequest) -> web.Response:
         """This replica's position and the follower positions it knows."""
         return web.json_response(self._status(), headers=self._headers())
 
@@ -374,25 +412,25 @@ class PeerClient:
                 raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
             return await response.json()
 
-    async def fetch(self, peer: Peer, params: dict[str, str], timeout: float) -> tuple[list[LogEntry], int]:
-        """One log fetch; returns (entries, upstream LSN). Raises SnapshotNeeded."""
-        async with self.session.get(peer.peer_url + "/v1/peer/log", params=params,
-                                    timeout=aiohttp.ClientTimeout(total=timeout, connect=1.0)) as response:
-            upstream_lsn = int(response.headers.get("X-Kv-Lsn", "0"))
-            if response.status in (409, 410):
-                body = await response.json(content_type=None)
-                raise SnapshotNeeded(body.get("error", "snapshot"), response.headers.get("X-Kv-History", ""),
-                                     upstream_lsn)
-            if response.status != 200:
-                raise aiohttp.ClientResponseError(response.request_info, (), status=response.status,
-                                                  message=(await response.text())[:200])
-            return decode_entries(await response.read()), upstream_lsn
-
-    async def relay_acks(self, peer: Peer, follower: str, acks: str) -> None:
-        """Pass downstream acks to ``peer`` now, without waiting for the next fetch."""
-        async with self.session.post(peer.peer_url + "/v1/peer/ack", params={"follower": follower, "acks": acks},
-                                     timeout=aiohttp.ClientTimeout(total=2.0)) as response:
-            await response.read()
+    @contextlib.asynccontextmanager
+    async def stream(self, peer: Peer, params: dict[str, str],
+                     max_msg_size: int) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+        """The log stream from ``peer`` (a WebSocket). Raises SnapshotNeeded when refused so."""
+        try:
+            async with asyncio.timeout(SILENCE_SECONDS):
+                ws = await self.session.ws_connect(peer.peer_url + "/v1/peer/stream", params=params,
+                                                   max_msg_size=max_msg_size, autoping=True)
+        except aiohttp.WSServerHandshakeError as exc:
+            headers = exc.headers or {}
+            code = headers.get("X-Kv-Error")
+            if exc.status in (409, 410) and code:
+                raise SnapshotNeeded(code, headers.get("X-Kv-History", ""),
+                                     int(headers.get("X-Kv-Lsn", "0"))) from None
+            raise
+        try:
+            yield ws
+        finally:
+            await ws.close()
 
     async def snapshot(self, peer: Peer) -> tuple[dict[str, Any], AsyncIterator[list[tuple[bytes, bytes]]],
                                                   aiohttp.ClientResponse]:
@@ -438,7 +476,7 @@ FORWARDED_HEADERS = ("If-Match", "If-None-Match", "Content-Type")
 RETURNED_HEADERS = ("ETag", "Content-Type", "Retry-After", "X-Kv-Lsn", "X-Kv-Primary-Lsn")
 
 
-async def forward(client: PeerClient, peer: Peer, request: web.Request, body: bytes | None,
+async def forward(client: PeerClient, peer: Peer, request: web.BaseRequest, body: bytes | None,
                   timeout: float, forwarded_by: str) -> web.Response:
     """Send a client request to ``peer``'s peer port and return its answer as ours."""
     headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
@@ -490,31 +528,15 @@ class Follower:
         self.installing_snapshot = False
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
-        self._relay: asyncio.Task[None] | None = None
         self._cascade_failed: dict[int, float] = {}
 
     def start(self) -> None:
-        """Start following in the background (and relaying downstream acks)."""
+        """Start following in the background."""
         self._task = asyncio.create_task(self._run(), name="follower")
-        self._relay = asyncio.create_task(self._relay_acks(), name="ack-relay")
 
     async def stop(self) -> None:
         """Stop following."""
-        await cancel_and_wait(self._task, self._relay)
-
-    async def _relay_acks(self) -> None:
-        """Cascade: our followers' positions go upstream as they change, so w=all does not wait
-        for our next fetch (which may be parked in a long poll)."""
-        while True:
-            await self.acks.wait_change()
-            upstream = self.upstream
-            relayed = self.acks.downstream_of(self.config.pod_name)
-            if upstream is None or upstream.ordinal == self.config.ordinal or not relayed:
-                continue
-            try:
-                await self.client.relay_acks(upstream, self.config.pod_name, relayed)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                log.debug("relaying acks to %s failed: %s", upstream.name, exc)
+        await cancel_and_wait(self._task)
 
     def choose_upstream(self) -> Peer | None:
         """kv-0, or in cascade mode kv-(N-1) while it is in DNS and answering."""
@@ -539,7 +561,7 @@ class Follower:
                 self.upstream = upstream
             try:
                 try:
-                    await self._fetch_once(upstream)
+                    await self._stream_once(upstream)
                 except SnapshotNeeded as exc:
                     # Inside the outer try: a snapshot that fails midway is retried
                     # like any fetch, and never ends the follower.
@@ -551,7 +573,7 @@ class Follower:
             except Exception as exc:  # connection refused, timeout, a torn body...
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 if reason != self.last_error:
-                    log.warning("fetch from %s failed: %s; retrying", upstream.name, reason)
+                    log.warning("following %s failed: %s; retrying", upstream.name, reason)
                 self.last_error = reason
                 if upstream.ordinal != 0:
                     self._cascade_failed[upstream.ordinal] = time.monotonic()
@@ -559,24 +581,67 @@ class Follower:
                 await asyncio.sleep(backoff + random.uniform(0, backoff / 2))
                 backoff = min(backoff * 2, 2.0)
 
-    async def _fetch_once(self, upstream: Peer) -> None:
+    async def _stream_once(self, upstream: Peer) -> None:
+        """Follow ``upstream``'s log stream until it ends, fails or another upstream is preferred."""
         params = {"after": str(self.store.lsn), "history": self.store.history_id,
-                  "follower": self.config.pod_name, "wait": str(LONG_POLL_SECONDS)}
-        relayed = self.acks.downstream_of(self.config.pod_name)
-        if relayed:
-            params["acks"] = relayed
-        entries, upstream_lsn = await self.client.fetch(upstream, params, LONG_POLL_SECONDS + 5)
-        self.last_contact = time.monotonic()
-        self.upstream_lsn = upstream_lsn
-        if upstream.ordinal == 0:
-            self.primary_lsn = upstream_lsn
-        if entries:
-            if entries[0].lsn != self.store.lsn + 1:
-                raise ValueError(f"gap: expected lsn {self.store.lsn + 1}, got {entries[0].lsn}")
-            await self.store.apply(entries)
-            self.metrics.fetch_batch.observe(len(entries))
-        if upstream.ordinal == 0:
-            self.primary_lsn = max(upstream_lsn, self.store.lsn)
+                  "follower": self.config.pod_name}
+        max_msg = FETCH_MAX_BYTES + self.config.max_value_bytes + self.config.max_key_bytes + 1024
+        async with self.client.stream(upstream, params, max_msg) as ws:
+            wake = asyncio.Event()
+            acker = asyncio.create_task(self._send_acks(ws, wake), name="acks")
+            applying: collections.deque[asyncio.Future[Any]] = collections.deque()
+            next_lsn = self.store.lsn + 1
+            try:
+                while not acker.done():
+                    msg = await ws.receive(timeout=SILENCE_SECONDS)
+                    if msg.type != aiohttp.WSMsgType.BINARY:
+                        if ws.close_code == CLOSE_LOG_TRUNCATED or ws.close_code == CLOSE_HISTORY_CHANGED:
+                            return  # the next stream request is refused with what to do
+                        raise ConnectionError(f"stream closed ({msg.type.name}, code {ws.close_code})")
+                    upstream_lsn, entries = decode_message(msg.data)
+                    self.last_contact = time.monotonic()
+                    self.upstream_lsn = upstream_lsn
+                    if entries:
+                        if entries[0].lsn != next_lsn:
+                            raise ValueError(f"gap: expected lsn {next_lsn}, got {entries[0].lsn}")
+                        next_lsn = entries[-1].lsn + 1
+                        # Not awaited: what arrives while this batch is written joins the next one.
+                        future = self.store.apply_nowait(entries)
+                        future.add_done_callback(lambda _: wake.set())
+                        applying.append(future)
+                        self.metrics.fetch_batch.observe(len(entries))
+                    else:
+                        wake.set()  # a keepalive: answer it, so the upstream knows we are here
+                    if upstream.ordinal == 0:
+                        self.primary_lsn = max(upstream_lsn, next_lsn - 1)
+                    while applying and (applying[0].done() or len(applying) > MAX_APPLYING):
+                        await applying.popleft()  # raises if the disk refused the batch
+                    if not entries and self.choose_upstream() != upstream:
+                        return  # cascade: the preferred upstream is back, or DNS moved it
+                if acker.done():
+                    acker.result()  # the ack channel broke: raise why
+            finally:
+                await cancel_and_wait(acker)
+                for future in applying:  # they still complete; nobody reads their errors now
+                    future.add_done_callback(_consume)
+
+    async def _send_acks(self, ws: aiohttp.ClientWebSocketResponse, wake: asyncio.Event) -> None:
+        """Tell the upstream our durable LSN (and our followers' positions) whenever it moves."""
+        relay = asyncio.create_task(self._wake_on_downstream_acks(wake), name="ack-relay")
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                relayed = self.acks.downstream_of(self.config.pod_name)
+                await ws.send_str(f"{self.store.lsn} {relayed}" if relayed else str(self.store.lsn))
+        finally:
+            await cancel_and_wait(relay)
+
+    async def _wake_on_downstream_acks(self, wake: asyncio.Event) -> None:
+        """Cascade: our followers' positions go upstream as soon as they change."""
+        while True:
+            await self.acks.wait_change()
+            wake.set()
 
     async def _handle_snapshot_needed(self, upstream: Peer, exc: SnapshotNeeded) -> None:
         if str(exc) == "follower_ahead":
@@ -630,6 +695,7 @@ class Replication:
         self.client = PeerClient(token)
         self.server = LogServer(config, store, self.acks, metrics, status)
         self.server.on_foreign_history = self._foreign_history
+        self.server.is_member = lambda name: any(p.name == name for p in directory.peers.values())
         directory.subscribe(self._membership_changed)
         self.follower: Follower | None = None
         self.writable = config.role != PRIMARY  # the primary opens for writes after its start-up check
@@ -768,7 +834,7 @@ class Replication:
     def primary_reachable(self) -> bool:
         """Whether the follower heard from its upstream recently."""
         f = self.follower
-        return bool(f and f.last_contact and time.monotonic() - f.last_contact < LONG_POLL_SECONDS + 3)
+        return bool(f and f.last_contact and time.monotonic() - f.last_contact < SILENCE_SECONDS + 1)
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why) of this replica for /readyz."""

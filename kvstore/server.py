@@ -16,7 +16,7 @@ import sys
 
 from aiohttp import web
 
-from kvstore import api
+from kvstore import api, routing
 from kvstore.config import Config, ConfigError
 from kvstore.discovery import PeerDirectory
 from kvstore.replication import Replication
@@ -33,34 +33,32 @@ class StartupError(Exception):
     """The replica cannot start; the message is the one line to print."""
 
 
-def make_peer_app(replica: Replica, token: str, in_flight: api.InFlight | None = None) -> web.Application:
-    """The peer-port application: replication, snapshots, forwarded client calls.
+def make_peer_handler(replica: Replica, token: str, in_flight: routing.InFlight | None = None) -> routing.Handler:
+    """The peer port: replication, snapshots, forwarded client calls.
 
     Every call needs the cluster token.
     """
     expected = f"Bearer {token}".encode()
 
-    @web.middleware
-    async def require_token(request: web.Request, handler: api.Handler) -> web.StreamResponse:
+    def require_token(request: web.BaseRequest) -> web.Response | None:
         given = request.headers.get("Authorization", "").encode()
         # Constant-time so the token cannot be guessed byte by byte.
-        if not token or not hmac.compare_digest(given, expected):
-            replica.metrics.peer_auth_failures.inc()
-            log.warning("peer call refused: missing or wrong token from %s for %s",
-                        request.remote, request.rel_url.path)
-            return api.error_response(401, "unauthorized",
-                                      "the peer port needs the cluster token (Authorization: Bearer)")
-        return await handler(request)
+        if token and hmac.compare_digest(given, expected):
+            return None
+        replica.metrics.peer_auth_failures.inc()
+        log.warning("peer call refused: missing or wrong token from %s for %s",
+                    request.remote, request.rel_url.path)
+        return routing.error_response(401, "unauthorized",
+                                  "the peer port needs the cluster token (Authorization: Bearer)")
 
-    app = web.Application(middlewares=[api.make_error_middleware(replica.metrics, in_flight), require_token],
-                          client_max_size=replica.config.max_value_bytes + 1)
+    router = routing.Router()
     if replica.replication is not None:
-        replica.replication.server.add_routes(app)
-    api.add_key_routes(app, api.ClientApi(replica))
-    return app
+        replica.replication.server.add_routes(router)
+    api.add_key_routes(router, api.ClientApi(replica))
+    return routing.make_handler(router, replica.metrics, in_flight, guard=require_token)
 
 
-async def _start_site(runner: web.AppRunner, host: str, port: int, what: str) -> None:
+async def _start_site(runner: web.BaseRunner, host: str, port: int, what: str) -> None:
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
         await site.start()
@@ -89,11 +87,12 @@ async def serve(config: Config) -> None:
     directory = PeerDirectory(config)
     replication = Replication(config, store, metrics, directory, token, lambda: replica.local_status())
     replica = Replica(config, store, metrics, replication)
-    in_flight = api.InFlight()
-    client_runner = web.AppRunner(api.create_app(replica, in_flight), access_log=None,
-                                  shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
-    peer_runner = web.AppRunner(make_peer_app(replica, token, in_flight), access_log=None,
-                                shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
+    in_flight = routing.InFlight()
+    # aiohttp's low-level server: see routing.Router for why not an Application.
+    client_runner = web.ServerRunner(web.Server(api.create_handler(replica, in_flight), access_log=None),
+                                     shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
+    peer_runner = web.ServerRunner(web.Server(make_peer_handler(replica, token, in_flight), access_log=None),
+                                   shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -158,8 +158,10 @@ def test_sigkilled_secondary_catches_up(cluster: LocalCluster) -> None:
 
 
 def test_secondary_that_missed_more_than_the_log_gets_a_snapshot(cluster: LocalCluster) -> None:
-    pid = cluster.pause("kv-2")
-    try:
+    # Killed, not paused: a paused follower still has what was pushed into its
+    # socket before it stopped reading, and catches up from that.
+    with PausedController(cluster):
+        os.kill(killed := cluster.pid("kv-2"), signal.SIGKILL)
         for i in range(RETENTION * 3):
             assert put(cluster, "kv-0", f"snap/{i:03}", b"s" * 50, w="majority")[0] == 200
         # Logs are truncated in the background; wait until kv-2's position is gone
@@ -168,8 +170,7 @@ def test_secondary_that_missed_more_than_the_log_gets_a_snapshot(cluster: LocalC
             wait_for(f"log truncation on {upstream}",
                      lambda: json.loads(http("GET", cluster.url(upstream) + "/v1/status")[2])
                      ["log_start"] > RETENTION, timeout=30)
-    finally:
-        cluster.resume(pid)
+    cluster.wait_restarted("kv-2", killed)
     wait_converged(cluster)
     metrics = http("GET", cluster.url("kv-2") + "/metrics")[2].decode()
     received = [line for line in metrics.splitlines()
@@ -229,6 +230,10 @@ def test_primary_with_an_empty_disk_restores_before_taking_writes(cluster: Local
     assert json.loads(body)["lsn"] >= before
     for key, value in acknowledged.items():
         assert get(cluster, "kv-0", key)[2] == value, key
+    # The followers refused the empty kv-0 and retry with back-off: once they
+    # follow the restored one again, the cluster is whole.
+    wait_for("both followers to follow the restored kv-0", lambda: {"kv-1", "kv-2"} <= set(json.loads(
+        http("GET", cluster.url("kv-0") + "/v1/status")[2])["followers"]), timeout=30)
     assert put(cluster, "kv-0", "empty/after", b"new", w="all")[0] == 200
     log = (cluster.directory / "logs" / "kv-0.log").read_text()
     assert "restoring from it before taking any write" in log
@@ -273,7 +278,7 @@ def test_status_shows_every_replica_with_lsn_and_lag(cluster: LocalCluster) -> N
 def test_peer_calls_without_the_token_are_refused(cluster: LocalCluster, headers: dict[str, str]) -> None:
     pod = cluster.pods()["kv-0"]
     base = f"http://{pod['address']}:{pod['peer_port']}"
-    for method, path in (("GET", "/v1/peer/log?after=0&follower=x&history=y"), ("GET", "/v1/peer/snapshot"),
+    for method, path in (("GET", "/v1/peer/stream?after=0&follower=x&history=y"), ("GET", "/v1/peer/snapshot"),
                          ("GET", "/v1/peer/status"), ("PUT", "/v1/kv/sneaky")):
         status, _, body = http(method, base + path, b"x" if method == "PUT" else None, headers)
         assert status == 401 and json.loads(body)["error"] == "unauthorized", (path, status)

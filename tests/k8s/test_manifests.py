@@ -300,7 +300,7 @@ def test_srv_name_uses_the_peer_port_name(headless: dict[str, Any], container: d
 
 async def test_probe_paths_answer_on_a_fresh_primary(container: dict[str, Any], tmp_path: Path) -> None:
     """The probes' paths are served by the real client API and pass on a started primary."""
-    from aiohttp.test_utils import TestClient, TestServer
+    from aiohttp.test_utils import RawTestServer, TestClient
 
     from kvstore import api
     from kvstore.metrics import Metrics
@@ -311,7 +311,7 @@ async def test_probe_paths_answer_on_a_fresh_primary(container: dict[str, Any], 
     store = Store.open(config.data_dir, fsync=False)
     await store.start()
     try:
-        async with TestClient(TestServer(api.create_app(Replica(config, store, Metrics())))) as client:
+        async with TestClient(RawTestServer(api.create_handler(Replica(config, store, Metrics())))) as client:
             for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
                 path = container[probe]["httpGet"]["path"]
                 response = await client.get(path)
