@@ -311,9 +311,11 @@ class LogServer:
                     break  # closed, or an error
                 lsn_text, _, relayed = msg.data.partition(" ")
                 lsn = int(lsn_text)
+                if not 0 <= lsn <= self.store.lsn:  # nobody can hold what we never sent
+                    raise ValueError(lsn)
                 self.acks.record(follower, lsn, follower)
                 for name, position in parse_acks(relayed).items():
-                    if self.is_member(name):
+                    if self.is_member(name) and position <= self.store.lsn:
                         self.acks.record(name, position, follower)
                 self.metrics.follower_lag.labels(follower).set(self.store.lsn - lsn)
         except asyncio.TimeoutError:
@@ -616,7 +618,7 @@ class Follower:
                         self.primary_lsn = max(upstream_lsn, next_lsn - 1)
                     while applying and (applying[0].done() or len(applying) > MAX_APPLYING):
                         await applying.popleft()  # raises if the disk refused the batch
-                    if not entries and self.choose_upstream() != upstream:
+                    if self.choose_upstream() != upstream:
                         return  # cascade: the preferred upstream is back, or DNS moved it
                 if acker.done():
                     acker.result()  # the ack channel broke: raise why

@@ -121,6 +121,15 @@ class InFlight:
 Guard = Callable[[web.BaseRequest], "web.StreamResponse | None"]
 
 
+async def _expect(request: web.BaseRequest) -> None:
+    """Answer ``Expect: 100-continue`` (curl sends it for bodies over 1 KiB and waits a
+    second for it); web.Application did this per route, the low-level server does not."""
+    if request.headers["Expect"].lower() != "100-continue" or request.version < (1, 1):
+        raise ApiError(417, "expectation_failed", "only Expect: 100-continue is supported")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the 100 is not part of the answer's size
+
+
 def make_handler(router: Router, metrics: Any, in_flight: InFlight | None = None,
                  guard: Guard | None = None) -> Handler:
     """The low-level server's handler: guard, route, JSON errors, request metrics, in-flight count.
@@ -141,9 +150,14 @@ def make_handler(router: Router, metrics: Any, in_flight: InFlight | None = None
                     response = refused
                 else:
                     route, handler = router.resolve(request)
+                    if "Expect" in request.headers:
+                        await _expect(request)
                     response = await handler(request)
             except ApiError as exc:
                 response = error_response(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
+            except web.HTTPException as exc:  # from aiohttp itself, e.g. a refused WebSocket handshake
+                code = {400: "bad_request", 413: "too_large"}.get(exc.status, "http_error")
+                response = error_response(exc.status, code, exc.text or exc.reason)
             except Exception:  # a bug: log it, still answer in the contract's shape
                 log.exception("unhandled error on %s %s", request.method, request.rel_url)
                 response = error_response(500, "internal", "internal error; see the replica's log")

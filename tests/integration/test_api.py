@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -211,6 +212,21 @@ def test_value_limit_with_chunked_body(shared_replica: ReplicaProcess) -> None:
     finally:
         conn.close()
     assert error_of(call(shared_replica, "GET", "/v1/kv/chunked"), 404) == "not_found"
+
+
+def test_expect_100_continue_is_answered(shared_replica: ReplicaProcess) -> None:
+    # curl sends Expect: 100-continue for bodies over 1 KiB and holds the body back
+    # until the 100 (or a second) comes; a server that ignores it costs every such PUT 1 s.
+    with socket.create_connection((shared_replica.host, shared_replica.http_port), timeout=5) as sock:
+        sock.sendall(b"PUT /v1/kv/expect HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(b"e" * 2000)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    assert call(shared_replica, "GET", "/v1/kv/expect").body == b"e" * 2000
+    answer = call(shared_replica, "PUT", "/v1/kv/expect", b"x", headers={"Expect": "something-else"})
+    assert error_of(answer, 417) == "expectation_failed"
+    assert call(shared_replica, "GET", "/v1/kv/expect").body == b"e" * 2000
 
 
 # ----------------------------------------------------------- process lifecycle

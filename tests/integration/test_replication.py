@@ -8,6 +8,7 @@ identical data at the same LSN.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -18,10 +19,12 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
+import aiohttp
 import pytest
 
 from local_cluster import LocalCluster, http, wait_for
 from kvstore.local.state import running_pid
+from kvstore.replication import decode_message
 
 RETENTION = 40  # small, so a follower that misses a few writes needs a snapshot
 
@@ -285,6 +288,47 @@ def test_peer_calls_without_the_token_are_refused(cluster: LocalCluster, headers
     assert get(cluster, "kv-0", "sneaky")[0] == 404
     log = (cluster.directory / "logs" / "kv-0.log").read_text()
     assert "peer call refused" in log
+
+
+def test_bad_log_stream_requests_get_clear_errors(cluster: LocalCluster) -> None:
+    token = (cluster.directory / "token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    pod = cluster.pods()["kv-0"]
+    base = f"http://{pod['address']}:{pod['peer_port']}/v1/peer/stream"
+    status = json.loads(http("GET", cluster.url("kv-0") + "/v1/status")[2])
+    history, lsn = status["history_id"], status["lsn"]
+    for query, code, error in (("", 400, "bad_parameter"), ("after=x&follower=t", 400, "bad_parameter"),
+                               ("after=-1&follower=t", 400, "bad_parameter"),
+                               (f"after=0&follower=t&history={'0' * 32}", 409, "history_mismatch"),
+                               (f"after={lsn + 5}&follower=t&history={history}", 409, "follower_ahead"),
+                               # valid, but not a WebSocket upgrade
+                               (f"after={lsn}&follower=t&history={history}", 400, "bad_request")):
+        got, headers, body = http("GET", f"{base}?{query}", headers=auth)
+        assert (got, json.loads(body)["error"]) == (code, error), (query, got, body)
+        if code == 409:
+            assert headers["X-Kv-Error"] == error and headers["X-Kv-History"] == history
+
+    async def stream(ack: str) -> tuple[int, aiohttp.WSMsgType]:
+        """Open a stream at kv-0's LSN, read the first message, send ``ack``; what comes next."""
+        async with aiohttp.ClientSession(headers=auth) as session:
+            params = {"after": str(lsn), "history": history, "follower": "test-client"}
+            async with session.ws_connect(base, params=params) as ws:
+                first = await ws.receive(timeout=5)  # a keepalive within a second: nothing is written
+                assert first.type == aiohttp.WSMsgType.BINARY
+                upstream_lsn, entries = decode_message(first.data)
+                assert upstream_lsn == lsn and entries == []
+                await ws.send_str(ack)
+                while True:
+                    msg = await ws.receive(timeout=5)
+                    if msg.type != aiohttp.WSMsgType.BINARY:
+                        return upstream_lsn, msg.type
+                    if ack == str(lsn):
+                        return upstream_lsn, msg.type  # a good ack keeps the stream going
+
+    assert asyncio.run(stream(str(lsn)))[1] == aiohttp.WSMsgType.BINARY
+    for bad in ("x", f"{lsn + 1000}", f"{lsn} kv-1", ""):  # the stream is dropped, the replica goes on
+        assert asyncio.run(stream(bad))[1] in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), bad
+    assert put(cluster, "kv-0", "after-bad-acks", b"ok", w="all")[0] == 200
 
 
 def test_peer_calls_with_the_token_work(cluster: LocalCluster) -> None:
