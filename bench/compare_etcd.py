@@ -41,6 +41,9 @@ from kvstore.client import Client  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SEED_KEYS = 1000
+# Between runs: etcd commits its backend and kvstore truncates its log in the
+# background after a write run; the next run (of either) should not pay for it.
+SETTLE_SECONDS = 2.0
 VALUE = b"s" * 100
 
 
@@ -115,8 +118,10 @@ def run_pairs(etcd: EtcdCluster, kv: KvCluster, conns_list: list[int], seconds: 
                              {"KV_BENCH_KEYS": str(SEED_KEYS)})),
         ]
         for kind, etcd_label, etcd_run, kv_label, kv_run in specs:
+            time.sleep(SETTLE_SECONDS)
             etcd_fig, etcd_cpu = with_cpu(etcd_run, etcd.pids)
             _progress(etcd_label, etcd_fig)
+            time.sleep(SETTLE_SECONDS)
             kv_fig, kv_cpu = with_cpu(kv_run, kv_pids)
             _progress(kv_label, kv_fig)
             pairs.append({"kind": kind, "connections": conns, "etcd_label": etcd_label, "kvstore_label": kv_label,

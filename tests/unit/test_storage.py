@@ -96,6 +96,45 @@ async def test_log_after_returns_entries_in_order_and_bounded(store: Store) -> N
     assert await store.log_after(11, 100, 1 << 20) == []
 
 
+async def test_the_in_memory_tail_serves_what_the_disk_would(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage, "TAIL_ENTRIES", 8)  # small, so it is trimmed during the test
+    s = Store.open(str(tmp_path / "d"))
+    await s.start()
+    try:
+        # A mix of one-write batches, a concurrent group commit, deletes and conditions.
+        for i in range(5):
+            await s.write(put(f"a{i}", b"%d" % i))
+        await asyncio.gather(*(s.write(put(f"b{i}", b"x" * i)) for i in range(20)))
+        await s.write(delete("a1"))
+        await s.write(put("a2", b"new", if_match=(3,)))
+        assert s.lsn == 27
+        assert s._tail_first > 1 and len(s._tail) <= 2 * 8  # trimmed, still bounded
+        for after in range(0, 28):
+            for limit in (1, 3, 100):
+                from_disk = s._log_after(after, limit, 1 << 20)
+                assert await s.log_after_raw(after, limit, 1 << 20) == from_disk, (after, limit)
+        assert len(await s.log_after_raw(20, 100, 1)) == 1  # the byte bound holds in memory too
+        # After a snapshot the tail starts again at the snapshot's LSN.
+        async def one_chunk():
+            yield [(b"z", storage._pack_record(40, b"Z"))]
+        await s.install_snapshot("c" * 32, 40, one_chunk())
+        assert await s.log_after_raw(40, 10, 1 << 20) == []
+        await s.write(put("after-snapshot"))
+        [raw] = await s.log_after_raw(40, 10, 1 << 20)
+        assert LogEntry.decode(raw) == LogEntry(41, storage.PUT, b"after-snapshot", b"v")
+    finally:
+        await s.close()
+
+
+async def test_replicated_entries_fill_the_tail_too(store: Store) -> None:
+    entries = [LogEntry(i, storage.PUT, b"r%d" % i, b"v") for i in range(1, 6)]
+    await store.apply(entries[:2])
+    await asyncio.gather(store.apply_nowait(entries[2:4]), store.apply_nowait(entries[4:]))
+    assert store.commits[-1] == 3  # both queued batches shared one commit
+    assert [LogEntry.decode(r) for r in await store.log_after_raw(0, 10, 1 << 20)] == entries
+
+
 async def test_truncation_keeps_the_retention_bound(tmp_path: Path) -> None:
     s = Store.open(str(tmp_path / "d"), log_retention=5)
     await s.start()
