@@ -197,7 +197,9 @@ def test_scale_up_replica_gets_everything(cluster: LocalCluster) -> None:
 def test_primary_down_reads_go_on_writes_get_503_then_nothing_is_lost(cluster: LocalCluster) -> None:
     acknowledged = {}
     for i in range(20):
-        status, _, body = put(cluster, "kv-1", f"failover/{i}", b"f%d" % i)
+        # w=all: w=majority would leave the last writes on kv-0 and one follower,
+        # and the reads below expect them on both.
+        status, _, body = put(cluster, "kv-1", f"failover/{i}", b"f%d" % i, w="all")
         assert status == 200, body
         acknowledged[f"failover/{i}"] = b"f%d" % i
     with PausedController(cluster):
