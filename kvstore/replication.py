@@ -259,9 +259,10 @@ class LogServer:
         self.metrics = metrics
         self._status = status
         self.on_foreign_history: Callable[[str, str, int], None] | None = None
-        # Whether a name is a pod DNS lists: relayed acks of pods that left are
-        # dropped, or a cascade would keep a scaled-away pod counted for ever.
-        self.is_member: Callable[[str], bool] = lambda name: True
+        # Whether acks from this name count: not from a pod DNS stopped listing
+        # (scaled away), or its last acks, direct or relayed by a cascade, would
+        # keep it counted among the replicas after it left.
+        self.counts: Callable[[str], bool] = lambda name: True
         self._closing = asyncio.Event()
 
     def close(self) -> None:
@@ -302,7 +303,8 @@ class LogServer:
             return self._refuse(410, "log_truncated", "position older than the retained log: take a snapshot")
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
-        self.acks.record(follower, after, follower)  # asking for after=N acknowledges N
+        if self.counts(follower):
+            self.acks.record(follower, after, follower)  # asking for after=N acknowledges N
         sender = asyncio.create_task(self._push(ws, after, history), name=f"push-{follower}")
         try:
             while not sender.done():
@@ -313,9 +315,10 @@ class LogServer:
                 lsn = int(lsn_text)
                 if not 0 <= lsn <= self.store.lsn:  # nobody can hold what we never sent
                     raise ValueError(lsn)
-                self.acks.record(follower, lsn, follower)
+                if self.counts(follower):
+                    self.acks.record(follower, lsn, follower)
                 for name, position in parse_acks(relayed).items():
-                    if self.is_member(name) and position <= self.store.lsn:
+                    if self.counts(name) and position <= self.store.lsn:
                         self.acks.record(name, position, follower)
                 self.metrics.follower_lag.labels(follower).set(self.store.lsn - lsn)
         except asyncio.TimeoutError:
@@ -697,7 +700,10 @@ class Replication:
         self.client = PeerClient(token)
         self.server = LogServer(config, store, self.acks, metrics, status)
         self.server.on_foreign_history = self._foreign_history
-        self.server.is_member = lambda name: any(p.name == name for p in directory.peers.values())
+        # Pods DNS stopped listing; cleared when one is listed again. Not "only pods
+        # in DNS": a new pod may ack before our next refresh lists it, and must count.
+        self._departed: set[str] = set()
+        self.server.counts = lambda name: name not in self._departed
         directory.subscribe(self._membership_changed)
         self.follower: Follower | None = None
         self.writable = config.role != PRIMARY  # the primary opens for writes after its start-up check
@@ -725,6 +731,9 @@ class Replication:
         # make the cluster look bigger than it is.
         for peer in change.left:
             self.acks.positions.pop(peer.name, None)
+            self._departed.add(peer.name)
+        for peer in change.joined:
+            self._departed.discard(peer.name)
 
     def configured_replicas(self) -> int:
         """How many replicas write concerns count: never fewer than the cluster has.

@@ -191,6 +191,11 @@ def test_scale_up_replica_gets_everything(cluster: LocalCluster) -> None:
         assert get(cluster, "kv-3", "scale/after")[2] == b"a"
     finally:
         cluster.scale(3)
+    # Scaled back: once DNS drops kv-3 its last acks (direct, or relayed in cascade)
+    # must not keep it counted, or w=all would wait for a pod that is gone.
+    wait_for("kv-0 to count 3 replicas again", lambda: json.loads(
+        http("GET", cluster.url("kv-0") + "/v1/status")[2])["replicas"] == 3, timeout=30)
+    assert put(cluster, "kv-0", "scale/back", b"c", w="all")[0] == 200
 
 
 # ----------------------------------------------------------------- primary failure
