@@ -266,7 +266,7 @@ class LogServer:
         self._closing = asyncio.Event()
 
     def close(self) -> None:
-        """End parked long polls now, so a SIGTERM does not wait them out."""
+        """End open log streams now, so a SIGTERM does not wait for them."""
         self._closing.set()
 
     def add_routes(self, router: Router) -> None:

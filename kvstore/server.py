@@ -119,7 +119,7 @@ async def serve(config: Config) -> None:
         log.info("%s stopping: finishing %d in-flight request(s)", config.pod_name, in_flight.count)
         # Stop listening but keep open connections reading: aiohttp's own
         # shutdown stops reading at once, which would cut a half-sent body.
-        replication.server.close()  # parked long polls answer now
+        replication.server.close()  # open log streams end now
         for site in [*client_runner.sites, *peer_runner.sites]:
             await site.stop()
         if not await in_flight.wait_idle(SHUTDOWN_GRACE):

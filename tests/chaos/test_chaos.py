@@ -110,7 +110,7 @@ def check_partition(cluster: LocalCluster, partitioner: LoopbackPartitioner) -> 
     try:
         partitioner.isolate(cluster.pods()["kv-2"]["address"], cluster.pid("kv-2"))
         assert len(tagged_rules(partitioner.tag)) >= 2
-        # A long poll kv-2 sent before the cut may still bring one batch (a message in flight);
+        # A push kv-0 sent just before the cut may still arrive (a message in flight);
         # after that, nothing: kv-2's own packets are dropped.
         assert http("PUT", cluster.url("kv-0") + "/v1/kv/in-flight?w=1", b"maybe")[0] == 200
         time.sleep(1)
