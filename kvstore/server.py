@@ -50,7 +50,7 @@ def make_peer_handler(replica: Replica, token: str, in_flight: routing.InFlight 
         log.warning("peer call refused: missing or wrong token from %s for %s",
                     request.remote, request.rel_url.path)
         return routing.error_response(401, "unauthorized",
-                                  "the peer port needs the cluster token (Authorization: Bearer)")
+                                      "the peer port needs the cluster token (Authorization: Bearer)")
 
     router = routing.Router()
     if replica.replication is not None:
