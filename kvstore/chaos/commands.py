@@ -81,24 +81,20 @@ def _positive_int(high: int) -> Callable[[str], int]:
     return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
-    return value
+def _number(low: float, high: float, expected: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")  # fails the range check below
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
 
 
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.05 <= value <= 600:
-        raise argparse.ArgumentTypeError(f"expected seconds from 0.05 to 600, got {text!r}")
-    return value
+_fraction = _number(0, 1, "a number from 0 to 1")
+_interval = _number(0.05, 600, "seconds from 0.05 to 600")
 
 
 def register(subparsers: Any) -> None:
