@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from k8s.test_manifests import K8S, one  # the shared helpers of the manifest tests
+from k8s.test_manifests import K8S, one, validate_strictly  # the manifest tests' shared helpers
 from kvstore.cli import build_parser
 
 CHAOS = K8S / "chaos"
@@ -23,15 +23,9 @@ def objects() -> list[dict[str, Any]]:
 
 
 def test_objects_validate_strictly(objects: list[dict[str, Any]]) -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    version = kubernetes_validate.utils.latest_version()
+    pytest.importorskip("kubernetes_validate")
     assert sorted(o["kind"] for o in objects) == ["Job", "Role", "RoleBinding", "ServiceAccount"]
-    for obj in objects:
-        try:
-            kubernetes_validate.validate(obj, version, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']}: {exc.caught.message} "
-                        f"at {list(exc.caught.absolute_path)}")
+    validate_strictly(objects, "k8s/chaos")
 
 
 def test_role_allows_deleting_pods_and_nothing_more(objects: list[dict[str, Any]]) -> None:
