@@ -107,7 +107,7 @@ def validate_strictly(objects: list[dict[str, Any]], where: str) -> None:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{where}: {obj['kind']}/{obj['metadata']['name']} is invalid for "
-                        f"Kubernetes {version}: {exc.caught.message} at {list(exc.caught.absolute_path)}")
+                        f"Kubernetes {version}: {exc.message} at {list(exc.absolute_path)}")
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
