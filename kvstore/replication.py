@@ -339,7 +339,7 @@ class LogServer:
                 return
             if store.lsn > sent:
                 try:
-                    raws = await store.log_after_raw(sent, FETCH_MAX_ENTRIES, FETCH_MAX_BYTES)
+                    raws = await store.log_after(sent, FETCH_MAX_ENTRIES, FETCH_MAX_BYTES)
                 except LogTruncated:
                     await ws.close(code=CLOSE_LOG_TRUNCATED, message=b"log_truncated")
                     return

@@ -388,15 +388,12 @@ class Store:
                     break
         return out
 
-    async def log_after(self, after: int, max_entries: int, max_bytes: int) -> list[LogEntry]:
-        """Log entries with LSN > ``after``, bounded in count and bytes.
+    async def log_after(self, after: int, max_entries: int, max_bytes: int) -> list[bytes]:
+        """Encoded log entries with LSN > ``after``, bounded in count and bytes (at least one).
 
-        Raises LogTruncated when entries after ``after`` are no longer retained.
+        From the in-memory tail when it has them, else from disk. Raises
+        LogTruncated when entries after ``after`` are no longer retained.
         """
-        return [LogEntry.decode(raw) for raw in await self.log_after_raw(after, max_entries, max_bytes)]
-
-    async def log_after_raw(self, after: int, max_entries: int, max_bytes: int) -> list[bytes]:
-        """:meth:`log_after`, encoded: from the in-memory tail when it has them, else from disk."""
         if after + 1 < self._log_start and after < self._lsn:
             raise LogTruncated(after)
         if after + 1 >= self._tail_first:

@@ -31,6 +31,10 @@ def delete(key: str, **kw) -> Mutation:
     return Mutation(storage.DELETE, key.encode(), None, **kw)
 
 
+def decoded(raws: list[bytes]) -> list[LogEntry]:
+    return [LogEntry.decode(raw) for raw in raws]
+
+
 async def test_each_write_gets_the_next_lsn_and_is_readable(store: Store) -> None:
     assert store.lsn == 0
     assert await store.write(put("a", b"1")) == 1
@@ -88,10 +92,10 @@ async def test_log_after_returns_entries_in_order_and_bounded(store: Store) -> N
     for i in range(10):
         await store.write(put(f"k{i}", b"x" * 10))
     await store.write(delete("k0"))
-    entries = await store.log_after(0, 100, 1 << 20)
+    entries = decoded(await store.log_after(0, 100, 1 << 20))
     assert [e.lsn for e in entries] == list(range(1, 12))
     assert entries[-1].op == storage.DELETE and entries[-1].value is None
-    assert [e.lsn for e in await store.log_after(5, 3, 1 << 20)] == [6, 7, 8]
+    assert [e.lsn for e in decoded(await store.log_after(5, 3, 1 << 20))] == [6, 7, 8]
     assert len(await store.log_after(0, 100, 1)) == 1  # byte bound, at least one entry
     assert await store.log_after(11, 100, 1 << 20) == []
 
@@ -113,15 +117,15 @@ async def test_the_in_memory_tail_serves_what_the_disk_would(tmp_path: Path,
         for after in range(0, 28):
             for limit in (1, 3, 100):
                 from_disk = s._log_after(after, limit, 1 << 20)
-                assert await s.log_after_raw(after, limit, 1 << 20) == from_disk, (after, limit)
-        assert len(await s.log_after_raw(20, 100, 1)) == 1  # the byte bound holds in memory too
+                assert await s.log_after(after, limit, 1 << 20) == from_disk, (after, limit)
+        assert len(await s.log_after(20, 100, 1)) == 1  # the byte bound holds in memory too
         # After a snapshot the tail starts again at the snapshot's LSN.
         async def one_chunk():
             yield [(b"z", storage._pack_record(40, b"Z"))]
         await s.install_snapshot("c" * 32, 40, one_chunk())
-        assert await s.log_after_raw(40, 10, 1 << 20) == []
+        assert await s.log_after(40, 10, 1 << 20) == []
         await s.write(put("after-snapshot"))
-        [raw] = await s.log_after_raw(40, 10, 1 << 20)
+        [raw] = await s.log_after(40, 10, 1 << 20)
         assert LogEntry.decode(raw) == LogEntry(41, storage.PUT, b"after-snapshot", b"v")
     finally:
         await s.close()
@@ -132,7 +136,7 @@ async def test_replicated_entries_fill_the_tail_too(store: Store) -> None:
     await store.apply(entries[:2])
     await asyncio.gather(store.apply_nowait(entries[2:4]), store.apply_nowait(entries[4:]))
     assert store.commits[-1] == 3  # both queued batches shared one commit
-    assert [LogEntry.decode(r) for r in await store.log_after_raw(0, 10, 1 << 20)] == entries
+    assert decoded(await store.log_after(0, 10, 1 << 20)) == entries
 
 
 async def test_truncation_keeps_the_retention_bound(tmp_path: Path) -> None:
@@ -145,7 +149,7 @@ async def test_truncation_keeps_the_retention_bound(tmp_path: Path) -> None:
         assert s.log_start == 8
         with pytest.raises(storage.LogTruncated):
             await s.log_after(3, 10, 1 << 20)
-        assert [e.lsn for e in await s.log_after(7, 10, 1 << 20)] == [8, 9, 10, 11, 12]
+        assert [e.lsn for e in decoded(await s.log_after(7, 10, 1 << 20))] == [8, 9, 10, 11, 12]
         # Data is untouched by log truncation.
         assert (await s.get(b"k0")).version == 1
     finally:
@@ -160,7 +164,7 @@ async def test_apply_replicated_entries_is_idempotent(store: Store) -> None:
     assert store.lsn == 3
     assert await store.get(b"a") is None
     assert (await store.get(b"b")).version == 2
-    assert [e.lsn for e in await store.log_after(0, 10, 1 << 20)] == [1, 2, 3]
+    assert [e.lsn for e in decoded(await store.log_after(0, 10, 1 << 20))] == [1, 2, 3]
 
 
 async def test_scan_prefix_start_after_and_limit(store: Store) -> None:
