@@ -306,6 +306,7 @@ class LogServer:
         if self.counts(follower):
             self.acks.record(follower, after, follower)  # asking for after=N acknowledges N
         sender = asyncio.create_task(self._push(ws, after, history), name=f"push-{follower}")
+        lag = self.metrics.follower_lag.labels(follower)  # once: labels() locks and validates
         try:
             while not sender.done():
                 msg = await ws.receive(timeout=SILENCE_SECONDS)
@@ -320,7 +321,7 @@ class LogServer:
                 for name, position in parse_acks(relayed).items():
                     if self.counts(name) and position <= self.store.lsn:
                         self.acks.record(name, position, follower)
-                self.metrics.follower_lag.labels(follower).set(self.store.lsn - lsn)
+                lag.set(self.store.lsn - lsn)
         except asyncio.TimeoutError:
             log.info("%s went silent for %.0fs: dropping its stream", follower, SILENCE_SECONDS)
         except ValueError:
