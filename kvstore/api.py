@@ -191,7 +191,7 @@ class ClientApi:
                            confirmed=exc.confirmed, required=exc.required,
                            headers={"ETag": etag(exc.lsn)}) from None
         except NoPrimary as exc:
-            raise ApiError(503, "no_primary", str(exc), headers={"Retry-After": "1"}) from None
+            raise ApiError(503, exc.code, str(exc), headers={"Retry-After": "1"}) from None
         except PrimaryTimeout as exc:
             raise ApiError(504, "primary_timeout", str(exc)) from None
         except storage.StorageError as exc:
@@ -221,7 +221,7 @@ class ClientApi:
         except LsnAhead as exc:
             raise ApiError(412, "min_lsn_ahead", str(exc)) from None
         except NoPrimary as exc:
-            raise ApiError(503, "no_primary", str(exc), headers={"Retry-After": "1"}) from None
+            raise ApiError(503, exc.code, str(exc), headers={"Retry-After": "1"}) from None
         except PrimaryTimeout as exc:
             raise ApiError(504, "primary_timeout", str(exc)) from None
         if forwarded is not None:
@@ -239,6 +239,10 @@ class ClientApi:
     async def list_keys(self, request: web.BaseRequest) -> web.Response:
         params = parse_query(request, ("prefix", "start_after", "limit"))
         self.reject_body(request)
+        try:
+            self.node.check_local_read()
+        except NoPrimary as exc:
+            raise ApiError(503, exc.code, str(exc), headers={"Retry-After": "1"}) from None
         limit = parse_int(params, "limit", 1, MAX_LIST_LIMIT, DEFAULT_LIST_LIMIT)
         prefix = params.get("prefix", "").encode()
         start_after = params["start_after"].encode() if "start_after" in params else None

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extensions() -> list[Callable[[Any], None]]:
     """Sub-command groups that live with their own packages (cluster, chaos)."""
     found = []
-    for module in ("kvstore.local.commands", "kvstore.chaos.commands"):
+    for module in ("kvstore.local.commands", "kvstore.chaos.commands", "kvstore.operator"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -164,6 +164,9 @@ class Config:
                                 "seconds a min_lsn read waits before answering 504", 5.0)
     write_timeout: float = _setting("KV_WRITE_TIMEOUT", "--write-timeout", _float_range(0.1, 300),
                                     "seconds a write waits for its write concern before 504", 5.0)
+    recovery_wait: float = _setting("KV_RECOVERY_WAIT", "--recovery-wait", _float_range(0, 3600),
+                                    "seconds a starting kv-0 waits for every follower before deciding "
+                                    "with a quorum of them", 10.0)
     replicate_from: str = _setting("KV_REPLICATE_FROM", "--replicate-from", _replicate_from,
                                    "pull from the primary, or from kv-(N-1) (cascade)",
                                    "primary")

@@ -162,6 +162,27 @@ class PeerDirectory:
         """Read-only view: ordinal -> Peer, without this replica."""
         return MappingProxyType(self._peers)
 
+    def pod_name(self, ordinal: int) -> str:
+        """The pod name of ``ordinal`` in this StatefulSet (``kv-2``)."""
+        return f"{self.statefulset}-{ordinal}"
+
+    async def find(self, ordinal: int) -> Peer | None:
+        """The peer with ``ordinal``: from the last SRV answer, else by its stable per-pod name.
+
+        ``kv-N.<service>.<namespace>.svc.<domain>`` has an address as soon as
+        the pod exists, even when an SRV answer left it out; its peer port is
+        this pod template's. None when DNS does not know it (or does not answer).
+        """
+        known = self._peers.get(ordinal)
+        if known is not None:
+            return known
+        target = dns.name.from_text(self.pod_name(ordinal), self.domain)
+        hosts = await self._address(target)
+        if not hosts:
+            return None
+        return Peer(name=self.pod_name(ordinal), ordinal=ordinal, host=sorted(hosts)[0],
+                    peer_port=self.config.peer_port, target=target.to_text())
+
     def primary(self) -> Peer | None:
         """The peer with ordinal 0, when it is not this replica and DNS has it."""
         return self._peers.get(0)

@@ -36,6 +36,11 @@ class Metrics:
                                      registry=r)
         self.snapshots = Counter("kv_snapshot_transfers", "Snapshot transfers by direction",
                                  ["direction"], registry=r)
+        self.diverged = Gauge("kv_diverged", "1 while this replica holds entries its upstream's history "
+                              "does not, and waits for an operator (kvstore recover)", registry=r)
+        self.recovering = Gauge("kv_recovering", "1 while this primary proves it holds every acknowledged "
+                                "write before serving", registry=r)
+        self.epoch = Gauge("kv_epoch", "The newest epoch this replica's log knows", registry=r)
         self.peer_auth_failures = Counter("kv_peer_auth_failures",
                                           "Peer-port calls refused for a missing or wrong token",
                                           registry=r)

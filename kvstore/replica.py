@@ -18,13 +18,23 @@ from kvstore import storage
 from kvstore.config import Config
 from kvstore.identity import PRIMARY
 from kvstore.metrics import Metrics
-from kvstore.replication import ForwardFailed, ForwardTimeout, Replication, forward
+from kvstore.forwarding import ForwardFailed, ForwardTimeout, forward
+from kvstore.replication import Replication
+from kvstore.replication.peer_client import PeerError
 
 FORWARDED_BY = "X-Kv-Forwarded-By"
 
 
 class NoPrimary(Exception):
     """The primary cannot take the write now; the client should retry."""
+
+    code = "no_primary"
+
+
+class Recovering(NoPrimary):
+    """kv-0 is proving it holds every acknowledged write before it serves."""
+
+    code = "recovering"
 
 
 class LsnAhead(Exception):
@@ -45,8 +55,9 @@ class WriteConcernTimeout(Exception):
     def __init__(self, lsn: int, confirmed: int, required: int) -> None:
         super().__init__(
             f"the write (version {lsn}) is durable on the primary, but only {confirmed} of the "
-            f"{required} replicas its write concern needs confirmed it in time; it stays and will "
-            "replicate. Read it back before retrying")
+            f"{required} replicas its write concern needs confirmed it in time. It is not rolled back "
+            "and will replicate (unless kv-0 loses its volume before a follower holds it). Read it "
+            "back before retrying")
         self.lsn = lsn
         self.confirmed = confirmed
         self.required = required
@@ -93,15 +104,25 @@ class Replica:
         """
         if self.role != PRIMARY:
             return await self._forward(request, body, "writes go to the primary")
-        if self.replication is not None and not self.replication.writable:
-            raise NoPrimary("the primary is restoring its data from a peer; retry shortly")
+        self._check_recovered()
         lsn = await self.store.write(mutation)
         if self.replication is None:
             return lsn
-        confirmed, required = await self.replication.wait_for_concern(lsn, w, required_acks)
+        required = required_acks(w, self.replication.configured_replicas())
+        confirmed = await self.replication.wait_for_concern(lsn, required)
         if confirmed < required:
             raise WriteConcernTimeout(lsn, confirmed, required)
         return lsn
+
+    def _check_recovered(self) -> None:
+        """Raise Recovering while kv-0 has not proved it is current."""
+        if self.replication is not None and not self.replication.writable:
+            raise Recovering(self.replication.recovering_message())
+
+    def check_local_read(self) -> None:
+        """An empty kv-0 that is recovering has nothing true to say: 503, never a wrong 404."""
+        if self.role == PRIMARY and self.store.lsn == 0:
+            self._check_recovered()
 
     async def _forward(self, request: web.BaseRequest, body: bytes | None, why: str) -> web.Response:
         if request.headers.get(FORWARDED_BY):
@@ -125,9 +146,11 @@ class Replica:
         if consistency == "strong":
             if self.role != PRIMARY:
                 return await self._forward(request, None, "strong reads are answered by the primary")
-            if self.replication is not None and not self.replication.writable:
-                raise NoPrimary("the primary is restoring its data from a peer; retry shortly")
+            self._check_recovered()
+        self.check_local_read()
         if min_lsn > self.store.lsn and self.role == PRIMARY:
+            # A recovering kv-0 may be behind (a rolled-back volume): it cannot know yet.
+            self._check_recovered()
             # The primary numbers every write, so no client can have seen this LSN.
             raise LsnAhead(f"min_lsn {min_lsn} is ahead of the primary's last write "
                            f"({self.store.lsn}); use the version a write answered")
@@ -144,9 +167,11 @@ class Replica:
             "name": self.config.pod_name,
             "ordinal": self.config.ordinal,
             "role": self.role,
+            "state": "primary",
             "lsn": self.store.lsn,
             "log_start": self.store.log_start,
             "history_id": self.store.history_id,
+            "epoch": self.store.epoch,
             "replicas": self.config.replicas,
             "replicate_from": self.config.replicate_from,
             "uptime_seconds": round(time.time() - self.started, 3),
@@ -155,11 +180,20 @@ class Replica:
         }
         r = self.replication
         if r is not None:
+            status.update(r.position())
             status["replicas"] = r.configured_replicas()
             status["writable"] = r.writable if self.role == PRIMARY else None
             status["peers"] = r.peers_status()
             status["followers"] = {name: p.lsn for name, p in sorted(r.acks.positions.items())}
             status["discovery"] = r.directory.status()
+            if r.recovery is not None:
+                rec = r.recovery
+                status["recovery"] = {
+                    "waiting_for": rec.waiting_for,
+                    "unheard": dict(sorted(rec.unheard_reasons.items())),
+                    "heard": sorted(rec.heard),
+                    "decision": rec.decision.why if rec.decision else None,
+                }
             if r.follower is not None:
                 f = r.follower
                 status["following"] = {
@@ -167,6 +201,8 @@ class Replica:
                     "upstream_lsn": f.upstream_lsn,
                     "connected": r.primary_reachable(),
                     "installing_snapshot": f.installing_snapshot,
+                    "stalled": f.stalled,
+                    "diverged": f.diverged,
                     "last_error": f.last_error,
                 }
         return status
@@ -179,7 +215,7 @@ class Replica:
         if primary is not None:
             try:
                 remote = await r.client.status(primary, timeout=0.5)
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, PeerError):
                 return status
             known = remote.get("followers", {})
             reference = remote.get("lsn")

@@ -42,7 +42,8 @@ def make_peer_handler(replica: Replica, token: str, in_flight: routing.InFlight 
     expected = f"Bearer {token}".encode()
 
     def require_token(request: web.BaseRequest) -> web.Response | None:
-        given = request.headers.get("Authorization", "").encode()
+        # surrogateescape: aiohttp keeps a non-UTF-8 header's bytes that way; it is a 401, not a 500.
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         # Constant-time so the token cannot be guessed byte by byte.
         if token and hmac.compare_digest(given, expected):
             return None
@@ -52,9 +53,32 @@ def make_peer_handler(replica: Replica, token: str, in_flight: routing.InFlight 
         return routing.error_response(401, "unauthorized",
                                       "the peer port needs the cluster token (Authorization: Bearer)")
 
+    async def peer_status(request: web.BaseRequest) -> web.Response:
+        return web.json_response(replica.local_status())
+
+    async def recover(request: web.BaseRequest) -> web.Response:
+        """POST /v1/peer/recover {"action": "fresh" | "from" | "resync", "peer": "kv-2"}: kvstore recover."""
+        try:
+            body = await request.json()
+            action, peer = body["action"], body.get("peer")
+            if not isinstance(action, str) or (peer is not None and not isinstance(peer, str)):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return routing.error_response(400, "bad_request",
+                                          'expected JSON {"action": "fresh" | "from" | "resync", "peer": "kv-N"}')
+        assert replica.replication is not None
+        try:
+            result = replica.replication.recover(action, peer)
+        except ValueError as exc:
+            return routing.error_response(409, "not_applicable", str(exc))
+        log.warning("kvstore recover %s%s from %s: %s", action, f" {peer}" if peer else "", request.remote, result)
+        return web.json_response({"result": result})
+
     router = routing.Router()
     if replica.replication is not None:
         replica.replication.server.add_routes(router)
+        router.add("GET", "/v1/peer/status", peer_status)
+        router.add("POST", "/v1/peer/recover", recover)
     api.add_key_routes(router, api.ClientApi(replica))
     return routing.make_handler(router, replica.metrics, in_flight, guard=require_token)
 
@@ -86,7 +110,7 @@ async def serve(config: Config) -> None:
     await store.start()
     # Always on, even for KV_REPLICAS=1: a StatefulSet may be scaled up later.
     directory = PeerDirectory(config)
-    replication = Replication(config, store, metrics, directory, token, lambda: replica.local_status())
+    replication = Replication(config, store, metrics, directory, token)
     replica = Replica(config, store, metrics, replication)
     in_flight = routing.InFlight()
     # aiohttp's low-level server: see routing.Router for why not an Application.

@@ -5,7 +5,8 @@ one atomic WriteBatch):
 
 - ``d/<key>``       -> 8-byte version (LSN of the key's last write) + value
 - ``l/<8-byte LSN>`` -> encoded :class:`LogEntry`
-- ``m/<name>``      -> metadata: applied LSN, history id, first retained LSN
+- ``m/<name>``      -> metadata: applied LSN, lineage (epochs and history ids,
+  see lineage.py), first retained LSN, format version
 
 Writes go through a single committer task (group commit): every mutation that
 arrives while a batch is being fsynced joins the next batch, so concurrent
@@ -30,6 +31,7 @@ from typing import Any, AsyncIterator, Callable, Iterable
 import plyvel
 
 from kvstore.aio import cancel_and_wait, wake
+from kvstore.lineage import Lineage, LineageError
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +39,19 @@ DATA = b"d/"
 LOG = b"l/"
 META = b"m/"
 META_LSN = META + b"lsn"
-META_HISTORY = META + b"history"
+META_LINEAGE = META + b"lineage"
 META_LOG_START = META + b"log_start"
+META_FORMAT = META + b"format"
+META_OLD_HISTORY = META + b"history"  # format 1 (no epochs) kept its history id here
+FORMAT = b"2"  # entries carry their epoch
 
 PUT = 1
 DELETE = 2
 
 _U64 = struct.Struct(">Q")
-_ENTRY_HEAD = struct.Struct(">QBI")  # lsn, op, key length
+_ENTRY_HEAD = struct.Struct(">QIBI")  # lsn, epoch, op, key length
 
+ENTRY_FRAMING = 4  # the u32 length in front of each entry or record on the wire
 ACTIVE_FILE = "ACTIVE"  # names the live LevelDB directory inside the data dir
 MAX_BATCH = 1024  # mutations per group commit
 # The newest log entries stay in memory (encoded) so followers that keep up
@@ -76,29 +82,35 @@ class LogTruncated(Exception):
 
 @dataclass(frozen=True, slots=True)
 class LogEntry:
-    """One replicated write: ``value`` is None for a delete."""
+    """One replicated write, stamped with the epoch of the primary that made it; ``value`` is None for a delete."""
 
     lsn: int
+    epoch: int
     op: int
     key: bytes
     value: bytes | None
 
     def encode(self) -> bytes:
-        """Wire and disk form: lsn, op, key length, key, value."""
-        return _ENTRY_HEAD.pack(self.lsn, self.op, len(self.key)) + self.key + (self.value or b"")
+        """Wire and disk form: lsn, epoch, op, key length, key, value."""
+        return _ENTRY_HEAD.pack(self.lsn, self.epoch, self.op, len(self.key)) + self.key + (self.value or b"")
 
     @classmethod
     def decode(cls, data: bytes | memoryview) -> "LogEntry":
         """Inverse of :meth:`encode`; raises ValueError on a malformed entry."""
         if len(data) < _ENTRY_HEAD.size:
             raise ValueError("log entry too short")
-        lsn, op, key_len = _ENTRY_HEAD.unpack_from(data)
+        lsn, epoch, op, key_len = _ENTRY_HEAD.unpack_from(data)
         start = _ENTRY_HEAD.size
-        if op not in (PUT, DELETE) or start + key_len > len(data):
+        if op not in (PUT, DELETE) or start + key_len > len(data) or (op == DELETE and start + key_len != len(data)):
             raise ValueError("malformed log entry")
         key = bytes(data[start:start + key_len])
         value = bytes(data[start + key_len:]) if op == PUT else None
-        return cls(lsn, op, key, value)
+        return cls(lsn, epoch, op, key, value)
+
+
+def entry_size_limit(max_key_bytes: int, max_value_bytes: int) -> int:
+    """The largest encoded entry the limits allow."""
+    return _ENTRY_HEAD.size + max_key_bytes + max_value_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,13 +145,13 @@ class _Job:
 
 
 class Snapshot:
-    """A LevelDB snapshot with the LSN and history it stands for; read it in chunks."""
+    """A LevelDB snapshot with the LSN and lineage it stands for; read it in chunks."""
 
-    def __init__(self, snapshot: Any, history_id: str) -> None:
+    def __init__(self, snapshot: Any, lineage: Lineage) -> None:
         self._snapshot = snapshot
         raw = snapshot.get(META_LSN)
         self.lsn = _unpack_version(raw) if raw else 0
-        self.history_id = history_id
+        self.lineage = lineage
         self._iterator = snapshot.iterator(prefix=DATA)
 
     def next_chunk(self, max_records: int, max_bytes: int) -> list[tuple[bytes, bytes]]:
@@ -148,7 +160,9 @@ class Snapshot:
         size = 0
         for raw_key, raw in self._iterator:
             out.append((raw_key[len(DATA):], raw))
-            size += len(raw_key) + len(raw)
+            size += 2 * ENTRY_FRAMING + len(raw_key) - len(DATA) + len(raw)
+            # The size counts the wire framing, so a chunk's frame is at most
+            # max_bytes plus one record (what the receiver allows for).
             if len(out) >= max_records or size >= max_bytes:
                 break
         return out
@@ -180,8 +194,8 @@ class Store:
         self._on_commit = on_commit
         self._lsn = self._meta_int(META_LSN)
         self._log_start = self._meta_int(META_LOG_START) or 1
-        history = db.get(META_HISTORY)
-        self.history_id = history.decode() if history else ""
+        self.lineage = _read_lineage(db, path)
+        self.lineage_version = 0  # bumped on every change, so log streams notice
         self._queue: asyncio.Queue[_Job] | None = None
         self._committer: asyncio.Task[None] | None = None
         self._truncator: asyncio.Task[None] | None = None
@@ -193,7 +207,6 @@ class Store:
         self._lsn_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._closed = False
         self.data_dir = os.path.dirname(path)
-        self._kwargs = {"fsync": fsync, "log_retention": log_retention}
         # Reads are counted so a snapshot install can swap the database only
         # when none is running inside LevelDB (closing under a reader crashes).
         self._reads = 0
@@ -235,14 +248,12 @@ class Store:
             raise StorageError(f"cannot open LevelDB in {path}: {exc}") from None
         # Left by a snapshot install that was interrupted: the ACTIVE one is whole.
         remove_stale_dbs(data_dir, os.path.basename(path), os.listdir(data_dir))
-        store = cls(db, path, **kwargs)
-        if not store.history_id:
-            store._stamp_history(uuid.uuid4().hex)
-        return store
-
-    def _stamp_history(self, history_id: str) -> None:
-        self._db.put(META_HISTORY, history_id.encode(), sync=True)
-        self.history_id = history_id
+        try:
+            _check_format(db, path)
+            return cls(db, path, **kwargs)
+        except StorageError:
+            db.close()
+            raise
 
     def _meta_int(self, key: bytes) -> int:
         raw = self._db.get(key)
@@ -279,6 +290,24 @@ class Store:
     def log_start(self) -> int:
         """The first LSN still in the retained log."""
         return self._log_start
+
+    @property
+    def history_id(self) -> str:
+        """The history in effect ("" while this replica never held data)."""
+        return self.lineage.history
+
+    @property
+    def epoch(self) -> int:
+        """The newest epoch this replica's log knows (0: none)."""
+        return self.lineage.number
+
+    async def set_lineage(self, lineage: Lineage) -> None:
+        """Persist a new lineage durably (a primary's new epoch, or a follower adopting its upstream's)."""
+        raw = lineage.dumps()
+        await asyncio.get_running_loop().run_in_executor(
+            self._writer, lambda: self._db.put(META_LINEAGE, raw, sync=True))
+        self.lineage = lineage
+        self.lineage_version += 1
 
     async def wait_for_lsn(self, lsn: int, timeout: float) -> bool:
         """Wait until this replica has reached ``lsn``; False on timeout."""
@@ -391,6 +420,9 @@ class Store:
     async def log_after(self, after: int, max_entries: int, max_bytes: int) -> list[bytes]:
         """Encoded log entries with LSN > ``after``, bounded in count and bytes (at least one).
 
+        The byte bound counts a 4-byte length per entry (the stream's framing)
+        and is never crossed, except by a single entry that is larger alone.
+
         From the in-memory tail when it has them, else from disk. Raises
         LogTruncated when entries after ``after`` are no longer retained.
         """
@@ -402,13 +434,7 @@ class Store:
 
     def _from_tail(self, after: int, max_entries: int, max_bytes: int) -> list[bytes]:
         start = after + 1 - self._tail_first
-        out = self._tail[start:start + max_entries]
-        size = 0
-        for i, raw in enumerate(out):
-            size += len(raw)
-            if size >= max_bytes:
-                return out[:i + 1]
-        return out
+        return _bounded(self._tail[start:start + max_entries], max_bytes)
 
     def _log_after(self, after: int, max_entries: int, max_bytes: int) -> list[bytes]:
         if after + 1 < self._log_start and after < self._lsn:
@@ -418,9 +444,11 @@ class Store:
         with self._db.iterator(start=LOG + _U64.pack(after + 1), stop=LOG + b"\xff" * 8,
                                include_key=False) as it:
             for raw in it:
+                size += ENTRY_FRAMING + len(raw)
+                if out and size > max_bytes:
+                    break
                 out.append(raw)
-                size += len(raw)
-                if len(out) >= max_entries or size >= max_bytes:
+                if len(out) >= max_entries:
                     break
         if out and _U64.unpack_from(out[0])[0] != after + 1:  # truncated under us
             raise LogTruncated(after)
@@ -445,7 +473,7 @@ class Store:
 
     def open_snapshot(self) -> "Snapshot":
         """A consistent point-in-time view (data plus its LSN) for a snapshot transfer."""
-        return Snapshot(self._db.snapshot(), self.history_id)
+        return Snapshot(self._db.snapshot(), self.lineage)
 
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run blocking LevelDB work on a reader thread, counted so a swap waits for it."""
@@ -463,14 +491,16 @@ class Store:
         return await self._read(fn, *args)
 
     # -------------------------------------------------------------- snapshots
-    async def install_snapshot(self, history_id: str, lsn: int,
+    async def install_snapshot(self, lineage: Lineage, lsn: int,
                                chunks: "AsyncIterator[list[tuple[bytes, bytes]]]") -> int:
         """Replace this replica's data with a snapshot, atomically.
 
         The records go into a new LevelDB next to the live one; only when the
         last chunk is in and synced does the ACTIVE pointer move to it. An
         interrupted transfer leaves the old database in place and usable.
-        Returns the number of records installed.
+        Every file of the new database and its directory are fsynced before
+        the switch, so after a power cut the recorded LSN never claims records
+        the disk lost. Returns the number of records installed.
         """
         loop = asyncio.get_running_loop()
         name = f"db-{uuid.uuid4().hex[:12]}"
@@ -490,8 +520,10 @@ class Store:
                 with staging.write_batch(sync=True) as batch:
                     batch.put(META_LSN, _U64.pack(lsn))
                     batch.put(META_LOG_START, _U64.pack(lsn + 1))
-                    batch.put(META_HISTORY, history_id.encode())
+                    batch.put(META_LINEAGE, lineage.dumps())
+                    batch.put(META_FORMAT, FORMAT)
                 staging.close()
+                fsync_tree(path)
             await loop.run_in_executor(None, seal)
         except BaseException:
             if not staging.closed:
@@ -523,15 +555,10 @@ class Store:
         self.path = os.path.join(self.data_dir, name)
         self._db = plyvel.DB(self.path)
         remove_stale_dbs(self.data_dir, name, [old])
-        self.history_id = self._db.get(META_HISTORY).decode()
+        self.lineage = _read_lineage(self._db, self.path)
+        self.lineage_version += 1
         self._log_start = self._meta_int(META_LOG_START) or 1
         return self._meta_int(META_LSN)
-
-    async def adopt_history(self, history_id: str) -> None:
-        """Take the primary's history id (an empty replica joining a cluster)."""
-        if self._lsn != 0:
-            raise StorageError("only an empty replica may adopt another history")
-        await asyncio.get_running_loop().run_in_executor(self._writer, self._stamp_history, history_id)
 
     # ----------------------------------------------------------------- writes
     async def write(self, mutation: Mutation) -> int:
@@ -545,11 +572,6 @@ class Store:
         if isinstance(result, Exception):
             raise result
         return result
-
-    async def apply(self, entries: list[LogEntry]) -> None:
-        """Apply replicated entries (already numbered by the primary) in one batch."""
-        if entries:
-            await self.apply_nowait(entries)
 
     def apply_nowait(self, entries: list[LogEntry]) -> "asyncio.Future[Any]":
         """Queue replicated entries for the next group commit; the future resolves once durable.
@@ -631,6 +653,7 @@ class Store:
         jobs that :func:`_needs_read` says need no read.
         """
         lsn = self._lsn
+        epoch = self.lineage.number
         overlay: dict[bytes, int | None] = {}
         results: list[Any] = []
         encoded: list[bytes] = []
@@ -645,6 +668,8 @@ class Store:
                 results.append(None)
                 continue
             job_results: list[Any] = []
+            if job.mutations and not epoch:
+                raise StorageError("no epoch begun: only a primary that finished its start-up writes")
             for mutation in job.mutations or ():
                 if mutation.key in overlay:
                     current = overlay[mutation.key]
@@ -655,7 +680,7 @@ class Store:
                     job_results.append(failure)
                     continue
                 lsn += 1
-                encoded.append(self._put_entry(batch, LogEntry(lsn, mutation.op, mutation.key,
+                encoded.append(self._put_entry(batch, LogEntry(lsn, epoch, mutation.op, mutation.key,
                                                                mutation.value)))
                 overlay[mutation.key] = lsn if mutation.op == PUT else None
                 job_results.append(lsn)
@@ -712,6 +737,16 @@ class Store:
                 log.debug("truncated %d log entries", dropped)
 
 
+def _bounded(raws: list[bytes], max_bytes: int) -> list[bytes]:
+    """The first of ``raws`` that fit in ``max_bytes`` with their framing (always at least one)."""
+    size = 0
+    for i, raw in enumerate(raws):
+        size += ENTRY_FRAMING + len(raw)
+        if i and size > max_bytes:
+            return raws[:i]
+    return raws
+
+
 def _needs_read(job: _Job) -> bool:
     """Whether the job's outcome depends on a key's current version (conditions, deletes)."""
     return job.mutations is not None and any(
@@ -729,6 +764,51 @@ def _check(mutation: Mutation, current: int | None) -> Exception | None:
     if mutation.op == DELETE and current is None:
         return NotFound()
     return None
+
+
+def _read_lineage(db: plyvel.DB, path: str) -> Lineage:
+    raw = db.get(META_LINEAGE)
+    if raw is None:
+        return Lineage()
+    try:
+        return Lineage.loads(raw)
+    except LineageError as exc:
+        raise StorageError(f"{path}: the stored lineage is corrupt ({exc})") from None
+
+
+def _check_format(db: plyvel.DB, path: str) -> None:
+    """Stamp a new database with this format; refuse one written in another."""
+    stamped = db.get(META_FORMAT)
+    if stamped == FORMAT:
+        return
+    if stamped is not None:
+        raise StorageError(f"{path} has storage format {stamped.decode(errors='replace')!r}; "
+                           f"this kvstore reads format {FORMAT.decode()}")
+    if db.get(META_OLD_HISTORY) is not None or db.get(META_LSN) is not None:
+        raise StorageError(f"{path} was written by a kvstore without log epochs (format 1); "
+                           "move it aside and let this replica copy its data from its peers")
+    db.put(META_FORMAT, FORMAT, sync=True)
+
+
+def fsync_tree(path: str) -> None:
+    """fsync every file under ``path``, then each directory (blocking)."""
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(root)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def active_db_name(data_dir: str) -> str:
@@ -751,11 +831,7 @@ def set_active_db(data_dir: str, name: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, os.path.join(data_dir, ACTIVE_FILE))
-    fd = os.open(data_dir, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_dir(data_dir)
 
 
 def remove_stale_dbs(data_dir: str, keep: str, names: Iterable[str]) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import errno
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,7 +32,7 @@ from kvstore.config import Config
 from kvstore.local import control
 from kvstore.local.runtime import RUNTIMES, RuntimeUnavailable, get_runtime
 from kvstore.local.state import (
-    LOG_DIR, ClusterError, ControllerLock, ensure_token, prepare_dir, read_state,
+    LOG_DIR, ClusterError, ControllerLock, client_url, ensure_token, prepare_dir, read_state,
     remove_state, running_pid, write_state,
 )
 from kvstore.local.statefulset import (
@@ -307,13 +309,27 @@ def _detach(args: argparse.Namespace, directory: Path) -> int:
             state = None
         if state is not None:
             ready = sum(1 for p in state["pods"] if p.get("ready") and p["ordinal"] < args.replicas)
-            if ready == args.replicas:
+            # A Ready kv-0 may still be recovering (it is Ready so that OrderedReady goes on):
+            # "up" means the cluster takes writes.
+            if ready == args.replicas and _primary_writable(state):
                 print(f"cluster up in {directory}: {ready}/{args.replicas} pods Ready "
                       f"(controller pid {proc.pid}, log {log_path})")
                 return _print_status(directory, state)
         time.sleep(0.2)
     raise ClusterError(f"not all pods Ready after {args.timeout:g}s; the controller (pid {proc.pid}) "
                        f"keeps trying: see `kvstore cluster status --dir {args.dir}` and {directory / LOG_DIR}")
+
+
+def _primary_writable(state: dict[str, Any]) -> bool:
+    """Whether kv-0 says it takes writes (its start-up recovery is over)."""
+    primary = next((p for p in state["pods"] if p["ordinal"] == 0), None)
+    if primary is None:
+        return True
+    try:
+        with urllib.request.urlopen(client_url(primary) + "/v1/status", timeout=2) as response:
+            return json.loads(response.read()).get("writable") is not False
+    except (OSError, ValueError):
+        return False
 
 
 def _last_line(path: Path) -> str:

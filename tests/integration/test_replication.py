@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import time
 import urllib.parse
 from pathlib import Path
@@ -24,7 +25,7 @@ import pytest
 
 from local_cluster import LocalCluster, http, wait_for
 from kvstore.local.state import running_pid
-from kvstore.replication import decode_message
+from kvstore.replication.protocol import decode_message
 
 RETENTION = 40  # small, so a follower that misses a few writes needs a snapshot
 
@@ -246,7 +247,7 @@ def test_primary_with_an_empty_disk_restores_before_taking_writes(cluster: Local
         http("GET", cluster.url("kv-0") + "/v1/status")[2])["followers"]), timeout=30)
     assert put(cluster, "kv-0", "empty/after", b"new", w="all")[0] == 200
     log = (cluster.directory / "logs" / "kv-0.log").read_text()
-    assert "restoring from it before taking any write" in log
+    assert "recovery decided: heard every follower: copying kv-" in log
 
 
 # ------------------------------------------------------------------------- reads
@@ -288,13 +289,28 @@ def test_status_shows_every_replica_with_lsn_and_lag(cluster: LocalCluster) -> N
 def test_peer_calls_without_the_token_are_refused(cluster: LocalCluster, headers: dict[str, str]) -> None:
     pod = cluster.pods()["kv-0"]
     base = f"http://{pod['address']}:{pod['peer_port']}"
-    for method, path in (("GET", "/v1/peer/stream?after=0&follower=x&history=y"), ("GET", "/v1/peer/snapshot"),
-                         ("GET", "/v1/peer/status"), ("PUT", "/v1/kv/sneaky")):
+    for method, path in (("GET", "/v1/peer/stream?after=0&epoch=0&follower=x"), ("GET", "/v1/peer/snapshot"),
+                         ("GET", "/v1/peer/status"), ("PUT", "/v1/kv/sneaky"),
+                         ("POST", "/v1/peer/recover")):
         status, _, body = http(method, base + path, b"x" if method == "PUT" else None, headers)
         assert status == 401 and json.loads(body)["error"] == "unauthorized", (path, status)
     assert get(cluster, "kv-0", "sneaky")[0] == 404
     log = (cluster.directory / "logs" / "kv-0.log").read_text()
     assert "peer call refused" in log
+
+
+@pytest.mark.parametrize("value", [b"Bearer \xff\xfe", b"\xc3\x28", b"Bearer " + b"\x80" * 300])
+def test_a_malformed_authorization_header_is_a_401_not_a_500(cluster: LocalCluster, value: bytes) -> None:
+    pod = cluster.pods()["kv-0"]
+    with socket.create_connection((pod["address"], pod["peer_port"]), timeout=5) as sock:
+        sock.sendall(b"GET /v1/peer/status HTTP/1.1\r\nHost: kv\r\nAuthorization: " + value
+                     + b"\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert json.loads(body)["error"] == "unauthorized"
 
 
 def test_bad_log_stream_requests_get_clear_errors(cluster: LocalCluster) -> None:
@@ -303,13 +319,22 @@ def test_bad_log_stream_requests_get_clear_errors(cluster: LocalCluster) -> None
     pod = cluster.pods()["kv-0"]
     base = f"http://{pod['address']}:{pod['peer_port']}/v1/peer/stream"
     status = json.loads(http("GET", cluster.url("kv-0") + "/v1/status")[2])
-    history, lsn = status["history_id"], status["lsn"]
-    for query, code, error in (("", 400, "bad_parameter"), ("after=x&follower=t", 400, "bad_parameter"),
-                               ("after=-1&follower=t", 400, "bad_parameter"),
-                               (f"after=0&follower=t&history={'0' * 32}", 409, "history_mismatch"),
-                               (f"after={lsn + 5}&follower=t&history={history}", 409, "follower_ahead"),
+    history, lsn, lineage = status["history_id"], status["lsn"], status["lineage"]
+    assert lsn > 0, "the module's earlier tests wrote"
+    epoch = next(e for e in reversed(lineage) if e["start"] <= lsn)
+    at_lsn = f"after={lsn}&epoch={epoch['epoch']}&epoch_id={epoch['id']}&follower=t"
+    for query, code, error in (("", 400, "bad_parameter"), ("after=x&epoch=0&follower=t", 400, "bad_parameter"),
+                               ("after=-1&epoch=0&follower=t", 400, "bad_parameter"),
+                               ("after=0&follower=t", 400, "bad_parameter"),
+                               # the follower's entry `after` is another epoch's: log matching refuses
+                               (f"after={lsn}&epoch={epoch['epoch']}&epoch_id={'0' * 32}&follower=t", 409,
+                                "log_mismatch"),
+                               (f"after={lsn}&epoch={epoch['epoch'] + 1}&epoch_id={epoch['id']}&follower=t", 409,
+                                "log_mismatch"),
+                               (f"after={lsn + 5}&epoch={epoch['epoch']}&epoch_id={epoch['id']}&follower=t", 409,
+                                "follower_ahead"),
                                # valid, but not a WebSocket upgrade
-                               (f"after={lsn}&follower=t&history={history}", 400, "bad_request")):
+                               (at_lsn, 400, "bad_request")):
         got, headers, body = http("GET", f"{base}?{query}", headers=auth)
         assert (got, json.loads(body)["error"]) == (code, error), (query, got, body)
         if code == 409:
@@ -318,7 +343,8 @@ def test_bad_log_stream_requests_get_clear_errors(cluster: LocalCluster) -> None
     async def stream(ack: str) -> tuple[int, aiohttp.WSMsgType]:
         """Open a stream at kv-0's LSN, read the first message, send ``ack``; what comes next."""
         async with aiohttp.ClientSession(headers=auth) as session:
-            params = {"after": str(lsn), "history": history, "follower": "test-client"}
+            params = {"after": str(lsn), "epoch": str(epoch["epoch"]), "epoch_id": epoch["id"],
+                      "follower": "test-client"}
             async with session.ws_connect(base, params=params) as ws:
                 first = await ws.receive(timeout=5)  # a keepalive within a second: nothing is written
                 assert first.type == aiohttp.WSMsgType.BINARY

@@ -8,7 +8,21 @@ from pathlib import Path
 import pytest
 
 from kvstore import storage
+from kvstore.lineage import Lineage
 from kvstore.storage import LogEntry, Mutation, Store
+
+
+def lineage_of(history: str) -> Lineage:
+    """One verified epoch from LSN 1 under ``history``."""
+    return Lineage().begin(1, 1, history, True)
+
+
+async def started(s: Store) -> Store:
+    """Start the store and, like a primary after its start-up check, begin an epoch if it has none."""
+    await s.start()
+    if not s.lineage.epochs:
+        await s.set_lineage(lineage_of("a" * 32))
+    return s
 
 
 @pytest.fixture
@@ -16,7 +30,7 @@ async def store(tmp_path: Path):
     commits: list[int] = []
     s = Store.open(str(tmp_path / "data"), on_commit=lambda n, _s: commits.append(n))
     s.commits = commits  # type: ignore[attr-defined]
-    await s.start()
+    await started(s)
     try:
         yield s
     finally:
@@ -104,7 +118,7 @@ async def test_the_in_memory_tail_serves_what_the_disk_would(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(storage, "TAIL_ENTRIES", 8)  # small, so it is trimmed during the test
     s = Store.open(str(tmp_path / "d"))
-    await s.start()
+    await started(s)
     try:
         # A mix of one-write batches, a concurrent group commit, deletes and conditions.
         for i in range(5):
@@ -122,18 +136,18 @@ async def test_the_in_memory_tail_serves_what_the_disk_would(tmp_path: Path,
         # After a snapshot the tail starts again at the snapshot's LSN.
         async def one_chunk():
             yield [(b"z", storage._pack_record(40, b"Z"))]
-        await s.install_snapshot("c" * 32, 40, one_chunk())
+        await s.install_snapshot(lineage_of("c" * 32), 40, one_chunk())
         assert await s.log_after(40, 10, 1 << 20) == []
         await s.write(put("after-snapshot"))
         [raw] = await s.log_after(40, 10, 1 << 20)
-        assert LogEntry.decode(raw) == LogEntry(41, storage.PUT, b"after-snapshot", b"v")
+        assert LogEntry.decode(raw) == LogEntry(41, 1, storage.PUT, b"after-snapshot", b"v")
     finally:
         await s.close()
 
 
 async def test_replicated_entries_fill_the_tail_too(store: Store) -> None:
-    entries = [LogEntry(i, storage.PUT, b"r%d" % i, b"v") for i in range(1, 6)]
-    await store.apply(entries[:2])
+    entries = [LogEntry(i, 1, storage.PUT, b"r%d" % i, b"v") for i in range(1, 6)]
+    await store.apply_nowait(entries[:2])
     await asyncio.gather(store.apply_nowait(entries[2:4]), store.apply_nowait(entries[4:]))
     assert store.commits[-1] == 3  # both queued batches shared one commit
     assert decoded(await store.log_after(0, 10, 1 << 20)) == entries
@@ -141,7 +155,7 @@ async def test_replicated_entries_fill_the_tail_too(store: Store) -> None:
 
 async def test_truncation_keeps_the_retention_bound(tmp_path: Path) -> None:
     s = Store.open(str(tmp_path / "d"), log_retention=5)
-    await s.start()
+    await started(s)
     try:
         for i in range(12):
             await s.write(put(f"k{i}"))
@@ -157,10 +171,10 @@ async def test_truncation_keeps_the_retention_bound(tmp_path: Path) -> None:
 
 
 async def test_apply_replicated_entries_is_idempotent(store: Store) -> None:
-    entries = [LogEntry(1, storage.PUT, b"a", b"1"), LogEntry(2, storage.PUT, b"b", b"2"),
-               LogEntry(3, storage.DELETE, b"a", None)]
-    await store.apply(entries)
-    await store.apply(entries[1:])  # a retried fetch
+    entries = [LogEntry(1, 1, storage.PUT, b"a", b"1"), LogEntry(2, 1, storage.PUT, b"b", b"2"),
+               LogEntry(3, 1, storage.DELETE, b"a", None)]
+    await store.apply_nowait(entries)
+    await store.apply_nowait(entries[1:])  # a retried fetch
     assert store.lsn == 3
     assert await store.get(b"a") is None
     assert (await store.get(b"b")).version == 2
@@ -190,12 +204,12 @@ async def test_wait_for_lsn(store: Store) -> None:
 async def test_reopen_keeps_data_lsn_and_history(tmp_path: Path) -> None:
     path = str(tmp_path / "d")
     s = Store.open(path)
-    await s.start()
+    await started(s)
     await s.write(put("a", b"1"))
     history = s.history_id
     await s.close()
     s = Store.open(path)
-    await s.start()
+    await started(s)
     try:
         assert s.lsn == 1 and s.history_id == history and len(history) == 32
         assert (await s.get(b"a")).value == b"1"
@@ -226,14 +240,14 @@ def test_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_log_entry_round_trip_and_malformed() -> None:
-    entry = LogEntry(7, storage.PUT, "ключ".encode(), b"\x00\xffvalue")
+    entry = LogEntry(7, 1, storage.PUT, "ключ".encode(), b"\x00\xffvalue")
     assert LogEntry.decode(entry.encode()) == entry
-    gone = LogEntry(8, storage.DELETE, b"k", None)
+    gone = LogEntry(8, 1, storage.DELETE, b"k", None)
     assert LogEntry.decode(gone.encode()) == gone
     with pytest.raises(ValueError):
         LogEntry.decode(b"short")
     with pytest.raises(ValueError):
-        LogEntry.decode(entry.encode()[:14])  # key cut off
+        LogEntry.decode(entry.encode()[:18])  # key cut off
 
 
 async def _chunks(records: list[list[tuple[bytes, bytes]]], fail_after: int | None = None):
@@ -249,11 +263,11 @@ def _record(version: int, value: bytes) -> bytes:
 
 async def test_snapshot_install_replaces_data_atomically(tmp_path: Path) -> None:
     s = Store.open(str(tmp_path / "d"))
-    await s.start()
+    await started(s)
     try:
         await s.write(put("old", b"gone after the snapshot"))
         chunks = [[(b"a", _record(5, b"A")), (b"b", _record(9, b"B"))], [(b"c", _record(12, b"C"))]]
-        assert await s.install_snapshot("f" * 32, 12, _chunks(chunks)) == 3
+        assert await s.install_snapshot(lineage_of("f" * 32), 12, _chunks(chunks)) == 3
         assert (s.lsn, s.history_id, s.log_start) == (12, "f" * 32, 13)
         assert await s.get(b"old") is None
         assert (await s.get(b"b")).version == 9
@@ -272,13 +286,13 @@ async def test_snapshot_install_replaces_data_atomically(tmp_path: Path) -> None
 
 async def test_interrupted_snapshot_leaves_old_data_usable(tmp_path: Path) -> None:
     s = Store.open(str(tmp_path / "d"))
-    await s.start()
+    await started(s)
     try:
         await s.write(put("kept", b"still here"))
         history = s.history_id
         chunks = [[(b"a", _record(5, b"A"))], [(b"b", _record(9, b"B"))]]
         with pytest.raises(ConnectionResetError):
-            await s.install_snapshot("e" * 32, 9, _chunks(chunks, fail_after=1))
+            await s.install_snapshot(lineage_of("e" * 32), 9, _chunks(chunks, fail_after=1))
         assert (s.lsn, s.history_id) == (1, history)
         assert (await s.get(b"kept")).value == b"still here"
         assert await s.get(b"a") is None
@@ -290,7 +304,7 @@ async def test_interrupted_snapshot_leaves_old_data_usable(tmp_path: Path) -> No
 
 async def test_a_staging_db_left_by_a_crash_is_removed_on_open(tmp_path: Path) -> None:
     s = Store.open(str(tmp_path / "d"))
-    await s.start()
+    await started(s)
     await s.write(put("k"))
     await s.close()
     (tmp_path / "d" / "db-0123456789ab").mkdir()  # a snapshot install SIGKILLed midway
@@ -299,5 +313,98 @@ async def test_a_staging_db_left_by_a_crash_is_removed_on_open(tmp_path: Path) -
     try:
         assert not (tmp_path / "d" / "db-0123456789ab").exists()
         assert s.lsn == 1
+    finally:
+        await s.close()
+
+
+async def test_lineage_survives_a_restart_and_entries_carry_their_epoch(tmp_path: Path) -> None:
+    path = str(tmp_path / "d")
+    s = await started(Store.open(path))
+    await s.write(put("a"))
+    await s.set_lineage(s.lineage.begin(2, s.lsn + 1, s.history_id, True))
+    await s.write(put("b"))
+    lineage = s.lineage
+    await s.close()
+    s = Store.open(path)
+    try:
+        assert s.lineage == lineage and s.epoch == 2
+        assert [(e.lsn, e.epoch) for e in decoded(await s.log_after(0, 10, 1 << 20))] == [(1, 1), (2, 2)]
+    finally:
+        await s.close()
+
+
+async def test_a_store_without_an_epoch_takes_no_client_write(tmp_path: Path) -> None:
+    s = Store.open(str(tmp_path / "d"))
+    await s.start()
+    try:
+        with pytest.raises(storage.StorageError, match="no epoch"):
+            await s.write(put("a"))
+        assert s.lsn == 0
+    finally:
+        await s.close()
+
+
+def test_a_data_dir_of_the_format_without_epochs_is_refused_with_a_reason(tmp_path: Path) -> None:
+    import plyvel
+    (tmp_path / "d").mkdir()
+    old = plyvel.DB(str(tmp_path / "d" / "db"), create_if_missing=True)
+    old.put(b"m/history", b"f" * 32)
+    old.put(b"m/lsn", (5).to_bytes(8, "big"))
+    old.close()
+    with pytest.raises(storage.StorageError, match="without log epochs"):
+        Store.open(str(tmp_path / "d"))
+    # The refusal released LevelDB's lock: a second open fails the same way, not on the lock.
+    with pytest.raises(storage.StorageError, match="without log epochs"):
+        Store.open(str(tmp_path / "d"))
+
+
+async def test_log_after_counts_the_framing_in_its_byte_bound(store: Store) -> None:
+    for i in range(10):
+        await store.write(put(f"k{i}", b"x" * 100))
+    one = len((await store.log_after(0, 1, 1 << 20))[0])
+    for budget in (one + 4, 2 * (one + 4), 2 * (one + 4) - 1, 3 * (one + 4) + 3):
+        raws = await store.log_after(0, 100, budget)
+        assert sum(4 + len(r) for r in raws) <= budget, budget
+        assert len(raws) == budget // (one + 4)
+        assert store._log_after(0, 100, budget) == raws  # the disk path bounds the same way
+    assert len(await store.log_after(0, 100, 1)) == 1  # one entry alone may exceed the bound
+
+
+async def test_snapshot_install_fsyncs_every_file_before_the_switch(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    synced: list[str] = []
+    real_fsync, real_open = os.fsync, os.open
+    names: dict[int, str] = {}
+
+    def tracking_open(path, flags, *args, **kwargs):
+        fd = real_open(path, flags, *args, **kwargs)
+        names[fd] = str(path)
+        return fd
+
+    def tracking_fsync(fd: int) -> None:
+        synced.append(names.get(fd, "?"))
+        real_fsync(fd)
+
+    switched_after: list[int] = []
+    at_switch: set[str] = set()
+    real_set_active = storage.set_active_db
+
+    def set_active(data_dir: str, name: str) -> None:
+        switched_after.append(len(synced))
+        at_switch.update(str(p) for p in Path(data_dir, name).iterdir() if p.is_file())
+        real_set_active(data_dir, name)
+
+    monkeypatch.setattr(storage.os, "open", tracking_open)
+    monkeypatch.setattr(storage.os, "fsync", tracking_fsync)
+    monkeypatch.setattr(storage, "set_active_db", set_active)
+    s = await started(Store.open(str(tmp_path / "d")))
+    try:
+        chunks = [[(b"k%d" % i, _record(i + 1, b"v" * 100)) for i in range(500)]]
+        await s.install_snapshot(lineage_of("f" * 32), 500, _chunks(chunks))
+        staging = Path(s.path)
+        before_switch = set(synced[:switched_after[0]])
+        assert at_switch and at_switch <= before_switch, at_switch - before_switch
+        assert str(staging) in before_switch and str(staging.parent) in before_switch
     finally:
         await s.close()

@@ -1,0 +1,205 @@
+"""A log's lineage: which primary incarnation (epoch) wrote which range of LSNs.
+
+kv-0 begins a new *epoch* each time it becomes primary. The lineage is the
+list of epochs a replica's log went through, each with the first LSN it wrote,
+the history id in effect from there on, a random id unique to the incarnation
+that began it, and whether that incarnation proved it held every write a
+majority had acknowledged before it began (``verified``; see
+``replication/recovery.py``).
+
+Two logs hold the same entry at LSN ``x`` exactly when the epochs covering
+``x`` are the same epoch (same number and id) in both lineages; then every
+entry before ``x`` is the same too (Raft's log-matching property: an epoch's
+primary appends to one log, and a follower adopts a lineage only after its
+own log matched it). So comparing two lineages tells, without reading a
+single entry, where two logs part: :func:`common_point`.
+
+A history id names a line of LSNs that never names two different writes: a
+primary that begins an epoch without having heard from every follower starts
+a new history (a fork), because a follower it did not hear from may hold
+entries past its position. The fork point is where the new history's first
+epoch begins, its parent the history before it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+MAX_EPOCHS = 1000  # kept per lineage; older ones are dropped (a bound on what peers send)
+_HEX = re.compile(r"^[0-9a-f]{1,32}$")
+
+
+class LineageError(ValueError):
+    """A lineage received or stored is malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """One primary incarnation's part of the log: LSNs from ``start`` on, until the next epoch."""
+
+    number: int
+    start: int
+    history: str
+    id: str
+    verified: bool
+
+    def same(self, other: "Epoch | None") -> bool:
+        """Whether ``other`` is this very epoch (not just the same number)."""
+        return other is not None and (self.number, self.id) == (other.number, other.id)
+
+    def to_json(self) -> dict[str, Any]:
+        """Wire and disk form."""
+        return {"epoch": self.number, "start": self.start, "history": self.history, "id": self.id,
+                "verified": self.verified}
+
+
+def new_id() -> str:
+    """A random id for a history or an epoch."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """The epochs of one log, oldest first (starts never go down)."""
+
+    epochs: tuple[Epoch, ...] = ()
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def last(self) -> Epoch | None:
+        """The newest epoch, or None for a log that never held data."""
+        return self.epochs[-1] if self.epochs else None
+
+    @property
+    def number(self) -> int:
+        """The newest epoch's number (0: none)."""
+        return self.epochs[-1].number if self.epochs else 0
+
+    @property
+    def history(self) -> str:
+        """The history id in effect now ("" for a log that never held data)."""
+        return self.epochs[-1].history if self.epochs else ""
+
+    def at(self, lsn: int) -> Epoch | None:
+        """The epoch that wrote (or will write) LSN ``lsn``; None before the first known epoch."""
+        found = None
+        for epoch in self.epochs:
+            if epoch.start > lsn:
+                break
+            found = epoch
+        return found
+
+    def fork(self) -> dict[str, Any] | None:
+        """Where the current history began from its parent: {parent, lsn}; None for an original one."""
+        if not self.epochs:
+            return None
+        history = self.history
+        for i in range(len(self.epochs) - 1, 0, -1):
+            if self.epochs[i - 1].history != history:
+                return {"parent": self.epochs[i - 1].history, "lsn": self.epochs[i].start - 1}
+        return None
+
+    def max_number(self) -> int:
+        """The highest epoch number in this lineage."""
+        return max((e.number for e in self.epochs), default=0)
+
+    def up_to_date_key(self, lsn: int) -> tuple[int, int]:
+        """Raft's "at least as up to date": the epoch of the last entry, then the LSN."""
+        epoch = self.at(lsn) if lsn else None
+        return (epoch.number if epoch else 0, lsn)
+
+    # ------------------------------------------------------------------ changing
+    def begin(self, number: int, start: int, history: str, verified: bool) -> "Lineage":
+        """This lineage with a new epoch from ``start`` on (epochs that wrote nothing before it dropped)."""
+        kept = tuple(e for e in self.epochs if e.start < start)
+        return Lineage((kept + (Epoch(number, start, history, new_id(), verified),))[-MAX_EPOCHS:])
+
+    # ------------------------------------------------------------------ encoding
+    def to_json(self) -> list[dict[str, Any]]:
+        """Wire and disk form: a list of epochs."""
+        return [e.to_json() for e in self.epochs]
+
+    def dumps(self) -> bytes:
+        """Compact JSON bytes."""
+        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Lineage":
+        """Parse and validate the wire form; LineageError when malformed."""
+        if not isinstance(data, list) or len(data) > MAX_EPOCHS:
+            raise LineageError("lineage must be a list of at most %d epochs" % MAX_EPOCHS)
+        epochs = []
+        for item in data:
+            if not isinstance(item, dict):
+                raise LineageError("lineage entries must be objects")
+            number, start = item.get("epoch"), item.get("start")
+            history, ident, verified = item.get("history"), item.get("id"), item.get("verified")
+            if (not _uint(number) or not _uint(start) or number < 1 or start < 1
+                    or not isinstance(history, str) or not _HEX.match(history)
+                    or not isinstance(ident, str) or not _HEX.match(ident) or not isinstance(verified, bool)):
+                raise LineageError(f"malformed lineage entry {item!r:.200}")
+            epochs.append(Epoch(number, start, history, ident, verified))
+        for before, after in zip(epochs, epochs[1:]):
+            if after.start < before.start or after.number <= before.number:
+                raise LineageError("lineage epochs must rise in number and start")
+        return cls(tuple(epochs))
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> "Lineage":
+        """Inverse of :meth:`dumps`; LineageError when malformed."""
+        try:
+            return cls.from_json(json.loads(raw))
+        except (ValueError, UnicodeDecodeError) as exc:
+            if isinstance(exc, LineageError):
+                raise
+            raise LineageError(f"lineage is not JSON: {exc}") from None
+
+
+def _uint(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def _boundaries(*lineages: Lineage) -> Iterable[int]:
+    return sorted({e.start for lineage in lineages for e in lineage.epochs})
+
+
+def common_point(mine: Lineage, my_lsn: int, theirs: Lineage, their_lsn: int) -> int:
+    """The highest LSN up to which both logs hold the same entries (0: none in common).
+
+    Walks the ranges where neither lineage changes epoch; the common prefix
+    ends at the first range whose epochs differ (or that one side does not
+    describe).
+    """
+    limit = min(my_lsn, their_lsn)
+    if limit <= 0:
+        return 0
+    common = 0
+    starts = [s for s in _boundaries(mine, theirs) if s <= limit]
+    if not starts or starts[0] > 1:
+        return 0  # the first entries are covered by no known epoch: cannot vouch for them
+    for i, start in enumerate(starts):
+        end = starts[i + 1] - 1 if i + 1 < len(starts) else limit
+        a, b = mine.at(start), theirs.at(start)
+        if a is None or not a.same(b):
+            break
+        common = end
+    return common
+
+
+def diverging_epoch(mine: Lineage, my_lsn: int, theirs: Lineage, their_lsn: int) -> Epoch | None:
+    """The epoch of ``theirs`` that replaced entries ``mine`` holds past the common point.
+
+    None when ``mine`` holds nothing past the common point, or when ``theirs``
+    has no epoch covering the next LSN (they are simply behind on our line).
+    """
+    common = common_point(mine, my_lsn, theirs, their_lsn)
+    if common >= my_lsn:
+        return None
+    ours, replacing = mine.at(common + 1), theirs.at(common + 1)
+    if replacing is None or (ours is not None and ours.same(replacing)):
+        return None  # same epoch, they are behind: not a fork
+    return replacing

@@ -1,0 +1,17 @@
+"""Replication: followers stream their upstream's log over the peer port.
+
+One concept per module:
+
+- ``protocol``: the wire (stream messages, acks, snapshot frames, refusals,
+  close codes, the sizes a receiver accepts);
+- ``acks``: the primary's table of follower positions write concerns wait on;
+- ``log_server``: the upstream side (serve the stream and snapshots);
+- ``peer_client``: HTTP to other replicas' peer ports;
+- ``follower``: the follower side (compare lineages, stream, snapshot, divergence);
+- ``recovery``: kv-0's start-up check before it serves;
+- ``coordinator``: :class:`Replication`, which wires them for one replica.
+"""
+
+from kvstore.replication.coordinator import Replication
+
+__all__ = ["Replication"]

@@ -1,0 +1,217 @@
+"""One replica's replication, wired together: log server, follower or recovery, acks, replica count.
+
+``replica.py`` asks this for what it needs (may the primary write, how many
+replicas a write concern counts, this replica's position and state); nothing
+here calls back into the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from kvstore.aio import cancel_and_wait
+from kvstore.config import Config
+from kvstore.discovery import MembershipChange, PeerDirectory
+from kvstore.identity import PRIMARY, parse_ordinal
+from kvstore.metrics import Metrics
+from kvstore.replication import protocol
+from kvstore.replication.acks import AckTable
+from kvstore.replication.follower import Follower
+from kvstore.replication.log_server import LogServer
+from kvstore.replication.peer_client import PeerClient
+from kvstore.replication.recovery import Recovery
+from kvstore.storage import Store
+
+log = logging.getLogger("kvstore.replication")
+
+READY_MAX_LAG = 1000  # entries a secondary may trail and still be Ready
+RECENT_ACK_SECONDS = 30.0  # a follower that acknowledged this recently exists
+
+
+class Replication:
+    """Everything replication a replica runs."""
+
+    def __init__(self, config: Config, store: Store, metrics: Metrics, directory: PeerDirectory,
+                 token: str) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.directory = directory
+        self.acks = AckTable()
+        self.client = PeerClient(token)
+        self.server = LogServer(config, store, self.acks, metrics)
+        directory.subscribe(self._membership_changed)
+        # The primary uses a Follower only to copy a snapshot while it recovers.
+        self._follower = Follower(config, store, directory, self.client, self.acks, metrics)
+        self.follower: Follower | None = None
+        self.recovery: Recovery | None = None
+        self._task: asyncio.Task[None] | None = None
+        if config.role == PRIMARY:
+            self.recovery = Recovery(config, store, directory, self.client, self._follower, metrics,
+                                     self.configured_replicas)
+            self.server.serving = False
+        else:
+            self.follower = self._follower
+        metrics.epoch.set(store.epoch)
+
+    async def start(self) -> None:
+        """Start following (secondary) or the start-up recovery (primary)."""
+        if self.recovery is not None:
+            self._task = asyncio.create_task(self._recover(), name="primary-recovery")
+        elif self.follower is not None:
+            self.follower.start()
+
+    async def _recover(self) -> None:
+        assert self.recovery is not None
+        await self.recovery.run()
+        self.server.serving = True
+
+    async def stop(self) -> None:
+        """Stop background work and close peer connections."""
+        await cancel_and_wait(self._task)
+        if self.follower is not None:
+            await self.follower.stop()
+        await self.client.close()
+
+    def _membership_changed(self, change: MembershipChange) -> None:
+        # A pod DNS no longer lists was scaled away: its old acks must not
+        # make the cluster look bigger than it is.
+        for peer in change.left:
+            self.acks.left(peer.name)
+        for peer in change.joined:
+            self.acks.joined(peer.name)
+
+    # ------------------------------------------------------------ the primary
+    @property
+    def writable(self) -> bool:
+        """Whether this replica takes writes and strong reads now (kv-0 after its recovery)."""
+        return self.recovery is not None and self.recovery.done.is_set()
+
+    def recovering_message(self) -> str:
+        """What a client is told while kv-0 recovers."""
+        r = self.recovery
+        waiting = ", ".join(r.waiting_for) if r and r.waiting_for else "its own start-up check"
+        return (f"kv-0 is recovering: before it serves it must hear from {waiting} (it proves it holds "
+                "every acknowledged write); retry shortly")
+
+    def configured_replicas(self) -> int:
+        """How many replicas write concerns count: never fewer than the cluster has.
+
+        The largest of KV_REPLICAS (the manifest's count), the pods DNS lists
+        (highest ordinal + 1: with publishNotReadyAddresses a pod that exists
+        is listed, up or not, so a `kubectl scale` up counts at once), and
+        the followers that acknowledged lately (DNS may lag by a refresh).
+        Counting too many only delays an answer (504, the write stays);
+        counting too few would acknowledge a write held by too few replicas.
+        Shrinking below KV_REPLICAS therefore needs KV_REPLICAS lowered.
+        """
+        ordinals = [self.config.ordinal, *self.directory.peers.keys()]
+        now = time.monotonic()
+        for name, position in self.acks.positions.items():
+            if now - position.seen < RECENT_ACK_SECONDS:
+                try:
+                    ordinals.append(parse_ordinal(name))
+                except ValueError:
+                    continue
+        return max(self.config.replicas, max(ordinals) + 1)
+
+    async def wait_for_concern(self, lsn: int, required: int) -> int:
+        """Wait until ``required`` replicas (the primary included) hold ``lsn``; returns how many do."""
+        if required <= 1:
+            return 1
+        followers = await self.acks.wait(lsn, required - 1, self.config.write_timeout)
+        return followers + 1
+
+    # --------------------------------------------------------------- operator
+    def recover(self, action: str, peer: str | None) -> str:
+        """``kvstore recover``: decide for a recovering kv-0, or resync a diverged follower."""
+        if action == "resync":
+            if self.follower is None:
+                raise ValueError("resync is for a secondary; kv-0 is the source of truth")
+            self.follower.request_resync()
+            return "dropping this replica's data and copying its upstream"
+        if self.recovery is None:
+            raise ValueError(f"{action} is for a recovering kv-0")
+        return self.recovery.force(action, peer)
+
+    # -------------------------------------------------------------- positions
+    def state(self) -> str:
+        """recovering | primary | following | stalled | diverged | installing_snapshot | starting."""
+        if self.recovery is not None:
+            return "primary" if self.writable else "recovering"
+        f = self.follower
+        assert f is not None
+        if f.diverged is not None:
+            return "diverged"
+        if f.installing_snapshot:
+            return "installing_snapshot"
+        if f.stalled is not None:
+            return "stalled"
+        return "following" if f.last_contact is not None else "starting"
+
+    def position(self) -> dict[str, Any]:
+        """This replica's log position as peers read it (GET /v1/peer/status) and /v1/status shows it."""
+        lineage = self.store.lineage
+        return {"state": self.state(), "lsn": self.store.lsn, "log_start": self.store.log_start,
+                "history_id": lineage.history, "epoch": lineage.number, "fork": lineage.fork(),
+                "lineage": lineage.to_json()}
+
+    def primary_lsn(self) -> int | None:
+        """The primary's LSN as this replica knows it."""
+        if self.config.role == PRIMARY:
+            return self.store.lsn
+        return self.follower.primary_lsn if self.follower else None
+
+    def primary_reachable(self) -> bool:
+        """Whether the follower heard from its upstream recently."""
+        f = self.follower
+        return bool(f and f.upstream_heard and time.monotonic() - f.upstream_heard < protocol.SILENCE_SECONDS + 1)
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why) of this replica for /readyz.
+
+        A kv-0 that is still waiting for followers after asking them once is
+        Ready: under OrderedReady the StatefulSet creates kv-1 only once kv-0
+        is Ready, and kv-0 waits to hear from kv-1. (When every follower
+        answers at once, kv-0 decides before its first Ready.)
+        """
+        if self.recovery is not None:
+            if not self.writable:
+                return self.recovery.rounds > 0, "recovering: " + self.recovering_message()
+            return True, "primary taking writes"
+        f = self.follower
+        assert f is not None
+        if f.diverged is not None:
+            return False, f"diverged: {f.diverged}; kvstore recover resync --pod {self.config.pod_name}"
+        if f.installing_snapshot:
+            return False, "installing a snapshot"
+        known = f.primary_lsn if f.primary_lsn is not None else f.upstream_lsn
+        if known is None:
+            return True, "no primary reachable yet; serving what this replica has"
+        lag = max(0, known - self.store.lsn)
+        if f.stalled is not None and lag and self.primary_reachable():
+            return False, f"stalled: {lag} entries behind ({f.stalled})"
+        if lag > READY_MAX_LAG:
+            return False, f"catching up: {lag} entries behind"
+        return True, f"following, {lag} entries behind"
+
+    def peers_status(self) -> list[dict[str, Any]]:
+        """Every peer with its LSN and lag as far as this replica knows."""
+        reference = self.primary_lsn()
+        out = []
+        for ordinal, peer in sorted(self.directory.peers.items()):
+            row = peer.to_dict()
+            position = self.acks.positions.get(peer.name)
+            if ordinal == 0 and self.follower is not None:
+                row["lsn"] = self.follower.primary_lsn
+            elif position is not None:
+                row["lsn"] = position.lsn
+                row["acked_seconds_ago"] = round(time.monotonic() - position.seen, 3)
+            else:
+                row["lsn"] = None
+            row["lag"] = (reference - row["lsn"]) if reference is not None and row["lsn"] is not None else None
+            out.append(row)
+        return out

@@ -1,0 +1,324 @@
+"""The follower side of replication: keep this secondary's log matching its upstream's.
+
+Before each stream the follower asks its upstream for its position and
+compares lineages (see lineage.py):
+
+- our log is a prefix of the upstream's: adopt its lineage and stream from
+  our LSN (or take a snapshot when our position left its retained log);
+- the upstream holds less on our line (it is behind us): do not follow it;
+- our entries past the common point were replaced by an epoch whose primary
+  proved it held every write a majority had acknowledged (``verified``):
+  those entries were never acknowledged by a majority, so they are dropped by
+  installing the upstream's snapshot, and logged;
+- anything else: this replica *diverged*. It keeps its data, stops
+  following, says so in /v1/status, a metric and one log line naming the
+  command that resolves it, and serves its data only as stale reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+from typing import Any
+
+import aiohttp
+
+from kvstore.aio import cancel_and_wait
+from kvstore.config import Config
+from kvstore.discovery import Peer, PeerDirectory
+from kvstore.lineage import Lineage, common_point, diverging_epoch
+from kvstore.metrics import Metrics
+from kvstore.replication import protocol
+from kvstore.replication.acks import AckTable
+from kvstore.replication.peer_client import PeerClient, PeerPosition
+from kvstore.storage import LogEntry, Store
+
+log = logging.getLogger("kvstore.replication")
+
+MAX_APPLYING = 8  # batches a follower has queued for its disk before it stops reading
+MAX_BACKOFF = 2.0  # seconds between attempts, at most
+
+
+class Stalled(Exception):
+    """Following cannot go on now; retried with back-off. ``kind`` groups repeats for the log."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Diverged(Exception):
+    """This replica holds entries its upstream's history does not, and no rule says they may go."""
+
+
+def _drop(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class Follower:
+    """Keeps this secondary's store following its upstream's log."""
+
+    def __init__(self, config: Config, store: Store, directory: PeerDirectory, client: PeerClient,
+                 acks: AckTable, metrics: Metrics) -> None:
+        self.config = config
+        self.store = store
+        self.directory = directory
+        self.client = client
+        self.acks = acks
+        self.metrics = metrics
+        self.upstream: Peer | None = None
+        self.upstream_lsn: int | None = None  # the upstream's LSN as last heard (status or stream)
+        self.primary_lsn: int | None = None
+        self.upstream_heard: float | None = None  # monotonic time the upstream last answered at all
+        self.last_contact: float | None = None  # monotonic time of the last stream message
+        self.installing_snapshot = False
+        self.last_error: str | None = None
+        self.stalled: str | None = None  # why we are not following now (None: we are, or never tried)
+        self.diverged: str | None = None
+        self._last_kind: str | None = None
+        self._resync = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._cascade_failed: dict[int, float] = {}
+        self.max_message = protocol.max_stream_message(config.max_key_bytes, config.max_value_bytes)
+        self.max_frame = protocol.max_snapshot_frame(config.max_key_bytes, config.max_value_bytes)
+
+    def start(self) -> None:
+        """Start following in the background."""
+        self._task = asyncio.create_task(self._run(), name="follower")
+
+    async def stop(self) -> None:
+        """Stop following."""
+        await cancel_and_wait(self._task)
+
+    def request_resync(self) -> None:
+        """The operator's decision: drop what diverged and copy the upstream (kvstore recover resync)."""
+        log.warning("operator asked to resync: this replica's data will be replaced by its upstream's")
+        self._resync.set()
+
+    def choose_upstream(self) -> Peer | None:
+        """kv-0, or in cascade mode kv-(N-1) while it is in DNS and answering."""
+        peers = self.directory.peers
+        if self.config.replicate_from == "previous" and self.config.ordinal > 1:
+            previous = peers.get(self.config.ordinal - 1)
+            failed_at = self._cascade_failed.get(self.config.ordinal - 1, 0.0)
+            if previous is not None and time.monotonic() - failed_at > 5.0:
+                return previous
+        return peers.get(0)
+
+    # ------------------------------------------------------------------ the loop
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            if self.diverged is not None and not self._resync.is_set():
+                await self._resync.wait()
+            upstream = self.choose_upstream()
+            if upstream is None:
+                self._failed("no_upstream", "kv-0 is not in DNS")
+                self.directory.request_refresh()
+                await asyncio.sleep(0.5)
+                continue
+            if upstream != self.upstream:
+                log.info("following %s (%s) from lsn %d", upstream.name, upstream.address, self.store.lsn)
+                self.upstream = upstream
+            try:
+                if self._resync.is_set():
+                    await self.install_snapshot_from(upstream, "operator resync", force=True)
+                    self._resync.clear()
+                    self._set_diverged(None)
+                else:
+                    await self._follow_once(upstream)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Diverged as exc:
+                self._set_diverged(str(exc))
+            except Exception as exc:  # refused, a timeout, a torn body, a stalled upstream...
+                kind = exc.kind if isinstance(exc, Stalled) else type(exc).__name__
+                reason = f"{exc}" if isinstance(exc, Stalled) else (
+                    f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                self._failed(kind, reason, upstream)
+                if upstream.ordinal != 0:
+                    self._cascade_failed[upstream.ordinal] = time.monotonic()
+                self.directory.request_refresh()
+                await asyncio.sleep(backoff + random.uniform(0, backoff / 2))
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _failed(self, kind: str, reason: str, upstream: Peer | None = None) -> None:
+        """Note why we are not following; log once per change of kind."""
+        if kind != self._last_kind:
+            log.warning("following %s failed: %s; retrying", upstream.name if upstream else "kv-0", reason)
+            self._last_kind = kind
+        self.last_error = reason
+        self.stalled = reason
+
+    def _set_diverged(self, reason: str | None) -> None:
+        self.diverged = reason
+        self.metrics.diverged.set(0 if reason is None else 1)
+        if reason is not None:
+            self.stalled = reason
+            log.error("DIVERGED: %s. This replica keeps its data, stops following and serves it only as "
+                      "stale reads. To drop its entries and copy kv-0: kvstore recover resync --pod %s",
+                      reason, self.config.pod_name)
+
+    # ------------------------------------------------------------- one attempt
+    async def _follow_once(self, upstream: Peer) -> None:
+        """Compare lineages with ``upstream``, then follow its stream (or take its snapshot)."""
+        position = await self.client.position(upstream)
+        self._heard(upstream, position.lsn)
+        if position.state == "recovering" or not position.lineage.epochs:
+            raise Stalled("upstream_recovering", f"{upstream.name} is recovering; waiting for it")
+        store = self.store
+        mine, my_lsn = store.lineage, store.lsn
+        common = common_point(mine, my_lsn, position.lineage, position.lsn)
+        if common < my_lsn:
+            replacing = diverging_epoch(mine, my_lsn, position.lineage, position.lsn)
+            if replacing is None:
+                raise Stalled("upstream_behind",
+                              f"{upstream.name} has lsn {position.lsn} on this replica's line, this replica "
+                              f"{my_lsn}; not following it until it has caught up")
+            if not replacing.verified:
+                raise Diverged(self._divergence(upstream, position, common))
+            log.warning("entries %d..%d here were replaced by epoch %d of %s, whose primary proved it held "
+                        "every write a majority acknowledged: they never were; copying %s", common + 1,
+                        my_lsn, replacing.number, upstream.name, upstream.name)
+            await self.install_snapshot_from(upstream, "entries past the fork point", allowed_fork=True)
+            return
+        if my_lsn + 1 < position.log_start and my_lsn < position.lsn:
+            await self.install_snapshot_from(upstream, "position older than its retained log")
+            return
+        if position.lineage != mine:
+            await store.set_lineage(position.lineage)  # our log is a prefix of theirs
+        await self._stream(upstream)
+
+    def _divergence(self, upstream: Peer, position: PeerPosition, common: int) -> str:
+        return (f"entries {common + 1}..{self.store.lsn} (history {self.store.history_id}, epoch "
+                f"{self.store.epoch}) are not in {upstream.name}'s history {position.lineage.history} "
+                f"(lsn {position.lsn}), and nothing proves they were never acknowledged")
+
+    def _heard(self, upstream: Peer, upstream_lsn: int) -> None:
+        self.upstream_heard = time.monotonic()
+        self.upstream_lsn = upstream_lsn
+        if upstream.ordinal == 0:
+            self.primary_lsn = upstream_lsn
+
+    async def _stream(self, upstream: Peer) -> None:
+        """Follow ``upstream``'s log stream until it ends, fails or another upstream is preferred."""
+        store = self.store
+        params = protocol.stream_params(store.lsn, store.lineage, self.config.pod_name)
+        async with self.client.stream(upstream, params, self.max_message) as ws:
+            wake = asyncio.Event()
+            acker = asyncio.create_task(self._send_acks(ws, wake), name="acks")
+            applying: collections.deque[asyncio.Future[Any]] = collections.deque()
+            next_lsn = store.lsn + 1
+            lineage = store.lineage
+            try:
+                while not acker.done():
+                    msg = await ws.receive(timeout=protocol.SILENCE_SECONDS)
+                    if msg.type != aiohttp.WSMsgType.BINARY:
+                        if ws.close_code in (protocol.CLOSE_LOG_TRUNCATED, protocol.CLOSE_LINEAGE_CHANGED):
+                            return  # the next attempt compares again and knows what to do
+                        raise ConnectionError(f"stream closed ({msg.type.name}, code {ws.close_code})")
+                    upstream_lsn, entries = protocol.decode_message(msg.data)
+                    self.last_contact = time.monotonic()
+                    self._heard(upstream, upstream_lsn)
+                    self.stalled = self.last_error = None
+                    self._last_kind = None
+                    if entries:
+                        if entries[0].lsn != next_lsn:
+                            raise ValueError(f"gap: expected lsn {next_lsn}, got {entries[0].lsn}")
+                        _check_epochs(entries, lineage)
+                        next_lsn = entries[-1].lsn + 1
+                        # Not awaited: what arrives while this batch is written joins the next one.
+                        future = store.apply_nowait(entries)
+                        future.add_done_callback(lambda _: wake.set())
+                        applying.append(future)
+                        self.metrics.fetch_batch.observe(len(entries))
+                    else:
+                        wake.set()  # a keepalive: answer it, so the upstream knows we are here
+                    if upstream.ordinal == 0:
+                        self.primary_lsn = max(upstream_lsn, next_lsn - 1)
+                    while applying and (applying[0].done() or len(applying) > MAX_APPLYING):
+                        await applying.popleft()  # raises if the disk refused the batch
+                    if self.choose_upstream() != upstream:
+                        return  # cascade: the preferred upstream is back, or DNS moved it
+                if acker.done():
+                    acker.result()  # the ack channel broke: raise why
+            finally:
+                await cancel_and_wait(acker)
+                for future in applying:  # they still complete; nobody reads their errors now
+                    future.add_done_callback(_drop)
+
+    async def _send_acks(self, ws: aiohttp.ClientWebSocketResponse, wake: asyncio.Event) -> None:
+        """Tell the upstream our durable LSN (and our followers' positions) whenever it moves."""
+        relay = asyncio.create_task(self._wake_on_downstream_acks(wake), name="ack-relay")
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                relayed = self.acks.downstream_of(self.config.pod_name)
+                await ws.send_str(protocol.encode_ack(self.store.lsn, relayed))
+        finally:
+            await cancel_and_wait(relay)
+
+    async def _wake_on_downstream_acks(self, wake: asyncio.Event) -> None:
+        """Cascade: our followers' positions go upstream as soon as they change."""
+        while True:
+            await self.acks.wait_change()
+            wake.set()
+
+    # ---------------------------------------------------------------- snapshots
+    async def install_snapshot_from(self, upstream: Peer, reason: str, *, force: bool = False,
+                                    allowed_fork: bool = False) -> None:
+        """Replace this replica's data with a snapshot streamed from ``upstream``.
+
+        Only when the snapshot holds everything this replica has (our log is a
+        prefix of its lineage), or our extra entries were replaced by a
+        verified epoch (``allowed_fork``), or ``force`` (an operator's or a
+        recovering primary's decision). Anything else raises Diverged before a
+        byte is written.
+        """
+        self.installing_snapshot = True
+        started = time.monotonic()
+        try:
+            lsn, lineage, chunks, response = await self.client.snapshot(upstream, self.max_frame)
+            try:
+                if not force:
+                    self._check_snapshot(upstream, lsn, lineage, allowed_fork)
+                log.info("installing a snapshot from %s at lsn %d (%s)", upstream.name, lsn, reason)
+                count = await self.store.install_snapshot(lineage, lsn, chunks)
+            finally:
+                response.release()
+            self.metrics.snapshots.labels("received").inc()
+            log.info("installed a snapshot of %d keys at lsn %d from %s in %.1fs", count, self.store.lsn,
+                     upstream.name, time.monotonic() - started)
+        finally:
+            self.installing_snapshot = False
+
+    def _check_snapshot(self, upstream: Peer, lsn: int, lineage: Lineage, allowed_fork: bool) -> None:
+        mine, my_lsn = self.store.lineage, self.store.lsn
+        if common_point(mine, my_lsn, lineage, lsn) >= my_lsn:
+            return  # it holds everything we have
+        replacing = diverging_epoch(mine, my_lsn, lineage, lsn)
+        if allowed_fork and replacing is not None and replacing.verified:
+            return
+        if replacing is None:
+            raise Stalled("snapshot_behind", f"refusing a snapshot from {upstream.name} at lsn {lsn}: this "
+                          f"replica holds more ({my_lsn}) on the same line")
+        raise Diverged(f"a snapshot from {upstream.name} (history {lineage.history}, lsn {lsn}) would drop "
+                       f"entries up to {my_lsn} of history {mine.history} that nothing proves unacknowledged")
+
+
+def _check_epochs(entries: list[LogEntry], lineage: Lineage) -> None:
+    """Every streamed entry must carry the epoch our (adopted) lineage says wrote it."""
+    epoch = lineage.at(entries[0].lsn)
+    following = [e for e in lineage.epochs if epoch is not None and e.start > epoch.start]
+    for entry in entries:
+        while following and following[0].start <= entry.lsn:
+            epoch = following.pop(0)
+        if epoch is None or entry.epoch != epoch.number:
+            raise ValueError(f"entry {entry.lsn} carries epoch {entry.epoch}, not the lineage's "
+                             f"{epoch.number if epoch else None}: the upstream's lineage changed")

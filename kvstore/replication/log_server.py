@@ -1,0 +1,154 @@
+"""The upstream side of replication: serve this replica's log stream and snapshots on the peer port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from kvstore.aio import cancel_and_wait
+from kvstore.config import Config
+from kvstore.metrics import Metrics
+from kvstore.replication import protocol
+from kvstore.replication.acks import AckTable
+from kvstore.routing import Router, error_response
+from kvstore.storage import LogTruncated, Store
+
+log = logging.getLogger("kvstore.replication")
+
+
+class LogServer:
+    """Peer-port handlers every replica serves: the log stream and snapshots."""
+
+    def __init__(self, config: Config, store: Store, acks: AckTable, metrics: Metrics) -> None:
+        self.config = config
+        self.store = store
+        self.acks = acks
+        self.metrics = metrics
+        # False while a primary recovers: its disk may be behind or empty, so
+        # nobody may follow it or copy it until it has proved it is current.
+        self.serving = True
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """End open log streams now, so a SIGTERM does not wait for them."""
+        self._closing.set()
+
+    def add_routes(self, router: Router) -> None:
+        """Mount the peer routes."""
+        router.add("GET", "/v1/peer/stream", self.stream)
+        router.add("GET", "/v1/peer/snapshot", self.snapshot)
+
+    def _headers(self) -> dict[str, str]:
+        return {"X-Kv-Lsn": str(self.store.lsn), "X-Kv-History": self.store.history_id,
+                "X-Kv-Epoch": str(self.store.epoch), "X-Kv-Log-Start": str(self.store.log_start)}
+
+    def _refuse(self, status: int, code: str, message: str) -> web.Response:
+        return error_response(status, code, message, headers={**self._headers(), "X-Kv-Error": code})
+
+    def _refusal(self, after: int, epoch: int, epoch_id: str) -> web.Response | None:
+        """Why this replica cannot stream from position ``after`` (None: it can)."""
+        store = self.store
+        if not self.serving:
+            return self._refuse(503, protocol.RECOVERING, "this replica is recovering; retry shortly")
+        if after > store.lsn:
+            # Never serve from here, and never count the follower's position as
+            # an ack: its entries past our LSN are not ours.
+            return self._refuse(409, protocol.FOLLOWER_AHEAD, "the follower is ahead of this replica")
+        if after:
+            ours = store.lineage.at(after)
+            if ours is None or (ours.number, ours.id) != (epoch, epoch_id):
+                return self._refuse(409, protocol.LOG_MISMATCH,
+                                    f"entry {after} here is not the follower's: compare lineages")
+        if after + 1 < store.log_start and after < store.lsn:
+            return self._refuse(410, protocol.LOG_TRUNCATED,
+                                "position older than the retained log: take a snapshot")
+        return None
+
+    async def stream(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Push the log after ``after`` to a follower as it grows; read its acks."""
+        try:
+            after, epoch, epoch_id, follower = protocol.parse_stream_params(request.rel_url.query)
+        except ValueError:
+            return error_response(400, "bad_parameter",
+                                  "need after=<lsn>, epoch=<n>, epoch_id=<id>, follower=<name>")
+        refusal = self._refusal(after, epoch, epoch_id)
+        if refusal is not None:
+            return refusal
+        ws = web.WebSocketResponse(autoping=True, max_msg_size=protocol.ACK_TEXT_MAX + 64)
+        await ws.prepare(request)
+        self.acks.record(follower, after, follower)  # asking for after=N acknowledges N
+        sender = asyncio.create_task(self._push(ws, after, self.store.lineage_version), name=f"push-{follower}")
+        lag = self.metrics.follower_lag.labels(follower)  # once: labels() locks and validates
+        try:
+            while not sender.done():
+                msg = await ws.receive(timeout=protocol.SILENCE_SECONDS)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break  # closed, or an error
+                lsn, relayed = protocol.parse_ack(msg.data)
+                if lsn > self.store.lsn:  # nobody can hold what we never sent
+                    raise ValueError(lsn)
+                self.acks.record(follower, lsn, follower)
+                for name, position in relayed.items():
+                    if position <= self.store.lsn:
+                        self.acks.record(name, position, follower)
+                lag.set(self.store.lsn - lsn)
+        except asyncio.TimeoutError:
+            log.info("%s went silent for %.0fs: dropping its stream", follower, protocol.SILENCE_SECONDS)
+        except ValueError:
+            log.warning("%s sent a malformed ack: dropping its stream", follower)
+        finally:
+            await cancel_and_wait(sender)
+            await ws.close()
+        return ws
+
+    async def _push(self, ws: web.WebSocketResponse, sent: int, lineage_version: int) -> None:
+        """Send entries after ``sent`` as they are committed, or a keepalive when idle."""
+        store = self.store
+        while not self._closing.is_set():
+            if store.lineage_version != lineage_version:
+                # A new epoch or a restored database: the follower must compare lineages again.
+                await ws.close(code=protocol.CLOSE_LINEAGE_CHANGED, message=b"lineage_changed")
+                return
+            if store.lsn > sent:
+                try:
+                    raws = await store.log_after(sent, protocol.FETCH_MAX_ENTRIES, protocol.FETCH_MAX_BYTES)
+                except LogTruncated:
+                    await ws.close(code=protocol.CLOSE_LOG_TRUNCATED, message=b"log_truncated")
+                    return
+                if raws:
+                    if store.lineage_version == lineage_version:  # else: closed at the top
+                        sent = protocol.last_lsn(raws)
+                        await ws.send_bytes(protocol.encode_message(store.lsn, raws))
+                    continue
+            if not await store.wait_for_lsn(sent + 1, protocol.KEEPALIVE_SECONDS):
+                await ws.send_bytes(protocol.encode_message(store.lsn, []))
+        await ws.close()
+
+    async def snapshot(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Stream a consistent snapshot of the data in bounded chunks."""
+        if not self.serving:
+            return self._refuse(503, protocol.RECOVERING, "this replica is recovering; retry shortly")
+        snap = await self.store.run_blocking(self.store.open_snapshot)
+        response = web.StreamResponse(headers={**self._headers(), "Content-Type": "application/octet-stream"})
+        self.metrics.snapshots.labels("sent").inc()
+        count = 0
+        try:
+            await response.prepare(request)
+            await response.write(protocol.json_frame(protocol.FRAME_HEADER,
+                                                     {"lsn": snap.lsn, "lineage": snap.lineage.to_json()}))
+            while True:
+                chunk = await self.store.run_blocking(snap.next_chunk, protocol.SNAPSHOT_CHUNK_RECORDS,
+                                                      protocol.SNAPSHOT_CHUNK_BYTES)
+                if not chunk:
+                    break
+                count += len(chunk)
+                await response.write(protocol.frame(protocol.FRAME_RECORDS, protocol.encode_records(chunk)))
+            await response.write(protocol.json_frame(protocol.FRAME_END, {"count": count}))
+            await response.write_eof()
+        finally:
+            await self.store.run_blocking(snap.close)
+        log.info("sent a snapshot of %d keys at lsn %d to %s", count, snap.lsn, request.remote)
+        return response

@@ -1,0 +1,240 @@
+"""The peer wire protocol: stream messages, acks, snapshot frames, refusals, close codes.
+
+Everything a follower and its upstream say to each other is built and parsed
+here, and every size a receiver accepts is computed here from the same limits
+the sender obeys, so no message a sender builds can exceed what its receiver
+takes. The full description is in docs/design.md ("The peer protocol").
+
+- ``GET /v1/peer/status``: a replica's position as JSON: ``lsn``,
+  ``log_start``, ``lineage`` (its epochs), ``state``.
+- ``GET /v1/peer/stream?after=N&epoch=E&epoch_id=I&follower=kv-2``
+  (WebSocket). ``after`` is the follower's LSN, ``E``/``I`` the epoch of its
+  entry ``after`` (0 and empty for none); the upstream accepts only when its
+  own entry ``after`` has that epoch (log matching). Refused before the
+  upgrade with 400 (bad parameters), 409/410/503 and an ``X-Kv-Error`` header
+  (one of :data:`REFUSALS`). Upstream to follower, binary: ``u64 upstream
+  LSN`` then entries, each ``u32 length + LogEntry`` (none: a keepalive).
+  Follower to upstream, text: ``<durable lsn>[ <name>:<lsn>,...]``. The
+  upstream closes with :data:`CLOSE_LINEAGE_CHANGED` or
+  :data:`CLOSE_LOG_TRUNCATED`; either side drops a stream silent for
+  :data:`SILENCE_SECONDS`.
+- ``GET /v1/peer/snapshot``: frames ``u8 kind + u32 length + payload``: one
+  header (JSON: lsn, lineage), record chunks (each record ``u32 key length,
+  key, u32 raw length, raw``), one end frame (JSON: count).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import aiohttp
+
+from kvstore.lineage import Lineage
+from kvstore.storage import ENTRY_FRAMING, LogEntry, entry_size_limit
+
+_LEN = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_FRAME = struct.Struct(">BI")
+FRAME_HEADER, FRAME_RECORDS, FRAME_END = 1, 2, 3
+
+FETCH_MAX_ENTRIES = 2000
+FETCH_MAX_BYTES = 4 * 1024 * 1024  # entries of one stream message, framing included
+KEEPALIVE_SECONDS = 1.0  # an idle stream still carries the upstream's LSN this often
+SILENCE_SECONDS = 5.0  # a stream quiet this long is dead (SIGSTOP, partition)
+CLOSE_LINEAGE_CHANGED, CLOSE_LOG_TRUNCATED = 4409, 4410
+SNAPSHOT_CHUNK_RECORDS = 2000
+SNAPSHOT_CHUNK_BYTES = 1024 * 1024
+SNAPSHOT_JSON_MAX = 1024 * 1024  # header and end frames (a lineage of 1000 epochs fits)
+ACK_PARAM_LIMIT = 64
+ACK_TEXT_MAX = 64 * (253 + 22)
+
+# Refusals of a stream request (X-Kv-Error) and what the follower does about them.
+LOG_MISMATCH = "log_mismatch"  # our entry `after` is not the upstream's: compare lineages again
+FOLLOWER_AHEAD = "follower_ahead"  # the upstream has less on our line: do not follow it
+LOG_TRUNCATED = "log_truncated"  # our position left the upstream's retained log: snapshot
+RECOVERING = "recovering"  # the upstream is not serving its log yet: retry later
+REFUSALS = (LOG_MISMATCH, FOLLOWER_AHEAD, LOG_TRUNCATED, RECOVERING)
+
+
+class Refused(Exception):
+    """The upstream refused a stream request; ``code`` is one of :data:`REFUSALS`."""
+
+    def __init__(self, code: str, upstream_lsn: int) -> None:
+        super().__init__(code)
+        self.code = code
+        self.upstream_lsn = upstream_lsn
+
+
+# ------------------------------------------------------------------ sizes
+def max_stream_message(max_key_bytes: int, max_value_bytes: int) -> int:
+    """The largest stream message a sender with these limits builds."""
+    one_entry = ENTRY_FRAMING + entry_size_limit(max_key_bytes, max_value_bytes)
+    return _U64.size + max(FETCH_MAX_BYTES, one_entry)
+
+
+def max_snapshot_frame(max_key_bytes: int, max_value_bytes: int) -> int:
+    """The largest snapshot frame payload a sender with these limits builds."""
+    one_record = 2 * ENTRY_FRAMING + max_key_bytes + _U64.size + max_value_bytes
+    return max(SNAPSHOT_CHUNK_BYTES + one_record, SNAPSHOT_JSON_MAX)
+
+
+# ------------------------------------------------------------------ stream
+def encode_message(upstream_lsn: int, raws: list[bytes]) -> bytes:
+    """One stream message: the upstream's LSN, then length-prefixed encoded entries."""
+    parts = [_U64.pack(upstream_lsn)]
+    for raw in raws:
+        parts.append(_LEN.pack(len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def decode_message(data: bytes) -> tuple[int, list[LogEntry]]:
+    """Inverse of :func:`encode_message`; ValueError on a torn or malformed message."""
+    if len(data) < _U64.size:
+        raise ValueError("stream message too short")
+    entries = []
+    view = memoryview(data)
+    offset = _U64.size
+    while offset < len(view):
+        if offset + _LEN.size > len(view):
+            raise ValueError("torn log frame")
+        (length,) = _LEN.unpack_from(view, offset)
+        offset += _LEN.size
+        if offset + length > len(view):
+            raise ValueError("torn log frame")
+        entries.append(LogEntry.decode(view[offset:offset + length]))
+        offset += length
+    return _U64.unpack_from(data)[0], entries
+
+
+def last_lsn(raws: list[bytes]) -> int:
+    """The LSN of the last encoded entry (it leads every encoding)."""
+    return _U64.unpack_from(raws[-1])[0]
+
+
+def stream_params(after: int, lineage: Lineage, follower: str) -> dict[str, str]:
+    """The query of a stream request from position ``after``."""
+    epoch = lineage.at(after) if after else None
+    return {"after": str(after), "epoch": str(epoch.number if epoch else 0),
+            "epoch_id": epoch.id if epoch else "", "follower": follower}
+
+
+def parse_stream_params(query: Any) -> tuple[int, int, str, str]:
+    """(after, epoch, epoch id, follower) of a stream request; ValueError if malformed."""
+    after = int(query.get("after", ""))
+    epoch = int(query.get("epoch", ""))
+    epoch_id = query.get("epoch_id", "")
+    follower = query.get("follower", "")
+    if after < 0 or epoch < 0 or len(epoch_id) > 32 or not follower or len(follower) > 253:
+        raise ValueError("bad stream parameters")
+    return after, epoch, epoch_id, follower
+
+
+def parse_ack(text: str) -> tuple[int, dict[str, int]]:
+    """``17 kv-2:15,kv-3:12`` -> (17, {"kv-2": 15, "kv-3": 12}); ValueError if malformed."""
+    if len(text) > ACK_TEXT_MAX:
+        raise ValueError("ack too long")
+    lsn_text, _, relayed = text.partition(" ")
+    if not lsn_text.isdigit():
+        raise ValueError(f"bad ack {lsn_text!r:.40}")
+    return int(lsn_text), parse_acks(relayed)
+
+
+def encode_ack(lsn: int, relayed: str) -> str:
+    """Inverse of :func:`parse_ack` (``relayed`` as :meth:`AckTable.downstream_of` gives it)."""
+    return f"{lsn} {relayed}" if relayed else str(lsn)
+
+
+def parse_acks(text: str) -> dict[str, int]:
+    """``kv-2:17,kv-3:12`` -> {"kv-2": 17, "kv-3": 12}; ValueError if malformed."""
+    acks: dict[str, int] = {}
+    if not text:
+        return acks
+    items = text.split(",")
+    if len(items) > ACK_PARAM_LIMIT:
+        raise ValueError("too many acks")
+    for item in items:
+        name, sep, lsn = item.partition(":")
+        if not sep or not name or len(name) > 253 or not lsn.isdigit():
+            raise ValueError(f"bad ack {item!r:.60}")
+        acks[name] = int(lsn)
+    return acks
+
+
+def refusal_of(exc: aiohttp.WSServerHandshakeError) -> Refused | None:
+    """The refusal an upstream answered a stream request with, if it was one."""
+    headers = exc.headers or {}
+    code = headers.get("X-Kv-Error")
+    if exc.status in (409, 410, 503) and code in REFUSALS:
+        try:
+            lsn = int(headers.get("X-Kv-Lsn", "0"))
+        except ValueError:
+            lsn = 0
+        return Refused(code, lsn)
+    return None
+
+
+# ---------------------------------------------------------------- snapshot
+def frame(kind: int, payload: bytes) -> bytes:
+    """One snapshot frame."""
+    return _FRAME.pack(kind, len(payload)) + payload
+
+
+def json_frame(kind: int, body: dict[str, Any]) -> bytes:
+    """A header or end frame."""
+    return frame(kind, json.dumps(body, separators=(",", ":")).encode())
+
+
+def encode_records(records: list[tuple[bytes, bytes]]) -> bytes:
+    """A records frame's payload."""
+    parts = []
+    for key, raw in records:
+        parts.append(_LEN.pack(len(key)))
+        parts.append(key)
+        parts.append(_LEN.pack(len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def decode_records(payload: bytes) -> list[tuple[bytes, bytes]]:
+    """Inverse of :func:`encode_records`; ValueError when torn."""
+    out = []
+    view = memoryview(payload)
+    offset = 0
+    while offset < len(view):
+        if offset + _LEN.size > len(view):
+            raise ValueError("torn snapshot record")
+        (key_len,) = _LEN.unpack_from(view, offset)
+        offset += _LEN.size
+        key = bytes(view[offset:offset + key_len])
+        offset += key_len
+        if len(key) != key_len or offset + _LEN.size > len(view):
+            raise ValueError("torn snapshot record")
+        (raw_len,) = _LEN.unpack_from(view, offset)
+        offset += _LEN.size
+        raw = bytes(view[offset:offset + raw_len])
+        offset += raw_len
+        if len(raw) != raw_len or raw_len < _U64.size:
+            raise ValueError("torn snapshot record")
+        out.append((key, raw))
+    return out
+
+
+async def read_frame(stream: aiohttp.StreamReader, max_payload: int) -> tuple[int, bytes]:
+    """The next snapshot frame; ValueError when its length exceeds ``max_payload``."""
+    head = await stream.readexactly(_FRAME.size)
+    kind, length = _FRAME.unpack(head)
+    if length > max_payload:
+        raise ValueError(f"snapshot frame of {length} bytes exceeds the {max_payload} this replica accepts "
+                         "(are KV_MAX_KEY_BYTES / KV_MAX_VALUE_BYTES the same on every pod?)")
+    return kind, await stream.readexactly(length)
+
+
+def parse_json_frame(payload: bytes) -> dict[str, Any]:
+    """A header or end frame's JSON object; ValueError when malformed."""
+    body = json.loads(payload)
+    if not isinstance(body, dict):
+        raise ValueError("snapshot header is not a JSON object")
+    return body

@@ -1,0 +1,213 @@
+"""kv-0's start-up: prove it holds every acknowledged write before it serves, then begin an epoch.
+
+On *every* start, kv-0 asks each configured follower (kv-1 .. kv-(N-1), N the
+largest of ``KV_REPLICAS`` and what DNS lists; each found by SRV or by its
+stable per-pod name) for its position. A timeout, an NXDOMAIN or a refused
+connection is never "that follower is empty": it is simply not heard yet.
+
+A write acknowledged with ``w=majority`` of N replicas (M = N//2+1) is on kv-0
+and M-1 followers, so any N-M+1 followers hold it at least once: that is the
+*quorum* kv-0 must hear before it may decide without its own disk.
+
+- Every follower heard: decide now. No follower can hold entries kv-0 does
+  not know of, so the history goes on (the new epoch keeps its id).
+- Otherwise wait up to ``KV_RECOVERY_WAIT`` for the others, then decide with
+  a quorum; the new epoch starts a new history (a fork: an unheard follower
+  may hold entries past kv-0's position, and an LSN must never name two
+  writes in one history).
+- Deciding: the most up-to-date log among kv-0's own and the followers' heard
+  (last entry's epoch, then LSN; Raft's rule) is the truth. When a follower's
+  is, kv-0 copies it (a snapshot) before anything else.
+- An empty kv-0 never starts a brand-new history unless *every* follower
+  answered that it never held data; with fewer than a quorum heard it waits
+  as long as it takes (an operator may decide instead).
+- An intact kv-0 that hears fewer than a quorum within ``KV_RECOVERY_WAIT``
+  trusts its disk and goes on *unverified*: followers then keep entries it
+  does not have and report divergence instead of dropping them.
+
+The new epoch is ``verified`` when a quorum was heard: followers may then drop
+entries it replaced (they were never acknowledged by a majority).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import aiohttp
+
+from kvstore.config import Config
+from kvstore.discovery import Peer, PeerDirectory
+from kvstore.lineage import new_id
+from kvstore.metrics import Metrics
+from kvstore.replication.follower import Follower
+from kvstore.replication.peer_client import PeerClient, PeerError, PeerPosition
+from kvstore.storage import Store
+
+log = logging.getLogger("kvstore.replication")
+
+ASK_INTERVAL = 0.5  # seconds between rounds of asking the followers not heard yet
+LOG_INTERVAL = 5.0  # seconds between "still waiting" lines
+
+
+def quorum(replicas: int) -> int:
+    """Followers that together hold every ``w=majority`` write of ``replicas`` replicas."""
+    majority = replicas // 2 + 1
+    return min(replicas - 1, replicas - majority + 1)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a recovering kv-0 does: copy ``source`` (None: keep its own), then begin an epoch."""
+
+    source: str | None
+    continue_history: bool
+    verified: bool
+    why: str
+
+
+class Recovery:
+    """The start-up check of kv-0; ``done`` once it may serve."""
+
+    def __init__(self, config: Config, store: Store, directory: PeerDirectory, client: PeerClient,
+                 follower: Follower, metrics: Metrics, replicas: Callable[[], int]) -> None:
+        self.config = config
+        self.store = store
+        self.directory = directory
+        self.client = client
+        self.follower = follower  # used only to copy a snapshot from the chosen follower
+        self.metrics = metrics
+        self.replicas = replicas
+        self.done = asyncio.Event()
+        self.waiting_for: list[str] = []
+        self.unheard_reasons: dict[str, str] = {}
+        self.heard: dict[str, PeerPosition] = {}
+        self.decision: Decision | None = None
+        self.rounds = 0  # rounds of asking that ended still waiting
+        self._forced: Decision | None = None
+        self._wake = asyncio.Event()
+
+    # ------------------------------------------------------------- operator
+    def force(self, action: str, peer: str | None) -> str:
+        """An operator's decision (kvstore recover): ``fresh``, or ``from`` a named follower."""
+        if self.done.is_set():
+            raise ValueError("kv-0 has finished recovering; nothing to decide")
+        if action == "fresh":
+            self._forced = Decision(None, False, False, "operator: go on from this replica's own data")
+        elif action == "from" and peer:
+            self._forced = Decision(peer, False, False, f"operator: accept {peer} as the truth")
+        else:
+            raise ValueError("expected fresh, or from with a pod name")
+        log.warning("RECOVERY FORCED by an operator: %s", self._forced.why)
+        self._wake.set()
+        return self._forced.why
+
+    # ----------------------------------------------------------------- run
+    async def run(self) -> None:
+        """Ask, decide, copy if needed, begin the epoch; retried until it succeeds."""
+        self.metrics.recovering.set(1)
+        started = time.monotonic()
+        last_log = 0.0
+        delay = ASK_INTERVAL
+        while True:
+            try:
+                decision = self._forced or await self._ask_and_decide(time.monotonic() - started)
+                if decision is not None:
+                    await self._carry_out(decision)
+                    break
+                self.rounds += 1
+                if time.monotonic() - last_log > LOG_INTERVAL:
+                    last_log = time.monotonic()
+                    log.warning("recovering: waiting for %s before taking writes (%s)",
+                                ", ".join(self.waiting_for) or "nobody",
+                                "; ".join(f"{k}: {v}" for k, v in sorted(self.unheard_reasons.items())))
+                delay = ASK_INTERVAL
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Never fall back to taking writes unchecked: that is how a lost
+                # volume would wipe the cluster. Ask again.
+                log.warning("recovery step failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
+                self.heard.clear()
+                delay = min(delay * 2, 5.0)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+        self.metrics.recovering.set(0)
+        self.done.set()
+
+    async def _ask_and_decide(self, elapsed: float) -> Decision | None:
+        followers = [self.directory.pod_name(i) for i in range(1, self.replicas())]
+        for name in list(self.heard):
+            if name not in followers:
+                del self.heard[name]
+        missing = [name for name in followers if name not in self.heard]
+        await asyncio.gather(*(self._ask(name) for name in missing))
+        self.waiting_for = [name for name in followers if name not in self.heard]
+        return self.decide(len(followers), elapsed)
+
+    async def _ask(self, name: str) -> None:
+        ordinal = int(name.rsplit("-", 1)[1])
+        try:
+            peer = await self.directory.find(ordinal)
+            if peer is None:
+                self.unheard_reasons[name] = "not in DNS"
+                return
+            self.heard[name] = await self.client.position(peer, timeout=1.0)
+            self.unheard_reasons.pop(name, None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError) as exc:
+            self.unheard_reasons[name] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+    def decide(self, followers: int, elapsed: float) -> Decision | None:
+        """The decision for what has been heard so far, or None to keep waiting."""
+        heard = self.heard
+        all_heard = len(heard) >= followers
+        have_quorum = len(heard) >= quorum(followers + 1)
+        waited = elapsed >= self.config.recovery_wait
+        store = self.store
+        empty = store.lsn == 0 and not store.lineage.epochs
+        if empty and all_heard and all(p.empty for p in heard.values()):
+            return Decision(None, False, True, "no replica ever held data: a new history")
+        if not (all_heard or (waited and (have_quorum or not empty))):
+            return None
+        if empty and not any(not p.empty for p in heard.values()):
+            return None  # a quorum, all empty, but an unheard follower may hold the data
+        mine = store.lineage.up_to_date_key(store.lsn) if not empty else (-1, -1)
+        best = max(heard.values(), key=lambda p: p.lineage.up_to_date_key(p.lsn), default=None)
+        source = None
+        if best is not None and not best.empty and best.lineage.up_to_date_key(best.lsn) > mine:
+            source = best.name
+        how = "every follower" if all_heard else (
+            f"a quorum ({len(heard)} of {followers} followers)" if have_quorum
+            else f"only {len(heard)} of {followers} followers, after {self.config.recovery_wait:.0f}s; "
+                 "trusting this disk (unverified)")
+        what = f"copying {source}, the most up-to-date" if source else "this replica is the most up-to-date"
+        return Decision(source, all_heard, all_heard or have_quorum, f"heard {how}: {what}")
+
+    async def _carry_out(self, decision: Decision) -> None:
+        log.warning("recovery decided: %s", decision.why)
+        self.decision = decision
+        if decision.source is not None:
+            peer = await self._peer(decision.source)
+            await self.follower.install_snapshot_from(peer, "recovering primary", force=True)
+        store = self.store
+        numbers = [store.lineage.max_number(), *(p.lineage.max_number() for p in self.heard.values())]
+        history = store.history_id if decision.continue_history and store.history_id else new_id()
+        lineage = store.lineage.begin(max(numbers) + 1, store.lsn + 1, history, decision.verified)
+        await store.set_lineage(lineage)
+        self.metrics.epoch.set(lineage.number)
+        fork = lineage.fork()
+        log.info("%s is primary in epoch %d at lsn %d, history %s%s%s", self.config.pod_name, lineage.number,
+                 store.lsn, history, f" (forked from {fork['parent']} at lsn {fork['lsn']})" if fork else "",
+                 "" if decision.verified else " UNVERIFIED: followers keep what it lacks and report divergence")
+
+    async def _peer(self, name: str) -> Peer:
+        peer = await self.directory.find(int(name.rsplit("-", 1)[1]))
+        if peer is None:
+            raise PeerError(f"{name} is not in DNS")
+        return peer
