@@ -276,8 +276,7 @@ class ClientApi:
 
     async def metrics_text(self, request: web.BaseRequest) -> web.Response:
         parse_query(request, ())
-        self.metrics.lsn.set(self.node.store.lsn)
-        self.metrics.log_start.set(self.node.store.log_start)
+        self.node.update_gauges()
         return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def openapi(self, request: web.BaseRequest) -> web.Response:

@@ -36,6 +36,9 @@ class Metrics:
                                      registry=r)
         self.snapshots = Counter("kv_snapshot_transfers", "Snapshot transfers by direction",
                                  ["direction"], registry=r)
+        self.replication_lag = Gauge("kv_replication_lag_entries",
+                                     "Entries this secondary is behind the primary's LSN as last heard",
+                                     registry=r)
         self.diverged = Gauge("kv_diverged", "1 while this replica holds entries its upstream's history "
                               "does not, and waits for an operator (kvstore recover)", registry=r)
         self.recovering = Gauge("kv_recovering", "1 while this primary proves it holds every acknowledged "

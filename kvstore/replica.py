@@ -228,6 +228,22 @@ class Replica:
             status["primary_lsn"] = reference
         return status
 
+    def update_gauges(self) -> None:
+        """Positions computed when /metrics is read, so a silent follower's lag is never stale."""
+        m, store = self.metrics, self.store
+        m.lsn.set(store.lsn)
+        m.log_start.set(store.log_start)
+        m.epoch.set(store.epoch)
+        r = self.replication
+        if r is None:
+            return
+        if self.role == PRIMARY:
+            for name, position in r.acks.positions.items():
+                m.follower_lag.labels(name).set(max(0, store.lsn - position.lsn))
+        else:
+            primary = self.primary_lsn()
+            m.replication_lag.set(max(0, primary - store.lsn) if primary is not None else 0)
+
     def readiness(self) -> tuple[bool, str]:
         """(ready, why) for /readyz."""
         if self.replication is None:

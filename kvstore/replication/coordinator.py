@@ -192,6 +192,9 @@ class Replication:
         if known is None:
             return True, "no primary reachable yet; serving what this replica has"
         lag = max(0, known - self.store.lsn)
+        if f.upstream_recovering:
+            # Ready, or OrderedReady would never create the pod kv-0 is waiting to hear from.
+            return True, f"kv-0 is recovering; serving what this replica has ({lag} entries behind)"
         if f.stalled is not None and lag and self.primary_reachable():
             return False, f"stalled: {lag} entries behind ({f.stalled})"
         if lag > READY_MAX_LAG:

@@ -79,6 +79,7 @@ class Follower:
         self.last_error: str | None = None
         self.stalled: str | None = None  # why we are not following now (None: we are, or never tried)
         self.diverged: str | None = None
+        self.upstream_recovering = False  # the upstream said it is recovering, as last heard
         self._last_kind: str | None = None
         self._resync = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -169,7 +170,8 @@ class Follower:
         """Compare lineages with ``upstream``, then follow its stream (or take its snapshot)."""
         position = await self.client.position(upstream)
         self._heard(upstream, position.lsn)
-        if position.state == "recovering" or not position.lineage.epochs:
+        self.upstream_recovering = position.state == "recovering"
+        if self.upstream_recovering or not position.lineage.epochs:
             raise Stalled("upstream_recovering", f"{upstream.name} is recovering; waiting for it")
         store = self.store
         mine, my_lsn = store.lineage, store.lsn
@@ -180,7 +182,9 @@ class Follower:
                 raise Stalled("upstream_behind",
                               f"{upstream.name} has lsn {position.lsn} on this replica's line, this replica "
                               f"{my_lsn}; not following it until it has caught up")
-            if not replacing.verified:
+            # Common point 0: an unrelated history (a volume from elsewhere). Never
+            # dropped on our own, whatever the upstream proved about its own line.
+            if not replacing.verified or common == 0:
                 raise Diverged(self._divergence(upstream, position, common))
             log.warning("entries %d..%d here were replaced by epoch %d of %s, whose primary proved it held "
                         "every write a majority acknowledged: they never were; copying %s", common + 1,
@@ -300,10 +304,11 @@ class Follower:
 
     def _check_snapshot(self, upstream: Peer, lsn: int, lineage: Lineage, allowed_fork: bool) -> None:
         mine, my_lsn = self.store.lineage, self.store.lsn
-        if common_point(mine, my_lsn, lineage, lsn) >= my_lsn:
+        common = common_point(mine, my_lsn, lineage, lsn)
+        if common >= my_lsn:
             return  # it holds everything we have
         replacing = diverging_epoch(mine, my_lsn, lineage, lsn)
-        if allowed_fork and replacing is not None and replacing.verified:
+        if allowed_fork and replacing is not None and replacing.verified and common > 0:
             return
         if replacing is None:
             raise Stalled("snapshot_behind", f"refusing a snapshot from {upstream.name} at lsn {lsn}: this "

@@ -147,6 +147,7 @@ class Recovery:
             if name not in followers:
                 del self.heard[name]
         missing = [name for name in followers if name not in self.heard]
+        self.waiting_for = missing
         await asyncio.gather(*(self._ask(name) for name in missing))
         self.waiting_for = [name for name in followers if name not in self.heard]
         return self.decide(len(followers), elapsed)
