@@ -29,6 +29,7 @@ from kvstore.storage import Store
 
 BASE, DNS_ADDRESS, CLIENT = "127.0.100.10", "127.0.100.2", "127.0.100.250"
 SERVICE = "kv.default.svc.cluster.local"
+ALL = ["kv-0", "kv-1", "kv-2"]
 MARKER = "left-by-the-test"  # a file LevelDB ignores: gone only if the whole dir was removed
 
 
@@ -80,7 +81,7 @@ def backend(cluster: LocalCluster) -> Iterator[Observed]:
         yield b
     finally:
         b.cleanup()  # heals whatever a failed test left in place
-        cluster.wait_ready(timeout=90)
+        cluster.wait_ready(ALL, timeout=90)
 
 
 def nemesis(backend: Observed) -> Nemesis:
@@ -143,7 +144,7 @@ def test_a_held_pod_stays_down_in_dns_until_released_and_cleanup_heals(cluster: 
     with pytest.raises(OSError):
         http("GET", cluster.url("kv-1") + "/healthz", timeout=2)
     # Like a pod whose node is gone: still in the StatefulSet, so still in DNS.
-    assert srv_targets(cluster) == ["kv-0", "kv-1", "kv-2"]
+    assert srv_targets(cluster) == ALL
     # Its volume is left alone while it runs; a running pod's volume is refused.
     (cluster.directory / "data-kv-2" / MARKER).write_text("x")
     with pytest.raises(FaultFailed, match="kv-2 is not held down"):
@@ -158,7 +159,7 @@ def test_a_held_pod_stays_down_in_dns_until_released_and_cleanup_heals(cluster: 
     asyncio.run(backend.set_dns(True, []))
     assert srv_targets(cluster) == "timeout"
     backend.cleanup()
-    assert srv_targets(cluster) == ["kv-0", "kv-1", "kv-2"]
+    assert srv_targets(cluster) == ALL
     cluster.wait_restarted("kv-1", old)
     assert not cluster.pods()["kv-1"]["held"]
 
@@ -219,7 +220,7 @@ def test_dns_times_out_while_kv0_restarts_then_answers_again(cluster: LocalClust
     asyncio.run(run())
     assert seen and all(answer == "timeout" for answer in seen), seen
     assert [e["fault"] for e in n.log] == ["dns", "dns-heal", "ready"], n.log
-    assert srv_targets(cluster) == ["kv-0", "kv-1", "kv-2"]
+    assert srv_targets(cluster) == ALL
 
 
 def test_dns_leaves_pods_out_then_heals(cluster: LocalCluster, backend: Observed) -> None:
@@ -235,14 +236,14 @@ def test_dns_leaves_pods_out_then_heals(cluster: LocalCluster, backend: Observed
         await fault
     asyncio.run(run())
     assert seen == [["kv-0"]]
-    assert srv_targets(cluster) == ["kv-0", "kv-1", "kv-2"]
+    assert srv_targets(cluster) == ALL
     assert resolver(cluster).resolve(f"kv-1.{SERVICE}", "A", search=False).rrset[0].address == "127.0.100.11"
 
 
 def ordered_restart(cluster: LocalCluster, before: dict[str, dict[str, Any]]) -> None:
     """Every pod runs anew, and each was created only once the one before it was Ready."""
     after = cluster.pods()
-    assert sorted(after) == ["kv-0", "kv-1", "kv-2"]
+    assert sorted(after) == ALL
     for name in after:
         assert after[name]["pid"] != before[name]["pid"] and not alive(before[name]["pid"])
     for earlier, later in (("kv-0", "kv-1"), ("kv-1", "kv-2")):
@@ -267,6 +268,28 @@ def test_restart_all_stops_every_pod_and_starts_them_in_order(cluster: LocalClus
     ordered_restart(cluster, before)
     # While the pods were coming back, clients aimed at kv-0 alone; after, at all of them.
     assert ["kv-0"] in aimed and sorted(n.aim({"kv-0": "0", "kv-1": "1"})) == ["kv-0", "kv-1"]
+
+
+def test_a_full_stop_interrupted_before_the_start_is_healed(cluster: LocalCluster, backend: Observed) -> None:
+    before = cluster.pods()
+    n = nemesis(backend)
+
+    async def run() -> None:
+        fault = asyncio.create_task(n.restart_all())
+        for _ in range(300):
+            if any(e["fault"] == "stop-pods" for e in n.log) or fault.done():
+                break
+            await asyncio.sleep(0.1)
+        fault.cancel()  # what Ctrl-C does to the nemesis: the pods are stopped, not started again
+        with pytest.raises(asyncio.CancelledError):
+            await fault
+    asyncio.run(run())
+    assert n.focus is None and [e["fault"] for e in n.log] == ["restart-all", "stop-pods"]
+    assert local_pods(cluster.directory) == [] and json.loads((cluster.directory / "cluster.json").read_text())[
+        "suspended"]
+    n.heal_all()
+    cluster.wait_ready(ALL, timeout=60)
+    ordered_restart(cluster, before)
 
 
 def test_volume_loss_during_a_full_stop_starts_kv0_on_an_empty_volume(cluster: LocalCluster,
