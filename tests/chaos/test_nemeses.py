@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import dns.exception
-import dns.rcode
 import dns.resolver
 import pytest
 
-from local_cluster import LocalCluster, http, wait_for
+from local_cluster import LocalCluster, http
 from kvstore.chaos.nemesis import FaultFailed, LocalBackend, Nemesis, NemesisConfig, PodInfo, local_pods
 from kvstore.local import control
 from kvstore.local.state import ClusterError
