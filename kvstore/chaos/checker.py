@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 from kvstore.chaos import linearizability as lin
 from kvstore.chaos.history import FAILED, OK, UNKNOWN, Op
+from kvstore.chaos.nemesis import FAULTS
 
 
 @dataclass
@@ -315,13 +316,13 @@ def outcome_table(history: Iterable[Op]) -> dict[str, Counter[str]]:
 
 
 def fault_counts(faults: Iterable[dict[str, Any]]) -> Counter[str]:
-    """Faults injected by kind (kills on kv-0 counted apart as well)."""
+    """Faults injected by kind (those on kv-0 counted apart as well, as ``<kind>_primary``)."""
     counts: Counter[str] = Counter()
     for entry in faults:
-        if entry["fault"] in ("kill", "pause", "partition"):
+        if entry["fault"] in FAULTS:
             counts[entry["fault"]] += 1
-            if entry["fault"] == "kill" and entry["pod"].endswith("-0"):
-                counts["kill_primary"] += 1
+            if entry["pod"].endswith("-0"):
+                counts[entry["fault"] + "_primary"] += 1
     return counts
 
 

@@ -35,8 +35,8 @@ from kvstore.chaos import checker
 from kvstore.chaos.history import OK, read_history, write_jsonl
 from kvstore.chaos.linearizability import DEFAULT_MAX_STEPS
 from kvstore.chaos.nemesis import (
-    FAULTS, Backend, KubernetesBackend, LocalBackend, Nemesis, NemesisConfig, NemesisUnavailable, PodInfo,
-    local_pods,
+    FAULTS, SIGNAL_FAULTS, Backend, KubernetesBackend, LocalBackend, Nemesis, NemesisConfig,
+    NemesisUnavailable, PodInfo, local_pods,
 )
 from kvstore.chaos.workload import Workload, WorkloadConfig
 
@@ -100,15 +100,17 @@ _interval = _number(0.05, 600, "seconds from 0.05 to 600")
 def register(subparsers: Any) -> None:
     """Add ``chaos`` to the ``kvstore`` parser."""
     p = subparsers.add_parser(
-        "chaos", help="workload + faults (kill, pause, partition) + checker; non-zero exit on any violation",
+        "chaos", help="workload + faults (kill, pause, partition, volumes, DNS, full restarts) + checker; "
+                      "non-zero exit on any violation",
         description="Run concurrent clients against a cluster while killing, pausing and partitioning pods, "
+                    "removing or rolling back their volumes, breaking DNS and restarting every pod, "
                     "then check that nothing acknowledged was lost, replicas converged, and strong reads "
                     "and compare-and-set were linearizable.")
     p.set_defaults(handler=handle)
     p.add_argument("--duration", type=_duration, default=60.0, help="seconds of workload and faults (default 60)")
     p.add_argument("--nemesis", type=_nemesis, default=None,
-                   help="faults: comma-separated kill,pause,partition, or none "
-                        "(default: all; kill with --runtime kubernetes)")
+                   help=f"faults: comma-separated {','.join(FAULTS)}, or none (default: all the runtime "
+                        f"supports: {','.join(SIGNAL_FAULTS)} with --runtime docker, kill with kubernetes)")
     p.add_argument("--runtime", choices=RUNTIMES, default="process",
                    help="process|docker: a local cluster; kubernetes: kubectl, kill only (default process)")
     p.add_argument("--dir", default=None,
@@ -285,8 +287,10 @@ def summary(args: argparse.Namespace, seed: int, history: list[Any], faults: lis
             totals[c] += row.get(c, 0)
     lines.append(f"{'all':<16}" + "".join(f"{totals[c]:>10}" for c in columns) + f"{sum(totals.values()):>10}")
     counts = checker.fault_counts(faults)
-    lines.append(f"faults: kill {counts['kill']} (on kv-0: {counts['kill_primary']}), pause {counts['pause']}, "
-                 f"partition {counts['partition']}")
+    shown = [f for f in FAULTS if f in args.nemesis or counts[f]]
+    lines.append("faults: " + (", ".join(
+        f"{f} {counts[f]}" + (f" (on kv-0: {counts[f + '_primary']})" if f in ("kill", "volume-loss", "volume-rollback")
+                              else "") for f in shown) or "none"))
     gap, still_open = checker.longest_write_gap_after_primary_kill(history, faults, elapsed)
     lines.append("longest window without a successful write after a kv-0 kill: "
                  + (f"{'>' if still_open else ''}{gap:.1f}s" if counts["kill_primary"] else "- (no kv-0 kill)"))
@@ -356,7 +360,7 @@ def _say(text: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.nemesis is None:
-        args.nemesis = ("kill",) if args.runtime == "kubernetes" else FAULTS
+        args.nemesis = {"kubernetes": ("kill",), "docker": SIGNAL_FAULTS}.get(args.runtime, FAULTS)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     rng = random.Random(seed)
     run_id = f"{os.getpid()}-{seed % 100000}"
@@ -409,7 +413,8 @@ def _run(args: argparse.Namespace) -> int:
                                          seed=rng.randrange(2**31), local_address=client_address)
         pod_urls = {p.name: p.url for p in pods}
         started = time.monotonic()
-        workload = Workload(lambda: pod_urls, workload_config, clock=lambda: time.monotonic() - started)
+        aim = nemesis.aim  # kv-0 only while it comes back from a full stop
+        workload = Workload(lambda: aim(pod_urls), workload_config, clock=lambda: time.monotonic() - started)
         _say(f"running {args.duration:g}s: {args.clients} clients, nemesis "
              f"{','.join(args.nemesis) or 'none'}, seed {seed}, run kvstore-chaos-{run_id}")
 

@@ -7,11 +7,25 @@ Faults:
 - ``pause``: SIGSTOP, then SIGCONT after a few seconds.
 - ``partition``: one pod cut off from its peers and DNS (the chaos client
   still reaches it, so its side of the partition is observed too).
+- ``volume-loss``: a pod's data dir removed while the pod is down: either
+  held down by the controller (like a pod whose node is gone) and released
+  with an empty volume, or during a full stop and start of every pod.
+- ``volume-rollback``: a data dir replaced by an older copy of itself (a
+  restored backup): copied while the pod is held down for a moment, put
+  back a few seconds of writes later while it is held down again.
+- ``dns``: the cluster's DNS drops every query, or leaves some pods out of
+  its answers, for a few seconds; sometimes kv-0 is restarted meanwhile, so
+  it starts up without a true view of its peers.
+- ``restart-all``: every pod stopped in reverse order and started again
+  under the StatefulSet's policy (OrderedReady: kv-0 first); while the pods
+  are down and coming back, every client aims at kv-0 (:meth:`Nemesis.aim`),
+  so writes reach it the moment it answers.
 
-Backends: the local cluster (``process`` and ``docker`` runtimes) and
-Kubernetes (``kubectl``: kill only). Whatever a backend changes, its
-synchronous ``cleanup()`` undoes, and ``Nemesis.heal_all()`` calls it: from
-``finally`` blocks, on Ctrl-C and on errors.
+Backends: the local cluster (``process`` and ``docker`` runtimes; the last
+four faults with ``process`` only) and Kubernetes (``kubectl``: kill only).
+Whatever a backend changes, its synchronous ``cleanup()`` undoes, and
+``Nemesis.heal_all()`` calls it: from ``finally`` blocks, on Ctrl-C and on
+errors.
 """
 
 from __future__ import annotations
@@ -27,17 +41,24 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, cast
 
 log = logging.getLogger("kvstore.chaos")
 
-FAULTS = ("kill", "pause", "partition")
+SIGNAL_FAULTS = ("kill", "pause", "partition")
+# Faults the local controller injects (hold, full stop, DNS), process runtime only.
+CONTROLLER_FAULTS = ("volume-loss", "volume-rollback", "dns", "restart-all")
+FAULTS = SIGNAL_FAULTS + CONTROLLER_FAULTS
 NET_CLS_ROOT = Path("/sys/fs/cgroup/net_cls")
 CLASSID_MAJOR = 0x4B56  # "KV": our net_cls class ids are 4b56:xxxx
 
 
 class NemesisUnavailable(Exception):
     """A fault cannot be injected with this runtime or on this machine; one-line message."""
+
+
+class FaultFailed(Exception):
+    """One fault could not be injected this time (e.g. the pod was being replaced); the run goes on."""
 
 
 @dataclass
@@ -83,6 +104,34 @@ class Backend(Protocol):
 
     def cleanup(self) -> None:
         """Undo everything still in place (synchronous, idempotent)."""
+
+
+class ControllerBackend(Backend, Protocol):
+    """A backend whose controller can hold pods down, stop them all, change volumes and break DNS."""
+
+    async def hold(self, pod: str) -> int | None:
+        """SIGKILL the pod and keep it down until released; returns once it is down (its old pid)."""
+
+    async def release(self, pod: str) -> None:
+        """Let a held pod start again."""
+
+    async def stop_pods(self) -> list[str]:
+        """Stop every pod in reverse order and keep them stopped; returns once all are gone."""
+
+    async def start_pods(self) -> None:
+        """Start the pods again, under the StatefulSet's policy."""
+
+    async def set_dns(self, drop: bool, hide: list[str]) -> None:
+        """Make DNS drop every query and/or leave out pods; ``(False, [])`` heals."""
+
+    def remove_volume(self, pod: str) -> bool:
+        """Remove a stopped pod's data dir; False if it had none."""
+
+    def snapshot_volume(self, pod: str) -> Path:
+        """Copy a stopped pod's data dir; returns the copy."""
+
+    def restore_volume(self, pod: str, snapshot: Path) -> None:
+        """Replace a stopped pod's data dir with ``snapshot`` (which is used up)."""
 
 
 def run_command(argv: list[str], timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -217,12 +266,17 @@ def local_pods(directory: Path) -> list[PodInfo]:
 
 
 class LocalBackend:
-    """The local StatefulSet in a cluster dir: kills through its controller, signals, partitions."""
+    """The local StatefulSet in a cluster dir: its controller (kill, hold, full stop, DNS), signals, partitions."""
 
     def __init__(self, directory: Path, runtime: str, run_id: str, client_address: str | None) -> None:
         self.directory = Path(directory)
         self.runtime = runtime
-        self.supports = frozenset(FAULTS)
+        self.supports = frozenset(FAULTS if runtime == "process" else SIGNAL_FAULTS)
+        self.snapshots = self.directory / f"chaos-snapshots-{run_id}"
+        self._copies = 0
+        self._held: set[str] = set()
+        self._stopped = False
+        self._dns_broken = False
         self._paused: set[int] = set()
         self._partitioned: dict[str, PodInfo] = {}
         self.partitioner: LoopbackPartitioner | None = None
@@ -281,6 +335,74 @@ class LocalBackend:
             self.partitioner.heal(pod.address)
             self._partitioned.pop(pod.name, None)
 
+    # The controller's fault operations (see kvstore.local.control).
+    async def _control(self, path: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+        from kvstore.local import control
+        from kvstore.local.state import ClusterError
+        try:
+            return await control.call(self.directory, "POST", path, body or {}, timeout)
+        except ClusterError as exc:
+            raise FaultFailed(f"{path}: {exc}") from None
+
+    async def hold(self, pod: str) -> int | None:
+        self._held.add(pod)
+        answer = await self._control("/v1/hold", {"pod": pod})
+        return answer.get("pid")
+
+    async def release(self, pod: str) -> None:
+        await self._control("/v1/release", {"pod": pod})
+        self._held.discard(pod)
+
+    async def stop_pods(self) -> list[str]:
+        self._stopped = True
+        # Each pod gets its grace period in turn: allow for all of them.
+        return list((await self._control("/v1/stop-pods", timeout=300))["stopped"])
+
+    async def start_pods(self) -> None:
+        await self._control("/v1/start-pods")
+        self._stopped = False
+
+    async def set_dns(self, drop: bool, hide: list[str]) -> None:
+        self._dns_broken = drop or bool(hide)
+        await self._control("/v1/dns", {"drop": drop, "hide": hide})
+
+    def _stopped_volume(self, pod: str) -> Path:
+        """The pod's data dir, after checking that no container of the pod runs (never touch a live LevelDB)."""
+        from kvstore.local.state import ClusterError, read_state
+        from kvstore.local.statefulset import volume_dir
+        try:
+            state = read_state(self.directory)
+        except ClusterError as exc:
+            raise FaultFailed(str(exc)) from None
+        entry = next((p for p in state["pods"] if p["name"] == pod), None)
+        if entry is not None and not (entry.get("held") and entry.get("pid") is None):
+            raise FaultFailed(f"{pod} is not held down (status {entry.get('status')}, pid {entry.get('pid')}): "
+                              "its data dir is left alone")
+        if entry is None and not state.get("suspended"):
+            raise FaultFailed(f"{pod} is not a stopped pod of the cluster in {self.directory}")
+        return volume_dir(self.directory, pod)
+
+    def remove_volume(self, pod: str) -> bool:
+        path = self._stopped_volume(pod)
+        if not path.exists():
+            return False
+        shutil.rmtree(path)
+        return True
+
+    def snapshot_volume(self, pod: str) -> Path:
+        source = self._stopped_volume(pod)
+        self.snapshots.mkdir(exist_ok=True)
+        self._copies += 1
+        target = self.snapshots / f"{source.name}-{self._copies}"
+        shutil.copytree(source, target, symlinks=True)
+        return target
+
+    def restore_volume(self, pod: str, snapshot: Path) -> None:
+        path = self._stopped_volume(pod)
+        if path.exists():
+            shutil.rmtree(path)
+        snapshot.rename(path)  # same file system: the old copy appears whole or not at all
+
     def cleanup(self) -> None:
         for pid in list(self._paused):
             self.resume(pid)
@@ -289,6 +411,24 @@ class LocalBackend:
             self._partitioned.clear()
         for name in list(self._docker_net):
             self._docker_reconnect(name)
+        self._heal_controller()
+        shutil.rmtree(self.snapshots, ignore_errors=True)
+
+    def _heal_controller(self) -> None:
+        from kvstore.local import control
+        from kvstore.local.state import ClusterError
+        calls: list[tuple[str, dict[str, Any]]] = [("/v1/release", {"pod": pod}) for pod in sorted(self._held)]
+        if self._stopped:
+            calls.append(("/v1/start-pods", {}))
+        if self._dns_broken:
+            calls.append(("/v1/dns", {}))
+        for path, body in calls:
+            try:
+                control.call_blocking(self.directory, "POST", path, body, timeout=30)
+            except ClusterError as exc:  # e.g. already released, or the controller is gone
+                log.info("heal %s %s: %s", path, body, exc)
+        self._held.clear()
+        self._stopped = self._dns_broken = False
 
     # Docker: disconnect the container from the network its runtime created, reconnect with the same IP.
     def _container(self, pod: str) -> Any:
@@ -414,31 +554,55 @@ class KubernetesBackend:
 class NemesisConfig:
     """How often and how hard."""
 
-    faults: tuple[str, ...] = FAULTS
+    faults: tuple[str, ...] = SIGNAL_FAULTS
     interval: float = 1.0          # mean pause between faults
-    primary_bias: float = 0.45     # chance that a kill targets kv-0
-    kill_weight: float = 4.0       # relative frequency of kills vs. one pause / one partition
+    primary_bias: float = 0.45     # chance that a kill or a volume fault targets kv-0
+    kill_weight: float = 4.0       # relative frequency of kills vs. one of any other fault
     pause_seconds: tuple[float, float] = (1.5, 4.0)
     partition_seconds: tuple[float, float] = (2.0, 5.0)
-    restart_wait: float = 30.0     # after a kill, wait at most this long for the pod to come back
+    dns_seconds: tuple[float, float] = (2.0, 5.0)
+    rollback_age: tuple[float, float] = (2.0, 6.0)  # writes between the copy and its return
+    full_stop_chance: float = 0.35  # a volume-loss during a full stop rather than of one held pod
+    dns_drop_chance: float = 0.5    # a DNS fault that drops queries rather than leaving pods out
+    dns_restart_chance: float = 0.5  # kv-0 restarted while DNS is broken
+    restart_wait: float = 30.0     # after a kill or a hold, wait at most this long for the pod to come back
+    ready_wait: float = 90.0       # after a full stop, wait at most this long for every pod to be Ready
     seed: int | None = None
 
 
 class Nemesis:
-    """Injects faults until a deadline, one at a time, and logs each with a timestamp."""
+    """Injects faults until a deadline, one at a time, and logs each with a timestamp.
+
+    Each fault's first entry in the log carries its name (what the report
+    counts); the entries that follow say how it ended: ``restarted``,
+    ``resume``, ``heal``, ``release``, ``start-pods``, ``dns-heal``, and
+    ``ready`` (or ``not-ready``) once the pods it stopped serve again.
+    """
 
     def __init__(self, backend: Backend, config: NemesisConfig, clock: Callable[[], float]) -> None:
         unsupported = set(config.faults) - backend.supports
         if unsupported:
             raise NemesisUnavailable(f"this runtime does not support: {', '.join(sorted(unsupported))} "
-                                     f"(supported: {', '.join(sorted(backend.supports))})")
+                                     f"(supported: {', '.join(f for f in FAULTS if f in backend.supports)})")
         self.backend = backend
         self.config = config
         self.clock = clock
         self.rng = random.Random(config.seed)
         self.log: list[dict[str, Any]] = []
+        self.focus: str | None = None  # while set, the pod every client should use (kv-0 coming back)
         self._first = list(config.faults)
-        self._kills = 0
+        self._targeted: set[str] = set()  # faults that already chose a pod (the first choice is kv-0)
+
+    @property
+    def controller(self) -> ControllerBackend:
+        """The backend, for the faults only a controller can inject (checked in ``__init__``)."""
+        return cast(ControllerBackend, self.backend)
+
+    def aim(self, urls: dict[str, str]) -> dict[str, str]:
+        """The pods clients should use now: all of ``urls``, or only kv-0 while it comes back from a full stop."""
+        if self.focus is not None and self.focus in urls:
+            return {self.focus: urls[self.focus]}
+        return urls
 
     def _record(self, fault: str, pod: str, **detail: Any) -> None:
         entry = {"time": round(self.clock(), 6), "fault": fault, "pod": pod, **detail}
@@ -451,6 +615,20 @@ class Nemesis:
         weights = [self.config.kill_weight if f == "kill" else 1.0 for f in self.config.faults]
         return self.rng.choices(self.config.faults, weights)[0]
 
+    def _target(self, fault: str, pods: list[PodInfo]) -> PodInfo:
+        """kv-0 the first time a fault picks a pod, then with ``primary_bias``; else another pod."""
+        primary = [p for p in pods if p.ordinal == 0]
+        others = [p for p in pods if p.ordinal != 0]
+        first = fault not in self._targeted
+        self._targeted.add(fault)
+        if primary and (first or not others or self.rng.random() < self.config.primary_bias):
+            return primary[0]
+        return self.rng.choice(others or pods)
+
+    def _uniform(self, bounds: tuple[float, float], deadline: float) -> float:
+        """Seconds drawn from ``bounds``, cut at the deadline (but not below half a second)."""
+        return min(self.rng.uniform(*bounds), max(0.5, deadline - self.clock()))
+
     async def run(self, deadline: float) -> list[dict[str, Any]]:
         """Inject faults until ``deadline``; everything is healed when this returns or raises."""
         try:
@@ -460,21 +638,50 @@ class Nemesis:
                     break
                 fault = self._choose()
                 try:
-                    pods = [p for p in self.backend.pods() if p.pid or fault == "kill"]
+                    pods = self.backend.pods()
                 except NemesisUnavailable as exc:  # e.g. the API server did not answer: try later
                     self._record("skipped", "", reason=str(exc))
                     continue
+                if fault in ("pause", "partition"):
+                    pods = [p for p in pods if p.pid]
                 if not pods:
                     continue
-                if fault == "kill":
-                    await self._kill(pods, deadline)
-                elif fault == "pause":
-                    await self._pause(self.rng.choice(pods), deadline)
-                else:
-                    await self._partition(self.rng.choice(pods), deadline)
+                try:
+                    await self._inject(fault, pods, deadline)
+                except FaultFailed as exc:  # the cluster was in the way this time: heal, go on
+                    self._record("skipped", "", fault=fault, reason=str(exc))
+                    self.heal_all()
         finally:
+            self.focus = None
             self.heal_all()
         return self.log
+
+    async def _inject(self, fault: str, pods: list[PodInfo], deadline: float) -> None:
+        if fault == "kill":
+            await self._kill(pods, deadline)
+        elif fault == "pause":
+            await self._pause(self.rng.choice(pods), deadline)
+        elif fault == "partition":
+            await self._partition(self.rng.choice(pods), deadline)
+        elif fault == "volume-loss":
+            pod = self._target(fault, pods)
+            if self.rng.random() < self.config.full_stop_chance:
+                await self.restart_all(lose=pod.name)
+            else:
+                await self.volume_loss(pod)
+        elif fault == "volume-rollback":
+            await self.volume_rollback(self._target(fault, pods), self._uniform(self.config.rollback_age, deadline))
+        elif fault == "dns":
+            names = [p.name for p in pods]
+            drop = self.rng.random() < self.config.dns_drop_chance
+            hide = [] if drop else sorted(self.rng.sample(names, self.rng.randint(1, max(1, len(names) - 1))))
+            primary = next((p for p in pods if p.ordinal == 0), None)
+            restart = primary if self.rng.random() < self.config.dns_restart_chance else None
+            await self.dns(drop, hide, self._uniform(self.config.dns_seconds, deadline), restart)
+        elif fault == "restart-all":
+            await self.restart_all()
+        else:
+            raise ValueError(f"unknown fault {fault!r}")
 
     async def _sleep_until(self, when: float) -> None:
         delay = when - self.clock()
@@ -482,12 +689,7 @@ class Nemesis:
             await asyncio.sleep(delay)
 
     async def _kill(self, pods: list[PodInfo], deadline: float) -> None:
-        primary = [p for p in pods if p.ordinal == 0]
-        others = [p for p in pods if p.ordinal != 0]
-        self._kills += 1
-        first = self._kills == 1
-        pod = primary[0] if primary and (first or not others or self.rng.random() < self.config.primary_bias) \
-            else self.rng.choice(others or pods)
+        pod = self._target("kill", pods)
         if not await self.backend.kill(pod):
             return
         self._record("kill", pod.name, pid=pod.pid)
@@ -524,7 +726,139 @@ class Nemesis:
             self.backend.heal(pod)
             self._record("heal", pod.name, address=pod.address)
 
-    def heal_all(self) -> None:
-        """Resume, reconnect, remove rules: synchronous so it also works from ``finally`` after Ctrl-C."""
-        self.backend.cleanup()
+    # ----------------------------------------------------- faults through the controller
+    async def _while_held(self, pod: PodInfo, change: Callable[[], Any]) -> Any:
+        """Hold ``pod`` down, run ``change`` in a thread (it copies or removes files), release the pod
+        and wait (bounded) until it is Ready again. Returns what ``change`` returned.
 
+        The pod is released even when ``change`` fails; clients aim at kv-0 while it is held.
+        """
+        if pod.ordinal == 0:
+            self.focus = pod.name
+        try:
+            pid = await self.controller.hold(pod.name)
+            self._record("hold", pod.name, pid=pid)
+            try:
+                result = await asyncio.to_thread(change)
+            finally:
+                await self.controller.release(pod.name)
+                self._record("release", pod.name)
+            await self._wait_ready({pod.name: pid}, self.config.restart_wait)
+            return result
+        finally:
+            self.focus = None
+
+    async def volume_loss(self, pod: PodInfo) -> None:
+        """Hold ``pod`` down (its node is gone), remove its data dir, release it with an empty volume."""
+        def lose() -> None:
+            removed = self.controller.remove_volume(pod.name)
+            self._record("volume-loss", pod.name, mode="held", removed=removed)
+        await self._while_held(pod, lose)
+
+    async def volume_rollback(self, pod: PodInfo, age: float) -> None:
+        """Copy ``pod``'s data dir while it is held down for a moment, let ``age`` seconds of
+        writes pass, then hold it down again and put the old copy back."""
+        lsn_of_copy = await self._lsn(pod)
+        snapshot: Path = await self._while_held(pod, lambda: self.controller.snapshot_volume(pod.name))
+        taken = self.clock()
+        self._record("snapshot", pod.name, path=str(snapshot), lsn=lsn_of_copy)
+        await asyncio.sleep(age)
+        lsn_before = await self._lsn(pod)
+
+        def restore() -> None:
+            self.controller.restore_volume(pod.name, snapshot)
+            self._record("volume-rollback", pod.name, age=round(self.clock() - taken, 3),
+                         lsn_of_copy=lsn_of_copy, lsn_before=lsn_before)
+        await self._while_held(pod, restore)
+
+    async def dns(self, drop: bool, hide: list[str], seconds: float, restart: PodInfo | None = None) -> None:
+        """Break the cluster's DNS for ``seconds``: drop every query, or leave ``hide`` out of answers.
+
+        With ``restart`` (kv-0), that pod is killed once DNS is broken, so it starts up while
+        DNS is still broken; DNS heals no sooner than a second after it runs again.
+        """
+        self._record("dns", "", mode="drop" if drop else "omit", hidden=hide,
+                     restart=restart.name if restart else None, seconds=round(seconds, 3))
+        try:
+            await self.controller.set_dns(drop, hide)
+            heal_at = self.clock() + seconds
+            if restart is not None and await self.backend.kill(restart):
+                if restart.ordinal == 0:
+                    self.focus = restart.name
+                started = await self._wait_for(lambda pods: any(
+                    p.name == restart.name and p.pid and p.pid != restart.pid for p in pods), self.config.restart_wait)
+                heal_at = max(heal_at, self.clock() + 1.0) if started else self.clock()
+            await self._sleep_until(heal_at)
+        finally:
+            await self.controller.set_dns(False, [])
+            self._record("dns-heal", "")
+        if restart is not None:
+            await self._wait_ready({restart.name: restart.pid}, self.config.restart_wait)
+            self.focus = None
+
+    async def restart_all(self, lose: str | None = None) -> None:
+        """Stop every pod (reverse order) and start them again under the StatefulSet's policy.
+
+        With ``lose``, that pod's data dir is removed while everything is stopped
+        (a volume-loss during a full stop). From the first stop until every pod
+        is Ready, clients aim at kv-0 only.
+        """
+        before = self.backend.pods()
+        if lose is None:
+            self._record("restart-all", "", pids={p.name: p.pid for p in before})
+        primary = next((p.name for p in before if p.ordinal == 0), None)
+        self.focus = primary
+        try:
+            stopped = await self.controller.stop_pods()
+            self._record("stop-pods", "", stopped=stopped)
+            if lose is not None:
+                removed = await asyncio.to_thread(self.controller.remove_volume, lose)
+                self._record("volume-loss", lose, mode="full-stop", removed=removed)
+            await self.controller.start_pods()
+            self._record("start-pods", "")
+            await self._wait_ready({p.name: p.pid for p in before}, self.config.ready_wait)
+        finally:
+            self.focus = None
+
+    async def _lsn(self, pod: PodInfo) -> int | None:
+        """The pod's LSN from ``/v1/status`` (None when it does not answer): for the log only."""
+        import aiohttp
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+                async with session.get(f"{pod.url}/v1/status") as response:
+                    lsn = (await response.json()).get("lsn")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, AttributeError):
+            return None
+        return lsn if isinstance(lsn, int) else None
+
+    async def _wait_for(self, done: Callable[[list[PodInfo]], bool], limit: float) -> bool:
+        """Poll the pods (bounded by ``limit`` seconds) until ``done`` holds."""
+        until = self.clock() + limit
+        while self.clock() < until:
+            try:
+                if done(self.backend.pods()):
+                    return True
+            except NemesisUnavailable:
+                pass
+            await asyncio.sleep(0.2)
+        return False
+
+    async def _wait_ready(self, old: dict[str, int | None], limit: float) -> None:
+        """Wait until each pod of ``old`` (name -> its pid before) runs anew and is Ready;
+        log ``ready`` or ``not-ready``."""
+        now: dict[str, PodInfo] = {}
+
+        def ready(current: list[PodInfo]) -> bool:
+            now.clear()
+            now.update((p.name, p) for p in current)
+            return all(n in now and now[n].ready and now[n].pid and now[n].pid != pid for n, pid in old.items())
+        if await self._wait_for(ready, limit):
+            self._record("ready", ",".join(old), pids={n: now[n].pid for n in old})
+        else:
+            self._record("not-ready", ",".join(old), waited=limit,
+                         pods={n: (now[n].pid, now[n].ready) if n in now else None for n in old})
+
+    def heal_all(self) -> None:
+        """Resume, reconnect, remove rules, release, restart, heal DNS: synchronous so it also works
+        from ``finally`` after Ctrl-C."""
+        self.backend.cleanup()

@@ -7,11 +7,24 @@ cluster, and file permissions (0600) decide who may scale or kill pods.
     POST /v1/scale {"replicas"}  set the replica count
     POST /v1/kill  {"pod"}       SIGKILL one pod's container
     POST /v1/down                stop every pod in reverse order, then exit
+
+Faults, for ``kvstore chaos``:
+
+    POST /v1/hold {"pod"}        SIGKILL a pod and keep it down until released
+                                 (answers once its container is gone)
+    POST /v1/release {"pod"}     let a held pod start again
+    POST /v1/stop-pods           delete every pod in reverse order, keep the replica
+                                 count, create none (answers once all are gone)
+    POST /v1/start-pods          create them again, in order
+    POST /v1/dns {"drop", "hide"}  DNS drops every query (``drop``: true) and/or leaves
+                                 the pods named in ``hide`` out of its answers; ``{}`` heals
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +33,7 @@ import aiohttp
 from aiohttp import web
 
 from kvstore.local.state import SOCKET_FILE, ClusterError
-from kvstore.local.statefulset import StatefulSet
+from kvstore.local.statefulset import Pod, StatefulSet
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -43,6 +56,11 @@ class ControlServer:
         app.router.add_post("/v1/scale", self._scale)
         app.router.add_post("/v1/kill", self._kill)
         app.router.add_post("/v1/down", self._down)
+        app.router.add_post("/v1/hold", self._hold)
+        app.router.add_post("/v1/release", self._release)
+        app.router.add_post("/v1/stop-pods", self._stop_pods)
+        app.router.add_post("/v1/start-pods", self._start_pods)
+        app.router.add_post("/v1/dns", self._dns)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         if self.path.exists():
@@ -81,13 +99,17 @@ class ControlServer:
             return _error(400, str(exc))
         return web.json_response({"replicas": replicas, "previous": previous})
 
-    async def _kill(self, request: web.Request) -> web.Response:
+    async def _pod(self, request: web.Request) -> Pod:
         name = (await self._json(request)).get("pod")
-        pods = self.statefulset.pods
         pod = self.statefulset.pod(name) if isinstance(name, str) else None
         if pod is None:
-            names = ", ".join(p.name for _, p in sorted(pods.items())) or "none"
-            return _error(404, f"pod {name} not found (pods: {names})")
+            names = ", ".join(p.name for _, p in sorted(self.statefulset.pods.items())) or "none"
+            raise web.HTTPNotFound(text=json.dumps({"error": f"pod {name} not found (pods: {names})"}),
+                                   content_type="application/json")
+        return pod
+
+    async def _kill(self, request: web.Request) -> web.Response:
+        pod = await self._pod(request)
         if not pod.kill():
             return _error(409, f"{pod.name} has no running container ({pod.status})")
         return web.json_response({"killed": pod.name})
@@ -95,6 +117,41 @@ class ControlServer:
     async def _down(self, request: web.Request) -> web.Response:
         self.stop_requested.set()
         return web.json_response({"stopping": True}, status=202)
+
+    async def _hold(self, request: web.Request) -> web.Response:
+        pod = await self._pod(request)
+        if self.statefulset.stopping or pod.deleting:
+            return _error(409, f"{pod.name} is being deleted")
+        pid = await pod.hold()
+        return web.json_response({"held": pod.name, "pid": pid})
+
+    async def _release(self, request: web.Request) -> web.Response:
+        pod = await self._pod(request)
+        if not pod.release():
+            return _error(409, f"{pod.name} is not held")
+        return web.json_response({"released": pod.name})
+
+    async def _stop_pods(self, request: web.Request) -> web.Response:
+        if self.statefulset.stopping:
+            return _error(409, "the cluster is stopping")
+        return web.json_response({"stopped": await self.statefulset.stop_pods()})
+
+    async def _start_pods(self, request: web.Request) -> web.Response:
+        if not self.statefulset.start_pods():
+            return _error(409, "the pods were not stopped")
+        return web.json_response({"starting": self.statefulset.replicas})
+
+    async def _dns(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        drop, hide = body.get("drop", False), body.get("hide", [])
+        unknown = sorted(set(body) - {"drop", "hide"})
+        if unknown:
+            return _error(400, f"unknown fields: {', '.join(unknown)} (expected drop, hide)")
+        if not isinstance(drop, bool):
+            return _error(400, "drop must be true or false")
+        if not isinstance(hide, list) or not all(isinstance(name, str) for name in hide):
+            return _error(400, "hide must be a list of pod names")
+        return web.json_response({"dns_fault": self.statefulset.set_dns_fault(drop, hide)})
 
 
 async def call(directory: Path, method: str, path: str, body: dict[str, Any] | None = None,
@@ -118,3 +175,10 @@ async def call(directory: Path, method: str, path: str, body: dict[str, Any] | N
         message = data.get("error") if isinstance(data, dict) else None
         raise ClusterError(message or f"controller answered HTTP {response.status}")
     return data
+
+
+def call_blocking(directory: Path, method: str, path: str, body: dict[str, Any] | None = None,
+                  timeout: float = 10.0) -> dict[str, Any]:
+    """:func:`call` from synchronous code, even inside a running event loop (a cleanup in ``finally``)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, call(directory, method, path, body, timeout)).result()

@@ -19,6 +19,11 @@ CoreDNS gives them:
 
 UDP answers larger than the client allows are truncated (TC set), so
 resolvers retry over TCP, as they must with many replicas.
+
+For fault injection the server can be told to drop every query (clients time
+out, as when CoreDNS is down or unreachable) or to leave some pods out of
+every answer (as while Endpoints lag behind the pods); ``set_fault()`` with
+no arguments heals both.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import logging
 import random
 import struct
 from dataclasses import dataclass
+from typing import Any, Iterable
 
 import dns.exception
 import dns.flags
@@ -78,6 +84,7 @@ class HeadlessService:
         self.domain = dns.name.from_text(f"{service}.{namespace}.svc.{zone}")
         self.ports = {name.lower(): port for name, port in ports.items()}
         self._endpoints: dict[str, Endpoint] = {}
+        self.hidden: frozenset[str] = frozenset()  # endpoint keys left out of every answer (a fault)
 
     def set_endpoint(self, key: str, endpoint: Endpoint) -> None:
         """Add or replace an endpoint (``key`` is the pod name)."""
@@ -88,8 +95,8 @@ class HeadlessService:
         self._endpoints.pop(key, None)
 
     def endpoints(self) -> list[Endpoint]:
-        """The current endpoints, in insertion order."""
-        return list(self._endpoints.values())
+        """The current endpoints, in insertion order, less the hidden ones."""
+        return [e for key, e in self._endpoints.items() if key not in self.hidden]
 
     def host_name(self, endpoint: Endpoint) -> dns.name.Name:
         """The endpoint's fully qualified name, ``<label>.<svc>.<ns>.svc.<zone>.``."""
@@ -182,6 +189,24 @@ class DnsServer:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.base_events.Server | None = None
         self.queries = 0
+        self.dropping = False  # a fault: every query goes unanswered
+        self.dropped = 0
+
+    def set_fault(self, drop: bool = False, hide: Iterable[str] = ()) -> None:
+        """Drop every query (``drop``) and/or leave the pods in ``hide`` out of answers; no arguments heal."""
+        self.dropping = drop
+        self.service.hidden = frozenset(hide)
+        if drop or self.service.hidden:
+            log.warning("DNS fault: %s", self.fault)
+        else:
+            log.warning("DNS fault healed")
+
+    @property
+    def fault(self) -> dict[str, Any] | None:
+        """The fault in place, or None: ``{"drop": bool, "hidden": [pod, ...]}``."""
+        if not self.dropping and not self.service.hidden:
+            return None
+        return {"drop": self.dropping, "hidden": sorted(self.service.hidden)}
 
     @property
     def address(self) -> str:
@@ -217,6 +242,9 @@ class DnsServer:
     def handle(self, wire: bytes, max_size: int | None) -> bytes | None:
         """Turn one query into its answer in wire format (None: drop it)."""
         self.queries += 1
+        if self.dropping:
+            self.dropped += 1
+            return None
         try:
             query = dns.message.from_wire(wire)
         except dns.exception.DNSException:
@@ -261,6 +289,11 @@ class DnsServer:
                 wire = await asyncio.wait_for(reader.readexactly(length), 10)
                 reply = self.handle(wire, None)
                 if reply is None:
+                    if self.dropping:
+                        # Keep the connection silent until the client gives up, so it sees a
+                        # timeout, as from a server that is down.
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(reader.read(), 10)
                     break
                 writer.write(struct.pack("!H", len(reply)) + reply)
                 await writer.drain()

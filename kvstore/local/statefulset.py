@@ -14,6 +14,12 @@ It reproduces what Kubernetes does for a StatefulSet with a headless Service:
   its creation until it is deleted, Ready or not, restarting or not.
 - Stop (``down``, Ctrl-C, SIGTERM) deletes pods in reverse ordinal order,
   each with SIGTERM and a grace period, then SIGKILL.
+
+For fault injection (``kvstore chaos``) the controller can also hold a pod
+down (its container SIGKILLed and not restarted until released, like a pod
+whose node is gone: it stays in DNS), stop every pod and start them again
+(a full stop, like scaling to 0 and back: the pods leave DNS), and break its
+DNS server (see :mod:`kvstore.local.dns`).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ PENDING = "Pending"
 RUNNING = "Running"
 BACKOFF = "CrashLoopBackOff"
 TERMINATING = "Terminating"
+HELD = "NodeLost"  # held down by hold(): what kubectl shows for a pod on a node that is gone
 
 
 @dataclass
@@ -100,6 +107,11 @@ def check_replicas(spec: ClusterSpec, replicas: int) -> None:
                          "range; use a lower --base-address")
 
 
+def volume_dir(directory: Path, pod: str) -> Path:
+    """Pod ``pod``'s data dir in the cluster dir, named like its PVC: ``data-<pod>``."""
+    return directory / f"data-{pod}"
+
+
 def format_age(seconds: float) -> str:
     """kubectl's AGE: 45s, 3m12s, 2h5m, 3d4h."""
     s = max(0, int(seconds))
@@ -130,8 +142,13 @@ class Pod:
         self.last_exit: int | None = None
         self.process: PodProcess | None = None
         self.deleting = False
+        self.held = False
         self._killed = False  # set by kill(): a deleted pod comes back without crash back-off
         self._wake = asyncio.Event()
+        self._released = asyncio.Event()  # clear while held; release() and delete() set it
+        self._released.set()
+        self._idle = asyncio.Event()  # set while no container runs
+        self._idle.set()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -162,7 +179,14 @@ class Pod:
     async def _run(self) -> None:
         backoff = BACKOFF_INITIAL
         while not self.deleting:
+            if self.held:
+                await self._released.wait()
+                if self.deleting:
+                    break
+                self._set(restarts=self.restarts + 1)
+                backoff = BACKOFF_INITIAL
             started = time.monotonic()
+            self._idle.clear()
             try:
                 self.process = await self.runtime.start(self.spec)
             except OSError as exc:
@@ -172,6 +196,8 @@ class Pod:
                 self.started_at = time.time()
                 if self.deleting:  # deleted while the container was starting
                     self.process.send_signal(signal.SIGTERM)
+                elif self.held:  # held while the container was starting
+                    self.process.send_signal(signal.SIGKILL)
                 else:
                     self._set(status=RUNNING)
                 probe = asyncio.create_task(self._probe())
@@ -183,8 +209,14 @@ class Pod:
                         await probe
                 self.process = None
             self.last_exit = code
+            if self.held and not self.deleting:
+                self._set(status=HELD, ready=False)
+            self._idle.set()
             if self.deleting:
                 break
+            if self.held:
+                log.warning("%s exited with status %s; held down until released", self.name, code)
+                continue
             if time.monotonic() - started > BACKOFF_RESET or self._killed:
                 # `kubectl delete pod` gets a new pod, not CrashLoopBackOff: so does kill().
                 backoff = BACKOFF_INITIAL
@@ -192,9 +224,9 @@ class Pod:
             log.warning("%s exited with status %s; restarting in %.0fs", self.name, code, backoff)
             self._set(status=BACKOFF, ready=False)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), backoff)  # delete() cuts the wait short
+                await asyncio.wait_for(self._wake.wait(), backoff)  # delete() and hold() cut the wait short
             backoff = min(backoff * 2, BACKOFF_MAX)
-            if not self.deleting:
+            if not self.deleting and not self.held:
                 self._set(restarts=self.restarts + 1)
 
     async def _probe(self) -> None:
@@ -220,10 +252,42 @@ class Pod:
         self.process.send_signal(signal.SIGKILL)
         return True
 
+    async def hold(self) -> int | None:
+        """SIGKILL the container and keep it down until :meth:`release`; returns the pid it had.
+
+        Returns once no container runs, so the pod's data dir may be changed.
+        A held pod stays in the StatefulSet and in DNS, like a pod whose node
+        is gone. Idempotent.
+        """
+        pid = self.process.pid if self.process is not None else None
+        if not self.held:
+            log.warning("%s: held down (SIGKILL, no restart until released)", self.name)
+        self.held = True
+        self._released.clear()
+        if not self.deleting:  # cut a back-off wait short: the loop then waits for release()
+            self._wake.set()
+            self._wake.clear()  # set() has already woken the waiter; later back-offs wait again
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+        await self._idle.wait()
+        if not self.deleting:
+            self._set(status=HELD, ready=False)
+        return pid
+
+    def release(self) -> bool:
+        """Let a held pod's container start again at once; False if it was not held."""
+        if not self.held:
+            return False
+        log.warning("%s: released", self.name)
+        self.held = False
+        self._released.set()
+        return True
+
     async def delete(self, grace: float) -> None:
         """Stop for good: SIGTERM, wait up to ``grace`` seconds, then SIGKILL."""
         self.deleting = True
         self._wake.set()
+        self._released.set()
         self._set(status=TERMINATING, ready=False)
         if self.process is not None:
             self.process.send_signal(signal.SIGTERM)
@@ -251,7 +315,7 @@ class Pod:
             "status": self.status, "ready": self.ready, "restarts": self.restarts,
             "created_at": self.created_at, "started_at": self.started_at, "ready_at": self.ready_at,
             "last_exit": self.last_exit, "pid": self.process.pid if self.process else None,
-            "data_dir": str(self.spec.data_dir),
+            "data_dir": str(self.spec.data_dir), "held": self.held,
         }
 
 
@@ -271,6 +335,7 @@ class StatefulSet:
         )
         self.started_at = time.time()
         self.stopping = False
+        self.suspended = False  # stop_pods(): no pod is created until start_pods()
         self._on_change = on_change
         self._session: aiohttp.ClientSession | None = None
         self._wake = asyncio.Event()
@@ -304,21 +369,55 @@ class StatefulSet:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        await self._delete_all(force)
+        await self.dns.stop()
+        if self._session is not None:
+            await self._session.close()
+
+    async def stop_pods(self) -> list[str]:
+        """Delete every pod in reverse ordinal order and create none until :meth:`start_pods`.
+
+        A full stop, as ``kubectl scale --replicas=0``: the pods leave DNS and
+        their data dirs stay; the replica count is kept for the start.
+        Returns the names of the pods stopped.
+        """
+        self.suspended = True
+        self._changed(None)
+        return await self._delete_all(force=False)
+
+    def start_pods(self) -> bool:
+        """Create the pods again after :meth:`stop_pods`, under the set's policy; False if not stopped."""
+        if not self.suspended:
+            return False
+        log.info("starting the pods again (%s)", self.spec.policy)
+        self.suspended = False
+        self._changed(None)
+        return True
+
+    def set_dns_fault(self, drop: bool, hide: list[str]) -> dict[str, Any] | None:
+        """Break the Service's DNS (see :meth:`DnsServer.set_fault`); returns the fault now in place."""
+        self.dns.set_fault(drop, hide)
+        self._changed(None)
+        return self.dns.fault
+
+    async def _delete_all(self, force: bool) -> list[str]:
         for pod in self.pods.values():
             pod.deleting = True  # no more restarts while we stop the others
+        stopped = []
         for ordinal in sorted(self.pods, reverse=True):
-            pod = self.pods[ordinal]
+            pod = self.pods.get(ordinal)
+            if pod is None:  # removed meanwhile by a scale-down
+                continue
             log.info("stopping %s", pod.name)
             await pod.delete(0 if force else self.spec.grace)
             self.pods.pop(ordinal, None)
             self.dns.service.remove_endpoint(pod.name)
+            stopped.append(pod.name)
             self._changed(None)
-        for task in self._deletions.values():
+        for task in list(self._deletions.values()):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.dns.stop()
-        if self._session is not None:
-            await self._session.close()
+        return stopped
 
     def kill_all(self) -> None:
         """SIGKILL every container now (a second Ctrl-C)."""
@@ -342,6 +441,8 @@ class StatefulSet:
                 await asyncio.wait_for(self._wake.wait(), 1.0)
 
     def _reconcile(self) -> None:
+        if self.suspended:
+            return
         ordered = not self.spec.parallel
         for ordinal in range(self.replicas):
             pod = self.pods.get(ordinal)
@@ -389,7 +490,7 @@ class StatefulSet:
         s = self.spec
         name = s.pod_name(ordinal)
         address = s.address(ordinal)
-        data_dir = s.directory / f"data-{name}"
+        data_dir = volume_dir(s.directory, name)
         env = {
             "POD_NAME": name, "POD_NAMESPACE": s.namespace, "KV_SERVICE": s.service,
             "KV_CLUSTER_DOMAIN": s.cluster_domain, "KV_DATA_DIR": str(data_dir),
@@ -415,6 +516,6 @@ class StatefulSet:
             "policy": s.policy, "replicas": self.replicas, "runtime": self.runtime.name,
             "dns": self.dns.address, "base_address": s.base_address,
             "http_port": s.http_port, "peer_port": s.peer_port, "started_at": self.started_at,
-            "stopping": self.stopping,
+            "stopping": self.stopping, "suspended": self.suspended, "dns_fault": self.dns.fault,
             "pods": [p.to_dict() for _, p in sorted(self.pods.items())],
         }

@@ -1,17 +1,30 @@
-"""The nemesis's commands and rules, checked without running them (kubectl cannot run here)."""
+"""The nemesis's commands, choices and rules, checked without running them (kubectl cannot run here).
+
+The faults themselves run against a real cluster in tests/chaos/test_nemeses.py.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import itertools
 import json
 import subprocess
+from pathlib import Path
+from typing import Any
 
+import dns.flags
+import dns.message
+import dns.rcode
 import pytest
 
+from kvstore.chaos import checker
+from kvstore.chaos.commands import _nemesis, summary
 from kvstore.chaos.nemesis import (
-    KubernetesBackend, LoopbackPartitioner, Nemesis, NemesisConfig, NemesisUnavailable,
-    kubectl_base, kubectl_delete_pod, kubectl_get_pods,
+    FAULTS, SIGNAL_FAULTS, KubernetesBackend, LocalBackend, LoopbackPartitioner, Nemesis, NemesisConfig,
+    NemesisUnavailable, PodInfo, kubectl_base, kubectl_delete_pod, kubectl_get_pods,
 )
+from kvstore.local.dns import DnsServer, Endpoint, HeadlessService
 
 
 def test_kubectl_uses_the_current_context_and_namespace_unless_given() -> None:
@@ -72,3 +85,212 @@ def test_kubectl_failure_is_a_one_line_error() -> None:
 
     with pytest.raises(NemesisUnavailable, match="The connection was refused"):
         KubernetesBackend(runner=runner).pods()
+
+
+# ------------------------------------------------------------------ choosing faults
+def test_nemesis_flag_takes_every_fault_and_rejects_others_in_one_line() -> None:
+    every = "kill,pause,partition,volume-loss,volume-rollback,dns,restart-all"
+    assert _nemesis(every) == FAULTS
+    assert _nemesis(" dns , restart-all,dns") == ("dns", "restart-all")
+    assert _nemesis("none") == ()
+    for bad in ("volume", "kill,volume_loss", "", ","):
+        with pytest.raises(argparse.ArgumentTypeError) as info:
+            _nemesis(bad)
+        assert every.replace(",", ", ") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_controller_faults_need_the_process_runtime() -> None:
+    process = LocalBackend(Path("/nonexistent"), "process", "t", "127.0.100.250")
+    docker = LocalBackend(Path("/nonexistent"), "docker", "t", None)
+    assert process.supports == set(FAULTS)
+    assert docker.supports == set(SIGNAL_FAULTS)
+    with pytest.raises(NemesisUnavailable, match="does not support: dns, volume-loss"):
+        Nemesis(docker, NemesisConfig(faults=("kill", "volume-loss", "dns")), clock=lambda: 0.0)
+
+
+class Recorder:
+    """A controller backend that records calls; each restart gives the pods new pids, Ready."""
+
+    supports = frozenset(FAULTS)
+
+    def __init__(self, replicas: int = 3) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.replicas = replicas
+        self.pids = itertools.count(100)
+        self._pods = self._fresh()
+
+    def _fresh(self) -> list[PodInfo]:
+        return [PodInfo(f"kv-{n}", n, f"http://127.0.100.{10 + n}:1", f"127.0.100.{10 + n}", next(self.pids), True)
+                for n in range(self.replicas)]
+
+    def pods(self) -> list[PodInfo]:
+        return list(self._pods)
+
+    async def kill(self, pod: PodInfo) -> bool:
+        self.calls.append(("kill", pod.name))
+        self._pods = self._fresh()
+        return True
+
+    async def hold(self, pod: str) -> int | None:
+        self.calls.append(("hold", pod))
+        return next(p.pid for p in self._pods if p.name == pod)
+
+    async def release(self, pod: str) -> None:
+        self.calls.append(("release", pod))
+        self._pods = self._fresh()
+
+    async def stop_pods(self) -> list[str]:
+        self.calls.append(("stop_pods",))
+        return [p.name for p in reversed(self._pods)]
+
+    async def start_pods(self) -> None:
+        self.calls.append(("start_pods",))
+        self._pods = self._fresh()
+
+    async def set_dns(self, drop: bool, hide: list[str]) -> None:
+        self.calls.append(("set_dns", drop, tuple(hide)))
+
+    def remove_volume(self, pod: str) -> bool:
+        self.calls.append(("remove_volume", pod))
+        return True
+
+    def snapshot_volume(self, pod: str) -> Path:
+        self.calls.append(("snapshot_volume", pod))
+        return Path("/copy")
+
+    def restore_volume(self, pod: str, snapshot: Path) -> None:
+        self.calls.append(("restore_volume", pod, snapshot))
+
+    def cleanup(self) -> None:
+        self.calls.append(("cleanup",))
+
+
+def nemesis(backend: Recorder, faults: tuple[str, ...], **config: Any) -> Nemesis:
+    config = {"rollback_age": (0.01, 0.01), "dns_seconds": (0.01, 0.01), **config}
+    n = Nemesis(backend, NemesisConfig(faults=faults, seed=7, **config), clock=asyncio.get_running_loop().time)
+    n._lsn = lambda pod: asyncio.sleep(0, result=None)  # type: ignore[method-assign]  # no HTTP here
+    return n
+
+
+async def test_every_enabled_fault_comes_once_first_then_chance_decides() -> None:
+    n = nemesis(Recorder(), FAULTS)
+    assert [n._choose() for _ in FAULTS] == list(FAULTS)
+    assert {n._choose() for _ in range(200)} == set(FAULTS)
+
+
+async def test_volume_faults_hit_kv0_first_then_follow_the_primary_bias() -> None:
+    backend = Recorder()
+    n = nemesis(backend, ("volume-loss",), primary_bias=0.0, full_stop_chance=0.0)
+    pods = backend.pods()
+    assert n._target("volume-loss", pods).name == "kv-0"
+    assert {n._target("volume-loss", pods).name for _ in range(50)} == {"kv-1", "kv-2"}
+    assert n._target("volume-rollback", pods).name == "kv-0"  # each fault's first choice
+
+
+async def test_volume_loss_of_a_held_pod_removes_its_volume_between_hold_and_release() -> None:
+    backend = Recorder()
+    n = nemesis(backend, ("volume-loss",), full_stop_chance=0.0)
+    await n._inject("volume-loss", backend.pods(), deadline=60)
+    assert backend.calls == [("hold", "kv-0"), ("remove_volume", "kv-0"), ("release", "kv-0")]
+    assert [e["fault"] for e in n.log] == ["hold", "volume-loss", "release", "ready"]
+    assert n.log[1]["mode"] == "held" and n.focus is None
+
+
+async def test_volume_loss_during_a_full_stop_removes_it_while_every_pod_is_stopped() -> None:
+    backend = Recorder()
+    n = nemesis(backend, ("volume-loss",), full_stop_chance=1.0)
+    seen: list[dict[str, str]] = []
+    start = backend.start_pods
+
+    async def start_pods() -> None:
+        seen.append(n.aim({"kv-0": "u0", "kv-1": "u1"}))
+        await start()
+    backend.start_pods = start_pods  # type: ignore[method-assign]
+    await n._inject("volume-loss", backend.pods(), deadline=60)
+    assert backend.calls == [("stop_pods",), ("remove_volume", "kv-0"), ("start_pods",)]
+    assert [e["fault"] for e in n.log] == ["stop-pods", "volume-loss", "start-pods", "ready"]
+    assert n.log[0]["stopped"] == ["kv-2", "kv-1", "kv-0"] and n.log[1]["mode"] == "full-stop"
+    # Clients aim at kv-0 alone while the pods come back, and at every pod again after.
+    assert seen == [{"kv-0": "u0"}] and n.aim({"kv-0": "u0", "kv-1": "u1"}) == {"kv-0": "u0", "kv-1": "u1"}
+
+
+async def test_restart_all_stops_and_starts_every_pod() -> None:
+    backend = Recorder()
+    n = nemesis(backend, ("restart-all",))
+    await n._inject("restart-all", backend.pods(), deadline=60)
+    assert backend.calls == [("stop_pods",), ("start_pods",)]
+    assert [e["fault"] for e in n.log] == ["restart-all", "stop-pods", "start-pods", "ready"]
+    assert sorted(n.log[-1]["pids"]) == ["kv-0", "kv-1", "kv-2"]
+
+
+async def test_volume_rollback_copies_then_puts_the_same_copy_back() -> None:
+    backend = Recorder()
+    n = nemesis(backend, ("volume-rollback",))
+    await n._inject("volume-rollback", backend.pods(), deadline=60)
+    assert backend.calls == [("hold", "kv-0"), ("snapshot_volume", "kv-0"), ("release", "kv-0"),
+                             ("hold", "kv-0"), ("restore_volume", "kv-0", Path("/copy")), ("release", "kv-0")]
+    assert [e["fault"] for e in n.log] == ["hold", "release", "ready", "snapshot", "hold", "volume-rollback",
+                                           "release", "ready"]
+
+
+async def test_dns_faults_drop_or_hide_some_pods_and_always_heal() -> None:
+    backend = Recorder()
+    n = nemesis(backend, ("dns",), dns_restart_chance=0.0)
+    for _ in range(30):
+        await n._inject("dns", backend.pods(), deadline=1e9)
+    broken = [c for c in backend.calls if c[0] == "set_dns" and (c[1] or c[2])]
+    heals = [c for c in backend.calls if c == ("set_dns", False, ())]
+    assert len(broken) == len(heals) == 30
+    assert {c[1] for c in broken} == {True, False}  # both kinds
+    for _, drop, hidden in broken:
+        # Dropping hides nothing more; hiding leaves out some pods, never all of them.
+        assert (not hidden) if drop else 1 <= len(hidden) <= 2 and set(hidden) <= {"kv-0", "kv-1", "kv-2"}
+    assert [e["fault"] for e in n.log].count("dns") == 30 == [e["fault"] for e in n.log].count("dns-heal")
+
+
+async def test_dns_fault_can_restart_kv0_while_dns_is_broken() -> None:
+    backend = Recorder()
+    n = nemesis(backend, ("dns",), dns_restart_chance=1.0, dns_drop_chance=1.0)
+    await n._inject("dns", backend.pods(), deadline=1e9)
+    assert backend.calls == [("set_dns", True, ()), ("kill", "kv-0"), ("set_dns", False, ())]
+    assert n.log[0]["restart"] == "kv-0"
+    assert [e["fault"] for e in n.log] == ["dns", "dns-heal", "ready"]
+
+
+def test_dns_server_drops_queries_or_hides_pods_until_healed() -> None:
+    service = HeadlessService("kv", "default", "cluster.local", {"peer": 8081})
+    server = DnsServer(service)
+    for n in range(3):
+        service.set_endpoint(f"kv-{n}", Endpoint(f"127.0.100.{10 + n}", f"kv-{n}"))
+    srv = dns.message.make_query("_peer._tcp.kv.default.svc.cluster.local", "SRV").to_wire()
+    one = dns.message.make_query("kv-1.kv.default.svc.cluster.local", "A").to_wire()
+
+    def targets() -> list[str]:
+        answer = dns.message.from_wire(server.handle(srv, None))  # type: ignore[arg-type]
+        return sorted(str(r.target).split(".")[0] for r in answer.answer[0])
+    assert targets() == ["kv-0", "kv-1", "kv-2"]
+    server.set_fault(drop=True)
+    assert server.handle(srv, 512) is None and server.handle(one, None) is None
+    assert server.fault == {"drop": True, "hidden": []}
+    server.set_fault(hide=["kv-1", "kv-2"])
+    assert targets() == ["kv-0"]
+    assert dns.message.from_wire(server.handle(one, None)).rcode() == dns.rcode.NXDOMAIN  # type: ignore[arg-type]
+    server.set_fault()
+    assert targets() == ["kv-0", "kv-1", "kv-2"] and server.fault is None
+    assert dns.message.from_wire(server.handle(one, None)).flags & dns.flags.AA  # type: ignore[arg-type]
+
+
+def test_fault_counts_and_the_report_line_count_every_kind() -> None:
+    faults = [{"fault": f, "pod": p, "time": 0} for f, p in [
+        ("kill", "kv-0"), ("restarted", "kv-0"), ("kill", "kv-2"), ("volume-loss", "kv-0"), ("hold", "kv-0"),
+        ("volume-loss", "kv-1"), ("volume-rollback", "kv-0"), ("dns", ""), ("dns-heal", ""),
+        ("restart-all", ""), ("stop-pods", ""), ("ready", "kv-0,kv-1,kv-2")]]
+    counts = checker.fault_counts(faults)
+    assert {k: v for k, v in counts.items() if v} == {
+        "kill": 2, "kill_primary": 1, "volume-loss": 2, "volume-loss_primary": 1, "volume-rollback": 1,
+        "volume-rollback_primary": 1, "dns": 1, "restart-all": 1}
+    args = argparse.Namespace(duration=1.0, nemesis=("kill", "volume-loss", "volume-rollback", "dns", "restart-all"),
+                              runtime="process", replicas=3, clients=1)
+    text = summary(args, 1, [], faults, checker.Report(), {}, True, 1.0)
+    assert ("faults: kill 2 (on kv-0: 1), volume-loss 2 (on kv-0: 1), volume-rollback 1 (on kv-0: 1), dns 1, "
+            "restart-all 1\n") in text
