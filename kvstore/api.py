@@ -19,7 +19,9 @@ from kvstore import storage
 from kvstore.config import WRITE_CONCERNS
 from kvstore.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kvstore.routing import ApiError, Handler, InFlight, Router, make_handler
-from kvstore.replica import LsnAhead, NoPrimary, PrimaryTimeout, ReadTimeout, Replica, WriteConcernTimeout
+from kvstore.replica import (
+    LsnAhead, NoPrimary, NotConfirmed, PrimaryTimeout, ReadTimeout, Replica, WriteConcernTimeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +181,8 @@ class ClientApi:
         mutation = storage.Mutation(op, key, value, if_match, if_none_match)
         try:
             result = await self.node.write(mutation, w, request, value)
+        except NotConfirmed as exc:
+            raise ApiError(504, "not_confirmed", str(exc)) from None
         except storage.PreconditionFailed as exc:
             raise ApiError(412, "precondition_failed",
                            "the key's current version does not match the condition; "
@@ -227,6 +231,11 @@ class ClientApi:
         if forwarded is not None:
             return forwarded
         record = await self.node.store.get(key)
+        if consistency == "strong":
+            try:
+                await self.node.confirm_committed(record.version if record else self.node.store.lsn)
+            except NotConfirmed as exc:
+                raise ApiError(504, "not_confirmed", str(exc)) from None
         headers = self.headers()
         if record is None:
             raise ApiError(404, "not_found", "no such key", headers=headers)

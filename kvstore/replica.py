@@ -49,6 +49,10 @@ class PrimaryTimeout(Exception):
     """A forwarded write reached the primary but its answer did not come back."""
 
 
+class NotConfirmed(Exception):
+    """The primary could not confirm in time that what it read is held by a majority."""
+
+
 class WriteConcernTimeout(Exception):
     """The write is durable on the primary but not confirmed by enough replicas."""
 
@@ -105,7 +109,13 @@ class Replica:
         if self.role != PRIMARY:
             return await self._forward(request, body, "writes go to the primary")
         self._check_recovered()
-        lsn = await self.store.write(mutation)
+        try:
+            lsn = await self.store.write(mutation)
+        except (storage.PreconditionFailed, storage.NotFound):
+            # The refusal read this primary's state: answer it only once a majority holds
+            # that state, or a lost volume could undo what the refusal was based on.
+            await self.confirm_committed(self.store.lsn)
+            raise
         if self.replication is None:
             return lsn
         required = required_acks(w, self.replication.configured_replicas())
@@ -113,6 +123,22 @@ class Replica:
         if confirmed < required:
             raise WriteConcernTimeout(lsn, confirmed, required)
         return lsn
+
+    async def confirm_committed(self, lsn: int) -> None:
+        """Return once a majority holds ``lsn`` (what a strong read or a refusal is based on).
+
+        Linearizable reads must never show a write a majority does not hold:
+        kv-0 could lose its volume and that write with it, and the read would
+        then have shown a value that never was. Raises NotConfirmed after
+        KV_WRITE_TIMEOUT.
+        """
+        if self.replication is None:
+            return
+        required = required_acks("majority", self.replication.configured_replicas())
+        confirmed = await self.replication.wait_for_concern(lsn, required)
+        if confirmed < required:
+            raise NotConfirmed(f"only {confirmed} of the {required} replicas a majority needs confirmed lsn "
+                               f"{lsn} in time; the answer would not be linearizable. Retry")
 
     def _check_recovered(self) -> None:
         """Raise Recovering while kv-0 has not proved it is current."""

@@ -64,6 +64,11 @@ class AckTable:
                 if not future.done():
                     future.set_result(None)
 
+    def held_by(self, followers: int) -> int:
+        """The highest LSN at least ``followers`` followers hold (0 when fewer have acknowledged)."""
+        held = sorted((p.lsn for p in self.positions.values()), reverse=True)
+        return held[followers - 1] if 0 < followers <= len(held) else 0
+
     def confirmed(self, lsn: int, exclude: str = "") -> int:
         """How many followers hold ``lsn``."""
         return sum(1 for name, p in self.positions.items() if p.lsn >= lsn and name != exclude)

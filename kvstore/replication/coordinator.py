@@ -152,12 +152,24 @@ class Replication:
             return "stalled"
         return "following" if f.last_contact is not None else "starting"
 
+    def committed_lsn(self) -> int | None:
+        """On the primary: the highest LSN a majority holds (what strong reads may show)."""
+        if self.recovery is None:
+            return None
+        replicas = self.configured_replicas()
+        needed = replicas // 2  # followers, besides the primary, that make a majority
+        return self.store.lsn if needed == 0 else min(self.store.lsn, self.acks.held_by(needed))
+
     def position(self) -> dict[str, Any]:
-        """This replica's log position as peers read it (GET /v1/peer/status) and /v1/status shows it."""
+        """This replica's log position as peers read it (GET /v1/peer/status) and /v1/status shows it.
+
+        ``lsn`` is what this replica has applied (durable on its disk);
+        ``committed_lsn`` (primary only) what a majority holds.
+        """
         lineage = self.store.lineage
-        return {"state": self.state(), "lsn": self.store.lsn, "log_start": self.store.log_start,
-                "history_id": lineage.history, "epoch": lineage.number, "fork": lineage.fork(),
-                "lineage": lineage.to_json()}
+        return {"state": self.state(), "lsn": self.store.lsn, "committed_lsn": self.committed_lsn(),
+                "log_start": self.store.log_start, "history_id": lineage.history, "epoch": lineage.number,
+                "fork": lineage.fork(), "lineage": lineage.to_json()}
 
     def primary_lsn(self) -> int | None:
         """The primary's LSN as this replica knows it."""

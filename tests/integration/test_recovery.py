@@ -378,3 +378,26 @@ def test_a_follower_that_cannot_follow_says_it_is_stalled_and_how_far_behind(wor
             http("GET", c.url(0) + "/metrics")[2].decode()
         # Each kind of failure is logged once, not on every retry.
         assert c.log(2).count("following kv-0 failed") <= 3, c.log(2)
+
+
+def test_a_strong_read_never_shows_a_write_a_majority_does_not_hold(workdir: Path) -> None:
+    """A w=1 write lives on kv-0 alone until a follower has it: kv-0 losing its volume would undo it."""
+    with Cluster(workdir, 50, env={"KV_WRITE_TIMEOUT": "1"}) as c:
+        start_all(c)
+        assert c.put(0, "k", b"old", w="all")[0] == 200
+        followers = [c.pods[1].proc.pid, c.pods[2].proc.pid]
+        for pid in followers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            assert c.put(0, "k", b"new", w="1")[0] == 200
+            status, _, body = http("GET", c.url(0) + "/v1/kv/k?consistency=strong")
+            assert status == 504 and json.loads(body)["error"] == "not_confirmed", body
+            # A refusal based on that state waits the same way: its current_version is not held yet.
+            status, _, body = http("PUT", c.url(0) + "/v1/kv/k", b"x", headers={"If-Match": '"1"'})
+            assert status == 504 and json.loads(body)["error"] == "not_confirmed", body
+            assert c.get(0, "k") == (200, b"new")  # a local read may show it: it says it is local
+        finally:
+            for pid in followers:
+                os.kill(pid, signal.SIGCONT)
+        assert c.get(0, "k", strong=True) == (200, b"new")
+        assert c.status(0)["committed_lsn"] == c.status(0)["lsn"]
