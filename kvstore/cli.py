@@ -13,8 +13,7 @@ import aiohttp
 
 from kvstore import config as config_mod
 from kvstore.client import Client, Reply
-
-DEFAULT_CLUSTER_DIR = "kvstore-cluster"
+from kvstore.cmdline import DEFAULT_CLUSTER_DIR
 
 
 class CliError(Exception):
