@@ -18,12 +18,9 @@ import ipaddress
 import json
 import os
 import random
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +36,8 @@ from kvstore.chaos.nemesis import (
     local_pods,
 )
 from kvstore.chaos.workload import Workload, WorkloadConfig
+from kvstore.local.handle import LocalCluster
+from kvstore.local.state import ClusterError, read_state
 
 RUNTIMES = ("process", "docker", "kubernetes")
 # Pod settings of a cluster chaos creates: short server timeouts so most answers are definite,
@@ -160,52 +159,12 @@ def free_loopback_range(rng: random.Random, replicas: int) -> int:
     raise ChaosError("no free loopback range 127.0.X.0/24 found for a chaos cluster")
 
 
-def _kvstore(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kvstore", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-class OwnCluster:
-    """A local cluster this command starts, and always stops."""
-
-    def __init__(self, runtime: str, replicas: int, rng: random.Random) -> None:
-        self.runtime = runtime
-        self.replicas = replicas
-        self.directory = Path(tempfile.mkdtemp(prefix="kvchaos-"))
-        self.octet = free_loopback_range(rng, replicas) if runtime == "process" else None
-
-    def up(self) -> None:
-        args = ["cluster", "up", "--detach", "--dir", str(self.directory), "--replicas", str(self.replicas),
-                "--runtime", self.runtime, "--grace", "5", "--timeout", "150"]
-        if self.octet is not None:
-            args += ["--base-address", f"127.0.{self.octet}.10", "--dns-address", f"127.0.{self.octet}.2"]
-        for name, value in CLUSTER_ENV.items():
-            args.append(f"--env={name}={value}")
-        result = _kvstore(*args, timeout=240)
-        if result.returncode != 0:
-            lines = (result.stderr or result.stdout).strip().splitlines()
-            raise ChaosError(f"cannot start a cluster: {lines[-1] if lines else result.returncode}")
-
-    def down(self, keep_logs: Path | None) -> None:
-        from kvstore.local.state import running_pid
-        try:
-            if running_pid(self.directory) is not None:
-                _kvstore("cluster", "down", "--dir", str(self.directory), "--timeout", "60", timeout=90)
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            pid = running_pid(self.directory)
-            if pid and pid > 0:  # our own controller, found through its lock file
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                deadline = time.monotonic() + 10
-                while running_pid(self.directory) is not None and time.monotonic() < deadline:
-                    time.sleep(0.1)
-            if keep_logs is not None and (self.directory / "logs").is_dir():
-                shutil.copytree(self.directory / "logs", keep_logs, dirs_exist_ok=True)
-            shutil.rmtree(self.directory, ignore_errors=True)
+def own_cluster(runtime: str, replicas: int, rng: random.Random) -> LocalCluster:
+    """A local cluster this command starts in a temporary directory, on a free loopback range."""
+    octet = free_loopback_range(rng, replicas) if runtime == "process" else None
+    return LocalCluster(replicas=replicas, runtime=runtime, env=CLUSTER_ENV, ready_timeout=150,
+                        base_address=None if octet is None else f"127.0.{octet}.10",
+                        dns_address=None if octet is None else f"127.0.{octet}.2")
 
 
 def client_address_for(pods: list[PodInfo]) -> str:
@@ -368,7 +327,7 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ChaosError(f"--out {args.out}: {exc.strerror or exc}") from None
 
-    own: OwnCluster | None = None
+    own: LocalCluster | None = None
     backend: Backend | None = None
     client_address: str | None = None  # the process runtime binds the workload here (partitions spare it)
     nemesis: Nemesis | None = None
@@ -381,11 +340,13 @@ def _run(args: argparse.Namespace) -> int:
             if args.dir:
                 directory = Path(args.dir)
             else:
-                own = OwnCluster(args.runtime, args.replicas, rng)
+                own = own_cluster(args.runtime, args.replicas, rng)
                 _say(f"starting a {args.replicas}-pod cluster ({args.runtime}) in {own.directory}")
-                own.up()
+                try:
+                    own.up()
+                except ClusterError as exc:
+                    raise ChaosError(f"cannot start a cluster: {exc}") from None
                 directory = own.directory
-            from kvstore.local.state import ClusterError, read_state
             try:
                 state = read_state(directory)
             except ClusterError as exc:
@@ -461,7 +422,7 @@ def _run(args: argparse.Namespace) -> int:
         if backend is not None:
             backend.cleanup()
         if own is not None:
-            own.down(keep_logs=out / "logs")
+            own.down(timeout=60, keep_logs=out / "logs")
 
 
 __all__ = ["register", "handle", "OK"]
