@@ -36,6 +36,7 @@ from kvstore.chaos.nemesis import (
     local_pods,
 )
 from kvstore.chaos.workload import Workload, WorkloadConfig
+from kvstore.cmdline import flag, float_range, int_range
 from kvstore.local.handle import LocalCluster
 from kvstore.local.state import ClusterError, read_state
 
@@ -51,14 +52,7 @@ class ChaosError(Exception):
 
 
 # ------------------------------------------------------------------------ flags
-def _duration(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 1 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"expected seconds from 1 to 86400, got {text!r}")
-    return value
+_duration = flag(float_range(1, 86400, "seconds"))
 
 
 def _nemesis(text: str) -> tuple[str, ...]:
@@ -73,27 +67,11 @@ def _nemesis(text: str) -> tuple[str, ...]:
 
 
 def _positive_int(high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if not text.isdigit() or not 1 <= int(text) <= high:
-            raise argparse.ArgumentTypeError(f"expected an integer from 1 to {high}, got {text!r}")
-        return int(text)
-    return parse
+    return flag(int_range(1, high))
 
 
-def _number(low: float, high: float, expected: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")  # fails the range check below
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-    return parse
-
-
-_fraction = _number(0, 1, "a number from 0 to 1")
-_interval = _number(0.05, 600, "seconds from 0.05 to 600")
+_fraction = flag(float_range(0, 1))
+_interval = flag(float_range(0.05, 600, "seconds"))
 
 
 def register(subparsers: Any) -> None:

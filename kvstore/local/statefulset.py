@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import aiohttp
 
+from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
 from kvstore.local.dns import DnsServer, Endpoint, HeadlessService
 from kvstore.local.runtime import PodProcess, PodRuntime, PodSpec
@@ -178,9 +179,7 @@ class Pod:
                 try:
                     code = await self.process.wait()
                 finally:
-                    probe.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await probe
+                    await cancel_and_wait(probe)
                 self.process = None
             self.last_exit = code
             if self.deleting:
@@ -300,10 +299,7 @@ class StatefulSet:
     async def stop(self, force: bool = False) -> None:
         """Delete every pod in reverse ordinal order, then stop DNS. ``force``: SIGKILL at once."""
         self.stopping = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        await cancel_and_wait(self._loop_task)
         for pod in self.pods.values():
             pod.deleting = True  # no more restarts while we stop the others
         for ordinal in sorted(self.pods, reverse=True):

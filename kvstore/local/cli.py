@@ -22,14 +22,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import aiohttp
 
-from kvstore.cmdline import DEFAULT_CLUSTER_DIR, command_name, dir_flag
+from kvstore.cmdline import DEFAULT_CLUSTER_DIR, command_name, dir_flag, flag, float_range, int_range
 from kvstore.config import Config
 from kvstore.local import control
-from kvstore.local.runtime import RUNTIMES, RuntimeUnavailable, get_runtime
+from kvstore.local.runtime import PodRuntime, ProcessRuntime, RuntimeUnavailable
 from kvstore.local.state import (
     LOG_DIR, ClusterError, ControllerLock, ensure_token, prepare_dir, read_state,
     remove_state, running_pid, write_state,
@@ -43,16 +43,6 @@ COLUMNS = ("NAME", "READY", "STATUS", "RESTARTS", "AGE", "ADDRESS", "ROLE", "LSN
 
 # -- flag types: each rejects bad input with one line --------------------------------------
 
-def _replicas(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_REPLICAS}, got {text!r}") from None
-    if not 0 <= value <= MAX_REPLICAS:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_REPLICAS}, got {text!r}")
-    return value
-
-
 def _loopback(text: str) -> str:
     try:
         address = ipaddress.ip_address(text)
@@ -63,20 +53,9 @@ def _loopback(text: str) -> str:
     return str(address)
 
 
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
-    return int(text)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 3600:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 3600, got {text!r}")
-    return value
+_replicas = flag(int_range(0, MAX_REPLICAS))
+_port = flag(int_range(0, 65535))
+_seconds = flag(float_range(0.1, 3600, "seconds"))
 
 
 # Set by the controller per pod (identity, addresses): not the user's to override.
@@ -99,6 +78,20 @@ def _env_var(text: str) -> tuple[str, str]:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{name}={value!r}: {exc}") from None
     return name, value
+
+
+RUNTIMES = ("process", "docker")
+
+
+def get_runtime(name: str) -> PodRuntime:
+    """The pod runtime called ``name``."""
+    if name == "docker":
+        # Imported here, not at the top: the Docker SDK adds 70-100 ms to every kvstore
+        # command (measured after the rest is loaded) and only --runtime docker needs it.
+        from kvstore.local.docker_runtime import DockerRuntime
+
+        return DockerRuntime()
+    return ProcessRuntime()
 
 
 def register(subparsers: Any) -> None:
@@ -301,7 +294,7 @@ async def _run_controller(spec: ClusterSpec, runtime: Any, watch: bool, hints: b
 
 
 def _detach(args: argparse.Namespace, directory: Path) -> int:
-    command = [sys.executable, "-m", "kvstore.local.commands", "up", "--dir", str(directory),
+    command = [sys.executable, "-m", "kvstore", "cluster", "up", "--dir", str(directory),
                "--replicas", str(args.replicas), "--runtime", args.runtime,
                "--base-address", args.base_address, "--dns-address", args.dns_address,
                "--dns-port", str(args.dns_port), "--grace", str(args.grace), "--controller-only"]
@@ -443,21 +436,3 @@ def _down(args: argparse.Namespace) -> int:
             return 0
         time.sleep(0.2)
     raise ClusterError(f"the controller (pid {pid}) is still stopping after {args.timeout:g}s")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage line + one error line, exit 2 (argparse's contract)
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m kvstore.local.commands up …``: the cluster commands alone (used by --detach)."""
-    parser = _Parser(prog="kvstore")
-    register(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
-    args = parser.parse_args(["cluster", *(sys.argv[1:] if argv is None else argv)])
-    return handle(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
