@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 import aiohttp
 
-from kvstore.local.handle import LocalCluster
+from kvstore.local.handle import LocalCluster, wait_for
 from kvstore.local.state import ClusterError
 from wrk import ensure_tool
 
@@ -36,17 +35,6 @@ KV_BASE = "127.0.77.10"
 KV_DNS = "127.0.77.2"
 # Debian ships etcd 3.4, whose JSON gateway is /v3 (v3beta still accepted, dropped in 3.5).
 ETCD_GATEWAY = "/v3"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
-    """Poll ``check`` until it is truthy; RuntimeError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def http_json(method: str, url: str, body: Any = None, timeout: float = 5.0) -> Any:

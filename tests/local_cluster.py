@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable
 
 from kvstore.local import handle
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
-    """Poll ``check`` until it returns something truthy; bounded in time."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
+from kvstore.local.handle import wait_for
 
 
 class LocalCluster(handle.LocalCluster):

@@ -19,9 +19,24 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from kvstore.local.state import LOG_DIR, ClusterError, client_url, read_state, running_pid
+
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T], timeout: float = 30.0, interval: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy, and return that; TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
 
 
 def run_cli(*args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
@@ -106,9 +121,7 @@ class LocalCluster:
             os.kill(pid, signal.SIGKILL)  # our own controller, named by its lock file
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + 10
-        while running_pid(self.directory) is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for("the controller to die", lambda: running_pid(self.directory) is None, 10)
 
     # ------------------------------------------------------------ pods
     def pods(self) -> dict[str, dict[str, Any]]:

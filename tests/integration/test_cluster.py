@@ -14,11 +14,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import dns.message
 import dns.query
@@ -26,20 +25,9 @@ import pytest
 
 from kvstore import config as config_mod
 from kvstore.discovery import PeerDirectory
-from kvstore.local.handle import LocalCluster
+from kvstore.local.handle import LocalCluster, wait_for
 from kvstore.local.handle import run_cli as kvstore  # the real command line
 from kvstore.local.state import ClusterError, read_state, running_pid
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """Poll ``check`` until it returns something truthy; bounded in time."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pods(directory: Path) -> dict[str, dict[str, Any]]:
