@@ -22,12 +22,14 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
 import aiohttp
 
+from kvstore.aio import cancel_and_wait
 from kvstore.chaos import checker
 from kvstore.chaos.history import OK, read_history, write_jsonl
 from kvstore.chaos.linearizability import DEFAULT_MAX_STEPS
@@ -39,6 +41,7 @@ from kvstore.chaos.workload import Workload, WorkloadConfig
 from kvstore.cmdline import flag, float_range, int_range
 from kvstore.local.handle import LocalCluster
 from kvstore.local.state import ClusterError, read_state
+from kvstore.progress import ProgressLine
 
 RUNTIMES = ("process", "docker", "kubernetes")
 # Pod settings of a cluster chaos creates: short server timeouts so most answers are definite,
@@ -205,6 +208,19 @@ async def heal_and_read(backend: Backend, replicas: int, timeout: float,
 
 
 # ------------------------------------------------------------------------- summary
+def progress_text(elapsed: float, duration: float, history: list[Any], faults: list[dict[str, Any]],
+                  kinds: tuple[str, ...]) -> str:
+    """The status line during a run: time, the faults of ``kinds`` so far, finished operations by outcome."""
+    elapsed = min(elapsed, duration)  # operations in flight at the end still finish
+    counts = checker.fault_counts(faults)
+    outcomes: Counter[str] = Counter()
+    for row in checker.outcome_table(op for op in history if op.ret is not None).values():
+        outcomes.update(row)  # the summary table's outcomes
+    return (f"chaos {elapsed:.0f}s/{duration:g}s ({duration - elapsed:.0f}s left) | "
+            + " ".join(f"{kind} {counts[kind]}" for kind in kinds) + (" | " if kinds else "")
+            + " ".join(f"{name} {outcomes[name]}" for name in ("ok", "rejected", "failed", "unknown")))
+
+
 def summary(args: argparse.Namespace, seed: int, history: list[Any], faults: list[dict[str, Any]],
             report: checker.Report, views: dict[str, checker.ReplicaView], converged: bool,
             elapsed: float) -> str:
@@ -354,9 +370,14 @@ def _run(args: argparse.Namespace) -> int:
 
         async def run() -> tuple[dict[str, checker.ReplicaView], bool]:
             deadline = args.duration
+            line = ProgressLine()
+            ticker = asyncio.create_task(line.follow(lambda: progress_text(
+                time.monotonic() - started, args.duration, workload.history, nemesis.log, args.nemesis)))
             try:
                 await asyncio.gather(workload.run(deadline), nemesis.run(deadline))
             finally:
+                await cancel_and_wait(ticker)
+                line.close()
                 nemesis.heal_all()
             _say("faults stopped; waiting for the cluster to heal and converge")
             return await heal_and_read(backend, replicas, args.heal_timeout, _say)
