@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -26,7 +25,8 @@ from typing import Any, Callable, Iterator
 
 import aiohttp
 
-from kvstore.local.state import client_url, read_state, running_pid
+from kvstore.local.handle import LocalCluster, wait_for
+from kvstore.local.state import ClusterError
 from wrk import ensure_tool
 
 # Loopback ranges of their own, apart from the tests' and `./kv cluster up`'s defaults.
@@ -35,17 +35,6 @@ KV_BASE = "127.0.77.10"
 KV_DNS = "127.0.77.2"
 # Debian ships etcd 3.4, whose JSON gateway is /v3 (v3beta still accepted, dropped in 3.5).
 ETCD_GATEWAY = "/v3"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
-    """Poll ``check`` until it is truthy; RuntimeError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def http_json(method: str, url: str, body: Any = None, timeout: float = 5.0) -> Any:
@@ -187,32 +176,8 @@ async def etcd_seed(url: str, prefix: str, count: int, value: bytes, concurrency
 
 
 # ------------------------------------------------------------------- kvstore
-def kvstore_cli(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
-    """Run the real `kvstore` command line."""
-    return subprocess.run([sys.executable, "-m", "kvstore", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-@dataclass
-class KvCluster:
-    """A running local kvstore cluster in its own directory."""
-
-    directory: Path
-
-    def pods(self) -> dict[str, dict[str, Any]]:
-        """The controller's view of the pods (name -> state entry)."""
-        return {p["name"]: p for p in read_state(self.directory)["pods"]}
-
-    def url(self, name: str) -> str:
-        """A pod's client URL."""
-        return client_url(self.pods()[name])
-
-    def pid(self, name: str) -> int:
-        """A pod's process id."""
-        pid = self.pods()[name]["pid"]
-        if not pid:
-            raise RuntimeError(f"{name} has no process")
-        return int(pid)
+class KvCluster(LocalCluster):
+    """A running local kvstore cluster (the project's handle) with what the benchmarks read of it."""
 
     def lsn(self, name: str) -> int:
         """A pod's applied LSN from its status endpoint."""
@@ -223,13 +188,6 @@ class KvCluster:
         target = self.lsn("kv-0")
         wait_for(f"{names} to reach lsn {target}",
                  lambda: all(_lsn_or_zero(self, n) >= target for n in names), timeout, 0.05)
-
-    def scale(self, replicas: int, timeout: float = 120) -> None:
-        """`cluster scale N --wait`."""
-        result = kvstore_cli("cluster", "scale", str(replicas), "--wait", "--dir", str(self.directory),
-                             "--timeout", str(int(timeout)), timeout=timeout + 30)
-        if result.returncode != 0:
-            raise RuntimeError(f"cluster scale failed: {result.stderr.strip()}")
 
 
 def _lsn_or_zero(cluster: KvCluster, name: str) -> int:
@@ -243,25 +201,15 @@ def _lsn_or_zero(cluster: KvCluster, name: str) -> int:
 def kv_cluster(replicas: int = 3, env: dict[str, str] | None = None, base: str = KV_BASE,
                dns: str = KV_DNS) -> Iterator[KvCluster]:
     """`kvstore cluster up --detach` in a temp dir; `cluster down` (or SIGKILL) and removal after."""
-    directory = Path(tempfile.mkdtemp(prefix="kvb-"))
-    args = ["cluster", "up", "--detach", "--dir", str(directory), "--replicas", str(replicas),
-            "--base-address", base, "--dns-address", dns, "--grace", "5", "--timeout", "90"]
-    for name, value in (env or {}).items():
-        args.append(f"--env={name}={value}")
+    cluster = KvCluster(replicas=replicas, base_address=base, dns_address=dns, env=env)
     try:
-        result = kvstore_cli(*args)
-        if result.returncode != 0:
-            raise RuntimeError(f"kvstore cluster up failed: {result.stderr.strip()}")
-        yield KvCluster(directory)
-    finally:
         try:
-            if running_pid(directory) is not None:
-                kvstore_cli("cluster", "down", "--dir", str(directory), "--timeout", "30", timeout=60)
-        finally:
-            pid = running_pid(directory)
-            if pid and pid > 0:
-                os.kill(pid, signal.SIGKILL)
-            shutil.rmtree(directory, ignore_errors=True)
+            cluster.up()
+        except ClusterError as exc:
+            raise RuntimeError(str(exc)) from None
+        yield cluster
+    finally:
+        cluster.down()
 
 
 def rss_mb(pid: int) -> float:

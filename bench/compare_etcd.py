@@ -35,7 +35,7 @@ from clusters import (  # noqa: E402
     stop_on_sigterm,
 )
 from single_replica import replica, seed as kv_seed  # noqa: E402
-from wrk import Figures, ensure_wrk, run_wrk  # noqa: E402
+from wrk import RUNS, Figures, ensure_wrk, run_wrk  # noqa: E402
 
 from kvstore.client import Client  # noqa: E402
 
@@ -147,8 +147,8 @@ def run_ceiling(conns_list: list[int], seconds: int) -> list[Figures]:
 
 def _progress(label: str, fig: Figures) -> None:
     errors = f"  non-2xx {fig.non_2xx} errors {fig.socket_errors}" if fig.non_2xx or fig.socket_errors else ""
-    print(f"  {label:<42} c={fig.connections:<3} {fig.rps:>9.0f} req/s  p50 {fig.p50_ms:7.2f} ms  "
-          f"p99 {fig.p99_ms:7.2f} ms{errors}", file=sys.stderr, flush=True)
+    RUNS.echo(f"  {label:<42} c={fig.connections:<3} {fig.rps:>9.0f} req/s  p50 {fig.p50_ms:7.2f} ms  "
+              f"p99 {fig.p99_ms:7.2f} ms{errors}")
 
 
 def print_comparison(pairs: list[dict[str, Any]], ceiling: list[Figures]) -> None:
@@ -228,9 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(etcd_seed(etcd.leader, "seed/", SEED_KEYS, VALUE))
         asyncio.run(seed_kvstore(kv.url("kv-0")))
         kv.wait_caught_up(["kv-1", "kv-2"])
+        # Three pairs of runs per connection count, then two ceiling runs per count.
+        RUNS.plan(len(args.connections) * (6 if args.no_ceiling else 8))
         pairs = run_pairs(etcd, kv, args.connections, args.seconds)
         etcd_version = etcd.version
     ceiling = [] if args.no_ceiling else run_ceiling(args.connections, args.seconds)
+    RUNS.close()
     print()
     print_comparison(pairs, ceiling)
     judged = verdicts(pairs, ceiling)

@@ -35,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from clusters import KvCluster, kv_cluster, machine, rss_mb, run_main, stop_on_sigterm, wait_for  # noqa: E402
-from wrk import LUA, ensure_wrk, run_wrk  # noqa: E402
+from wrk import LUA, RUNS, ensure_wrk, run_wrk  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 LOAD_CONNECTIONS = 64
@@ -110,8 +110,8 @@ def put_throughput(cluster: KvCluster, label: str, seconds: int) -> dict[str, An
     """wrk PUT w=majority, 32 connections, unique keys, on kv-0."""
     fig = run_wrk(label, cluster.url("kv-0"), "put_unique.lua", 32, seconds,
                   {"KV_BENCH_PATH_PREFIX": f"/v1/kv/tp-{label}/", "KV_BENCH_QUERY": "?w=majority"})
-    print(f"  PUT w=majority c=32 {label}: {fig.rps:.0f} req/s, p50 {fig.p50_ms:.2f} ms, "
-          f"p99 {fig.p99_ms:.2f} ms", file=sys.stderr, flush=True)
+    RUNS.echo(f"  PUT w=majority c=32 {label}: {fig.rps:.0f} req/s, p50 {fig.p50_ms:.2f} ms, "
+              f"p99 {fig.p99_ms:.2f} ms")
     return fig.as_dict()
 
 
@@ -164,25 +164,27 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {"keys": args.keys, "machine": machine(),
                                "command": " ".join(["./kv bench scale_figures",
                                                     *(argv if argv is not None else sys.argv[1:])])}
-    print(f"bench: 3-replica kvstore cluster (KV_LOG_RETENTION={LOG_RETENTION})", file=sys.stderr)
+    RUNS.echo(f"bench: 3-replica kvstore cluster (KV_LOG_RETENTION={LOG_RETENTION})")
+    RUNS.plan(2)  # the two throughput runs; the other phases say what they do as they start
     with kv_cluster(3, env={"KV_LOG_RETENTION": str(LOG_RETENTION)}) as cluster:
         figures["load_small"] = load(cluster, "k/", 0, args.small)
         cluster.wait_caught_up(["kv-1", "kv-2"])
         figures["put_at_small"] = put_throughput(cluster, f"{args.small // 1000}k-keys", args.seconds)
-        print(f"bench: loading {args.keys - args.small} more keys", file=sys.stderr, flush=True)
+        RUNS.echo(f"bench: loading {args.keys - args.small} more keys")
         figures["load_large"] = load(cluster, "k/", args.small, args.keys - args.small)
-        print(f"  loaded {figures['load_large']['keys']} keys in {figures['load_large']['seconds']} s "
-              f"({figures['load_large']['keys_per_second']}/s)", file=sys.stderr, flush=True)
+        RUNS.echo(f"  loaded {figures['load_large']['keys']} keys in {figures['load_large']['seconds']} s "
+                  f"({figures['load_large']['keys_per_second']}/s)")
         cluster.wait_caught_up(["kv-1", "kv-2"], timeout=600)
         figures["rss_mb"] = {n: round(rss_mb(cluster.pid(n)), 1) for n in ("kv-0", "kv-1", "kv-2")}
-        print(f"  RSS: {figures['rss_mb']}", file=sys.stderr, flush=True)
+        RUNS.echo(f"  RSS: {figures['rss_mb']}")
         figures["put_at_large"] = put_throughput(cluster, f"{args.keys // 1000}k-keys", args.seconds)
-        print(f"bench: catch-up of kv-2 after {args.catchup_writes} writes", file=sys.stderr, flush=True)
+        RUNS.echo(f"bench: catch-up of kv-2 after {args.catchup_writes} writes")
         figures["catch_up"] = catch_up(cluster, args.catchup_writes, 0)
-        print(f"  {figures['catch_up']}", file=sys.stderr, flush=True)
-        print("bench: scale 3 -> 4 (snapshot sync)", file=sys.stderr, flush=True)
+        RUNS.echo(f"  {figures['catch_up']}")
+        RUNS.echo("bench: scale 3 -> 4 (snapshot sync)")
         figures["snapshot_sync"] = snapshot_sync(cluster)
-        print(f"  {figures['snapshot_sync']}", file=sys.stderr, flush=True)
+        RUNS.echo(f"  {figures['snapshot_sync']}")
+    RUNS.close()
     figures["wall_seconds"] = round(time.monotonic() - started, 1)
     small, large = figures["put_at_small"]["rps"], figures["put_at_large"]["rps"]
     rss_max = max(figures["rss_mb"].values())

@@ -26,7 +26,7 @@ from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from wrk import Figures, ensure_wrk, print_table, run_wrk  # noqa: E402
+from wrk import RUNS, Figures, ensure_wrk, print_table, run_wrk  # noqa: E402
 
 from kvstore.client import Client  # noqa: E402
 
@@ -100,7 +100,9 @@ def main() -> int:
     if not 1 <= args.seconds <= 600:
         parser.error("--seconds must be from 1 to 600")
     ensure_wrk()
+    RUNS.plan(8)  # PUT and GET at 1 and 32 connections, fsync on and off
     rows = bench_mode(True, args.seconds) + bench_mode(False, args.seconds)
+    RUNS.close()
     print_table(rows)
     durable = next(r for r in rows if r.name.startswith("PUT") and "(fsync)" in r.name and r.connections == 32)
     ceiling = next(r for r in rows if r.name.startswith("PUT") and "no-fsync" in r.name and r.connections == 32)

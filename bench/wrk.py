@@ -14,7 +14,39 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kvstore.progress import ProgressLine
+
 LUA = Path(__file__).parent / "lua"
+
+
+class Runs:
+    """Which wrk run of how many: a progress line on stderr (in place on a terminal)."""
+
+    def __init__(self) -> None:
+        self.line = ProgressLine()
+        self.planned = 0
+        self.done = 0
+
+    def plan(self, count: int) -> None:
+        """The number of wrk runs the benchmark is about to make."""
+        self.planned, self.done = count, 0
+
+    def start(self, name: str, connections: int, seconds: float) -> None:
+        """A run begins: show which."""
+        self.done += 1
+        of = f" of {self.planned}" if self.planned >= self.done else ""
+        self.line.show(f"bench: run {self.done}{of}: {name}, {connections} connections, {seconds:g} s")
+
+    def echo(self, text: str) -> None:
+        """A result line, printed above the progress line."""
+        self.line.echo(text)
+
+    def close(self) -> None:
+        """Before the final tables: the progress line ends."""
+        self.line.close()
+
+
+RUNS = Runs()
 
 
 @dataclass
@@ -64,6 +96,7 @@ def ensure_wrk() -> str:
 def run_wrk(name: str, url: str, script: str, connections: int, seconds: float,
             env: dict[str, str] | None = None) -> Figures:
     """Run wrk for ``seconds`` with ``connections`` (at most 2 threads: the machine is small)."""
+    RUNS.start(name, connections, seconds)
     threads = min(2, connections)
     cmd = [ensure_wrk(), f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "10s",
            "-s", str(LUA / script), url]

@@ -15,6 +15,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from kvstore.cmdline import float_range, int_range
 from kvstore.identity import parse_ordinal, role_of
 
 WRITE_CONCERNS = ("1", "majority", "all")
@@ -22,32 +23,6 @@ WRITE_CONCERNS = ("1", "majority", "all")
 
 class ConfigError(ValueError):
     """A configuration value is unusable; the message names it and what it accepts."""
-
-
-def _int_range(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text.strip(), 10)
-        except ValueError:
-            raise ValueError(f"expected an integer from {low} to {high}") from None
-        if not low <= value <= high:
-            raise ValueError(f"expected an integer from {low} to {high}")
-        return value
-
-    return parse
-
-
-def _float_range(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text.strip())
-        except ValueError:
-            raise ValueError(f"expected a number from {low} to {high}") from None
-        if not low <= value <= high:  # also rejects nan
-            raise ValueError(f"expected a number from {low} to {high}")
-        return value
-
-    return parse
 
 
 def _bool(text: str) -> bool:
@@ -87,7 +62,7 @@ def _host_port(text: str) -> str:
     host, sep, port = text.strip().rpartition(":")
     if not sep or not host:
         raise ValueError("expected host:port, like 10.96.0.10:53")
-    _int_range(1, 65535)(port)
+    int_range(1, 65535)(port)
     return f"{host.strip('[]')}:{int(port)}"
 
 
@@ -135,9 +110,9 @@ class Config:
                              "directory holding this replica's LevelDB", "/data")
     bind_address: str = _setting("KV_BIND_ADDRESS", "--bind-address", _nonempty,
                                  "address both ports listen on", "0.0.0.0")
-    http_port: int = _setting("KV_HTTP_PORT", "--http-port", _int_range(1, 65535),
+    http_port: int = _setting("KV_HTTP_PORT", "--http-port", int_range(1, 65535),
                               "client port", 8080)
-    peer_port: int = _setting("KV_PEER_PORT", "--peer-port", _int_range(1, 65535),
+    peer_port: int = _setting("KV_PEER_PORT", "--peer-port", int_range(1, 65535),
                               "peer (replication) port", 8081)
     dns_server: str = _setting("KV_DNS_SERVER", "--dns-server", _host_port,
                                "DNS server host:port (default: the system resolver)", "")
@@ -147,24 +122,24 @@ class Config:
                                        _nonempty, "file holding the cluster token", "")
     write_concern: str = _setting("KV_WRITE_CONCERN", "--write-concern", _write_concern,
                                   "default write concern: 1, majority or all", "majority")
-    replicas: int = _setting("KV_REPLICAS", "--replicas", _int_range(1, 1000),
+    replicas: int = _setting("KV_REPLICAS", "--replicas", int_range(1, 1000),
                              "replicas the StatefulSet is configured with", 3)
     max_key_bytes: int = _setting("KV_MAX_KEY_BYTES", "--max-key-bytes",
-                                  _int_range(1, 65536), "largest key in bytes", 1024)
+                                  int_range(1, 65536), "largest key in bytes", 1024)
     max_value_bytes: int = _setting("KV_MAX_VALUE_BYTES", "--max-value-bytes",
-                                    _int_range(0, 64 * 1024 * 1024),
+                                    int_range(0, 64 * 1024 * 1024),
                                     "largest value in bytes", 1024 * 1024)
     log_retention: int = _setting("KV_LOG_RETENTION", "--log-retention",
-                                  _int_range(1, 1_000_000_000),
+                                  int_range(1, 1_000_000_000),
                                   "replication log entries kept for followers", 100_000)
     refresh_interval: float = _setting("KV_REFRESH_INTERVAL", "--refresh-interval",
-                                       _float_range(0.1, 3600),
+                                       float_range(0.1, 3600),
                                        "seconds between peer discovery refreshes", 2.0)
-    read_wait: float = _setting("KV_READ_WAIT", "--read-wait", _float_range(0, 300),
+    read_wait: float = _setting("KV_READ_WAIT", "--read-wait", float_range(0, 300),
                                 "seconds a min_lsn read waits before answering 504", 5.0)
-    write_timeout: float = _setting("KV_WRITE_TIMEOUT", "--write-timeout", _float_range(0.1, 300),
+    write_timeout: float = _setting("KV_WRITE_TIMEOUT", "--write-timeout", float_range(0.1, 300),
                                     "seconds a write waits for its write concern before 504", 5.0)
-    recovery_wait: float = _setting("KV_RECOVERY_WAIT", "--recovery-wait", _float_range(0, 3600),
+    recovery_wait: float = _setting("KV_RECOVERY_WAIT", "--recovery-wait", float_range(0, 3600),
                                     "seconds a starting kv-0 waits for every follower before deciding "
                                     "with a quorum of them", 10.0)
     replicate_from: str = _setting("KV_REPLICATE_FROM", "--replicate-from", _replicate_from,

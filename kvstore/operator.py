@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 
 from kvstore import config as config_mod
+from kvstore.cmdline import DEFAULT_CLUSTER_DIR
 from kvstore.local.state import ClusterError, read_state
 
 ACTIONS = ("fresh", "from", "resync")
@@ -48,7 +49,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--peer-url", default=None,
                         help="that pod's peer URL (default: the local cluster in --dir, else this pod's "
                              "own peer port on 127.0.0.1 with $KV_CLUSTER_TOKEN[_FILE])")
-    parser.add_argument("--dir", default="kvstore-cluster", help="local cluster directory")
+    parser.add_argument("--dir", default=DEFAULT_CLUSTER_DIR, help="local cluster directory")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
     parser.set_defaults(handler=run)
 

@@ -1,7 +1,8 @@
 """HTTP plumbing both ports share, on aiohttp's low-level server.
 
-Routing, JSON errors for everything (no HTML page or traceback reaches a
-client), request metrics and the in-flight count a stopping replica waits on.
+Routing, JSON errors for everything (no HTML page, plain-text parser message
+or traceback reaches a client), request metrics and the in-flight count a
+stopping replica waits on.
 """
 
 from __future__ import annotations
@@ -12,8 +13,17 @@ import time
 from typing import Any, Awaitable, Callable, Mapping
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 log = logging.getLogger("kvstore.api")
+
+# The HTTP parser's limits. A header line may be as long as aiohttp's default
+# allows; the request line must hold the longest request the API accepts (a
+# listing whose prefix and start_after are both the largest key,
+# percent-encoded at three bytes a byte). The two limits differ, which is how
+# a refused line is known to be the request line or a header.
+MAX_HEADER_LINE = 8190
+MIN_REQUEST_LINE = 16384
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -36,6 +46,73 @@ def error_response(status: int, code: str, message: str,
     """The JSON error body every endpoint uses."""
     body = {"error": code, "message": message, **extra}
     return web.json_response(body, status=status, headers=dict(headers or {}))
+
+
+def request_line_limit(max_key_bytes: int) -> int:
+    """The longest request line a replica with this key limit accepts."""
+    return max(MIN_REQUEST_LINE, 2 * 3 * max_key_bytes + 1024)
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """The parser's multi-line message (it draws a caret under the fault) as one short line."""
+    return " ".join(text.split())[:limit]
+
+
+def refusal(status: int, exc: BaseException | None, line_limit: int) -> web.Response:
+    """The JSON answer to a request aiohttp refused before any handler ran.
+
+    ``status`` and ``exc`` are what aiohttp's protocol passes to its error
+    hook: a parser error (400) or, for a handler that raised, 500/504.
+    """
+    if isinstance(exc, LineTooLong):
+        limit = exc.args[1] if len(exc.args) > 1 else None
+        if limit == line_limit:
+            return error_response(414, "request_line_too_long",
+                                  f"the request line is longer than {line_limit} bytes; shorten the key or query")
+        return error_response(431, "header_too_large",
+                              f"a request header is longer than {MAX_HEADER_LINE} bytes")
+    if isinstance(exc, HttpProcessingError):
+        detail = one_line(str(exc.message))
+        return error_response(exc.code if 400 <= exc.code < 500 else 400, "bad_request",
+                              f"malformed HTTP request: {detail}")
+    if status == 504:
+        return error_response(504, "timeout", "the request timed out; retry")
+    return error_response(500, "internal", "internal error; see the replica's log")
+
+
+class _JsonErrorProtocol(web.RequestHandler):
+    """aiohttp's connection handler, answering its own errors in the API's JSON shape."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """Called by aiohttp for parser errors and for exceptions a handler let out."""
+        if request.writer.output_size > 0:  # part of an answer is out: only closing is left
+            raise ConnectionError("an answer was already started; cannot send an error")
+        if isinstance(exc, HttpProcessingError):  # the client's mistake: one line, no traceback
+            log.info("refused a malformed request from %s: %s", request.remote, one_line(str(exc.message)))
+        else:
+            log.error("error handling a request from %s", request.remote, exc_info=exc)
+        response = refusal(status, exc, self.max_line_size)
+        response.force_close()  # the parser's state is unknown: never reuse the connection
+        return response
+
+
+class JsonErrorServer(web.Server):
+    """aiohttp's low-level server whose every answer, parser errors included, is the API's JSON.
+
+    aiohttp answers a request its parser refuses (a request line or header
+    over the limit, a malformed request) with plain text, before any handler
+    runs; its connection handler's ``handle_error`` hook is the one place to
+    change that, so this server makes its connections with that hook replaced.
+    """
+
+    def __init__(self, handler: "Handler", *, max_key_bytes: int, **kwargs: Any) -> None:
+        super().__init__(handler, max_line_size=request_line_limit(max_key_bytes),
+                         max_field_size=MAX_HEADER_LINE, **kwargs)
+
+    def __call__(self) -> web.RequestHandler:
+        # web.Server.__call__ builds aiohttp's own RequestHandler; the same, with our hook.
+        return _JsonErrorProtocol(self, loop=self._loop, **self._kwargs)
 
 
 class Router:
@@ -158,6 +235,12 @@ def make_handler(router: Router, metrics: Any, in_flight: InFlight | None = None
             except web.HTTPException as exc:  # from aiohttp itself, e.g. a refused WebSocket handshake
                 code = {400: "bad_request", 413: "too_large"}.get(exc.status, "http_error")
                 response = error_response(exc.status, code, exc.text or exc.reason)
+            except web.RequestPayloadError as exc:  # a body the parser refused while the handler read it
+                response = error_response(400, "bad_body", f"the request body is malformed: {one_line(str(exc))}")
+                response.force_close()  # the rest of the body cannot be told from a next request
+                # Nothing more of it will be read: without this aiohttp drains the broken body
+                # after the answer and logs the same error again, with a traceback.
+                request.content.feed_eof()
             except Exception:  # a bug: log it, still answer in the contract's shape
                 log.exception("unhandled error on %s %s", request.method, request.rel_url)
                 response = error_response(500, "internal", "internal error; see the replica's log")

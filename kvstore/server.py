@@ -114,10 +114,15 @@ async def serve(config: Config) -> None:
     replica = Replica(config, store, metrics, replication)
     in_flight = routing.InFlight()
     # aiohttp's low-level server: see routing.Router for why not an Application.
-    client_runner = web.ServerRunner(web.Server(api.create_handler(replica, in_flight), access_log=None),
-                                     shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
-    peer_runner = web.ServerRunner(web.Server(make_peer_handler(replica, token, in_flight), access_log=None),
-                                   shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
+    # Both answer even what aiohttp's HTTP parser refuses in JSON (see routing.JsonErrorServer).
+    client_runner = web.ServerRunner(
+        routing.JsonErrorServer(api.create_handler(replica, in_flight), max_key_bytes=config.max_key_bytes,
+                                access_log=None),
+        shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
+    peer_runner = web.ServerRunner(
+        routing.JsonErrorServer(make_peer_handler(replica, token, in_flight), max_key_bytes=config.max_key_bytes,
+                                access_log=None),
+        shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -18,19 +18,18 @@ import ipaddress
 import json
 import os
 import random
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
 import aiohttp
 
+from kvstore.aio import cancel_and_wait
 from kvstore.chaos import checker
 from kvstore.chaos.history import OK, read_history, write_jsonl
 from kvstore.chaos.linearizability import DEFAULT_MAX_STEPS
@@ -39,6 +38,10 @@ from kvstore.chaos.nemesis import (
     NemesisUnavailable, PodInfo, local_pods,
 )
 from kvstore.chaos.workload import Workload, WorkloadConfig
+from kvstore.cmdline import flag, float_range, int_range
+from kvstore.local.handle import LocalCluster
+from kvstore.local.state import ClusterError, read_state
+from kvstore.progress import ProgressLine
 
 RUNTIMES = ("process", "docker", "kubernetes")
 # Pod settings of a cluster chaos creates: short server timeouts so most answers are definite,
@@ -52,14 +55,7 @@ class ChaosError(Exception):
 
 
 # ------------------------------------------------------------------------ flags
-def _duration(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 1 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"expected seconds from 1 to 86400, got {text!r}")
-    return value
+_duration = flag(float_range(1, 86400, "seconds"))
 
 
 def _nemesis(text: str) -> tuple[str, ...]:
@@ -74,27 +70,11 @@ def _nemesis(text: str) -> tuple[str, ...]:
 
 
 def _positive_int(high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if not text.isdigit() or not 1 <= int(text) <= high:
-            raise argparse.ArgumentTypeError(f"expected an integer from 1 to {high}, got {text!r}")
-        return int(text)
-    return parse
+    return flag(int_range(1, high))
 
 
-def _number(low: float, high: float, expected: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")  # fails the range check below
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-    return parse
-
-
-_fraction = _number(0, 1, "a number from 0 to 1")
-_interval = _number(0.05, 600, "seconds from 0.05 to 600")
+_fraction = flag(float_range(0, 1))
+_interval = flag(float_range(0.05, 600, "seconds"))
 
 
 def register(subparsers: Any) -> None:
@@ -162,52 +142,12 @@ def free_loopback_range(rng: random.Random, replicas: int) -> int:
     raise ChaosError("no free loopback range 127.0.X.0/24 found for a chaos cluster")
 
 
-def _kvstore(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kvstore", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-class OwnCluster:
-    """A local cluster this command starts, and always stops."""
-
-    def __init__(self, runtime: str, replicas: int, rng: random.Random) -> None:
-        self.runtime = runtime
-        self.replicas = replicas
-        self.directory = Path(tempfile.mkdtemp(prefix="kvchaos-"))
-        self.octet = free_loopback_range(rng, replicas) if runtime == "process" else None
-
-    def up(self) -> None:
-        args = ["cluster", "up", "--detach", "--dir", str(self.directory), "--replicas", str(self.replicas),
-                "--runtime", self.runtime, "--grace", "5", "--timeout", "150"]
-        if self.octet is not None:
-            args += ["--base-address", f"127.0.{self.octet}.10", "--dns-address", f"127.0.{self.octet}.2"]
-        for name, value in CLUSTER_ENV.items():
-            args.append(f"--env={name}={value}")
-        result = _kvstore(*args, timeout=240)
-        if result.returncode != 0:
-            lines = (result.stderr or result.stdout).strip().splitlines()
-            raise ChaosError(f"cannot start a cluster: {lines[-1] if lines else result.returncode}")
-
-    def down(self, keep_logs: Path | None) -> None:
-        from kvstore.local.state import running_pid
-        try:
-            if running_pid(self.directory) is not None:
-                _kvstore("cluster", "down", "--dir", str(self.directory), "--timeout", "60", timeout=90)
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            pid = running_pid(self.directory)
-            if pid and pid > 0:  # our own controller, found through its lock file
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                deadline = time.monotonic() + 10
-                while running_pid(self.directory) is not None and time.monotonic() < deadline:
-                    time.sleep(0.1)
-            if keep_logs is not None and (self.directory / "logs").is_dir():
-                shutil.copytree(self.directory / "logs", keep_logs, dirs_exist_ok=True)
-            shutil.rmtree(self.directory, ignore_errors=True)
+def own_cluster(runtime: str, replicas: int, rng: random.Random) -> LocalCluster:
+    """A local cluster this command starts in a temporary directory, on a free loopback range."""
+    octet = free_loopback_range(rng, replicas) if runtime == "process" else None
+    return LocalCluster(replicas=replicas, runtime=runtime, env=CLUSTER_ENV, ready_timeout=150,
+                        base_address=None if octet is None else f"127.0.{octet}.10",
+                        dns_address=None if octet is None else f"127.0.{octet}.2")
 
 
 def client_address_for(pods: list[PodInfo]) -> str:
@@ -270,6 +210,19 @@ async def heal_and_read(backend: Backend, replicas: int, timeout: float,
 
 
 # ------------------------------------------------------------------------- summary
+def progress_text(elapsed: float, duration: float, history: list[Any], faults: list[dict[str, Any]],
+                  kinds: tuple[str, ...]) -> str:
+    """The status line during a run: time, the faults of ``kinds`` so far, finished operations by outcome."""
+    elapsed = min(elapsed, duration)  # operations in flight at the end still finish
+    counts = checker.fault_counts(faults)
+    outcomes: Counter[str] = Counter()
+    for row in checker.outcome_table(op for op in history if op.ret is not None).values():
+        outcomes.update(row)  # the summary table's outcomes
+    return (f"chaos {elapsed:.0f}s/{duration:g}s ({duration - elapsed:.0f}s left) | "
+            + " ".join(f"{kind} {counts[kind]}" for kind in kinds) + (" | " if kinds else "")
+            + " ".join(f"{name} {outcomes[name]}" for name in ("ok", "rejected", "failed", "unknown")))
+
+
 def summary(args: argparse.Namespace, seed: int, history: list[Any], faults: list[dict[str, Any]],
             report: checker.Report, views: dict[str, checker.ReplicaView], converged: bool,
             elapsed: float) -> str:
@@ -372,7 +325,7 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ChaosError(f"--out {args.out}: {exc.strerror or exc}") from None
 
-    own: OwnCluster | None = None
+    own: LocalCluster | None = None
     backend: Backend | None = None
     client_address: str | None = None  # the process runtime binds the workload here (partitions spare it)
     nemesis: Nemesis | None = None
@@ -385,11 +338,13 @@ def _run(args: argparse.Namespace) -> int:
             if args.dir:
                 directory = Path(args.dir)
             else:
-                own = OwnCluster(args.runtime, args.replicas, rng)
+                own = own_cluster(args.runtime, args.replicas, rng)
                 _say(f"starting a {args.replicas}-pod cluster ({args.runtime}) in {own.directory}")
-                own.up()
+                try:
+                    own.up()
+                except ClusterError as exc:
+                    raise ChaosError(f"cannot start a cluster: {exc}") from None
                 directory = own.directory
-            from kvstore.local.state import ClusterError, read_state
             try:
                 state = read_state(directory)
             except ClusterError as exc:
@@ -420,9 +375,14 @@ def _run(args: argparse.Namespace) -> int:
 
         async def run() -> tuple[dict[str, checker.ReplicaView], bool]:
             deadline = args.duration
+            line = ProgressLine()
+            ticker = asyncio.create_task(line.follow(lambda: progress_text(
+                time.monotonic() - started, args.duration, workload.history, nemesis.log, args.nemesis)))
             try:
                 await asyncio.gather(workload.run(deadline), nemesis.run(deadline))
             finally:
+                await cancel_and_wait(ticker)
+                line.close()
                 nemesis.heal_all()
             _say("faults stopped; waiting for the cluster to heal and converge")
             return await heal_and_read(backend, replicas, args.heal_timeout, _say)
@@ -466,7 +426,7 @@ def _run(args: argparse.Namespace) -> int:
         if backend is not None:
             backend.cleanup()
         if own is not None:
-            own.down(keep_logs=out / "logs")
+            own.down(timeout=60, keep_logs=out / "logs")
 
 
 __all__ = ["register", "handle", "OK"]

@@ -1,8 +1,11 @@
 """Pod runtimes: how the local StatefulSet runs one pod's container.
 
-The controller only needs ``start(spec) -> PodProcess`` and, from the process,
-``wait()`` and ``send_signal()``. ``process`` runs ``kvstore serve`` as a
-child process; a ``docker`` runtime can implement the same two classes.
+The controller only needs a :class:`PodRuntime` (``configure``, ``start(spec)
+-> PodProcess``, ``close``) and, from the process, ``wait()`` and
+``send_signal()``. :class:`ProcessRuntime` here runs ``kvstore serve`` as a
+child process on a loopback address; :mod:`kvstore.local.docker_runtime` runs
+each pod as a container of the project's image. ``kvstore cluster up
+--runtime`` chooses between them (:func:`kvstore.local.cli.get_runtime`).
 """
 
 from __future__ import annotations
@@ -16,9 +19,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
-
-RUNTIMES = ("process", "docker")
-
 
 class RuntimeUnavailable(Exception):
     """The chosen runtime cannot be used here; the message says what to do."""
@@ -130,14 +130,3 @@ class ProcessRuntime:
                 start_new_session=True, preexec_fn=self._hook,
             )
         return _Process(proc)
-
-
-def get_runtime(name: str) -> PodRuntime:
-    """The runtime called ``name``; RuntimeUnavailable when it is not implemented here."""
-    if name == "process":
-        return ProcessRuntime()
-    if name == "docker":
-        from kvstore.local.docker_runtime import DockerRuntime  # the Docker SDK only when asked for
-
-        return DockerRuntime()
-    raise RuntimeUnavailable(f"--runtime {name}: expected one of {', '.join(RUNTIMES)}")

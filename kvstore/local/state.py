@@ -167,7 +167,7 @@ def client_url(pod: dict[str, Any]) -> str:
 def read_client_url(directory: str | os.PathLike[str]) -> str:
     """A client URL of the cluster in ``directory``: a Ready pod, the primary first.
 
-    Raises ValueError (a ClusterError) when no cluster is running there.
+    Raises ValueError, with the ClusterError's one-line message, when no cluster is running there.
     """
     try:
         state = read_state(directory)

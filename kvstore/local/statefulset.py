@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import aiohttp
 
+from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
 from kvstore.local.dns import DnsServer, Endpoint, HeadlessService
 from kvstore.local.runtime import PodProcess, PodRuntime, PodSpec
@@ -204,9 +205,7 @@ class Pod:
                 try:
                     code = await self.process.wait()
                 finally:
-                    probe.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await probe
+                    await cancel_and_wait(probe)
                 self.process = None
             self.last_exit = code
             if self.held and not self.deleting:
@@ -365,10 +364,7 @@ class StatefulSet:
     async def stop(self, force: bool = False) -> None:
         """Delete every pod in reverse ordinal order, then stop DNS. ``force``: SIGKILL at once."""
         self.stopping = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        await cancel_and_wait(self._loop_task)
         await self._delete_all(force)
         await self.dns.stop()
         if self._session is not None:

@@ -9,17 +9,15 @@ controller if it is still there (its pods die with it: PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import dns.message
 import dns.query
@@ -27,24 +25,9 @@ import pytest
 
 from kvstore import config as config_mod
 from kvstore.discovery import PeerDirectory
+from kvstore.local.handle import LocalCluster, wait_for
+from kvstore.local.handle import run_cli as kvstore  # the real command line
 from kvstore.local.state import ClusterError, read_state, running_pid
-
-
-def kvstore(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    """Run the real command line."""
-    return subprocess.run([sys.executable, "-m", "kvstore", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """Poll ``check`` until it returns something truthy; bounded in time."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pods(directory: Path) -> dict[str, dict[str, Any]]:
@@ -61,15 +44,7 @@ def all_ready(directory: Path, count: int) -> bool:
 
 def stop_cluster(directory: Path) -> None:
     """`down`, and if that fails, SIGKILL the controller; never leave one running."""
-    if running_pid(directory) is None:
-        return
-    try:
-        kvstore("cluster", "down", "--dir", str(directory), "--timeout", "30", timeout=60)
-    finally:
-        pid = running_pid(directory)
-        if pid and pid > 0:
-            os.kill(pid, signal.SIGKILL)
-            wait_for("controller to die", lambda: running_pid(directory) is None, 10)
+    LocalCluster(directory).down()
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:

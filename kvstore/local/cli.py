@@ -24,13 +24,14 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import aiohttp
 
+from kvstore.cmdline import DEFAULT_CLUSTER_DIR, command_name, dir_flag, flag, float_range, int_range
 from kvstore.config import Config
 from kvstore.local import control
-from kvstore.local.runtime import RUNTIMES, RuntimeUnavailable, get_runtime
+from kvstore.local.runtime import PodRuntime, ProcessRuntime, RuntimeUnavailable
 from kvstore.local.state import (
     LOG_DIR, ClusterError, ControllerLock, client_url, ensure_token, prepare_dir, read_state,
     remove_state, running_pid, write_state,
@@ -39,21 +40,10 @@ from kvstore.local.statefulset import (
     DEFAULTS, GRACE_PERIOD, MAX_REPLICAS, ClusterSpec, Pod, StatefulSet, check_replicas, format_age,
 )
 
-DEFAULT_DIR = "kvstore-cluster"
 COLUMNS = ("NAME", "READY", "STATUS", "RESTARTS", "AGE", "ADDRESS", "ROLE", "LSN")
 
 
 # -- flag types: each rejects bad input with one line --------------------------------------
-
-def _replicas(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_REPLICAS}, got {text!r}") from None
-    if not 0 <= value <= MAX_REPLICAS:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_REPLICAS}, got {text!r}")
-    return value
-
 
 def _loopback(text: str) -> str:
     try:
@@ -65,20 +55,9 @@ def _loopback(text: str) -> str:
     return str(address)
 
 
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
-    return int(text)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 3600:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 3600, got {text!r}")
-    return value
+_replicas = flag(int_range(0, MAX_REPLICAS))
+_port = flag(int_range(0, 65535))
+_seconds = flag(float_range(0.1, 3600, "seconds"))
 
 
 # Set by the controller per pod (identity, addresses): not the user's to override.
@@ -103,6 +82,20 @@ def _env_var(text: str) -> tuple[str, str]:
     return name, value
 
 
+RUNTIMES = ("process", "docker")
+
+
+def get_runtime(name: str) -> PodRuntime:
+    """The pod runtime called ``name``."""
+    if name == "docker":
+        # Imported here, not at the top: the Docker SDK adds 70-100 ms to every kvstore
+        # command (measured after the rest is loaded) and only --runtime docker needs it.
+        from kvstore.local.docker_runtime import DockerRuntime
+
+        return DockerRuntime()
+    return ProcessRuntime()
+
+
 def register(subparsers: Any) -> None:
     """Add ``cluster`` and its sub-commands to the ``kvstore`` parser."""
     cluster = subparsers.add_parser("cluster", help="a local StatefulSet: up, status, scale, kill, down",
@@ -111,8 +104,8 @@ def register(subparsers: Any) -> None:
     sub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
 
     def with_dir(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        parser.add_argument("--dir", default=DEFAULT_DIR,
-                            help=f"cluster directory (default: ./{DEFAULT_DIR})")
+        parser.add_argument("--dir", default=DEFAULT_CLUSTER_DIR,
+                            help=f"cluster directory (default: ./{DEFAULT_CLUSTER_DIR})")
         return parser
 
     up = with_dir(sub.add_parser("up", help="start DNS and the pods, ordered; Ctrl-C stops in reverse"))
@@ -132,6 +125,8 @@ def register(subparsers: Any) -> None:
                     help=f"seconds a pod gets to stop after SIGTERM (default {GRACE_PERIOD:g})")
     up.add_argument("--timeout", type=_seconds, default=120.0,
                     help="with --detach: seconds to wait for all pods to be Ready (default 120)")
+    # The controller `--detach` starts in the background: it logs, and `up` prints the hints.
+    up.add_argument("--controller-only", action="store_true", help=argparse.SUPPRESS)
     up.add_argument("--env", type=_env_var, action="append", default=[], metavar="NAME=VALUE",
                     help="extra pod environment, like env: in the pod template (repeatable), "
                          "e.g. --env KV_WRITE_CONCERN=all")
@@ -184,7 +179,7 @@ def _up(args: argparse.Namespace) -> int:
         _check_ports(spec)
     if args.detach:
         return _detach(args, directory)
-    return asyncio.run(_run_controller(spec, runtime, watch=True))
+    return asyncio.run(_run_controller(spec, runtime, watch=True, hints=not args.controller_only))
 
 
 def _check_ports(spec: ClusterSpec) -> None:
@@ -202,13 +197,22 @@ def _check_ports(spec: ClusterSpec) -> None:
                     raise ClusterError(f"{address}:{port} for {spec.pod_name(ordinal)} {why}") from None
 
 
+def next_steps(directory: Path, kv0_address: str, detached: bool) -> str:
+    """What to do once every pod is Ready: two lines to print."""
+    kv, where = command_name(), dir_flag(directory)
+    stop = f"`{kv} cluster down{where}`" if detached else "Ctrl-C"
+    return (f"next: `{kv} put greeting hello{where}`, then `{kv} get greeting{where}`; stop with {stop}\n"
+            f"dashboard: http://{kv0_address}:{DEFAULTS.http_port}/ui/")
+
+
 class _Watch:
     """Prints pod changes like ``kubectl get pods -w`` and keeps cluster.json current."""
 
-    def __init__(self, directory: Path, echo: bool) -> None:
+    def __init__(self, directory: Path, echo: bool, hints: bool) -> None:
         self.directory = directory
         self.echo = echo
         self._last: dict[str, tuple[Any, ...]] = {}
+        self._announced = not hints  # the next steps, printed once when every pod first is Ready
 
     def __call__(self, statefulset: StatefulSet, pod: Pod | None) -> None:
         try:
@@ -226,6 +230,11 @@ class _Watch:
         for name in set(self._last) - {p.name for p in statefulset.pods.values()}:
             del self._last[name]
             print(f"{name:<8}deleted", flush=True)
+        ready = [p for o, p in statefulset.pods.items() if o < statefulset.replicas and p.ready]
+        if not self._announced and statefulset.replicas > 0 and len(ready) == statefulset.replicas:
+            self._announced = True
+            kv0 = statefulset.pods[0].spec.address
+            print(next_steps(self.directory, kv0, detached=False), flush=True)
 
 
 def _row(name: str, ready: bool, status: str, restarts: int, created: float, address: str) -> str:
@@ -233,7 +242,7 @@ def _row(name: str, ready: bool, status: str, restarts: int, created: float, add
             f"{format_age(time.time() - created):<8}{address}")
 
 
-async def _run_controller(spec: ClusterSpec, runtime: Any, watch: bool) -> int:
+async def _run_controller(spec: ClusterSpec, runtime: Any, watch: bool, hints: bool) -> int:
     directory = spec.directory
     # On a terminal the watch lines say it all; in a log file (--detach) the details help.
     logging.basicConfig(level=logging.WARNING if sys.stdout.isatty() else logging.INFO,
@@ -245,7 +254,7 @@ async def _run_controller(spec: ClusterSpec, runtime: Any, watch: bool) -> int:
         # docker: builds the image and the network, and moves the spec's addresses onto it.
         await asyncio.get_running_loop().run_in_executor(None, runtime.configure, spec)
         stop = asyncio.Event()
-        statefulset = StatefulSet(spec, runtime, on_change=_Watch(directory, echo=watch))
+        statefulset = StatefulSet(spec, runtime, on_change=_Watch(directory, echo=watch, hints=hints))
         loop = asyncio.get_running_loop()
         force = False
 
@@ -287,10 +296,10 @@ async def _run_controller(spec: ClusterSpec, runtime: Any, watch: bool) -> int:
 
 
 def _detach(args: argparse.Namespace, directory: Path) -> int:
-    command = [sys.executable, "-m", "kvstore.local.commands", "up", "--dir", str(directory),
+    command = [sys.executable, "-m", "kvstore", "cluster", "up", "--dir", str(directory),
                "--replicas", str(args.replicas), "--runtime", args.runtime,
                "--base-address", args.base_address, "--dns-address", args.dns_address,
-               "--dns-port", str(args.dns_port), "--grace", str(args.grace)]
+               "--dns-port", str(args.dns_port), "--grace", str(args.grace), "--controller-only"]
     if args.parallel:
         command.append("--parallel")
     for name, value in args.env:
@@ -314,7 +323,11 @@ def _detach(args: argparse.Namespace, directory: Path) -> int:
             if ready == args.replicas and _primary_writable(state):
                 print(f"cluster up in {directory}: {ready}/{args.replicas} pods Ready "
                       f"(controller pid {proc.pid}, log {log_path})")
-                return _print_status(directory, state)
+                _print_status(directory, state)
+                kv0 = next((p["address"] for p in state["pods"] if p["ordinal"] == 0), None)
+                if kv0 is not None:
+                    print(next_steps(Path(args.dir), kv0, detached=True))
+                return 0
         time.sleep(0.2)
     raise ClusterError(f"not all pods Ready after {args.timeout:g}s; the controller (pid {proc.pid}) "
                        f"keeps trying: see `kvstore cluster status --dir {args.dir}` and {directory / LOG_DIR}")
@@ -439,21 +452,3 @@ def _down(args: argparse.Namespace) -> int:
             return 0
         time.sleep(0.2)
     raise ClusterError(f"the controller (pid {pid}) is still stopping after {args.timeout:g}s")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage line + one error line, exit 2 (argparse's contract)
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m kvstore.local.commands up …``: the cluster commands alone (used by --detach)."""
-    parser = _Parser(prog="kvstore")
-    register(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
-    args = parser.parse_args(["cluster", *(sys.argv[1:] if argv is None else argv)])
-    return handle(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""The progress line of long commands: in place on a terminal, a plain line every few seconds otherwise."""
+
+from __future__ import annotations
+
+import io
+import os
+import pty
+
+from kvstore.chaos.commands import progress_text
+from kvstore.chaos.history import FAILED, OK, UNKNOWN, Op
+from kvstore.progress import ProgressLine
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_not_a_terminal_gets_a_plain_line_every_few_seconds() -> None:
+    out, clock = io.StringIO(), Clock()
+    line = ProgressLine(out, plain_every=5.0, clock=clock)
+    for second in range(12):
+        clock.now = 100.0 + second
+        line.show(f"at {second}")
+    line.echo("a result")
+    line.close()
+    # t=5 and t=10 are 5 s apart from the last line; nothing in between, no escape codes.
+    assert out.getvalue() == "at 5\nat 10\na result\n"
+
+
+def test_a_terminal_gets_one_line_rewritten_in_place() -> None:
+    master, slave = pty.openpty()
+    try:
+        with os.fdopen(slave, "w", closefd=False) as terminal:
+            line = ProgressLine(terminal)
+            assert line.tty
+            line.show("first, longer")
+            line.show("second")
+            line.echo("a result")
+            line.close()
+        written = os.read(master, 4096).decode()
+    finally:
+        os.close(master)
+        os.close(slave)
+    # Each status starts at the line's beginning and clears what a longer one left; an echoed
+    # line goes above the status, which is drawn again; close() ends the status line.
+    assert written == ("\rfirst, longer\x1b[K" "\rsecond\x1b[K" "\r\x1b[Ka result\r\nsecond" "\r\n")
+
+
+def _op(n: int, f: str, outcome: str, status: int | None = 200, done: bool = True) -> Op:
+    return Op(id=n, process=0, key="k", f=f, pod="kv-0", call=float(n), ret=float(n) + 0.1 if done else None,
+              outcome=outcome, status=status)
+
+
+def test_the_chaos_line_counts_finished_operations_and_faults() -> None:
+    history = [_op(1, "put", OK), _op(2, "read", OK), _op(3, "cas", FAILED, 412),
+               _op(4, "put", FAILED, 503), _op(5, "put", UNKNOWN, None), _op(6, "put", UNKNOWN, None, done=False)]
+    faults = [{"fault": "kill", "pod": "kv-0"}, {"fault": "kill", "pod": "kv-2"}, {"fault": "pause", "pod": "kv-1"}]
+    text = progress_text(12.4, 60.0, history, faults, ("kill", "pause"))
+    # The operation in flight is not counted; a 412 is rejected, as in the summary table.
+    assert text == "chaos 12s/60s (48s left) | kill 2 pause 1 | ok 2 rejected 1 failed 1 unknown 1"
+    assert progress_text(61.0, 60.0, [], [], ()).startswith("chaos 60s/60s (0s left) | ok 0")
