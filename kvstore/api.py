@@ -33,6 +33,11 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Strong ETags are quoted ("42"); a bare 42 is accepted too, as curl users type it.
 _ETAG = re.compile(r'^("?)(0|[1-9][0-9]{0,17})\1$')
 
+def unavailable(exc: NoPrimary) -> ApiError:
+    """503 for no primary or a recovering one: retry after a second."""
+    return ApiError(503, exc.code, str(exc), headers={"Retry-After": "1"})
+
+
 # ------------------------------------------------------------------ parsing
 def decode_component(raw: str, what: str) -> str:
     """Strictly percent-decode ``raw`` to UTF-8 text; ApiError 400 if malformed."""
@@ -195,7 +200,7 @@ class ClientApi:
                            confirmed=exc.confirmed, required=exc.required,
                            headers={"ETag": etag(exc.lsn)}) from None
         except NoPrimary as exc:
-            raise ApiError(503, exc.code, str(exc), headers={"Retry-After": "1"}) from None
+            raise unavailable(exc) from None
         except PrimaryTimeout as exc:
             raise ApiError(504, "primary_timeout", str(exc)) from None
         except storage.StorageError as exc:
@@ -225,7 +230,7 @@ class ClientApi:
         except LsnAhead as exc:
             raise ApiError(412, "min_lsn_ahead", str(exc)) from None
         except NoPrimary as exc:
-            raise ApiError(503, exc.code, str(exc), headers={"Retry-After": "1"}) from None
+            raise unavailable(exc) from None
         except PrimaryTimeout as exc:
             raise ApiError(504, "primary_timeout", str(exc)) from None
         if forwarded is not None:
@@ -251,7 +256,7 @@ class ClientApi:
         try:
             self.node.check_local_read()
         except NoPrimary as exc:
-            raise ApiError(503, exc.code, str(exc), headers={"Retry-After": "1"}) from None
+            raise unavailable(exc) from None
         limit = parse_int(params, "limit", 1, MAX_LIST_LIMIT, DEFAULT_LIST_LIMIT)
         prefix = params.get("prefix", "").encode()
         start_after = params["start_after"].encode() if "start_after" in params else None

@@ -34,6 +34,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
+from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
 from kvstore.identity import role_of, statefulset_name
 
@@ -211,10 +212,7 @@ class PeerDirectory:
     async def stop(self) -> None:
         """Stop the background refresh; safe to call twice."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     def request_refresh(self) -> None:
         """Ask the background loop to refresh now instead of at the next interval."""

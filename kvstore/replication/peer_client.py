@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -76,7 +77,15 @@ class PeerClient:
                                     timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             if response.status != 200:
                 raise PeerError(f"{peer.name} answered its status with HTTP {response.status}")
-            return await response.json()
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > protocol.STATUS_MAX:  # a peer cannot make us hold more
+                    raise PeerError(f"{peer.name}'s status is larger than {protocol.STATUS_MAX} bytes")
+            try:
+                return json.loads(body)
+            except ValueError as exc:
+                raise PeerError(f"{peer.name}'s status is not JSON: {exc}") from None
 
     async def position(self, peer: Peer, timeout: float = 1.0) -> PeerPosition:
         """A peer's position, validated."""

@@ -47,6 +47,7 @@ CLOSE_LINEAGE_CHANGED, CLOSE_LOG_TRUNCATED = 4409, 4410
 SNAPSHOT_CHUNK_RECORDS = 2000
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 SNAPSHOT_JSON_MAX = 1024 * 1024  # header and end frames (a lineage of 1000 epochs fits)
+STATUS_MAX = 4 * 1024 * 1024  # a peer's /v1/peer/status body (lineage, peers, discovery)
 ACK_PARAM_LIMIT = 64
 ACK_TEXT_MAX = 64 * (253 + 22)
 
