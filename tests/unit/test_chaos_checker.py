@@ -6,6 +6,8 @@ workload makes them; versions are the LSNs the store would answer.
 
 from __future__ import annotations
 
+import pytest
+
 from kvstore.chaos import checker
 from kvstore.chaos import linearizability as lin
 from kvstore.chaos.history import FAILED, OK, UNKNOWN, Op, classify_exception, classify_read, classify_write
@@ -26,8 +28,8 @@ class H:
 
     def put(self, value: str, version: int | None, call: float, ret: float | None, outcome: str = OK,
             **kw: object) -> Op:
-        return self.add("put", call, ret, outcome, value=value, version=version, status=200 if outcome == OK else None,
-                        **kw)
+        kw.setdefault("status", 200 if outcome == OK else None)
+        return self.add("put", call, ret, outcome, value=value, version=version, **kw)
 
     def read(self, observed: str | None, version: int | None, call: float, ret: float,
              consistency: str = "strong", **kw: object) -> Op:
@@ -125,8 +127,9 @@ def test_non_linearizable_strong_read_is_reported() -> None:
     h.put("b", 2, 2, 3)
     h.read("a", 1, 4, 5)                # strong read after b was acknowledged: stale
     report = checker.check(h.ops, final("b", 2))
-    assert kinds(report) == {"non_linearizable"}
-    assert report.violations[0].ops == [2]
+    assert kinds(report) == {"non_linearizable", "version_order"}
+    assert [v.ops for v in report.violations if v.kind == "non_linearizable"] == [[2]]
+    assert [v.ops for v in report.violations if v.kind == "version_order"] == [[1, 2]]
 
 
 def test_stale_local_read_is_allowed_but_stale_strong_is_not() -> None:
@@ -135,6 +138,10 @@ def test_stale_local_read_is_allowed_but_stale_strong_is_not() -> None:
     h.put("b", 2, 2, 3)
     h.read("a", 1, 4, 5, consistency="local", pod="kv-2")  # a secondary may lag: fine
     assert checker.check(h.ops, final("b", 2)).verdict == "PASS"
+    h.read("a", 1, 6, 7, consistency="strong", pod="kv-2")  # the same answer to a strong read: not fine
+    report = checker.check(h.ops, final("b", 2))
+    assert kinds(report) == {"non_linearizable", "version_order"}
+    assert all(3 in v.ops for v in report.violations), report.violations
 
 
 def test_cas_that_succeeded_on_a_stale_version_is_reported() -> None:
@@ -232,3 +239,351 @@ def test_failed_cas_against_a_value_whose_version_nobody_saw() -> None:
     # But a 412 naming the very version the cas expected contradicts itself.
     h.ops[-1].current_version = 2
     assert "non_linearizable" in kinds(checker.check(h.ops, final("x", 3)))
+
+
+# ------------------------------------------------------------- order of versions
+def test_acknowledged_versions_that_go_back_in_real_time_are_reported() -> None:
+    # What a forked or rolled-back primary produces: 10, 5, 20. Every value is a plain put,
+    # so only the versions can tell.
+    h = H()
+    h.put("a", 10, 0, 1)
+    h.put("b", 5, 2, 3)
+    h.put("c", 20, 4, 5)
+    report = checker.check(h.ops, final("c", 20))
+    assert kinds(report) == {"version_order"}
+    assert report.violations[0].ops == [0, 1]
+    # Concurrent writes may take their versions in either order.
+    h.ops[1].call = 0.5
+    assert checker.check(h.ops, final("c", 20)).verdict == "PASS"
+
+
+def test_write_with_the_same_version_as_an_earlier_one_is_reported() -> None:
+    h = H()
+    h.put("a", 3, 0, 1)
+    h.add("delete", 2, 3, version=3, status=200)      # a second write at the same LSN
+    assert "version_order" in kinds(checker.check(h.ops, final(None, 0, lsn=3)))
+
+
+def test_strong_read_that_flip_flops_old_new_old_is_reported() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", 2, 2, 20)                # slow: a strong read may see either while it runs
+    h.read("b", 2, 3, 4)
+    h.read("a", 1, 5, 6)                # but once b was seen, a is gone for good
+    report = checker.check(h.ops, final("b", 2))
+    assert {"non_linearizable", "version_order"} <= kinds(report)
+    assert [v.ops for v in report.violations if v.kind == "version_order"] == [[2, 3]]
+    # The same reads in the other order (old, new) are fine.
+    h.ops[2].observed, h.ops[2].version, h.ops[3].observed, h.ops[3].version = "a", 1, "b", 2
+    assert checker.check(h.ops, final("b", 2)).verdict == "PASS"
+
+
+def test_two_successful_creates_are_reported() -> None:
+    h = H()
+    h.add("create", 0, 1, value="a", version=1, status=200)
+    h.add("create", 2, 3, value="b", version=2, status=200)   # the key existed: must be a 412
+    report = checker.check(h.ops, final("b", 2))
+    assert kinds(report) == {"non_linearizable"}
+    assert report.violations[0].ops == [1]
+    # With a delete between them, both creates are fine.
+    h.add("delete", 1.2, 1.5, version=2, status=200)
+    h.ops[1].version = 3
+    assert checker.check(h.ops, final("b", 3)).verdict == "PASS"
+
+
+def test_strong_404_after_an_acknowledged_put_is_reported() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.read(None, None, 2, 3)
+    report = checker.check(h.ops, final("a", 1))
+    assert kinds(report) == {"non_linearizable", "version_order"}
+    # A delete that started only after the read ended explains nothing...
+    h.add("delete", 4, None, UNKNOWN)
+    assert {"non_linearizable", "version_order"} <= kinds(checker.check(h.ops, final(None, 0, lsn=2)))
+    # ...one that started before it ended does.
+    h.ops[-1].call = 2.5
+    assert checker.check(h.ops, final(None, 0, lsn=2)).verdict == "PASS"
+
+
+def test_strong_404_explained_only_by_a_delete_newer_than_the_put() -> None:
+    h = H()
+    h.add("delete", 0, 0.5, version=1, status=200)
+    h.put("a", 2, 1, 2)
+    h.read(None, None, 3, 4)
+    assert "version_order" in kinds(checker.check(h.ops, final("a", 2)))
+    # After an acknowledged delete, absent is what a strong read must see.
+    h2 = H()
+    h2.put("a", 1, 0, 1)
+    h2.add("delete", 2, 3, version=2, status=200)
+    h2.read(None, None, 4, 5)
+    assert checker.check(h2.ops, final(None, 0, lsn=2)).verdict == "PASS"
+
+
+def test_412_current_version_older_than_an_acknowledged_write_is_reported() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", 2, 2, 3)
+    h.add("cas", 4, 5, FAILED, value="c", expect_version=7, status=412, current_version=1)
+    report = checker.check(h.ops, final("b", 2))
+    assert "version_order" in kinds(report)
+    assert any(v.ops == [1, 2] for v in report.violations if v.kind == "version_order")
+    # And a write after the 412 must be newer than what the 412 named.
+    h.ops[2].current_version = 2
+    assert checker.check(h.ops, final("b", 2)).verdict == "PASS"
+    h.put("d", 2, 6, 7)
+    assert "version_order" in kinds(checker.check(h.ops, final("d", 2)))
+
+
+def test_create_412_names_the_current_version() -> None:
+    h = H()
+    h.put("a", 4, 0, 1)
+    h.add("create", 2, 3, FAILED, value="b", status=412, current_version=4)
+    assert checker.check(h.ops, final("a", 4)).verdict == "PASS"
+    h.ops[1].current_version = 3    # no write has version 3
+    assert "non_linearizable" in kinds(checker.check(h.ops, final("a", 4)))
+
+
+# ------------------------------------------------------------------- min_lsn reads
+def min_lsn_read(h: H, observed: str | None, version: int | None, call: float, ret: float, own: int,
+                 lsn: int | None, **kw: object) -> Op:
+    return h.read(observed, version, call, ret, consistency="min_lsn", min_lsn=own, own_version=own,
+                  own_deleted=False, lsn=lsn, pod="kv-1", **kw)
+
+
+def test_min_lsn_absent_excused_only_by_a_newer_delete_started_before_the_read_ended() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    min_lsn_read(h, None, None, 2, 3, own=1, lsn=2)
+    later = h.add("delete", 4, 5, version=2, status=200)       # started after the read ended
+    assert "stale_min_lsn" in kinds(checker.check(h.ops, final(None, 0, lsn=2)))
+    later.call = 2.5                                            # concurrent: it may be what the read saw
+    assert checker.check(h.ops, final(None, 0, lsn=2)).verdict == "PASS"
+    later.outcome, later.version, later.ret = UNKNOWN, None, None   # unknown outcome: also a possibility
+    assert "stale_min_lsn" not in kinds(checker.check(h.ops, final(None, 0, lsn=2)))
+    later.outcome, later.status, later.ret = FAILED, 503, 3.0      # not applied: no excuse
+    assert "stale_min_lsn" in kinds(checker.check(h.ops, final("a", 1, lsn=1)))
+
+
+def test_min_lsn_absent_not_excused_by_a_delete_older_than_the_own_write() -> None:
+    h = H()
+    h.add("delete", 0, 3, version=1, status=200, process=2)   # slow answer, but version 1
+    h.put("a", 2, 0.5, 1)
+    min_lsn_read(h, None, None, 2, 4, own=2, lsn=2)
+    assert "stale_min_lsn" in kinds(checker.check(h.ops, final("a", 2)))
+
+
+def test_min_lsn_read_answered_below_min_lsn_or_without_lsn_is_reported() -> None:
+    for lsn in (1, None):
+        h = H()
+        h.put("a", 1, 0, 1)
+        h.put("b", 2, 2, 3)
+        min_lsn_read(h, "b", 2, 4, 5, own=2, lsn=lsn)
+        assert kinds(checker.check(h.ops, final("b", 2))) == {"stale_min_lsn"}, lsn
+    h.ops[-1].lsn = 2
+    assert checker.check(h.ops, final("b", 2)).verdict == "PASS"
+
+
+def test_min_lsn_ahead_of_the_primary_is_reported() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("read", 2, 3, OK, consistency="min_lsn", min_lsn=1, own_version=1, own_deleted=False, status=412,
+          error="min_lsn_ahead", pod="kv-1")
+    report = checker.check(h.ops, final("a", 1))
+    assert kinds(report) == {"stale_min_lsn"}
+    assert "ahead of the primary" in report.violations[0].message
+
+
+def test_min_lsn_own_write_is_taken_from_the_history_too() -> None:
+    # The workload recorded an older own write than the history shows; the history wins.
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", 2, 2, 3)
+    h.read("a", 1, 4, 5, consistency="min_lsn", min_lsn=1, own_version=1, own_deleted=False, lsn=2)
+    assert kinds(checker.check(h.ops, final("b", 2))) == {"stale_min_lsn"}
+    # Another client's write does not count as this client's own.
+    h.ops[1].process = 9
+    assert checker.check(h.ops, final("b", 2)).verdict == "PASS"
+    # Nor does the client's own write that returned after the read started.
+    h.ops[1].process, h.ops[1].ret = 0, 4.5
+    assert "stale_min_lsn" not in kinds(checker.check(h.ops, final("b", 2)))
+
+
+def test_min_lsn_absent_after_own_delete_is_fine_and_present_after_it_needs_a_newer_write() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("delete", 2, 3, version=2, status=200)
+    h.read(None, None, 4, 5, consistency="min_lsn", min_lsn=2, own_version=2, own_deleted=True, lsn=2)
+    assert checker.check(h.ops, final(None, 0, lsn=2)).verdict == "PASS"
+    h.ops[-1].found, h.ops[-1].observed, h.ops[-1].version, h.ops[-1].status = True, "a", 1, 200
+    assert "stale_min_lsn" in kinds(checker.check(h.ops, final(None, 0, lsn=2)))
+
+
+def test_local_and_strong_reads_are_not_judged_as_min_lsn_reads() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.read(None, None, 2, 3, consistency="local", min_lsn=1, own_version=1, own_deleted=False, lsn=0, pod="kv-2")
+    assert checker.check(h.ops, final("a", 1)).verdict == "PASS"
+
+
+# --------------------------------------------------------------- final views
+def test_missing_or_empty_final_views_are_a_violation() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.read("a", 1, 2, 3, consistency="local", pod="kv-2")
+    for views in ({}, {"kv-1": view(1, chaos_k=("a", 1)), "kv-2": view(1, chaos_k=("a", 1))},
+                  {"kv-0": view(1, chaos_k=("a", 1)), "kv-1": view(1, chaos_k=("a", 1))}):
+        report = checker.check(h.ops, views)
+        assert "missing_final_view" in kinds(report), views
+        assert report.verdict == "FAIL"
+    missing = checker.check(h.ops, {"kv-0": view(1, chaos_k=("a", 1))}).violations
+    assert [v.kind for v in missing] == ["missing_final_view"] and "kv-2" in missing[0].message
+    assert checker.check([], {}).verdict == "PASS"   # nothing ran, nothing to check
+
+
+def test_divergence_at_the_same_lsn_is_reported() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", 2, 2, 3, key="chaos/other")
+    views = {"kv-0": view(2, chaos_k=("a", 1), chaos_other=("b", 2)),
+             "kv-1": view(2, chaos_k=("a", 1), chaos_other=("b", 2)),
+             "kv-2": view(2, chaos_k=("a", 1))}       # same LSN, a key missing
+    report = checker.check(h.ops, views)
+    assert kinds(report) == {"divergence"}
+    assert "kv-2" in report.violations[0].message and "chaos/other" in report.violations[0].message
+    assert "1 keys" in report.violations[0].message
+    views["kv-2"] = view(3, chaos_k=("a", 1), chaos_other=("b", 2))   # same contents, another LSN
+    assert kinds(checker.check(h.ops, views)) == {"divergence"}
+
+
+def test_one_view_is_not_checked_for_convergence() -> None:
+    assert checker.check_convergence({"kv-0": view(3)}) == []
+
+
+# --------------------------------------------------------------- lost writes
+def test_final_value_at_the_acknowledged_version_but_another_value_is_lost() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", None, 1.5, None, outcome=UNKNOWN)
+    lost = checker.check_lost_writes(h.ops, {"chaos/k": ("b", 1)})
+    assert [v.kind for v in lost] == ["lost_write"] and "version 1 holds 'b'" in lost[0].message
+
+
+def test_final_value_after_the_last_acknowledged_write_must_be_of_unknown_outcome() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", None, 2, 3, outcome=FAILED, status=503, error="no_primary")
+    assert [v.kind for v in checker.check_lost_writes(h.ops, {"chaos/k": ("b", 2)})] == ["lost_write"]
+    assert [v.kind for v in checker.check_lost_writes(h.ops, {"chaos/k": ("zzz", 2)})] == ["lost_write"]
+    h.ops[1].outcome = UNKNOWN
+    assert checker.check_lost_writes(h.ops, {"chaos/k": ("b", 2)}) == []
+    assert checker.check_lost_writes(h.ops, {"chaos/k": ("a", 1)}) == []
+
+
+def test_acknowledged_delete_then_absent_is_not_lost_but_older_value_is() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("delete", 2, 3, version=2, status=200)
+    assert checker.check_lost_writes(h.ops, {}) == []
+    lost = checker.check_lost_writes(h.ops, {"chaos/k": ("a", 1)})
+    assert len(lost) == 1 and "delete" in lost[0].message and lost[0].ops == [1]
+
+
+def test_keys_without_an_acknowledged_write_are_not_lost() -> None:
+    h = H()
+    h.put("a", None, 0, None, outcome=UNKNOWN)
+    assert checker.check_lost_writes(h.ops, {}) == []
+
+
+def test_phantom_and_failed_values_in_the_final_contents_are_reported() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("put", 2, 3, FAILED, value="b", status=503, error="no_primary")
+    found = checker.check_values(h.ops, {"kv-0": view(2, chaos_k=("b", 2))})
+    assert [v.kind for v in found] == ["failed_write_visible"] and "kv-0" in found[0].message
+    found = checker.check_values(h.ops, {"kv-1": view(2, chaos_k=("zzz", 2))})
+    assert [v.kind for v in found] == ["phantom_value"] and "kv-1" in found[0].message
+    # Keys outside the workload's prefix are not the workload's to judge.
+    assert checker.check_values(h.ops, {"kv-0": view(2, other=("zzz", 2))}) == []
+
+
+def test_version_map_conflicts_both_ways() -> None:
+    versions = lin.VersionMap()
+    assert versions.add("a", 1) is None and versions.add("a", 1) is None
+    assert "versions 1 and 2" in (versions.add("a", 2) or "")
+    assert "values 'a' and 'b'" in (versions.add("b", 1) or "")
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.read("a", 2, 2, 3, consistency="local")
+    maps, conflicts = checker.build_versions(h.ops, {"kv-0": view(1, chaos_k=("b", 1))})
+    assert [v.kind for v in conflicts] == ["version_conflict", "version_conflict"]
+    assert conflicts[0].ops == [1] and conflicts[1].ops == []
+
+
+# -------------------------------------------------------------- the register model
+def test_create_412_when_absent_and_delete_404_when_present_are_impossible() -> None:
+    versions = lin.VersionMap()
+    versions.add("a", 1)
+    assert lin.check([lin.RegisterOp(0, lin.CREATE, 0, 1, value="b", succeeded=False, current_version=None)],
+                     versions).verdict == lin.VIOLATION
+    present = [lin.RegisterOp(0, lin.PUT, 0, 1, value="a"),
+               lin.RegisterOp(1, lin.DELETE, 2, 3, succeeded=False)]
+    assert lin.check(present, versions).verdict == lin.VIOLATION
+    assert lin.check(present[1:], versions).ok                       # absent from the start: a 404 is right
+    assert lin.check([lin.RegisterOp(0, lin.DELETE, 0, 1)], versions).verdict == lin.VIOLATION
+    assert lin.check(present[:1] + [lin.RegisterOp(1, lin.DELETE, 2, 3)], versions).ok
+
+
+def test_cas_model() -> None:
+    versions = lin.VersionMap()
+    versions.add("a", 1)
+    versions.add("b", 2)
+    put_a = lin.RegisterOp(0, lin.PUT, 0, 1, value="a")
+    ok_cas = lin.RegisterOp(1, lin.CAS, 2, 3, value="b", expect_version=1)
+    assert lin.check([put_a, ok_cas], versions).ok
+    assert lin.check([put_a, lin.RegisterOp(1, lin.CAS, 2, 3, value="b", expect_version=5)],
+                     versions).verdict == lin.VIOLATION
+    assert lin.check([lin.RegisterOp(1, lin.CAS, 2, 3, value="b", expect_version=1)],
+                     versions).verdict == lin.VIOLATION           # nothing to compare with: 412 expected
+    rejected = lin.RegisterOp(1, lin.CAS, 2, 3, value="b", expect_version=5, succeeded=False, current_version=1)
+    assert lin.check([put_a, rejected], versions).ok
+    absent = lin.RegisterOp(1, lin.CAS, 2, 3, value="b", expect_version=5, succeeded=False, current_version=None)
+    assert lin.check([absent], versions).ok                          # 412 on an absent key
+    assert lin.check([put_a, absent], versions).verdict == lin.VIOLATION
+
+
+def test_version_map_matches() -> None:
+    versions = lin.VersionMap()
+    versions.add("a", 1)
+    versions.add_delete(2)
+    assert versions.matches(None, None) and not versions.matches("a", None)
+    assert not versions.matches(None, 1)
+    assert versions.matches("a", 1) and not versions.matches("a", 3)
+    assert versions.matches("x", 3)                     # a value never seen with a version: any free one
+    assert not versions.matches("x", 1) and not versions.matches("x", 2)
+
+
+def test_unknown_step_kind_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        lin.step(lin.RegisterOp(0, "swap", 0, 1), None, lin.VersionMap())
+
+
+def test_search_reports_the_blocked_operation_and_the_linearization() -> None:
+    ops = [lin.RegisterOp(0, lin.PUT, 0, 1, value="a"), lin.RegisterOp(1, lin.READ, 2, 3, observed="a"),
+           lin.RegisterOp(2, lin.PUT, 4, 5, value="b"), lin.RegisterOp(3, lin.READ, 6, 7, observed="a")]
+    bad = lin.check(ops)
+    assert bad.verdict == lin.VIOLATION and bad.blocked is not None and bad.blocked.id == 3
+    assert not bad.ok
+    good = lin.check(ops[:3])
+    assert good.ok and good.linearized == [0, 1, 2] and good.ops == 3 and good.steps > 0
+    assert lin.check([]).ok
+    assert lin.check([lin.RegisterOp(0, lin.READ, 0, 1, observed="a")], initial="a").ok
+    assert lin.check([lin.RegisterOp(0, lin.READ, 0, 1, observed="a")]).verdict == lin.VIOLATION
+
+
+def test_touching_intervals_are_concurrent() -> None:
+    # A read that starts exactly when a put returns may still see the old value.
+    ops = [lin.RegisterOp(0, lin.PUT, 0, 1, value="a"), lin.RegisterOp(1, lin.PUT, 2, 3, value="b"),
+           lin.RegisterOp(2, lin.READ, 3, 4, observed="a")]
+    assert lin.check(ops).ok
+    ops[2] = lin.RegisterOp(2, lin.READ, 3.01, 4, observed="a")
+    assert lin.check(ops).verdict == lin.VIOLATION
