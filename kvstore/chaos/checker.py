@@ -26,6 +26,7 @@ Checks (each violation names its kind, key and the operations involved):
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -255,10 +256,11 @@ def check_min_lsn_reads(history: list[Op]) -> list[Violation]:
                 out.append(Violation("stale_min_lsn", op.key, f"read {op.id} on {op.pod} saw version "
                                      f"{op.version}, older than the client's own write (version {own})", [op.id]))
         elif not own_deleted:
-            # Only a delete that started before this read ended, and (when its version is
-            # known) is newer than the client's write, explains absence.
+            # Only a delete that started before this read ended (touching intervals count as
+            # concurrent, as in the search) and, when its version is known, is newer than the
+            # client's write, explains absence.
             deletes = [d for d in keys[op.key] if d.f == "delete" and d.outcome != FAILED
-                       and op.ret is not None and d.call < op.ret
+                       and op.ret is not None and d.call <= op.ret
                        and (d.version is None or d.version > own)]
             if not deletes:
                 out.append(Violation("stale_min_lsn", op.key, f"read {op.id} on {op.pod} found the key absent "
@@ -313,7 +315,7 @@ def check_version_order(history: list[Op]) -> list[Violation]:
             a, va = max(before, key=lambda p: p[1])
             if a.f == "delete":
                 continue
-            deletes = [d for d in ops if d.f == "delete" and d.outcome != FAILED and d.call < r.ret
+            deletes = [d for d in ops if d.f == "delete" and d.outcome != FAILED and d.call <= r.ret
                        and (d.version is None or d.version > va)]
             if not deletes:
                 out.append(Violation("version_order", key, f"strong read {r.id} found the key absent after "
@@ -360,13 +362,15 @@ def check_linearizable(history: list[Op], final: dict[str, tuple[str, int]] | No
                        report: Report | None = None) -> list[Violation]:
     """Per key WGL over strong reads and writes; with ``final``, the end state is one more strong read."""
     out: list[Violation] = []
-    end = max((op.ret or op.call for op in history), default=0.0) + 1.0
     for key, ops in sorted(_by_key(history).items()):
         reg = register_ops(ops)
+        end_read = None
         if final is not None:
+            # The end state is a read after everything (unknown outcomes too may precede it).
             state = final.get(key)
-            reg.append(lin.RegisterOp(-2, lin.READ, end, end, observed=state[0] if state else None))
-        result = lin.check(reg, versions.get(key, lin.VersionMap()), max_steps=max_steps)
+            end_read = lin.RegisterOp(-2, lin.READ, math.inf, math.inf, observed=state[0] if state else None)
+            reg.append(end_read)
+        result = lin.check(reg, versions.get(key), max_steps=max_steps)
         if report is not None:
             report.keys_checked += 1
             report.search_steps += result.steps
@@ -376,7 +380,7 @@ def check_linearizable(history: list[Op], final: dict[str, tuple[str, int]] | No
             continue
         if result.verdict == lin.VIOLATION:
             blocked = result.blocked
-            if blocked is not None and blocked.id == -2:
+            if blocked is not None and blocked is end_read:
                 what = f"the final state {final.get(key) if final else None}"
             elif blocked is not None:
                 what = f"op {blocked.id} ({blocked.kind}"
@@ -394,16 +398,17 @@ def check(history: list[Op], views: dict[str, ReplicaView], final_pod: str = "kv
     report = Report()
     versions, conflicts = build_versions(history, views)
     final = views[final_pod].contents if final_pod in views else None
-    report.violations += check_final_views(history, views, final_pod)
-    report.violations += check_server_errors(history)
-    report.violations += conflicts
-    report.violations += check_values(history, views)
-    if final is not None:
-        report.violations += check_lost_writes(history, final)
-    report.violations += check_convergence(views)
-    report.violations += check_min_lsn_reads(history)
-    report.violations += check_version_order(history)
-    report.violations += check_linearizable(history, final, versions, max_steps, report)
+    report.violations = [
+        *check_final_views(history, views, final_pod),
+        *check_server_errors(history),
+        *conflicts,
+        *check_values(history, views),
+        *(check_lost_writes(history, final) if final is not None else []),
+        *check_convergence(views),
+        *check_min_lsn_reads(history),
+        *check_version_order(history),
+        *check_linearizable(history, final, versions, max_steps, report),
+    ]
     return report
 
 

@@ -161,7 +161,7 @@ def _entries(ops: list[RegisterOp]) -> _Entry:
         events += (call, ret)
     # At equal times calls come first: touching intervals count as concurrent (the lenient reading).
     events.sort(key=lambda e: (e.time, 0 if e.is_call else 1, e.op.id))
-    head = _Entry(RegisterOp(-1, READ, -math.inf, -math.inf), True, -math.inf)
+    head = _Entry(RegisterOp(-1, READ, -math.inf, -math.inf), True, -math.inf)  # pragma: no mutate (never read)
     prev = head
     for entry in events:
         prev.next, entry.prev = entry, prev

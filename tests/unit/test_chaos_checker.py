@@ -587,3 +587,350 @@ def test_touching_intervals_are_concurrent() -> None:
     assert lin.check(ops).ok
     ops[2] = lin.RegisterOp(2, lin.READ, 3.01, 4, observed="a")
     assert lin.check(ops).verdict == lin.VIOLATION
+
+
+# ------------------------------------------------------- the report, field by field
+# What an operator reads: the kind, key, message and operations of each violation, in order.
+def violations(report: checker.Report) -> list[tuple[str, str | None, str, list[int]]]:
+    return [(v.kind, v.key, v.message, v.ops) for v in report.violations]
+
+
+def test_report_lost_and_order() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", 3, 2, 3)
+    h.put("c", 2, 4, 5, process=1)                 # goes back: version 2 after 3
+    h.add("cas", 4, 5, FAILED, value="d", expect_version=9, status=503, error="no_primary")
+    h.read("b", 3, 6, 7)
+    h.add("put", 8, 9, UNKNOWN, value="e", status=500, error="internal", key="chaos/other")
+    views = {p: view(5, chaos_k=("a", 1), chaos_other=("zzz", 4)) for p in ("kv-0", "kv-1")}
+    views["kv-2"] = view(5, chaos_k=("a", 1), chaos_other=("e", 4))
+    report = checker.check(h.ops, views)
+    assert violations(report) == (
+        [('server_error', 'chaos/other', 'put on kv-0 answered 500 (internal)', [5]),
+         ('version_conflict', 'chaos/other', "version 4 seen with values 'zzz' and 'e'", []),
+         ('phantom_value', 'chaos/other', "final contents of kv-0 saw 'zzz', which no write wrote", []),
+         ('phantom_value', 'chaos/other', "final contents of kv-1 saw 'zzz', which no write wrote", []),
+         ('lost_write',
+          'chaos/k',
+          "acknowledged put of 'b' (version 3, op 1) is lost: the final value is 'a' at version 1",
+          [1]),
+         ('divergence',
+          None,
+          "kv-2 (lsn 5) differs from kv-0 (lsn 5) on 1 keys: chaos/other: ('zzz', 4) vs ('e', 4)",
+          []),
+         ('version_order',
+          'chaos/k',
+          'put 2 got version 2, but put 1, which ended before it started, had version 3',
+          [1, 2]),
+         ('non_linearizable', 'chaos/k', "no linearization of 5 operations can place op 4 (read -> 'b')", [4]),
+         ('non_linearizable',
+          'chaos/other',
+          "no linearization of 2 operations can place the final state ('zzz', 4)",
+          [])])
+    assert (report.keys_checked, report.search_steps, report.undecided) == (2, 13, [])
+
+
+def test_report_min_lsn() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.read("a", 1, 2, 3, consistency="min_lsn", min_lsn=2, own_version=2, own_deleted=False, lsn=1, pod="kv-1")
+    h.put("b", 2, 2, 3)
+    h.read("a", 1, 4, 5, consistency="min_lsn", min_lsn=2, own_version=2, own_deleted=False, lsn=2, pod="kv-1")
+    h.read(None, None, 6, 7, consistency="min_lsn", min_lsn=2, own_version=2, own_deleted=False, lsn=2, pod="kv-2")
+    h.add("read", 8, 9, OK, consistency="min_lsn", min_lsn=2, own_version=2, own_deleted=False, status=412,
+          error="min_lsn_ahead", pod="kv-1")
+    report = checker.check(h.ops, final("b", 2))
+    assert violations(report) == (
+        [('stale_min_lsn', 'chaos/k', 'read 1 on kv-1 answered at lsn 1 < min_lsn 2', [1]),
+         ('stale_min_lsn',
+          'chaos/k',
+          "read 3 on kv-1 saw version 1, older than the client's own write (version 2)",
+          [3]),
+         ('stale_min_lsn',
+          'chaos/k',
+          "read 4 on kv-2 found the key absent after the client's own write (version 2) and no delete explains it",
+          [4]),
+         ('stale_min_lsn',
+          'chaos/k',
+          "read 5 on kv-1: min_lsn 2 (the client's own acknowledged write) is ahead of the primary",
+          [5])])
+    assert (report.keys_checked, report.search_steps, report.undecided) == (1, 3, [])
+
+
+def test_report_strong404() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.read(None, None, 2, 3)
+    h.add("create", 4, 5, value="b", version=2, status=200)
+    report = checker.check(h.ops, final("b", 2))
+    assert violations(report) == (
+        [('version_order',
+          'chaos/k',
+          'strong read 1 found the key absent after put 0 (version 1) was acknowledged, and no delete explains it',
+          [0, 1]),
+         ('non_linearizable', 'chaos/k', 'no linearization of 4 operations can place op 1 (read -> None)', [1])])
+    assert (report.keys_checked, report.search_steps, report.undecided) == (1, 4, [])
+
+
+def test_report_more() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("delete", 2, 3, version=2, status=200)
+    h.put("x", 4, 3.5, 3.8, key="chaos/x")
+    h.put("y", None, 4, 5, outcome=FAILED, status=503, error="no_primary", key="chaos/x")
+    h.read("y", 9, 6, 7, consistency="local", key="chaos/x", pod="kv-2")
+    h.add("cas", 8, 9, value="z", expect_version=1, version=5, status=200, key="chaos/x")
+    h.add("cas", 10, 11, FAILED, value="w", expect_version=1, status=412, current_version=3, key="chaos/x")
+    views = {"kv-0": view(6, chaos_k=("a", 1), chaos_x=("z", 5), p_1=("1", 1), p_2=("2", 1), p_3=("3", 1), p_4=("4", 1)),
+             "kv-1": view(6, chaos_k=("a", 1), chaos_x=("z", 5))}
+    report = checker.check(h.ops, views)
+    assert violations(report) == (
+        [('missing_final_view',
+          None,
+          "no final view of kv-2 (views of ['kv-0', 'kv-1']): lost writes and convergence cannot be checked",
+          []),
+         ('failed_write_visible',
+          'chaos/x',
+          "read 4 (local, kv-2) saw 'y', written by op 3 that answered 503 no_primary (not applied)",
+          [4, 3]),
+         ('lost_write',
+          'chaos/k',
+          "acknowledged delete (version 2, op 1) is lost: the final value is 'a' at version 1",
+          [1]),
+         ('divergence',
+          None,
+          "kv-1 (lsn 6) differs from kv-0 (lsn 6) on 4 keys: p/1: ('1', 1) vs None, p/2: ('2', 1) vs None, p/3: "
+          "('3', 1) vs None",
+          []),
+         ('version_order',
+          'chaos/x',
+          'cas 6 saw version 3, but cas 5, which ended before it started, had version 5',
+          [5, 6]),
+         ('non_linearizable', 'chaos/k', "no linearization of 3 operations can place the final state ('a', 1)", []),
+         ('non_linearizable', 'chaos/x', "no linearization of 4 operations can place op 5 (cas 'z')", [5])])
+    assert (report.keys_checked, report.search_steps, report.undecided) == (2, 10, [])
+
+
+def test_report_views() -> None:
+    h = H()
+    h.put("a", 1, 0, 1, pod="kv-1")
+    report = checker.check(h.ops, {"kv-1": view(1, chaos_k=("a", 1))})
+    assert violations(report) == (
+        [('missing_final_view',
+          None,
+          "no final view of kv-0 (views of ['kv-1']): lost writes and convergence cannot be checked",
+          [])])
+    assert (report.keys_checked, report.search_steps, report.undecided) == (1, 1, [])
+
+
+def test_violation_to_dict_and_counts() -> None:
+    v = checker.Violation("lost_write", "chaos/k", "gone", [3])
+    assert v.to_dict() == {"kind": "lost_write", "key": "chaos/k", "message": "gone", "ops": [3]}
+    report = checker.Report([v, v, checker.Violation("divergence", None, "x")])
+    assert report.counts() == {"lost_write": 2, "divergence": 1}
+    assert checker.Report(undecided=["chaos/k"]).verdict == "UNKNOWN"
+    assert checker.Report([v], undecided=["chaos/k"]).verdict == "FAIL"
+
+
+# ---------------------------------------------------------------- boundaries
+def test_touching_intervals_do_not_order_versions() -> None:
+    h = H()
+    h.put("a", 3, 0, 1)
+    h.put("b", 2, 1, 2)               # started the instant a returned: concurrent, either order
+    assert "version_order" not in kinds(checker.check(h.ops, final("a", 3)))
+
+
+def test_strong_404_excused_by_a_delete_starting_as_it_ends_but_not_by_one_at_the_put_version() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.read(None, None, 2, 3)
+    h.add("delete", 3, None, UNKNOWN)                  # touching: concurrent
+    assert "version_order" not in kinds(checker.check(h.ops, final(None, 0, lsn=2)))
+    h.ops[-1].outcome, h.ops[-1].version, h.ops[-1].ret, h.ops[-1].call = OK, 1, 4, 2.5   # same version as the put
+    assert "version_order" in kinds(checker.check(h.ops, final(None, 0, lsn=2)))
+
+
+def test_strong_404_then_a_later_put_is_fine() -> None:
+    h = H()
+    h.read(None, None, 0, 1)
+    h.put("a", 1, 2, 3)
+    h.read("a", 1, 4, 5)
+    h.read(None, None, 4.5, 5.5, key="chaos/other")
+    assert checker.check(h.ops, final("a", 1)).verdict == "PASS"
+
+
+def test_min_lsn_touching_boundaries() -> None:
+    h = H()
+    h.put("a", 2, 0, 1)
+    h.read("a", 1, 1, 2, consistency="min_lsn", min_lsn=1, own_version=None, own_deleted=None, lsn=2)
+    # The own write returned the instant the read started: it is the client's own.
+    assert "stale_min_lsn" in kinds(checker.check(h.ops, final("a", 2)))
+    h2 = H()
+    h2.put("a", 2, 0, 1)
+    min_lsn_read(h2, None, None, 2, 3, own=2, lsn=2)
+    h2.add("delete", 3, None, UNKNOWN, process=1)       # touching: may be what the read saw
+    assert "stale_min_lsn" not in kinds(checker.check(h2.ops, final(None, 0, lsn=3)))
+    h2.ops[-1].outcome, h2.ops[-1].version, h2.ops[-1].ret = OK, 2, 4   # but not at the own write's version
+    assert "stale_min_lsn" in kinds(checker.check(h2.ops, final(None, 0, lsn=3)))
+
+
+def test_min_lsn_without_a_recorded_own_write_uses_the_history_and_min_lsn() -> None:
+    h = H()
+    h.put("a", 1, 0, 1, process=3)
+    h.read(None, None, 2, 3, consistency="min_lsn", min_lsn=0, own_version=None, own_deleted=None, lsn=1)
+    h.add("delete", 2, 2.5, version=1, status=200, process=4)
+    assert checker.check_min_lsn_reads(h.ops) == []   # another client's put: the delete may follow it
+    h.ops[0].process = 0                                  # now the put is the client's own (version 1)
+    assert [v.kind for v in checker.check_min_lsn_reads(h.ops)] == ["stale_min_lsn"]
+
+
+def test_own_delete_from_the_history_makes_absence_right() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("delete", 2, 3, version=2, status=200)
+    h.read(None, None, 4, 5, consistency="min_lsn", min_lsn=1, own_version=1, own_deleted=False, lsn=2)
+    assert checker.check_min_lsn_reads(h.ops) == []
+
+
+def test_failed_min_lsn_read_is_not_judged() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("read", 2, 3, FAILED, consistency="min_lsn", min_lsn=1, own_version=1, status=504, error="min_lsn_timeout")
+    assert checker.check_min_lsn_reads(h.ops) == []
+
+
+def test_unknown_put_does_not_excuse_a_missing_key() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", None, 2, None, outcome=UNKNOWN)
+    assert [v.kind for v in checker.check_lost_writes(h.ops, {})] == ["lost_write"]
+
+
+def test_cas_on_the_version_of_a_delete_cannot_match_a_value() -> None:
+    # An unknown put x (its version never seen) may be current; a cas expecting the version
+    # of an acknowledged delete cannot have matched x.
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("delete", 2, 3, version=2, status=200)
+    h.put("x", None, 4, None, outcome=UNKNOWN)
+    h.add("cas", 5, 6, value="y", expect_version=2, version=7, status=200)
+    assert "non_linearizable" in kinds(checker.check(h.ops, final("y", 7)))
+
+
+def test_two_views_that_differ_are_diverged() -> None:
+    views = {"kv-0": view(1, chaos_k=("a", 1)), "kv-1": view(0)}
+    assert [v.kind for v in checker.check_convergence(views)] == ["divergence"]
+
+
+def test_final_views_expected_for_kv0_only_when_something_ran() -> None:
+    h = H()
+    h.put("a", 1, 0, 1, pod="kv-1")
+    assert [v.kind for v in checker.check_final_views(h.ops, {"kv-1": view(1)}, "kv-0")] == ["missing_final_view"]
+    assert checker.check_final_views([], {}, "kv-0") == []
+    assert "no pod" in checker.check_final_views(h.ops, {}, "kv-0")[0].message
+
+
+def test_register_ops_of_each_kind() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)                                                          # 0: put
+    h.put("b", None, 2, None, outcome=UNKNOWN)                                   # 1: unknown: no return
+    h.add("cas", 3, 4, FAILED, value="c", expect_version=1, status=412, current_version=5)   # 2
+    h.add("create", 5, 6, FAILED, value="d", status=412, current_version=5)      # 3
+    h.add("delete", 7, 8, FAILED, status=404)                                    # 4: a 404 observes absence
+    h.add("delete", 9, 10, FAILED, status=503)                                   # 5: not sent: left out
+    h.add("put", 11, 12, FAILED, value="e", status=412, current_version=1)      # 6: a put cannot 412
+    h.read("a", 1, 13, 14)                                                       # 7: strong read
+    h.read(None, None, 15, 16)                                                   # 8: strong 404
+    h.read("a", 1, 17, 18, consistency="local")                                  # 9: local: left out
+    h.add("read", 19, 20, FAILED, consistency="strong", status=503)              # 10: failed read
+    h.add("delete", 21, 22, version=9, status=200)                               # 11: delete
+    assert checker.register_ops(h.ops) == [
+        lin.RegisterOp(0, lin.PUT, 0, 1, value="a"),
+        lin.RegisterOp(1, lin.PUT, 2, None, value="b"),
+        lin.RegisterOp(2, lin.CAS, 3, 4, value="c", expect_version=1, succeeded=False, current_version=5),
+        lin.RegisterOp(3, lin.CREATE, 5, 6, value="d", succeeded=False, current_version=5),
+        lin.RegisterOp(4, lin.DELETE, 7, 8, succeeded=False),
+        lin.RegisterOp(7, lin.READ, 13, 14, observed="a"),
+        lin.RegisterOp(8, lin.READ, 15, 16, observed=None),
+        lin.RegisterOp(11, lin.DELETE, 21, 22),
+    ]
+
+
+def test_delete_404_while_the_key_exists_is_reported() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("delete", 2, 3, FAILED, status=404, error="not_found")
+    assert kinds(checker.check(h.ops, final("a", 1))) == {"non_linearizable"}
+
+
+# ----------------------------------------------------------------- the search
+def test_step_cap_is_exact() -> None:
+    ops = [lin.RegisterOp(0, lin.PUT, 0, 1, value="a"), lin.RegisterOp(1, lin.READ, 2, 3, observed="a")]
+    steps = lin.check(ops).steps
+    assert lin.check(ops, max_steps=steps).ok
+    capped = lin.check(ops, max_steps=steps - 1)
+    assert (capped.verdict, capped.steps, capped.ops) == (lin.UNKNOWN, steps, 2)
+    assert (lin.check([]).steps, lin.check([]).ops) == (0, 0)
+    assert steps == 2   # one step per call placed
+
+
+def test_search_backtracks_through_concurrent_writes() -> None:
+    # Three concurrent puts, then reads that fix their order as c, a, b: the search must
+    # undo its first guesses (a, b, c) and keep no stale trace of them.
+    ops = [lin.RegisterOp(i, lin.PUT, 0, 10, value=v) for i, v in enumerate("abc")]
+    ops += [lin.RegisterOp(3, lin.READ, 1, 2, observed="c"), lin.RegisterOp(4, lin.READ, 3, 4, observed="a"),
+            lin.RegisterOp(5, lin.READ, 11, 12, observed="b")]
+    result = lin.check(ops)
+    assert result.ok and result.linearized == [2, 3, 0, 4, 1, 5], result
+    result_unknown = lin.check([op if op.id != 1 else lin.RegisterOp(1, lin.PUT, 0, None, value="b")
+                                for op in ops])
+    assert result_unknown.ok and result_unknown.ops == 6
+    bad = ops[:5] + [lin.RegisterOp(5, lin.READ, 11, 12, observed="c")]
+    verdict = lin.check(bad)
+    assert verdict.verdict == lin.VIOLATION and verdict.blocked is not None and verdict.blocked.id == 5
+    assert verdict.ops == 6 and verdict.steps > 6 and verdict.linearized == []
+
+
+def test_unknown_step_message_names_the_kind() -> None:
+    with pytest.raises(ValueError, match="swap"):
+        lin.step(lin.RegisterOp(0, "swap", 0, 1), None, lin.VersionMap())
+
+
+# ---------------------------------------------------------------- figures
+def test_outcome_table_splits_reads_and_rejections() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("cas", 2, 3, FAILED, value="b", status=412)
+    h.add("delete", 4, 5, FAILED, status=404)
+    h.add("create", 6, 7, FAILED, value="c", status=503)
+    h.add("put", 8, None, UNKNOWN, value="d")
+    h.read("a", 1, 9, 10, consistency="local")
+    h.read("a", 1, 9, 10)
+    h.add("read", 11, 12, FAILED, consistency="min_lsn", status=412)    # a read's 412 is not a rejection
+    table = checker.outcome_table(h.ops)
+    assert {k: dict(v) for k, v in table.items()} == {
+        "put": {"ok": 1, "unknown": 1}, "cas": {"rejected": 1}, "delete": {"rejected": 1},
+        "create": {"failed": 1}, "read/local": {"ok": 1}, "read/strong": {"ok": 1}, "read/min_lsn": {"failed": 1}}
+
+
+def test_fault_counts() -> None:
+    faults = [{"fault": "kill", "pod": "kv-0"}, {"fault": "kill", "pod": "kv-10"}, {"fault": "kill", "pod": "kv-1"},
+              {"fault": "pause", "pod": "kv-0"}, {"fault": "resume", "pod": "kv-0"},
+              {"fault": "partition", "pod": "kv-2"}, {"fault": "heal", "pod": "kv-2"}]
+    assert checker.fault_counts(faults) == {"kill": 3, "kill_primary": 1, "pause": 1, "partition": 1}
+
+
+def test_longest_write_gap_after_a_primary_kill() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", 2, 10.5, 12)           # the first write invoked after the kill at 10 that succeeded
+    h.put("c", None, 10.2, 10.4, outcome=FAILED, status=503)
+    h.put("d", 3, 9, 11)              # invoked before the kill: does not count
+    h.put("e", 4, 31, 32)
+    faults = [{"time": 10.0, "fault": "kill", "pod": "kv-0"}, {"time": 20.0, "fault": "kill", "pod": "kv-1"},
+              {"time": 30.0, "fault": "pause", "pod": "kv-0"}, {"time": 40.0, "fault": "kill", "pod": "kv-0"}]
+    assert checker.longest_write_gap_after_primary_kill(h.ops, faults[:3], 50.0) == (2.0, False)
+    assert checker.longest_write_gap_after_primary_kill(h.ops, faults, 50.0) == (10.0, True)
+    assert checker.longest_write_gap_after_primary_kill(h.ops, faults, 41.0) == (2.0, False)
+    assert checker.longest_write_gap_after_primary_kill(h.ops, [], 50.0) == (0.0, False)
