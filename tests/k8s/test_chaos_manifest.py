@@ -23,7 +23,6 @@ def objects() -> list[dict[str, Any]]:
 
 
 def test_objects_validate_strictly(objects: list[dict[str, Any]]) -> None:
-    pytest.importorskip("kubernetes_validate")
     assert sorted(o["kind"] for o in objects) == ["Job", "Role", "RoleBinding", "ServiceAccount"]
     validate_strictly(objects, "k8s/chaos")
 
