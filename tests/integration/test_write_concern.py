@@ -8,18 +8,16 @@ replicas: pods missing from DNS never lower the count.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from dns_thread import DnsThread
 from local_cluster import LocalCluster, http, wait_for
 from replica_process import ReplicaProcess
-from kvstore.local.dns import DnsServer, Endpoint, HeadlessService
 
 BASE = "127.0.61"        # the 3-pod cluster
 ALONE = "127.0.62"       # the lone replica and its DNS server
@@ -76,29 +74,6 @@ def test_with_both_followers_stopped_only_w1_succeeds(cluster: LocalCluster) -> 
         status, _, got = http("GET", f"{cluster.url(pod)}/v1/kv/wc%2Fall?min_lsn={lsn}")
         assert (status, got) == (200, b"a"), pod
     assert put(kv0, "wc/after", b"x", "all")[0] == 200
-
-
-class DnsThread:
-    """The local cluster's DNS server for one headless Service, on its own event loop thread."""
-
-    def __init__(self, host: str, endpoints: dict[str, str]) -> None:
-        self.server = DnsServer(HeadlessService("kv", "default", "cluster.local", {"http": 8080, "peer": 8081}),
-                                host, 0)
-        for name, address in endpoints.items():
-            self.server.service.set_endpoint(name, Endpoint(address, name))
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> DnsServer:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-        return self.server
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.mark.parametrize("replicas, majority_status", [("3", 504), ("1", 200)])
