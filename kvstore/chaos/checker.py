@@ -104,15 +104,17 @@ def build_versions(history: Iterable[Op], views: dict[str, ReplicaView] | None =
     out: list[Violation] = []
     seen_conflicts: set[tuple[str, str]] = set()
 
-    def add(key: str, value: str, version: int, op_id: int | None) -> None:
-        problem = maps[key].add(value, version)
+    def note(key: str, problem: str | None, op_id: int | None) -> None:
         if problem and (key, problem) not in seen_conflicts:
             seen_conflicts.add((key, problem))
             out.append(Violation("version_conflict", key, problem, [op_id] if op_id is not None else []))
 
+    def add(key: str, value: str, version: int, op_id: int | None) -> None:
+        note(key, maps[key].add(value, version), op_id)
+
     for op in history:
         if _applied(op) and op.f == "delete" and op.version is not None:
-            maps[op.key].add_delete(op.version)
+            note(op.key, maps[op.key].add_delete(op.version), op.id)
         elif _applied(op) and op.version is not None and op.value is not None:
             add(op.key, op.value, op.version, op.id)
         elif op.f == "read" and op.outcome == OK and op.found and op.version is not None and op.observed is not None:
@@ -182,9 +184,10 @@ def check_lost_writes(history: list[Op], final: dict[str, tuple[str, int]]) -> l
             out.append(Violation(
                 "lost_write", key, f"acknowledged {what} (version {last.version}, op {last.id}) is lost: "
                 f"the final value is {value!r} at version {version}", [last.id]))
-        elif version == last.version and last.f != "delete" and value != last.value:
+        elif version == last.version and value != last.value:
+            did = "deleted the key" if last.f == "delete" else f"wrote {last.value!r}"
             out.append(Violation("lost_write", key, f"version {version} holds {value!r}, but op {last.id} "
-                                 f"wrote {last.value!r} there", [last.id]))
+                                 f"{did} there", [last.id]))
         elif version > last.version:
             later = [op for op in ops if op.is_write and op.value == value]
             if not later or later[0].outcome != UNKNOWN:
@@ -364,11 +367,12 @@ def check_linearizable(history: list[Op], final: dict[str, tuple[str, int]] | No
     out: list[Violation] = []
     for key, ops in sorted(_by_key(history).items()):
         reg = register_ops(ops)
-        end_read = None
+        end_read, end_state = None, None
         if final is not None:
             # The end state is a read after everything (unknown outcomes too may precede it).
-            state = final.get(key)
-            end_read = lin.RegisterOp(-2, lin.READ, math.inf, math.inf, observed=state[0] if state else None)
+            end_state = final.get(key)
+            end_read = lin.RegisterOp(-2, lin.READ, math.inf, math.inf,
+                                      observed=end_state[0] if end_state else None)
             reg.append(end_read)
         result = lin.check(reg, versions.get(key), max_steps=max_steps)
         if report is not None:
@@ -380,15 +384,14 @@ def check_linearizable(history: list[Op], final: dict[str, tuple[str, int]] | No
             continue
         if result.verdict == lin.VIOLATION:
             blocked = result.blocked
-            if blocked is not None and blocked is end_read:
-                what = f"the final state {final.get(key) if final else None}"
-            elif blocked is not None:
-                what = f"op {blocked.id} ({blocked.kind}"
-                what += f" -> {blocked.observed!r})" if blocked.kind == lin.READ else f" {blocked.value!r})"
+            assert blocked is not None  # a violation always names the operation it could not place
+            if blocked is end_read:
+                what, ids = f"the final state {end_state}", []
             else:
-                what = "an operation"
+                what, ids = f"op {blocked.id} ({blocked.kind}", [blocked.id]
+                what += f" -> {blocked.observed!r})" if blocked.kind == lin.READ else f" {blocked.value!r})"
             out.append(Violation("non_linearizable", key, f"no linearization of {len(reg)} operations can "
-                                 f"place {what}", [blocked.id] if blocked and blocked.id >= 0 else []))
+                                 f"place {what}", ids))
     return out
 
 

@@ -249,11 +249,14 @@ def test_acknowledged_versions_that_go_back_in_real_time_are_reported() -> None:
     h.put("a", 10, 0, 1)
     h.put("b", 5, 2, 3)
     h.put("c", 20, 4, 5)
+    h.put("u", None, 6, None, outcome=UNKNOWN)
     report = checker.check(h.ops, final("c", 20))
     assert kinds(report) == {"version_order"}
     assert report.violations[0].ops == [0, 1]
+    h.ops.insert(0, h.ops.pop())      # an unknown write first in the history changes nothing
+    assert kinds(checker.check(h.ops, final("c", 20))) == {"version_order"}
     # Concurrent writes may take their versions in either order.
-    h.ops[1].call = 0.5
+    h.ops[2].call = 0.5
     assert checker.check(h.ops, final("c", 20)).verdict == "PASS"
 
 
@@ -339,8 +342,8 @@ def test_create_412_names_the_current_version() -> None:
     h.put("a", 4, 0, 1)
     h.add("create", 2, 3, FAILED, value="b", status=412, current_version=4)
     assert checker.check(h.ops, final("a", 4)).verdict == "PASS"
-    h.ops[1].current_version = 3    # no write has version 3
-    assert "non_linearizable" in kinds(checker.check(h.ops, final("a", 4)))
+    h.ops[1].current_version = 3    # no write has version 3, and 4 was acknowledged before
+    assert kinds(checker.check(h.ops, final("a", 4))) == {"non_linearizable", "version_order"}
 
 
 # ------------------------------------------------------------------- min_lsn reads
@@ -901,6 +904,7 @@ def test_unknown_step_message_names_the_kind() -> None:
 def test_outcome_table_splits_reads_and_rejections() -> None:
     h = H()
     h.put("a", 1, 0, 1)
+    h.put("a2", 2, 0, 1)
     h.add("cas", 2, 3, FAILED, value="b", status=412)
     h.add("delete", 4, 5, FAILED, status=404)
     h.add("create", 6, 7, FAILED, value="c", status=503)
@@ -910,15 +914,15 @@ def test_outcome_table_splits_reads_and_rejections() -> None:
     h.add("read", 11, 12, FAILED, consistency="min_lsn", status=412)    # a read's 412 is not a rejection
     table = checker.outcome_table(h.ops)
     assert {k: dict(v) for k, v in table.items()} == {
-        "put": {"ok": 1, "unknown": 1}, "cas": {"rejected": 1}, "delete": {"rejected": 1},
+        "put": {"ok": 2, "unknown": 1}, "cas": {"rejected": 1}, "delete": {"rejected": 1},
         "create": {"failed": 1}, "read/local": {"ok": 1}, "read/strong": {"ok": 1}, "read/min_lsn": {"failed": 1}}
 
 
 def test_fault_counts() -> None:
     faults = [{"fault": "kill", "pod": "kv-0"}, {"fault": "kill", "pod": "kv-10"}, {"fault": "kill", "pod": "kv-1"},
-              {"fault": "pause", "pod": "kv-0"}, {"fault": "resume", "pod": "kv-0"},
+              {"fault": "pause", "pod": "kv-0"}, {"fault": "resume", "pod": "kv-0"}, {"fault": "kill", "pod": "kv-0"},
               {"fault": "partition", "pod": "kv-2"}, {"fault": "heal", "pod": "kv-2"}]
-    assert checker.fault_counts(faults) == {"kill": 3, "kill_primary": 1, "pause": 1, "partition": 1}
+    assert checker.fault_counts(faults) == {"kill": 4, "kill_primary": 2, "pause": 1, "partition": 1}
 
 
 def test_longest_write_gap_after_a_primary_kill() -> None:
@@ -934,3 +938,95 @@ def test_longest_write_gap_after_a_primary_kill() -> None:
     assert checker.longest_write_gap_after_primary_kill(h.ops, faults, 50.0) == (10.0, True)
     assert checker.longest_write_gap_after_primary_kill(h.ops, faults, 41.0) == (2.0, False)
     assert checker.longest_write_gap_after_primary_kill(h.ops, [], 50.0) == (0.0, False)
+    # A write invoked at the very instant of the kill counts as after it.
+    assert checker.longest_write_gap_after_primary_kill(h.ops, [{"time": 31.0, "fault": "kill", "pod": "kv-0"}],
+                                                        50.0) == (1.0, False)
+    # Of two equal gaps the first is reported: a closed one stays closed.
+    tie = [{"time": 10.0, "fault": "kill", "pod": "kv-0"}, {"time": 48.0, "fault": "kill", "pod": "kv-0"}]
+    assert checker.longest_write_gap_after_primary_kill(h.ops, tie, 50.0) == (2.0, False)
+
+
+def test_strong_404_touching_the_put_is_concurrent_and_each_404_is_judged() -> None:
+    h = H()
+    h.read(None, None, 0, 0.5)                  # nothing before it: fine
+    h.put("a", 1, 0, 1)
+    h.read(None, None, 1, 2)                    # started as the put returned: may precede it
+    assert checker.check_version_order(h.ops) == []
+    h.read(None, None, 3, 4)                    # after it: needs a delete
+    assert [v.ops for v in checker.check_version_order(h.ops)] == [[1, 3]]
+
+
+def test_strong_404_not_excused_by_a_concurrent_delete_at_the_put_version() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("delete", 0.5, 4, version=1, status=200, process=1)   # concurrent with the put, same version
+    h.read(None, None, 2, 3)
+    assert [v.ops for v in checker.check_version_order(h.ops)] == [[0, 2]]
+    h.ops[1].version = 2
+    assert checker.check_version_order(h.ops) == []
+
+
+def test_a_value_at_the_version_of_a_delete_is_a_conflict_and_a_lost_delete() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("delete", 2, 3, version=2, status=200)
+    h.put("b", None, 2, None, outcome=UNKNOWN)
+    h.read("b", 2, 4, 5, consistency="local", pod="kv-2")      # a value with the delete's version
+    assert violations(checker.check(h.ops, final(None, 0, lsn=2)))[:1] == [
+        ("version_conflict", "chaos/k", "version 2 is a delete's, and also holds 'b'", [3])]
+    lost = checker.check_lost_writes(h.ops[:2], {"chaos/k": ("x", 2)})
+    assert [(v.message, v.ops) for v in lost] == [("version 2 holds 'x', but op 1 deleted the key there", [1])]
+    versions = lin.VersionMap()
+    versions.add("b", 5)
+    assert versions.add_delete(5) == "version 5 is a delete's, and also holds 'b'"
+    assert versions.add_delete(6) is None
+
+
+def test_report_lost_writes_each_way() -> None:
+    h = H()
+    h.put("n", None, 0, None, outcome=UNKNOWN, key="chaos/a")      # no acknowledged write: nothing to lose
+    h.put("a", 1, 0, 1, key="chaos/b")                             # absent at the end
+    h.put("b", 2, 0, 1, key="chaos/c")                             # another value at its version
+    h.put("c", 3, 0, 1, key="chaos/d")
+    h.put("d", None, 2, 3, FAILED, key="chaos/d", status=503)      # not applied, yet final
+    lost = checker.check_lost_writes(h.ops, {"chaos/c": ("x", 2), "chaos/d": ("d", 7)})
+    assert [(v.kind, v.key, v.message, v.ops) for v in lost] == [
+        ("lost_write", "chaos/b", "acknowledged put of 'a' (version 1, op 1) is gone: the key is absent at the "
+         "end and no delete could explain it", [1]),
+        ("lost_write", "chaos/c", "version 2 holds 'x', but op 2 wrote 'b' there", [2]),
+        ("lost_write", "chaos/d", "final 'd' at version 7 is after the last acknowledged write (op 3, version 3) "
+         "but was not written by a write of unknown outcome", [3]),
+    ]
+
+
+def test_report_names_op_zero_and_phantoms_seen_by_reads() -> None:
+    h = H()
+    h.read("x", 5, 0, 1)                        # op 0 sees x before anybody wrote it
+    h.put("x", None, 2, None, outcome=UNKNOWN)
+    h.read("ghost", 6, 3, 4, consistency="local", key="chaos/g")
+    views = {p: view(6, chaos_k=("x", 5)) for p in ("kv-0", "kv-1")}
+    views["kv-2"] = view(7, chaos_k=("x", 5))      # same contents, another LSN: no sample to show
+    report = checker.check(h.ops, views)
+    assert violations(report) == [
+        ("phantom_value", "chaos/g", "read 2 (local, kv-0) saw 'ghost', which no write wrote", [2]),
+        ("divergence", None, "kv-2 (lsn 7) differs from kv-0 (lsn 6) on 0 keys", []),
+        ("non_linearizable", "chaos/k", "no linearization of 3 operations can place op 0 (read -> 'x')", [0]),
+    ]
+
+
+def test_unknown_operation_that_can_never_apply_is_left_out() -> None:
+    versions = lin.VersionMap()
+    versions.add("a", 1)
+    ops = [lin.RegisterOp(0, lin.PUT, 0, 1, value="a"),
+           lin.RegisterOp(1, lin.CAS, 2, None, value="b", expect_version=9)]   # timed out; 9 never matched
+    result = lin.check(ops, versions)
+    assert (result.verdict, result.ops, result.linearized) == (lin.OK, 2, [0]) and result.steps == 3
+
+
+def test_missing_final_views_are_all_named() -> None:
+    h = H()
+    h.put("a", 1, 0, 1, pod="kv-2")
+    h.read("a", 1, 2, 3, consistency="local", pod="kv-1")
+    assert violations(checker.Report(checker.check_final_views(h.ops, {}, "kv-0"))) == [
+        ("missing_final_view", None, "no final view of kv-0, kv-1, kv-2 (views of no pod): lost writes and "
+         "convergence cannot be checked", [])]
