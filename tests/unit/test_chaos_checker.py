@@ -1030,3 +1030,28 @@ def test_missing_final_views_are_all_named() -> None:
     assert violations(checker.Report(checker.check_final_views(h.ops, {}, "kv-0"))) == [
         ("missing_final_view", None, "no final view of kv-0, kv-1, kv-2 (views of no pod): lost writes and "
          "convergence cannot be checked", [])]
+
+
+def test_version_conflicts_name_the_operation_once() -> None:
+    h = H()
+    h.put("b", None, 0, None, outcome=UNKNOWN)
+    h.read("b", 2, 1, 2, consistency="local")
+    h.read("b", 2, 2, 3, consistency="local")            # the same conflict again: reported once
+    h.add("delete", 3, 4, version=2, status=200)          # a delete at a version a value holds
+    h.put("c", 2, 5, 6)                                   # a write at a version a value holds
+    _, conflicts = checker.build_versions(h.ops)
+    assert [(v.key, v.message, v.ops) for v in conflicts] == [
+        ("chaos/k", "version 2 is a delete's, and also holds 'b'", [3]),
+        ("chaos/k", "version 2 seen with values 'b' and 'c'", [4]),
+    ]
+
+
+def test_keys_past_the_step_cap_are_undecided_not_passed() -> None:
+    h = H()
+    for key in ("chaos/a", "chaos/b"):
+        h.put("a" + key, 1, 0, 1, key=key)
+        h.read("a" + key, 1, 2, 3, key=key)
+    views = {p: view(1, chaos_a=("achaos/a", 1), chaos_b=("achaos/b", 1)) for p in ("kv-0", "kv-1", "kv-2")}
+    assert checker.check(h.ops, views).verdict == "PASS"
+    capped = checker.check(h.ops, views, max_steps=1)
+    assert (capped.verdict, capped.undecided, capped.violations) == ("UNKNOWN", ["chaos/a", "chaos/b"], [])
