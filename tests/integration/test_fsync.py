@@ -9,15 +9,13 @@ sync of its own before its answer.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from local_cluster import http
-from replica_process import ReplicaProcess
+from wrapped_replica import WrappedReplica
 
 HOST = "127.0.63.10"
 WRITES = 20
@@ -27,26 +25,14 @@ STRACE = shutil.which("strace")
 pytestmark = pytest.mark.skipif(STRACE is None, reason="strace is not installed (apt-get install strace)")
 
 
-class TracedReplica(ReplicaProcess):
+class TracedReplica(WrappedReplica):
     """A replica run under ``strace -f``, logging only the calls that make data durable."""
 
     def __init__(self, workdir: Path, env: dict[str, str]) -> None:
-        super().__init__(workdir, "kv-0", HOST, env=env)
         self.trace = workdir / "strace.log"
-
-    def start(self, wait: bool = True) -> "TracedReplica":
         assert STRACE is not None
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(
-                [STRACE, "-f", "-qq", "-e", f"trace={','.join(SYNC_CALLS)}", "-o", str(self.trace),
-                 sys.executable, "-m", "kvstore", "serve"],
-                env=self.environment(), stdout=log, stderr=log)
-        finally:
-            log.close()
-        if wait:
-            self.wait_ready(timeout=60)
-        return self
+        super().__init__(workdir, "kv-0", HOST, [STRACE, "-f", "-qq", "-e", f"trace={','.join(SYNC_CALLS)}",
+                                                  "-o", str(self.trace)], env=env)
 
     def syncs(self) -> int:
         """Sync calls that returned so far (strace writes a line per finished call)."""

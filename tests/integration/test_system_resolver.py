@@ -13,8 +13,6 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ import pytest
 from dns_thread import DnsThread
 from local_cluster import http, wait_for
 from replica_process import ReplicaProcess
+from wrapped_replica import WrappedReplica
 
 NET = "127.0.66"
 DNS_HOST = f"{NET}.2"
@@ -36,33 +35,22 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or UNSHARE is None,
                                 reason="needs root and unshare (util-linux) for a private mount namespace")
 
 
-class NamespacedReplica(ReplicaProcess):
+class NamespacedReplica(WrappedReplica):
     """A replica whose /etc/resolv.conf is ``resolv_conf`` (bind-mounted in its own mount namespace)."""
 
     def __init__(self, workdir: Path, ordinal: int, resolv_conf: Path) -> None:
+        assert UNSHARE is not None
+        mount = f'mount --bind {shlex.quote(str(resolv_conf))} /etc/resolv.conf && exec "$0" "$@"'
         super().__init__(workdir, f"kv-{ordinal}", f"{NET}.{10 + ordinal}",
-                         env={"KV_REPLICAS": "2", "KV_WRITE_CONCERN": "majority", "KV_REFRESH_INTERVAL": "0.3"})
+                         [UNSHARE, "-m", "--propagation", "private", "sh", "-c", mount],
+                         env={"KV_REPLICAS": "2", "KV_WRITE_CONCERN": "majority", "KV_REFRESH_INTERVAL": "0.3"},
+                         ready_timeout=30)
         self.http_port, self.peer_port = 8080, 8081   # the Service's ports: the same on every pod
-        self.resolv_conf = resolv_conf
 
     def environment(self) -> dict[str, str]:
         env = super().environment()
         del env["KV_DNS_SERVER"]                      # the system resolver, as in the StatefulSet
         return env
-
-    def start(self, wait: bool = True) -> "NamespacedReplica":
-        assert UNSHARE is not None
-        inner = (f"mount --bind {shlex.quote(str(self.resolv_conf))} /etc/resolv.conf && "
-                 f"exec {shlex.quote(sys.executable)} -m kvstore serve")
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen([UNSHARE, "-m", "--propagation", "private", "sh", "-c", inner],
-                                         env=self.environment(), stdout=log, stderr=log)
-        finally:
-            log.close()
-        if wait:
-            self.wait_ready(timeout=30)
-        return self
 
 
 def peers_of(replica: ReplicaProcess) -> dict[str, str]:

@@ -685,7 +685,8 @@ def test_report_more() -> None:
     h.read("y", 9, 6, 7, consistency="local", key="chaos/x", pod="kv-2")
     h.add("cas", 8, 9, value="z", expect_version=1, version=5, status=200, key="chaos/x")
     h.add("cas", 10, 11, FAILED, value="w", expect_version=1, status=412, current_version=3, key="chaos/x")
-    views = {"kv-0": view(6, chaos_k=("a", 1), chaos_x=("z", 5), p_1=("1", 1), p_2=("2", 1), p_3=("3", 1), p_4=("4", 1)),
+    views = {"kv-0": view(6, chaos_k=("a", 1), chaos_x=("z", 5),
+                          p_1=("1", 1), p_2=("2", 1), p_3=("3", 1), p_4=("4", 1)),   # 4 keys: 3 in the message
              "kv-1": view(6, chaos_k=("a", 1), chaos_x=("z", 5))}
     report = checker.check(h.ops, views)
     assert violations(report) == (
