@@ -395,9 +395,22 @@ def check_linearizable(history: list[Op], final: dict[str, tuple[str, int]] | No
     return out
 
 
-def check(history: list[Op], views: dict[str, ReplicaView], final_pod: str = "kv-0",
+def primary_pod(history: Iterable[Op], views: dict[str, ReplicaView]) -> str:
+    """The primary's name: ordinal 0 of the StatefulSet the clients used (``kv-0`` when none is seen)."""
+    for name in sorted({op.pod for op in history} | set(views)):
+        statefulset, _, ordinal = name.rpartition("-")
+        if statefulset and ordinal.isdigit():
+            return f"{statefulset}-0"
+    return "kv-0"
+
+
+def check(history: list[Op], views: dict[str, ReplicaView], final_pod: str | None = None,
           max_steps: int = lin.DEFAULT_MAX_STEPS) -> Report:
-    """Every check over a finished run: ``views`` are the healed replicas' contents."""
+    """Every check over a finished run: ``views`` are the healed replicas' contents.
+
+    ``final_pod`` is the replica whose contents are the end state (default: the primary).
+    """
+    final_pod = final_pod or primary_pod(history, views)
     report = Report()
     versions, conflicts = build_versions(history, views)
     final = views[final_pod].contents if final_pod in views else None

@@ -1056,3 +1056,16 @@ def test_keys_past_the_step_cap_are_undecided_not_passed() -> None:
     assert checker.check(h.ops, views).verdict == "PASS"
     capped = checker.check(h.ops, views, max_steps=1)
     assert (capped.verdict, capped.undecided, capped.violations) == ("UNKNOWN", ["chaos/a", "chaos/b"], [])
+
+
+def test_the_primary_is_ordinal_zero_of_whatever_statefulset_ran() -> None:
+    h = H()
+    h.put("a", 1, 0, 1, pod="store-1")
+    views = {p: view(1, chaos_k=("a", 1)) for p in ("store-0", "store-1")}
+    assert checker.primary_pod(h.ops, views) == "store-0"
+    assert checker.check(h.ops, views).verdict == "PASS"
+    del views["store-0"]
+    assert checker.primary_pod(h.ops, views) == "store-0"
+    missing = checker.check(h.ops, views).violations
+    assert [v.kind for v in missing] == ["missing_final_view"] and "of store-0 " in missing[0].message
+    assert checker.primary_pod([], {}) == "kv-0" == checker.primary_pod([], {"odd": view(0)})
