@@ -1068,4 +1068,7 @@ def test_the_primary_is_ordinal_zero_of_whatever_statefulset_ran() -> None:
     assert checker.primary_pod(h.ops, views) == "store-0"
     missing = checker.check(h.ops, views).violations
     assert [v.kind for v in missing] == ["missing_final_view"] and "of store-0 " in missing[0].message
-    assert checker.primary_pod([], {}) == "kv-0" == checker.primary_pod([], {"odd": view(0)})
+    assert checker.primary_pod([], {}) == "kv-0" == checker.primary_pod([], {"odd": view(0), "a-b": view(0)})
+    assert checker.primary_pod(h.ops, {}) == "store-0"              # from the history alone
+    h.ops[0].pod = "my-store-2"
+    assert checker.primary_pod(h.ops, {}) == "my-store-0"           # names may hold dashes
