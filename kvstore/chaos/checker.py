@@ -8,15 +8,25 @@ Checks (each violation names its kind, key and the operations involved):
 3. ``non_linearizable``: strong reads and (conditional) writes, per key, by the
    WGL search (:mod:`kvstore.chaos.linearizability`); a search past its step
    cap is reported as undecided, never as a pass.
-4. ``stale_min_lsn``: a ``min_lsn`` read older than the client's own
-   acknowledged write (``min_lsn_ahead``: the primary lacks it).
-5. Also: ``phantom_value`` (a value no write wrote), ``failed_write_visible``
+4. ``version_order``: per key, the versions of acknowledged writes rise in
+   real-time order, and every strong read and 412 ``current_version`` fits
+   that order (what a forked or rolled-back primary breaks first); a strong
+   404 after an acknowledged put needs a delete that could explain it.
+5. ``stale_min_lsn``: a ``min_lsn`` read answered below its ``min_lsn`` (or
+   without ``X-Kv-Lsn``), older than the client's own acknowledged write
+   (taken from the history as well as from what the workload recorded), or
+   absent with no newer delete that started before the read ended to explain
+   it (``min_lsn_ahead``: the primary lacks the client's write).
+6. ``missing_final_view``: a pod the clients used, or kv-0, has no final
+   view (the lost-write and convergence checks would have nothing to read).
+7. Also: ``phantom_value`` (a value no write wrote), ``failed_write_visible``
    (a write answered as not applied was seen), ``version_conflict`` (one value,
    two versions: replicas disagree) and ``server_error`` (a 500).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -24,6 +34,12 @@ from typing import Any, Iterable
 from kvstore.chaos import linearizability as lin
 from kvstore.chaos.history import FAILED, OK, UNKNOWN, Op
 from kvstore.chaos.nemesis import FAULTS
+
+
+# Every kind of violation, in the order the summary lists them.
+KINDS = ("lost_write", "divergence", "missing_final_view", "non_linearizable", "version_order",
+         "stale_min_lsn", "phantom_value", "failed_write_visible", "version_conflict",
+         "server_error")
 
 
 @dataclass
@@ -89,15 +105,17 @@ def build_versions(history: Iterable[Op], views: dict[str, ReplicaView] | None =
     out: list[Violation] = []
     seen_conflicts: set[tuple[str, str]] = set()
 
-    def add(key: str, value: str, version: int, op_id: int | None) -> None:
-        problem = maps[key].add(value, version)
+    def note(key: str, problem: str | None, op_id: int | None) -> None:
         if problem and (key, problem) not in seen_conflicts:
             seen_conflicts.add((key, problem))
             out.append(Violation("version_conflict", key, problem, [op_id] if op_id is not None else []))
 
+    def add(key: str, value: str, version: int, op_id: int | None) -> None:
+        note(key, maps[key].add(value, version), op_id)
+
     for op in history:
         if _applied(op) and op.f == "delete" and op.version is not None:
-            maps[op.key].add_delete(op.version)
+            note(op.key, maps[op.key].add_delete(op.version), op.id)
         elif _applied(op) and op.version is not None and op.value is not None:
             add(op.key, op.value, op.version, op.id)
         elif op.f == "read" and op.outcome == OK and op.found and op.version is not None and op.observed is not None:
@@ -167,9 +185,10 @@ def check_lost_writes(history: list[Op], final: dict[str, tuple[str, int]]) -> l
             out.append(Violation(
                 "lost_write", key, f"acknowledged {what} (version {last.version}, op {last.id}) is lost: "
                 f"the final value is {value!r} at version {version}", [last.id]))
-        elif version == last.version and last.f != "delete" and value != last.value:
+        elif version == last.version and value != last.value:
+            did = "deleted the key" if last.f == "delete" else f"wrote {last.value!r}"
             out.append(Violation("lost_write", key, f"version {version} holds {value!r}, but op {last.id} "
-                                 f"wrote {last.value!r} there", [last.id]))
+                                 f"{did} there", [last.id]))
         elif version > last.version:
             later = [op for op in ops if op.is_write and op.value == value]
             if not later or later[0].outcome != UNKNOWN:
@@ -199,34 +218,124 @@ def check_convergence(views: dict[str, ReplicaView]) -> list[Violation]:
     return out
 
 
+def _own_write(op: Op, ops: list[Op]) -> tuple[int | None, bool]:
+    """The client's own last acknowledged write on the key before ``op`` started: (version, was a delete).
+
+    Taken from the history itself (a process is sequential) and from what the
+    workload recorded, whichever is newer.
+    """
+    own, deleted = op.own_version, bool(op.own_deleted)
+    for w in ops:
+        if (w.process == op.process and _applied(w) and w.version is not None and w.ret is not None
+                and w.ret <= op.call and (own is None or w.version > own)):
+            own, deleted = w.version, w.f == "delete"
+    return own, deleted
+
+
 def check_min_lsn_reads(history: list[Op]) -> list[Violation]:
-    """A ``min_lsn`` read never returns data older than the client's own acknowledged write."""
+    """``min_lsn`` reads against ``X-Kv-Lsn`` and the client's own acknowledged writes.
+
+    ``X-Kv-Lsn`` is read after the value and may lag what LevelDB already
+    shows by a commit, so it bounds nothing about the value itself; it must
+    only reach ``min_lsn``. The value must be at least the client's own
+    write; absence needs a newer delete that started before the read ended.
+    """
     out: list[Violation] = []
     keys = _by_key(history)
     for op in history:
         if op.f != "read" or op.consistency != "min_lsn" or op.outcome != OK or op.min_lsn is None:
             continue
-        own = op.own_version if op.own_version is not None else op.min_lsn
         if op.status == 412:
             out.append(Violation("stale_min_lsn", op.key, f"read {op.id} on {op.pod}: min_lsn {op.min_lsn} "
                                  "(the client's own acknowledged write) is ahead of the primary", [op.id]))
             continue
-        if op.lsn is not None and op.lsn < op.min_lsn:
+        if op.lsn is None or op.lsn < op.min_lsn:
             out.append(Violation("stale_min_lsn", op.key, f"read {op.id} on {op.pod} answered at lsn {op.lsn} "
                                  f"< min_lsn {op.min_lsn}", [op.id]))
             continue
+        own, own_deleted = _own_write(op, keys[op.key])
+        own = max(own if own is not None else 0, op.min_lsn)
         if op.found:
             if op.version is not None and op.version < own:
                 out.append(Violation("stale_min_lsn", op.key, f"read {op.id} on {op.pod} saw version "
                                      f"{op.version}, older than the client's own write (version {own})", [op.id]))
-        elif not op.own_deleted:
+        elif not own_deleted:
+            # Only a delete that started before this read ended (touching intervals count as
+            # concurrent, as in the search) and, when its version is known, is newer than the
+            # client's write, explains absence.
             deletes = [d for d in keys[op.key] if d.f == "delete" and d.outcome != FAILED
+                       and op.ret is not None and d.call <= op.ret
                        and (d.version is None or d.version > own)]
             if not deletes:
                 out.append(Violation("stale_min_lsn", op.key, f"read {op.id} on {op.pod} found the key absent "
-                                     f"after the client's own write (version {own}) and no later delete",
+                                     f"after the client's own write (version {own}) and no delete explains it",
                                      [op.id]))
     return out
+
+
+def _order_points(ops: list[Op]) -> list[tuple[Op, int, bool]]:
+    """(operation, version, is a write) for each operation that pins the key's version inside its interval."""
+    points: list[tuple[Op, int, bool]] = []
+    for op in ops:
+        if op.ret is None:
+            continue
+        if _applied(op) and op.version is not None:
+            points.append((op, op.version, True))
+        elif (op.f == "read" and op.consistency == "strong" and op.outcome == OK and op.found
+              and op.version is not None):
+            points.append((op, op.version, False))
+        elif op.f in ("cas", "create") and op.status == 412 and op.current_version is not None:
+            points.append((op, op.current_version, False))
+    return points
+
+
+def check_version_order(history: list[Op]) -> list[Violation]:
+    """Per key, versions never go back in real time: what ended before ``b`` started is not newer than ``b``.
+
+    A write must be strictly newer than everything that ended before it
+    started; a strong read or a 412's ``current_version`` at least as new.
+    A strong 404 after an acknowledged put needs a delete, started before the
+    read ended, newer than that put.
+    """
+    out: list[Violation] = []
+    for key, ops in sorted(_by_key(history).items()):
+        points = _order_points(ops)
+        for b, vb, b_write in points:
+            before = [(a, va) for a, va, _ in points if a.ret is not None and a.ret < b.call]
+            if not before:
+                continue
+            a, va = max(before, key=lambda p: p[1])
+            if vb < va or (b_write and vb == va):
+                what = f"{b.f} {b.id} got" if b_write else f"{b.f} {b.id} saw"
+                out.append(Violation("version_order", key, f"{what} version {vb}, but {a.f} {a.id}, which ended "
+                                     f"before it started, had version {va}", [a.id, b.id]))
+        for r in ops:
+            if not (r.f == "read" and r.consistency == "strong" and r.outcome == OK and r.found is False
+                    and r.ret is not None):
+                continue
+            before = [(a, va) for a, va, write in points if write and a.ret is not None and a.ret < r.call]
+            if not before:
+                continue
+            a, va = max(before, key=lambda p: p[1])
+            if a.f == "delete":
+                continue
+            deletes = [d for d in ops if d.f == "delete" and d.outcome != FAILED and d.call <= r.ret
+                       and (d.version is None or d.version > va)]
+            if not deletes:
+                out.append(Violation("version_order", key, f"strong read {r.id} found the key absent after "
+                                     f"{a.f} {a.id} (version {va}) was acknowledged, and no delete explains it",
+                                     [a.id, r.id]))
+    return out
+
+
+def check_final_views(history: list[Op], views: dict[str, ReplicaView], final_pod: str) -> list[Violation]:
+    """Every pod the clients used, and the primary, has a final view: no check is skipped silently."""
+    expected = {op.pod for op in history} | ({final_pod} if history else set())
+    missing = sorted(expected - set(views))
+    if not missing:
+        return []
+    return [Violation("missing_final_view", None, f"no final view of {', '.join(missing)} "
+                      f"(views of {sorted(views) or 'no pod'}): lost writes and convergence cannot be checked")]
 
 
 def register_ops(ops: list[Op]) -> list[lin.RegisterOp]:
@@ -257,13 +366,16 @@ def check_linearizable(history: list[Op], final: dict[str, tuple[str, int]] | No
                        report: Report | None = None) -> list[Violation]:
     """Per key WGL over strong reads and writes; with ``final``, the end state is one more strong read."""
     out: list[Violation] = []
-    end = max((op.ret or op.call for op in history), default=0.0) + 1.0
     for key, ops in sorted(_by_key(history).items()):
         reg = register_ops(ops)
+        end_read, end_state = None, None
         if final is not None:
-            state = final.get(key)
-            reg.append(lin.RegisterOp(-2, lin.READ, end, end, observed=state[0] if state else None))
-        result = lin.check(reg, versions.get(key, lin.VersionMap()), max_steps=max_steps)
+            # The end state is a read after everything (unknown outcomes too may precede it).
+            end_state = final.get(key)
+            end_read = lin.RegisterOp(-2, lin.READ, math.inf, math.inf,
+                                      observed=end_state[0] if end_state else None)
+            reg.append(end_read)
+        result = lin.check(reg, versions.get(key), max_steps=max_steps)
         if report is not None:
             report.keys_checked += 1
             report.search_steps += result.steps
@@ -273,32 +385,47 @@ def check_linearizable(history: list[Op], final: dict[str, tuple[str, int]] | No
             continue
         if result.verdict == lin.VIOLATION:
             blocked = result.blocked
-            if blocked is not None and blocked.id == -2:
-                what = f"the final state {final.get(key) if final else None}"
-            elif blocked is not None:
-                what = f"op {blocked.id} ({blocked.kind}"
-                what += f" -> {blocked.observed!r})" if blocked.kind == lin.READ else f" {blocked.value!r})"
+            assert blocked is not None  # a violation always names the operation it could not place
+            if blocked is end_read:
+                what, ids = f"the final state {end_state}", []
             else:
-                what = "an operation"
+                what, ids = f"op {blocked.id} ({blocked.kind}", [blocked.id]
+                what += f" -> {blocked.observed!r})" if blocked.kind == lin.READ else f" {blocked.value!r})"
             out.append(Violation("non_linearizable", key, f"no linearization of {len(reg)} operations can "
-                                 f"place {what}", [blocked.id] if blocked and blocked.id >= 0 else []))
+                                 f"place {what}", ids))
     return out
 
 
-def check(history: list[Op], views: dict[str, ReplicaView], final_pod: str = "kv-0",
+def primary_pod(history: Iterable[Op], views: dict[str, ReplicaView]) -> str:
+    """The primary's name: ordinal 0 of the StatefulSet the clients used (``kv-0`` when none is seen)."""
+    for name in sorted({op.pod for op in history} | set(views)):
+        statefulset, _, ordinal = name.rpartition("-")
+        if statefulset and ordinal.isdigit():
+            return f"{statefulset}-0"
+    return "kv-0"
+
+
+def check(history: list[Op], views: dict[str, ReplicaView], final_pod: str | None = None,
           max_steps: int = lin.DEFAULT_MAX_STEPS) -> Report:
-    """Every check over a finished run: ``views`` are the healed replicas' contents."""
+    """Every check over a finished run: ``views`` are the healed replicas' contents.
+
+    ``final_pod`` is the replica whose contents are the end state (default: the primary).
+    """
+    final_pod = final_pod or primary_pod(history, views)
     report = Report()
     versions, conflicts = build_versions(history, views)
     final = views[final_pod].contents if final_pod in views else None
-    report.violations += check_server_errors(history)
-    report.violations += conflicts
-    report.violations += check_values(history, views)
-    if final is not None:
-        report.violations += check_lost_writes(history, final)
-    report.violations += check_convergence(views)
-    report.violations += check_min_lsn_reads(history)
-    report.violations += check_linearizable(history, final, versions, max_steps, report)
+    report.violations = [
+        *check_final_views(history, views, final_pod),
+        *check_server_errors(history),
+        *conflicts,
+        *check_values(history, views),
+        *(check_lost_writes(history, final) if final is not None else []),
+        *check_convergence(views),
+        *check_min_lsn_reads(history),
+        *check_version_order(history),
+        *check_linearizable(history, final, versions, max_steps, report),
+    ]
     return report
 
 

@@ -257,9 +257,7 @@ def summary(args: argparse.Namespace, seed: int, history: list[Any], faults: lis
     lines.append(f"linearizability: {report.keys_checked} keys, {len(report.undecided)} undecided, "
                  f"{report.search_steps} search steps")
     counts_v = report.counts()
-    kinds = ("lost_write", "divergence", "non_linearizable", "stale_min_lsn", "phantom_value",
-             "failed_write_visible", "version_conflict", "server_error")
-    lines.append("violations: " + ", ".join(f"{k} {counts_v.get(k, 0)}" for k in kinds))
+    lines.append("violations: " + ", ".join(f"{k} {counts_v.get(k, 0)}" for k in checker.KINDS))
     for violation in report.violations[:20]:
         lines.append(f"  {violation.kind}: {violation.key or ''} {violation.message} ops={violation.ops}")
     if len(report.violations) > 20:
@@ -300,7 +298,7 @@ def _recheck(args: argparse.Namespace) -> int:
     report = checker.check(history, views, max_steps=args.max_steps)
     args.nemesis = args.nemesis or tuple(sorted({f["fault"] for f in faults if f["fault"] in FAULTS}))
     end = max((op.ret or op.call for op in history), default=0.0)
-    converged = len({(v.lsn, tuple(sorted(v.contents.items()))) for v in views.values()}) <= 1
+    converged = len({(v.lsn, tuple(sorted(v.contents.items()))) for v in views.values()}) == 1
     print(summary(args, -1, history, faults, report, views, converged, end), flush=True)
     if report.verdict == "FAIL":
         return EXIT_VIOLATION

@@ -68,9 +68,12 @@ class VersionMap:
     value_of: dict[int, str] = field(default_factory=dict)
     deletes: set[int] = field(default_factory=set)  # versions of deletes: no value has them
 
-    def add_delete(self, version: int) -> None:
-        """Record the version a delete answered."""
+    def add_delete(self, version: int) -> str | None:
+        """Record the version a delete answered; a description of a conflict, if any."""
         self.deletes.add(version)
+        if version in self.value_of:
+            return f"version {version} is a delete's, and also holds {self.value_of[version]!r}"
+        return None
 
     def add(self, value: str, version: int) -> str | None:
         """Record that ``value`` has ``version``; a description of a conflict, if any."""
@@ -80,6 +83,8 @@ class VersionMap:
             return f"value {value!r} seen with versions {known} and {version}"
         if other is not None and other != value:
             return f"version {version} seen with values {other!r} and {value!r}"
+        if version in self.deletes:
+            return f"version {version} is a delete's, and also holds {value!r}"
         self.version_of[value] = version
         self.value_of[version] = value
         return None
@@ -161,7 +166,7 @@ def _entries(ops: list[RegisterOp]) -> _Entry:
         events += (call, ret)
     # At equal times calls come first: touching intervals count as concurrent (the lenient reading).
     events.sort(key=lambda e: (e.time, 0 if e.is_call else 1, e.op.id))
-    head = _Entry(RegisterOp(-1, READ, -math.inf, -math.inf), True, -math.inf)
+    head = _Entry(RegisterOp(-1, READ, -math.inf, -math.inf), True, -math.inf)  # pragma: no mutate (never read)
     prev = head
     for entry in events:
         prev.next, entry.prev = entry, prev

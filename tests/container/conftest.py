@@ -9,6 +9,7 @@ removed afterwards; only images stay, cached by tag.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from docker_pods import (  # noqa: E402
-    IMAGE_TAG, ROOT, TEST_LABEL, LoopThread, client_leftovers, is_leftover, start_runtime)
+    IMAGE_TAG, ROOT, TEST_LABEL, LoopThread, client_leftovers, connect_or_skip, is_leftover, start_runtime)
 
 from kvstore.local import image as image_mod  # noqa: E402
 from kvstore.local.statefulset import ClusterSpec  # noqa: E402
@@ -32,14 +33,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def docker_client() -> Any:
-    """The local engine, or a skip saying why there is none."""
-    docker = pytest.importorskip("docker")
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except Exception as exc:  # the SDK raises several unrelated types when no engine answers
-        pytest.skip(f"no Docker engine reachable ({type(exc).__name__}: {exc}); "
-                    "container tests need one (DOCKER_HOST or /var/run/docker.sock)")
+    """The local engine; a skip saying so when there is none, a failure when it is there but broken."""
+    client = connect_or_skip(dict(os.environ))
     try:
         yield client
     finally:

@@ -242,3 +242,29 @@ class Pods:
         if self.started:
             self.loop.run(self.dns.stop())
             self.started = False
+
+
+DEFAULT_SOCKET = Path("/var/run/docker.sock")
+
+
+def engine_address(environ: dict[str, str], socket_path: Path = DEFAULT_SOCKET) -> str | None:
+    """Where a Docker engine is configured (DOCKER_HOST, else the default socket), or None: no engine here."""
+    if environ.get("DOCKER_HOST"):
+        return environ["DOCKER_HOST"]
+    return f"unix://{socket_path}" if socket_path.exists() else None
+
+
+def connect_or_skip(environ: dict[str, str], socket_path: Path = DEFAULT_SOCKET) -> Any:
+    """A client of the configured engine; a skip only when none is configured, a failure when it is broken."""
+    import docker  # a dependency of kvstore itself: its absence is a broken install, not a skip
+
+    address = engine_address(environ, socket_path)
+    if address is None:
+        pytest.skip(f"no Docker engine here: DOCKER_HOST is unset and {socket_path} does not exist")
+    try:
+        client = docker.DockerClient(base_url=address, timeout=120)
+        client.ping()
+    except Exception as exc:  # the SDK raises several unrelated types; any of them means broken
+        pytest.fail(f"the Docker engine at {address} is configured but does not answer "
+                    f"({type(exc).__name__}: {exc})")
+    return client

@@ -85,3 +85,19 @@ def test_docker_stop_ends_pid1_cleanly_within_the_grace_period(runtime: Any, loo
         assert http("GET", f"{pods.url(0)}/v1/kv/before-stop")[::2] == (200, b"kept")
     finally:
         pods.stop_all()
+
+
+def test_chaos_image_runs_kvstore_chaos_with_kubectl(docker_client: Any, kv_image: str) -> None:
+    """The chaos Job's image, built offline by the project's tooling, has kubectl and the chaos command."""
+    from kvstore.local import image as image_mod
+
+    image_id = image_mod.build_chaos_image(docker_client, image_mod.CHAOS_TAG, say=lambda m: print(m, flush=True))
+    assert docker_client.images.get(image_mod.CHAOS_TAG).id == image_id
+    config = docker_client.images.get(image_id).attrs["Config"]
+    assert config["User"] == "10001:10001" and config["Entrypoint"] == ["kvstore"]  # the Job's securityContext
+    kubectl = docker_client.containers.run(image_id, entrypoint=["kubectl"], command=["version", "--client"],
+                                           network_mode="none", remove=True, read_only=True).decode()
+    assert "Client Version" in kubectl
+    usage = docker_client.containers.run(image_id, command=["chaos", "--help"], network_mode="none",
+                                         remove=True, read_only=True).decode()
+    assert "--runtime {process,docker,kubernetes}" in usage

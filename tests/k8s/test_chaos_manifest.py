@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Any
 
 import pytest
 import yaml
 
-from k8s.test_manifests import K8S, one, validate_strictly  # the manifest tests' shared helpers
+from k8s.test_manifests import K8S, ROOT, one, validate_strictly  # the manifest tests' shared helpers
 from kvstore.cli import build_parser
+from kvstore.local import image as image_mod
 
 CHAOS = K8S / "chaos"
 
@@ -23,7 +25,6 @@ def objects() -> list[dict[str, Any]]:
 
 
 def test_objects_validate_strictly(objects: list[dict[str, Any]]) -> None:
-    pytest.importorskip("kubernetes_validate")
     assert sorted(o["kind"] for o in objects) == ["Job", "Role", "RoleBinding", "ServiceAccount"]
     validate_strictly(objects, "k8s/chaos")
 
@@ -51,3 +52,15 @@ def test_job_runs_kubernetes_chaos_with_what_the_cli_accepts(objects: list[dict[
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert parsed.out in mounts and container["securityContext"]["readOnlyRootFilesystem"]
 
+
+
+def test_job_image_is_the_one_the_project_builds(objects: list[dict[str, Any]]) -> None:
+    """One name for the chaos image in the Job, the build tooling, its Dockerfile and the README."""
+    (container,) = one(objects, "Job", "kv-chaos")["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == image_mod.CHAOS_TAG
+    dockerfile = (ROOT / image_mod.CHAOS_DOCKERFILE).read_text()
+    assert f"ARG KVSTORE_IMAGE={image_mod.DEFAULT_TAG}\n" in dockerfile   # built on the kvstore image
+    readme = (ROOT / "README.md").read_text()
+    assert image_mod.CHAOS_TAG in readme and "python -m kvstore.local.image --chaos" in readme
+    tags = set(re.findall(r"kvstore-chaos:[\w.-]+", readme + dockerfile + (CHAOS / "job.yaml").read_text()))
+    assert tags == {image_mod.CHAOS_TAG}, tags

