@@ -124,10 +124,15 @@ class ClientApi:
                            f"the key is {len(key)} bytes; the limit is {self.config.max_key_bytes}")
         return key
 
-    def headers(self) -> dict[str, str]:
-        """Freshness headers every answer carries."""
+    def headers(self, lsn: int | None = None) -> dict[str, str]:
+        """Freshness headers every answer carries.
+
+        ``X-Kv-Lsn`` is a lower bound: the answer reflects every write up to it.
+        A read passes the LSN it saw *before* reading, because a write that
+        lands while the read runs may or may not be in what it returns.
+        """
         out = {"X-Kv-Pod": self.config.pod_name, "X-Kv-Role": self.node.role,
-               "X-Kv-Lsn": str(self.node.store.lsn)}
+               "X-Kv-Lsn": str(self.node.store.lsn if lsn is None else lsn)}
         primary_lsn = self.node.primary_lsn()
         if primary_lsn is not None:
             out["X-Kv-Primary-Lsn"] = str(primary_lsn)
@@ -235,13 +240,14 @@ class ClientApi:
             raise ApiError(504, "primary_timeout", str(exc)) from None
         if forwarded is not None:
             return forwarded
+        seen_lsn = self.node.store.lsn
         record = await self.node.store.get(key)
         if consistency == "strong":
             try:
                 await self.node.confirm_committed(record.version if record else self.node.store.lsn)
             except NotConfirmed as exc:
                 raise ApiError(504, "not_confirmed", str(exc)) from None
-        headers = self.headers()
+        headers = self.headers(seen_lsn)
         if record is None:
             raise ApiError(404, "not_found", "no such key", headers=headers)
         headers["ETag"] = etag(record.version)
@@ -264,13 +270,14 @@ class ClientApi:
             if len(value) > self.config.max_key_bytes:
                 raise ApiError(400, "bad_parameter",
                                f"{name} is longer than the key limit of {self.config.max_key_bytes} bytes")
+        seen_lsn = self.node.store.lsn
         rows = await self.node.store.scan(prefix, start_after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         keys = [key.decode() for key, _ in rows]
         body = {"keys": keys, "versions": [version for _, version in rows],
                 "more": more, "next_start_after": keys[-1] if more else None}
-        return web.json_response(body, headers=self.headers())
+        return web.json_response(body, headers=self.headers(seen_lsn))
 
     async def status(self, request: web.BaseRequest) -> web.Response:
         parse_query(request, ())

@@ -9,6 +9,9 @@ replicas: pods missing from DNS never lower the count.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
 from typing import Iterator
@@ -87,6 +90,18 @@ def test_pods_missing_from_dns_do_not_lower_the_count(tmp_path: Path, replicas: 
         try:
             replica.start()
             wait_for("kv-0 to ask DNS", lambda: dns_server.queries > 0, 10)
+            if replicas != "1":
+                # An empty kv-0 that cannot hear its followers never starts a history on its
+                # own (it could wipe theirs): the operator decides, as after a lost cluster.
+                status, _, body = put(replica.url, "alone/early", b"e", "1")
+                assert status == 503 and body["error"] == "recovering", body
+                decided = subprocess.run(
+                    [sys.executable, "-m", "kvstore", "recover", "fresh",
+                     "--peer-url", f"http://{replica.host}:{replica.peer_port}"],
+                    capture_output=True, text=True, timeout=30,
+                    env={**os.environ, "KV_CLUSTER_TOKEN": replica.environment()["KV_CLUSTER_TOKEN"]})
+                assert decided.returncode == 0, decided.stderr
+                wait_for("kv-0 to take writes", lambda: put(replica.url, "alone/w1", b"1", "1")[0] == 200, 10)
             status, headers, body = put(replica.url, "alone/majority", b"m", "majority")
             if majority_status == 504:
                 assert_honest_504(status, headers, body, confirmed=1, required=2)

@@ -923,7 +923,8 @@ def test_fault_counts() -> None:
     faults = [{"fault": "kill", "pod": "kv-0"}, {"fault": "kill", "pod": "kv-10"}, {"fault": "kill", "pod": "kv-1"},
               {"fault": "pause", "pod": "kv-0"}, {"fault": "resume", "pod": "kv-0"}, {"fault": "kill", "pod": "kv-0"},
               {"fault": "partition", "pod": "kv-2"}, {"fault": "heal", "pod": "kv-2"}]
-    assert checker.fault_counts(faults) == {"kill": 4, "kill_primary": 2, "pause": 1, "partition": 1}
+    assert checker.fault_counts(faults) == {"kill": 4, "kill_primary": 2, "pause": 1, "pause_primary": 1,
+                                            "partition": 1}
 
 
 def test_longest_write_gap_after_a_primary_kill() -> None:
