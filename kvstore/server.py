@@ -13,12 +13,13 @@ import hmac
 import logging
 import signal
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
 from kvstore import api, routing
 from kvstore.config import Config, ConfigError
+from kvstore.dashboard import Dashboard
 from kvstore.discovery import PeerDirectory
 from kvstore.replication import Replication
 from kvstore.metrics import Metrics
@@ -34,7 +35,8 @@ class StartupError(Exception):
     """The replica cannot start; the message is the one line to print."""
 
 
-def make_peer_handler(replica: Replica, token: str, in_flight: routing.InFlight | None = None) -> routing.Handler:
+def make_peer_handler(replica: Replica, token: str, in_flight: routing.InFlight | None = None,
+                      add_routes: Callable[[routing.Router], None] | None = None) -> routing.Handler:
     """The peer port: replication, snapshots, forwarded client calls.
 
     Every call needs the cluster token.
@@ -56,6 +58,8 @@ def make_peer_handler(replica: Replica, token: str, in_flight: routing.InFlight 
     if replica.replication is not None:
         replica.replication.server.add_routes(router)
     api.add_key_routes(router, api.ClientApi(replica))
+    if add_routes is not None:
+        add_routes(router)
     return routing.make_handler(router, replica.metrics, in_flight, guard=require_token)
 
 
@@ -88,11 +92,14 @@ async def serve(config: Config) -> None:
     directory = PeerDirectory(config)
     replication = Replication(config, store, metrics, directory, token, lambda: replica.local_status())
     replica = Replica(config, store, metrics, replication)
+    dashboard = Dashboard(replica)
     in_flight = routing.InFlight()
     # aiohttp's low-level server: see routing.Router for why not an Application.
-    client_runner = web.ServerRunner(web.Server(api.create_handler(replica, in_flight), access_log=None),
+    client_runner = web.ServerRunner(web.Server(api.create_handler(replica, in_flight, dashboard.add_client_routes),
+                                                access_log=None),
                                      shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
-    peer_runner = web.ServerRunner(web.Server(make_peer_handler(replica, token, in_flight), access_log=None),
+    peer_runner = web.ServerRunner(web.Server(make_peer_handler(replica, token, in_flight, dashboard.add_peer_routes),
+                                              access_log=None),
                                    shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -105,6 +112,7 @@ async def serve(config: Config) -> None:
         await _start_site(client_runner, config.bind_address, config.http_port, "client")
         await _start_site(peer_runner, config.bind_address, config.peer_port, "peer")
         started = True
+        dashboard.start()
         # Only now: peers may call back as soon as they learn of us.
         await directory.start()
         await replication.start()
@@ -120,18 +128,22 @@ async def serve(config: Config) -> None:
         # Stop listening but keep open connections reading: aiohttp's own
         # shutdown stops reading at once, which would cut a half-sent body.
         replication.server.close()  # open log streams end now
+        dashboard.close()  # and so do open dashboards' live feeds
         for site in [*client_runner.sites, *peer_runner.sites]:
             await site.stop()
         if not await in_flight.wait_idle(SHUTDOWN_GRACE):
             log.warning("%d request(s) still in flight after %.0fs; closing", in_flight.count, SHUTDOWN_GRACE)
     finally:
         replication.server.close()
+        dashboard.close()
         await directory.stop()
         await replication.stop()
         await client_runner.cleanup()
         await peer_runner.cleanup()
         await store.close()
         if started:  # a failed start prints its one line and nothing else
+            if stop.is_set():
+                dashboard.stopped_cleanly()
             log.info("%s stopped cleanly at lsn %d", config.pod_name, store.lsn)
 
 
