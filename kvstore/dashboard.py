@@ -244,7 +244,8 @@ def assemble(me: dict[str, Any], peers: Iterable[PeerState], cluster_events: lis
     reference = primary["lsn"] if primary and isinstance(primary.get("lsn"), int) else max(known, default=None)
     for row in rows:
         lsn = row.get("lsn")
-        row["lag"] = max(0, reference - lsn) if isinstance(lsn, int) and reference is not None else None
+        known_now = row["up"] and isinstance(lsn, int) and reference is not None  # a down pod's LSN is stale
+        row["lag"] = max(0, reference - lsn) if known_now else None
     timeline = sorted(cluster_events, key=lambda e: (e.get("time", 0), e.get("pod", ""), e.get("seq", 0)))
     return {"served_by": me["name"], "time": round(time.time(), 3), "primary_lsn": reference,
             "pods": rows, "events": timeline[-VIEW_EVENTS:][::-1]}
@@ -435,8 +436,10 @@ class Dashboard:
                         del self.peers[ordinal]  # left DNS: scaled away
                 for ordinal, peer in current.items():
                     state = self.peers.get(ordinal)
-                    if state is None or state.peer != peer:
+                    if state is None:
                         self.peers[ordinal] = PeerState(peer)
+                    else:  # SRV weights change as pods come and go: same pod, same events
+                        state.peer = peer
                 await asyncio.gather(*(self._ask(s) for s in self.peers.values()))
             me = {**self.own_answer(), "name": self.config.pod_name, "ordinal": self.config.ordinal,
                   "host": self.config.bind_address}

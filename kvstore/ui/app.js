@@ -150,7 +150,9 @@ function renderEvents(view) {
 function render(view) {
   const me = view.pods.find((p) => p.serving);
   $("served-by").textContent = `served by ${view.served_by}${me ? ` (${me.role})` : ""}`;
-  $("primary-lsn").textContent = view.primary_lsn === null ? "" : `primary LSN ${view.primary_lsn}`;
+  const primaryUp = view.pods.some((p) => p.ordinal === 0 && p.up);
+  $("primary-lsn").textContent = view.primary_lsn === null ? ""
+    : primaryUp ? `primary LSN ${view.primary_lsn}` : `primary down · highest LSN known ${view.primary_lsn}`;
   renderPods(view);
   renderTopology(view);
   renderEvents(view);

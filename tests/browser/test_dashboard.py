@@ -10,7 +10,10 @@ the README shows (taken while kv-0 is down, and once it is back).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -56,6 +59,38 @@ def rows(driver: Any) -> dict[str, dict[str, str]]:
 def console_errors(driver: Any) -> list[str]:
     """Console entries at error level since the last call (CSP violations are errors too)."""
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+@contextlib.contextmanager
+def traffic(cluster: LocalCluster) -> Iterator[None]:
+    """Writes and reads in the background while screenshots are taken, so the sparklines move.
+
+    Only with KV_SCREENSHOT_DIR: the tests themselves do not need it. Bounded in count and time.
+    """
+    if not os.environ.get("KV_SCREENSHOT_DIR"):
+        yield
+        return
+    stop = threading.Event()
+    urls = [cluster.url(name) for name in ("kv-1", "kv-2")]
+
+    def run() -> None:
+        deadline = time.monotonic() + 60
+        for i in range(20000):
+            if stop.is_set() or time.monotonic() > deadline:
+                return
+            try:
+                http("PUT", f"{urls[i % 2]}/v1/kv/load/{i % 50}", body=str(i).encode(), timeout=2)
+                http("GET", f"{urls[i % 2]}/v1/kv/load/{i % 50}", timeout=2)
+            except OSError:
+                time.sleep(0.1)  # kv-0 down: writes fail fast with 503, connection errors back off
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(4)  # a few samples before the kill
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 def screenshot(driver: Any, name: str) -> None:
@@ -143,17 +178,18 @@ def test_a_hostile_key_shows_as_text_and_runs_nothing(page: Any, cluster: LocalC
 
 def test_a_killed_primary_shows_down_then_back_without_a_reload(page: Any, cluster: LocalCluster) -> None:
     old_pid = cluster.pid("kv-0")
-    cluster.kill("kv-0")
-    wait_for("kv-0 shown down", lambda: rows(page)["kv-0"]["state"] == "Down", 15, interval=0.05)
-    screenshot(page, "dashboard-kill.png")
-    cluster.wait_restarted("kv-0", old_pid)
-    wait_for("kv-0 shown back with one restart",
-             lambda: rows(page)["kv-0"]["state"] == "Ready" and rows(page)["kv-0"]["restarts"] == "1", 20)
+    with traffic(cluster):
+        cluster.kill("kv-0")
+        wait_for("kv-0 shown down", lambda: rows(page)["kv-0"]["state"] == "Down", 15, interval=0.05)
+        screenshot(page, "dashboard-kill.png")
+        cluster.wait_restarted("kv-0", old_pid)
+        wait_for("kv-0 shown back with one restart",
+                 lambda: rows(page)["kv-0"]["state"] == "Ready" and rows(page)["kv-0"]["restarts"] == "1", 20)
     assert page.execute_script("return window.kvSamePage") == "yes"
     assert cluster.pods()["kv-0"]["restarts"] == 1  # the controller agrees with the page
 
 
-def test_the_timeline_shows_the_kill(page: Any) -> None:
+def test_the_timeline_shows_the_kill(page: Any, cluster: LocalCluster) -> None:
     def kinds() -> list[tuple[str, str, str]]:
         return [tuple(item) for item in page.execute_script(
             "return Array.from(document.querySelectorAll('#events li'))"
@@ -164,6 +200,9 @@ def test_the_timeline_shows_the_kill(page: Any) -> None:
         return (any(pod == "kv-1" and kind == "down" and "kv-0" in text for pod, kind, text in found)
                 and any(pod == "kv-0" and kind == "restarted" for pod, kind, _ in found))
     wait_for("the kill in the timeline", seen, 15)
+    status, _, body = http("GET", cluster.url("kv-1") + "/v1/cluster")
+    merged = [(e["pod"], e["seq"], e["time"]) for e in json.loads(body)["events"]]
+    assert status == 200 and len(merged) == len(set(merged))  # each pod's events merged once
     time.sleep(1.5)  # a screenshot with the back-online view and its events
     screenshot(page, "dashboard.png")
     assert console_errors(page) == []

@@ -62,6 +62,7 @@ def test_the_view_orders_pods_computes_lag_and_marks_the_silent_down() -> None:
     assert [r["name"] for r in view["pods"]] == ["kv-0", "kv-1", "kv-2"]
     assert view["primary_lsn"] == 100 and rows["kv-2"]["lag"] == 60 and rows["kv-0"]["lag"] == 0
     assert (rows["kv-1"]["state"], rows["kv-1"]["up"], rows["kv-1"]["reason"]) == ("Down", False, "gone")
+    assert rows["kv-1"]["lsn"] == 70 and rows["kv-1"]["lag"] is None  # last known, but no lag: it is stale
     assert rows["kv-1"]["last_contact_seconds"] == 5.0 and rows["kv-0"]["last_contact_seconds"] == 1.0
     assert rows["kv-2"]["follows"] == "kv-1" and rows["kv-2"]["epoch"] == 3 and rows["kv-2"]["serving"]
     assert [e["pod"] for e in view["events"]] == ["kv-1", "kv-0"]  # newest first
