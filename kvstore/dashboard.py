@@ -32,7 +32,7 @@ from aiohttp import web
 from kvstore import events
 from kvstore.api import parse_int, parse_query
 from kvstore.discovery import MembershipChange, Peer
-from kvstore.identity import PRIMARY, role_of
+from kvstore.identity import PRIMARY, parse_ordinal, role_of
 from kvstore.metrics import Metrics
 from kvstore.replica import Replica
 from kvstore.routing import ApiError, Router
@@ -173,6 +173,13 @@ def counter_total(metric: Any, **match: str) -> float:
                if all(labels.get(k) == v for k, v in match.items()))
 
 
+def _ordinal(name: str) -> int | None:
+    try:
+        return parse_ordinal(name)
+    except ValueError:
+        return None
+
+
 # --------------------------------------------------------------- cluster view
 class PeerState:
     """What the serving pod last heard from one peer."""
@@ -187,13 +194,20 @@ class PeerState:
         self.events_after = 0
 
 
-def pod_state(ready: bool, reason: str, primary: bool, writable: Any) -> str:
-    """``Ready``, ``Recovering`` (restoring, catching up, snapshot) or ``NotReady``."""
+# A pod's own state word (in its status when it has one) -> what the dashboard shows.
+REPLICA_STATES = {"diverged": "Diverged", "stalled": "Stalled", "recovering": "Recovering",
+                  "installing_snapshot": "Recovering"}
+
+
+def pod_state(ready: bool, reason: str, primary: bool, writable: Any, state: Any = None) -> str:
+    """``Ready``, ``Recovering`` (restoring, catching up, snapshot), ``Diverged``, ``Stalled`` or ``NotReady``."""
+    if state in REPLICA_STATES:
+        return REPLICA_STATES[state]
     if primary and writable is False:
         return "Recovering"
     if ready:
         return "Ready"
-    if re.search(r"restor|snapshot|catching up|waiting", reason):
+    if re.search(r"restor|recover|snapshot|catching up|waiting", reason):
         return "Recovering"
     return "NotReady"
 
@@ -206,7 +220,7 @@ def _row(name: str, ordinal: int, answer: dict[str, Any], client_host: str) -> d
         "address": f"{client_host}:{answer.get('client_port', '')}",
         "up": True, "ready": bool(answer.get("ready")), "reason": answer.get("reason", ""),
         "state": pod_state(bool(answer.get("ready")), answer.get("reason", ""), ordinal == 0,
-                           status.get("writable")),
+                           status.get("writable"), status.get("state")),
         "restarts": answer.get("restarts", 0), "uptime_seconds": status.get("uptime_seconds"),
         "lsn": status.get("lsn"), "history_id": status.get("history_id"),
         "follows": following.get("upstream"), "upstream_connected": following.get("connected"),
@@ -317,21 +331,20 @@ class Dashboard:
             self.events.record("moved", f"{peer.name} moved to {peer.address}", peer=peer.name)
 
     def _own_state(self) -> dict[str, Any]:
-        replica, r = self.replica, self.replica.replication
+        """What events are made of, read from the pod's status (not from replication's internals)."""
+        replica = self.replica
         ready, reason = replica.readiness()
-        state: dict[str, Any] = {"ready": ready, "reason": re.sub(r"\d+", "N", reason), "why": reason,
-                                 "sent": counter_total(replica.metrics.snapshots, direction="sent"),
-                                 "received": counter_total(replica.metrics.snapshots, direction="received")}
-        if r is not None:
-            state["writable"] = r.writable
-            state["restoring"] = r.restoring
-            f = r.follower
-            if f is not None:
-                state["upstream"] = f.upstream.name if f.upstream else None
-                state["cascade"] = bool(f.upstream and f.upstream.ordinal != 0)
-                state["installing"] = f.installing_snapshot
-                state["error"] = f.last_error
-        return state
+        status = replica.local_status()
+        following = status.get("following") or {}
+        upstream = following.get("upstream")
+        recovering = status.get("state") == "recovering" or bool(getattr(replica.replication, "restoring", False))
+        return {"ready": ready, "reason": re.sub(r"\d+", "N", reason), "why": reason,
+                "sent": counter_total(replica.metrics.snapshots, direction="sent"),
+                "received": counter_total(replica.metrics.snapshots, direction="received"),
+                "writable": status.get("writable"), "restoring": recovering, "state": status.get("state"),
+                "epoch": status.get("epoch"), "upstream": upstream,
+                "cascade": bool(upstream) and _ordinal(str(upstream)) != 0,
+                "installing": following.get("installing_snapshot"), "error": following.get("last_error")}
 
     def observe_once(self) -> None:
         """Turn what changed in this pod's state since the last look into events."""
@@ -343,12 +356,16 @@ class Dashboard:
         if new.get("writable") and not old.get("writable") and self.replica.role == PRIMARY:
             self.events.record("primary", f"{me} is primary and takes writes at lsn {lsn}", lsn=lsn)
         if new.get("restoring") and not old.get("restoring"):
-            self.events.record("recovering", f"{me} restores its data from a peer before taking writes")
+            self.events.record("recovering", f"{me} is recovering: {new['why']}")
+        if new.get("state") in ("diverged", "stalled") and new.get("state") != old.get("state"):
+            self.events.record(new["state"], f"{me} is {new['state']}: {new.get('error') or new['why']}")
+        if new.get("epoch") is not None and old.get("epoch") is not None and new["epoch"] != old["epoch"]:
+            self.events.record("epoch", f"{me} is at epoch {new['epoch']} (was {old['epoch']})", epoch=new["epoch"])
         if new.get("upstream") and new.get("upstream") != old.get("upstream"):
             upstream = new["upstream"]
             cascade = " (cascade)" if new.get("cascade") else ""
             self.events.record("following", f"{me} follows {upstream}{cascade} from lsn {lsn}", upstream=upstream)
-        if new.get("error") and new.get("error") != old.get("error"):
+        if new.get("error") and new.get("error") != old.get("error") and new.get("state") not in ("diverged", "stalled"):
             kind = "diverged" if re.search(r"refusing|history|behind this replica", new["error"]) else "upstream_lost"
             self.events.record(kind, f"{me}: {new['error']}")
         if new.get("installing") and not old.get("installing"):

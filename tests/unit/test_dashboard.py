@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kvstore.dashboard import PeerState, RestartCounter, assemble, histogram_quantile
+from kvstore.dashboard import PeerState, RestartCounter, assemble, histogram_quantile, pod_state
 from kvstore.discovery import Peer
 from kvstore.events import EventLog
 
@@ -66,3 +66,13 @@ def test_the_view_orders_pods_computes_lag_and_marks_the_silent_down() -> None:
     assert rows["kv-1"]["last_contact_seconds"] == 5.0 and rows["kv-0"]["last_contact_seconds"] == 1.0
     assert rows["kv-2"]["follows"] == "kv-1" and rows["kv-2"]["epoch"] == 3 and rows["kv-2"]["serving"]
     assert [e["pod"] for e in view["events"]] == ["kv-1", "kv-0"]  # newest first
+
+
+def test_pod_state_reads_the_pods_own_state_word_first() -> None:
+    assert pod_state(True, "following, 0 entries behind", False, None) == "Ready"
+    assert pod_state(False, "catching up: 5000 entries behind", False, None) == "Recovering"
+    assert pod_state(False, "recovering: kv-0 must hear from kv-2", True, False) == "Recovering"
+    assert pod_state(True, "primary taking writes", True, True, state="diverged") == "Diverged"
+    assert pod_state(True, "following", False, None, state="stalled") == "Stalled"
+    assert pod_state(False, "installing a snapshot", False, None, state="installing_snapshot") == "Recovering"
+    assert pod_state(False, "something else", False, None) == "NotReady"
