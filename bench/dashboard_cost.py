@@ -15,10 +15,12 @@ change in the machine's load hits every mode alike:
 It also measures kv-0's CPU while no load runs (``--idle`` seconds per mode):
 the difference between ``off`` and ``feed`` is the dashboard's own work, in
 milliseconds of CPU per second, to compare with the one core a loaded pod
-uses. req/s and CPU per request under load are printed too, but on a shared
-machine they move more from run to run than the dashboard's share.
+uses. req/s and CPU per request under load are printed too (medians over the
+rounds); on a shared machine they move more from run to run than the
+dashboard's share, hence short runs, many rounds and the order reversed every
+other round.
 
-    ./kv bench dashboard_cost [--seconds 10] [--rounds 2] [--connections 32] [--idle 20]
+    ./kv bench dashboard_cost [--seconds 5] [--rounds 4] [--connections 32] [--idle 10]    # ~6 min
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ RESULTS = Path(__file__).parent / "results"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="dashboard_cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=10, help="seconds per wrk run (5-120)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of every mode (1-10)")
+    parser.add_argument("--seconds", type=int, default=5, help="seconds per wrk run (5-120)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of every mode (1-10)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (1-1024)")
-    parser.add_argument("--idle", type=int, default=20, help="seconds of kv-0's idle CPU per mode (5-300)")
+    parser.add_argument("--idle", type=int, default=10, help="seconds of kv-0's idle CPU per mode (5-300)")
     args = parser.parse_args(argv)
     for name, low, high in (("seconds", 5, 120), ("rounds", 1, 10), ("connections", 1, 1024), ("idle", 5, 300)):
         if not low <= getattr(args, name) <= high:
