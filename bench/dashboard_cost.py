@@ -35,7 +35,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -50,6 +50,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, range-checked (exit 2 with the reason otherwise)."""
     parser = argparse.ArgumentParser(prog="dashboard_cost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="seconds per wrk run (5-120)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds of every mode (1-10)")
@@ -98,17 +99,19 @@ def watching(mode: str, cluster: KvCluster) -> Iterator[None]:
             proc.wait(5)
 
 
-def runs(cluster: KvCluster, conns: int, seconds: int) -> dict[str, Any]:
+def runs(cluster: KvCluster, conns: int, seconds: int) -> dict[str, Callable[[], Figures]]:
+    """The wrk runs against kv-0, by name."""
     primary = cluster.url("kv-0")
+    put_env = {"KV_BENCH_PATH_PREFIX": "/v1/kv/dash/", "KV_BENCH_QUERY": "?w=majority"}
+    get_env = {"KV_BENCH_KEYS": str(SEED_KEYS), "KV_BENCH_QUERY": "?consistency=strong"}
     return {
-        "PUT w=majority (kv-0)": lambda: run_wrk("put", primary, "put_unique.lua", conns, seconds,
-                                                 {"KV_BENCH_PATH_PREFIX": "/v1/kv/dash/", "KV_BENCH_QUERY": "?w=majority"}),
-        "GET strong (kv-0)": lambda: run_wrk("get", primary, "get_existing.lua", conns, seconds,
-                                             {"KV_BENCH_KEYS": str(SEED_KEYS), "KV_BENCH_QUERY": "?consistency=strong"}),
+        "PUT w=majority (kv-0)": lambda: run_wrk("put", primary, "put_unique.lua", conns, seconds, put_env),
+        "GET strong (kv-0)": lambda: run_wrk("get", primary, "get_existing.lua", conns, seconds, get_env),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Measure every mode over the rounds, print the medians and write them to bench/results/."""
     args = parse_args(argv)
     stop_on_sigterm()
     ensure_wrk()
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                         figures.setdefault((name, mode), []).append((fig, cpu["kv-0"]))
                         print(f"round {round_no + 1} {mode:<8} {name:<24} {fig.rps:>8.0f} req/s  "
                               f"kv-0 {cpu['kv-0']:>6.1f} us/request  non-2xx {fig.non_2xx}", flush=True)
-    report = []
+    report: list[dict[str, Any]] = []
     print(f"\n{'run':<24} {'mode':<8} {'req/s':>9} {'vs off':>7} {'kv-0 us/req':>12} {'vs off':>7}")
     for name in sorted({name for name, _ in figures}, reverse=True):
         base_rps = statistics.median(f.rps for f, _ in figures[(name, "off")])

@@ -365,7 +365,8 @@ class Dashboard:
             upstream = new["upstream"]
             cascade = " (cascade)" if new.get("cascade") else ""
             self.events.record("following", f"{me} follows {upstream}{cascade} from lsn {lsn}", upstream=upstream)
-        if new.get("error") and new.get("error") != old.get("error") and new.get("state") not in ("diverged", "stalled"):
+        state_event = new.get("state") in ("diverged", "stalled")  # recorded above, with its reason
+        if new.get("error") and new.get("error") != old.get("error") and not state_event:
             kind = "diverged" if re.search(r"refusing|history|behind this replica", new["error"]) else "upstream_lost"
             self.events.record(kind, f"{me}: {new['error']}")
         if new.get("installing") and not old.get("installing"):

@@ -42,7 +42,8 @@ def ensure_chromium() -> tuple[str, str]:
 def chrome() -> Iterator[Any]:
     """One headless chromium for the session (a few seconds to start on a busy machine)."""
     browser, driver_path = ensure_chromium()
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra: pip install -e .[test]")
+    webdriver = pytest.importorskip("selenium.webdriver",
+                                    reason="selenium is in the test extra: pip install -e .[test]")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

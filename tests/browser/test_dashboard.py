@@ -128,7 +128,8 @@ def test_page_loads_with_the_pods_and_their_roles(page: Any) -> None:
     assert {name: row["role"] for name, row in found.items()} == {
         "kv-0": "primary", "kv-1": "secondary", "kv-2": "secondary"}
     assert all(row["ready"] == "1/1" and row["restarts"] == "0" for row in found.values())
-    assert "served by kv-1 (secondary)" in page.execute_script("return document.getElementById('served-by').textContent")
+    served_by = page.execute_script("return document.getElementById('served-by').textContent")
+    assert served_by == "served by kv-1 (secondary)"
     assert console_errors(page) == []
 
 
