@@ -162,7 +162,8 @@ class Sampler:
             self.samples.append([round(time.time(), 3), round((requests - old_requests) / (now - then), 1),
                                  None if p99 is None else round(p99 * 1000, 2)])
             del self.samples[:-self.size]
-        # After a gap (nobody watched) the next sample starts from here, not an average over the gap.
+        else:  # nobody watched for a while: start afresh, not from an average over the gap
+            self.samples.clear()
         self._last = (now, requests, buckets)
         return self.samples
 
