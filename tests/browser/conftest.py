@@ -28,7 +28,7 @@ def ensure_chromium() -> tuple[str, str]:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         try:
             subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-            subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
+            subprocess.run(["apt-get", "install", "-y", "-qq", *PACKAGES],
                            env=env, capture_output=True, timeout=900)
         except subprocess.TimeoutExpired:
             pass
