@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from importlib import resources
-from typing import Mapping
+from typing import Callable, Mapping
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
@@ -317,10 +317,13 @@ def add_key_routes(router: Router, api: ClientApi) -> None:
     router.add_prefix("DELETE", KV_PREFIX, api.delete)
 
 
-def create_handler(node: Replica, in_flight: InFlight | None = None) -> Handler:
-    """The client port of one replica, as a handler for ``web.Server``."""
+def create_handler(node: Replica, in_flight: InFlight | None = None,
+                   add_routes: Callable[[Router], None] | None = None) -> Handler:
+    """The client port of one replica, as a handler for ``web.Server``; ``add_routes`` adds more (the dashboard)."""
     api = ClientApi(node)
     router = Router()
+    if add_routes is not None:
+        add_routes(router)
     router.add("GET", "/v1/kv", api.list_keys)
     add_key_routes(router, api)
     router.add("GET", "/v1/status", api.status)

@@ -13,12 +13,13 @@ import hmac
 import logging
 import signal
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
 from kvstore import api, routing
 from kvstore.config import Config, ConfigError
+from kvstore.dashboard import Dashboard
 from kvstore.discovery import PeerDirectory
 from kvstore.replication import Replication
 from kvstore.metrics import Metrics
@@ -34,7 +35,8 @@ class StartupError(Exception):
     """The replica cannot start; the message is the one line to print."""
 
 
-def make_peer_handler(replica: Replica, token: str, in_flight: routing.InFlight | None = None) -> routing.Handler:
+def make_peer_handler(replica: Replica, token: str, in_flight: routing.InFlight | None = None,
+                      add_routes: Callable[[routing.Router], None] | None = None) -> routing.Handler:
     """The peer port: replication, snapshots, forwarded client calls.
 
     Every call needs the cluster token.
@@ -80,6 +82,8 @@ def make_peer_handler(replica: Replica, token: str, in_flight: routing.InFlight 
         router.add("GET", "/v1/peer/status", peer_status)
         router.add("POST", "/v1/peer/recover", recover)
     api.add_key_routes(router, api.ClientApi(replica))
+    if add_routes is not None:
+        add_routes(router)
     return routing.make_handler(router, replica.metrics, in_flight, guard=require_token)
 
 
@@ -112,15 +116,16 @@ async def serve(config: Config) -> None:
     directory = PeerDirectory(config)
     replication = Replication(config, store, metrics, directory, token)
     replica = Replica(config, store, metrics, replication)
+    dashboard = Dashboard(replica)
     in_flight = routing.InFlight()
     # aiohttp's low-level server: see routing.Router for why not an Application.
     # Both answer even what aiohttp's HTTP parser refuses in JSON (see routing.JsonErrorServer).
     client_runner = web.ServerRunner(
-        routing.JsonErrorServer(api.create_handler(replica, in_flight), max_key_bytes=config.max_key_bytes,
+        routing.JsonErrorServer(api.create_handler(replica, in_flight, dashboard.add_client_routes), max_key_bytes=config.max_key_bytes,
                                 access_log=None),
         shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
     peer_runner = web.ServerRunner(
-        routing.JsonErrorServer(make_peer_handler(replica, token, in_flight), max_key_bytes=config.max_key_bytes,
+        routing.JsonErrorServer(make_peer_handler(replica, token, in_flight, dashboard.add_peer_routes), max_key_bytes=config.max_key_bytes,
                                 access_log=None),
         shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
     stop = asyncio.Event()
@@ -134,6 +139,7 @@ async def serve(config: Config) -> None:
         await _start_site(client_runner, config.bind_address, config.http_port, "client")
         await _start_site(peer_runner, config.bind_address, config.peer_port, "peer")
         started = True
+        dashboard.start()
         # Only now: peers may call back as soon as they learn of us.
         await directory.start()
         await replication.start()
@@ -149,18 +155,22 @@ async def serve(config: Config) -> None:
         # Stop listening but keep open connections reading: aiohttp's own
         # shutdown stops reading at once, which would cut a half-sent body.
         replication.server.close()  # open log streams end now
+        dashboard.close()  # and so do open dashboards' live feeds
         for site in [*client_runner.sites, *peer_runner.sites]:
             await site.stop()
         if not await in_flight.wait_idle(SHUTDOWN_GRACE):
             log.warning("%d request(s) still in flight after %.0fs; closing", in_flight.count, SHUTDOWN_GRACE)
     finally:
         replication.server.close()
+        dashboard.close()
         await directory.stop()
         await replication.stop()
         await client_runner.cleanup()
         await peer_runner.cleanup()
         await store.close()
         if started:  # a failed start prints its one line and nothing else
+            if stop.is_set():
+                dashboard.stopped_cleanly()
             log.info("%s stopped cleanly at lsn %d", config.pod_name, store.lsn)
 
 
