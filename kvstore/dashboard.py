@@ -32,7 +32,7 @@ from aiohttp import web
 from kvstore import events
 from kvstore.api import parse_int, parse_query
 from kvstore.discovery import MembershipChange, Peer
-from kvstore.identity import PRIMARY, parse_ordinal, role_of
+from kvstore.identity import parse_ordinal, role_of
 from kvstore.metrics import Metrics
 from kvstore.replica import Replica
 from kvstore.routing import ApiError, Router
@@ -166,12 +166,6 @@ class Sampler:
             self.samples.clear()
         self._last = (now, requests, buckets)
         return self.samples
-
-
-def counter_total(metric: Any, **match: str) -> float:
-    """The sum of a counter's children whose labels match."""
-    return sum(value for labels, value in _labelled(metric, "_total")
-               if all(labels.get(k) == v for k, v in match.items()))
 
 
 def _ordinal(name: str) -> int | None:
@@ -332,20 +326,20 @@ class Dashboard:
             self.events.record("moved", f"{peer.name} moved to {peer.address}", peer=peer.name)
 
     def _own_state(self) -> dict[str, Any]:
-        """What events are made of, read from the pod's status (not from replication's internals)."""
+        """What events are made of, read from the pod's status (not from replication's internals).
+
+        Recovery, divergence, stalls and snapshots are recorded where they
+        happen (the replication package); this adds what only a change of
+        state shows.
+        """
         replica = self.replica
         ready, reason = replica.readiness()
         status = replica.local_status()
         following = status.get("following") or {}
         upstream = following.get("upstream")
-        recovering = status.get("state") == "recovering" or bool(getattr(replica.replication, "restoring", False))
         return {"ready": ready, "reason": re.sub(r"\d+", "N", reason), "why": reason,
-                "sent": counter_total(replica.metrics.snapshots, direction="sent"),
-                "received": counter_total(replica.metrics.snapshots, direction="received"),
-                "writable": status.get("writable"), "restoring": recovering, "state": status.get("state"),
                 "epoch": status.get("epoch"), "upstream": upstream,
-                "cascade": bool(upstream) and _ordinal(str(upstream)) != 0,
-                "installing": following.get("installing_snapshot"), "error": following.get("last_error")}
+                "cascade": bool(upstream) and _ordinal(str(upstream)) != 0}
 
     def observe_once(self) -> None:
         """Turn what changed in this pod's state since the last look into events."""
@@ -354,28 +348,12 @@ class Dashboard:
         if not old:
             return
         me, lsn = self.config.pod_name, self.replica.store.lsn
-        if new.get("writable") and not old.get("writable") and self.replica.role == PRIMARY:
-            self.events.record("primary", f"{me} is primary and takes writes at lsn {lsn}", lsn=lsn)
-        if new.get("restoring") and not old.get("restoring"):
-            self.events.record("recovering", f"{me} is recovering: {new['why']}")
-        if new.get("state") in ("diverged", "stalled") and new.get("state") != old.get("state"):
-            self.events.record(new["state"], f"{me} is {new['state']}: {new.get('error') or new['why']}")
         if new.get("epoch") is not None and old.get("epoch") is not None and new["epoch"] != old["epoch"]:
             self.events.record("epoch", f"{me} is at epoch {new['epoch']} (was {old['epoch']})", epoch=new["epoch"])
         if new.get("upstream") and new.get("upstream") != old.get("upstream"):
             upstream = new["upstream"]
             cascade = " (cascade)" if new.get("cascade") else ""
             self.events.record("following", f"{me} follows {upstream}{cascade} from lsn {lsn}", upstream=upstream)
-        state_event = new.get("state") in ("diverged", "stalled")  # recorded above, with its reason
-        if new.get("error") and new.get("error") != old.get("error") and not state_event:
-            kind = "diverged" if re.search(r"refusing|history|behind this replica", new["error"]) else "upstream_lost"
-            self.events.record(kind, f"{me}: {new['error']}")
-        if new.get("installing") and not old.get("installing"):
-            self.events.record("snapshot_installing", f"{me} is installing a snapshot from {new.get('upstream')}")
-        if new["received"] > old["received"]:
-            self.events.record("snapshot_installed", f"{me} installed a snapshot, now at lsn {lsn}", lsn=lsn)
-        if new["sent"] > old["sent"]:
-            self.events.record("snapshot_sent", f"{me} sent a snapshot to a follower", lsn=lsn)
         if (new["ready"], new["reason"]) != (old["ready"], old["reason"]):
             if new["reason"].startswith("catching up"):
                 self.events.record("catching_up", f"{me} is {new['why']}", lsn=lsn)

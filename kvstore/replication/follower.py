@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 
+from kvstore import events
 from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
@@ -151,6 +152,7 @@ class Follower:
     def _failed(self, kind: str, reason: str, upstream: Peer | None = None) -> None:
         """Note why we are not following; log once per change of kind."""
         if kind != self._last_kind:
+            events.record("stalled", reason, upstream=upstream.name if upstream else None)
             log.warning("following %s failed: %s; retrying", upstream.name if upstream else "kv-0", reason)
             self._last_kind = kind
         self.last_error = reason
@@ -161,6 +163,7 @@ class Follower:
         self.metrics.diverged.set(0 if reason is None else 1)
         if reason is not None:
             self.stalled = reason
+            events.record("diverged", reason)
             log.error("DIVERGED: %s. This replica keeps its data, stops following and serves it only as "
                       "stale reads. To drop its entries and copy kv-0: kvstore recover resync --pod %s",
                       reason, self.config.pod_name)
@@ -293,10 +296,14 @@ class Follower:
                 if not force:
                     self._check_snapshot(upstream, lsn, lineage, allowed_fork)
                 log.info("installing a snapshot from %s at lsn %d (%s)", upstream.name, lsn, reason)
+                events.record("snapshot_installing", f"copying {upstream.name} at lsn {lsn} ({reason})",
+                              upstream=upstream.name, lsn=lsn)
                 count = await self.store.install_snapshot(lineage, lsn, chunks)
             finally:
                 response.release()
             self.metrics.snapshots.labels("received").inc()
+            events.record("snapshot_installed", f"installed {count} keys at lsn {self.store.lsn} from "
+                          f"{upstream.name}", upstream=upstream.name, keys=count, lsn=self.store.lsn)
             log.info("installed a snapshot of %d keys at lsn %d from %s in %.1fs", count, self.store.lsn,
                      upstream.name, time.monotonic() - started)
         finally:

@@ -8,6 +8,7 @@ import logging
 import aiohttp
 from aiohttp import web
 
+from kvstore import events
 from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
 from kvstore.metrics import Metrics
@@ -151,4 +152,6 @@ class LogServer:
         finally:
             await self.store.run_blocking(snap.close)
         log.info("sent a snapshot of %d keys at lsn %d to %s", count, snap.lsn, request.remote)
+        events.record("snapshot_sent", f"sent a snapshot of {count} keys at lsn {snap.lsn} to {request.remote}",
+                      keys=count, lsn=snap.lsn)
         return response

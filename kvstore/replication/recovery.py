@@ -39,6 +39,7 @@ from typing import Callable
 
 import aiohttp
 
+from kvstore import events
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
 from kvstore.lineage import new_id
@@ -121,6 +122,8 @@ class Recovery:
                 self.rounds += 1
                 if time.monotonic() - last_log > LOG_INTERVAL:
                     last_log = time.monotonic()
+                    events.record("recovering", "waiting for " + (", ".join(self.waiting_for) or "nobody")
+                                  + " before taking writes", waiting_for=self.waiting_for)
                     log.warning("recovering: waiting for %s before taking writes (%s)",
                                 ", ".join(self.waiting_for) or "nobody",
                                 "; ".join(f"{k}: {v}" for k, v in sorted(self.unheard_reasons.items())))
@@ -192,6 +195,7 @@ class Recovery:
 
     async def _carry_out(self, decision: Decision) -> None:
         log.warning("recovery decided: %s", decision.why)
+        events.record("recovery_decided", decision.why, source=decision.source, verified=decision.verified)
         self.decision = decision
         if decision.source is not None:
             peer = await self._peer(decision.source)
@@ -203,6 +207,9 @@ class Recovery:
         await store.set_lineage(lineage)
         self.metrics.epoch.set(lineage.number)
         fork = lineage.fork()
+        events.record("became_primary", f"primary in epoch {lineage.number} at lsn {store.lsn}"
+                      + (f", history forked at lsn {fork['lsn']}" if fork else ""), epoch=lineage.number,
+                      lsn=store.lsn, history=history, fork=fork, verified=decision.verified)
         log.info("%s is primary in epoch %d at lsn %d, history %s%s%s", self.config.pod_name, lineage.number,
                  store.lsn, history, f" (forked from {fork['parent']} at lsn {fork['lsn']})" if fork else "",
                  "" if decision.verified else " UNVERIFIED: followers keep what it lacks and report divergence")
