@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from clusters import kv_cluster, kvstore_cli, machine, run_main, stop_on_sigterm  # noqa: E402
+from clusters import kv_cluster, machine, run_main, stop_on_sigterm  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 BASE, DNS = "127.0.76.10", "127.0.76.2"
@@ -40,11 +40,16 @@ def put(url: str, key: str, timeout: float = 2.0) -> int:
         return 0
 
 
-def main() -> int:
-    """Run the rounds and print the pause per round."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's flags (exit 2 with a usage line when bad)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, choices=range(1, 51), metavar="1..50")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> int:
+    """Run the rounds and print the pause per round."""
+    args = parse_args()
     stop_on_sigterm()
     pauses = []
     with kv_cluster(3, base=BASE, dns=DNS) as cluster:
@@ -54,9 +59,7 @@ def main() -> int:
         for round_ in range(args.rounds):
             time.sleep(1.0)  # let the followers settle on their streams
             killed = time.monotonic()
-            result = kvstore_cli("cluster", "kill", "kv-0", "--dir", str(cluster.directory))
-            if result.returncode != 0:
-                raise RuntimeError(f"cluster kill failed: {result.stderr.strip()}")
+            cluster.kill("kv-0")  # kvstore cluster kill: SIGKILL through the controller
             deadline = killed + 60
             attempt = 0
             while time.monotonic() < deadline:

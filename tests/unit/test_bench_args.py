@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import compare_etcd  # noqa: E402
+import primary_restart  # noqa: E402
 import scale_figures  # noqa: E402
 
 
@@ -33,3 +34,11 @@ def test_scale_figures_defaults_and_bad_flags() -> None:
     for argv in (["--keys", "5", "--small", "10"], ["--catchup-writes", "0"], ["--seconds", "601"]):
         with pytest.raises(SystemExit):
             scale_figures.parse_args(argv)
+
+
+def test_primary_restart_flags() -> None:
+    assert primary_restart.parse_args([]).rounds == 5
+    for argv in (["--rounds", "0"], ["--rounds", "x"], ["--rounds", "51"]):
+        with pytest.raises(SystemExit) as exc:
+            primary_restart.parse_args(argv)
+        assert exc.value.code == 2
