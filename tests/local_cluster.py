@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import urllib.error
@@ -52,11 +53,25 @@ class LocalCluster(handle.LocalCluster):
         wait_for(f"pods {names or 'all'} Ready", ready, timeout)
 
     def wait_restarted(self, name: str, old_pid: int, timeout: float = 60.0) -> None:
-        """Wait until ``name`` runs as a new process and is Ready again."""
+        """Wait until ``name`` runs as a new process and is Ready again (kv-0: and takes writes).
+
+        A restarted kv-0 is Ready while it still waits to hear from its
+        followers (so that OrderedReady goes on); tests that write next need
+        it to have finished that start-up check.
+        """
         def restarted() -> bool:
             pod = self.pods().get(name)
-            return bool(pod and pod["pid"] and pod["pid"] != old_pid and pod["ready"])
+            return bool(pod and pod["pid"] and pod["pid"] != old_pid and pod["ready"]
+                        and (pod["ordinal"] != 0 or self.writable()))
         wait_for(f"{name} to restart and be Ready", restarted, timeout)
+
+    def writable(self) -> bool:
+        """Whether kv-0 says it takes writes."""
+        try:
+            status, _, body = http("GET", self.url("kv-0") + "/v1/status", timeout=5)
+        except OSError:
+            return False
+        return status == 200 and json.loads(body).get("writable") is True
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,

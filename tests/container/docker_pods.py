@@ -218,6 +218,18 @@ class Pods:
             wait_ready(self.url(ordinal), pod.container)
         return pod
 
+    def wait_writable(self, attempts: int = 120, pause: float = 0.25) -> None:
+        """Wait until kv-0 has finished its start-up check (it is Ready before, for OrderedReady)."""
+        for _ in range(attempts):
+            try:
+                status, _, body = http("GET", f"{self.url(0)}/v1/status", timeout=2)
+                if status == 200 and json.loads(body).get("writable"):
+                    return
+            except OSError:
+                pass
+            time.sleep(pause)
+        pytest.fail("kv-0 did not take writes: " + (self.directory / "kv-0.log").read_text(errors="replace")[-2000:])
+
     def wait_exit(self, ordinal: int, timeout: float = 120.0) -> int:
         """The pod's exit status once its container has exited (negative: that signal)."""
         return self.loop.run(self.pods[ordinal].wait(), timeout)

@@ -28,6 +28,7 @@ def cluster(runtime: Any, loop_thread: Any, tmp_path_factory: pytest.TempPathFac
         pods.start_dns()
         for ordinal in range(REPLICAS):
             pods.start(ordinal, REPLICAS)
+        pods.wait_writable()
         yield pods
     finally:
         pods.stop_all()
@@ -84,6 +85,7 @@ def test_sigkill_of_kv0_and_restart_on_the_same_volume_loses_nothing(cluster: Po
     cluster.pods[0].container.kill()  # SIGKILL
     assert cluster.wait_exit(0) == -9
     cluster.start(0, REPLICAS)  # same name, same address, same volume
+    cluster.wait_writable()
     for key, value in written.items():
         code, _, body = http("GET", f"{cluster.url(0)}/v1/kv/{key}")
         assert (code, body) == (200, value), key

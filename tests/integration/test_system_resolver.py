@@ -74,6 +74,8 @@ def test_replicas_find_each_other_through_resolv_conf(tmp_path: Path) -> None:
             wait_for("kv-0 to find kv-1 and kv-1 to find kv-0",
                      lambda: "kv-1" in peers_of(replicas[0]) and "kv-0" in peers_of(replicas[1]), 20, 0.2)
             assert f"{NET}.11" in peers_of(replicas[0])["kv-1"], peers_of(replicas[0])
+            wait_for("kv-0 to finish its start-up check", lambda: json.loads(
+                http("GET", f"{replicas[0].url}/v1/status")[2]).get("writable"), 20, 0.2)
             # Found for real: a write that needs both replicas is confirmed by kv-1.
             status, _, body = http("PUT", f"{replicas[0].url}/v1/kv/found?w=all", b"through resolv.conf")
             assert status == 200, body

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import pty
 
 from kvstore.chaos.commands import progress_text
@@ -41,7 +42,11 @@ def test_a_terminal_gets_one_line_rewritten_in_place() -> None:
             line.show("second")
             line.echo("a result")
             line.close()
-        written = os.read(master, 4096).decode()
+        # A pty hands over what was written in pieces: read until nothing more comes.
+        chunks = []
+        while select.select([master], [], [], 0.5)[0]:
+            chunks.append(os.read(master, 4096))
+        written = b"".join(chunks).decode()
     finally:
         os.close(master)
         os.close(slave)
