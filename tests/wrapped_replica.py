@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +23,36 @@ class WrappedReplica(ReplicaProcess):
     def start(self, wait: bool = True) -> "WrappedReplica":
         log = open(self.log_path, "ab")
         try:
+            # Its own process group: a wrapper such as strace leaves its child running when it
+            # is signalled itself, so stopping signals the whole group.
             self.proc = subprocess.Popen([*self.wrapper, sys.executable, "-m", "kvstore", "serve"],
-                                         env=self.environment(), stdout=log, stderr=log)
+                                         env=self.environment(), stdout=log, stderr=log,
+                                         start_new_session=True)
         finally:
             log.close()
         if wait:
             self.wait_ready(timeout=self.ready_timeout)
         return self
+
+    def stop(self) -> None:
+        """SIGTERM the whole group (wrapper and replica), SIGKILL what is left after 10 s."""
+        self._signal_group(signal.SIGTERM)
+        try:
+            if self.proc is not None:
+                self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL every process of the group."""
+        self._signal_group(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(10)
+
+    def _signal_group(self, sig: int) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
