@@ -242,9 +242,10 @@ class ClientApi:
             return forwarded
         seen_lsn = self.node.store.lsn
         record = await self.node.store.get(key)
-        if consistency == "strong":
+        based_on = record.version if record else self.node.store.lsn
+        if consistency == "strong" and not self.node.committed(based_on):
             try:
-                await self.node.confirm_committed(record.version if record else self.node.store.lsn)
+                await self.node.confirm_committed(based_on)
             except NotConfirmed as exc:
                 raise ApiError(504, "not_confirmed", str(exc)) from None
         headers = self.headers(seen_lsn)

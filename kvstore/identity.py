@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 PRIMARY = "primary"
@@ -10,6 +11,7 @@ SECONDARY = "secondary"
 _ORDINAL = re.compile(r"^(?P<base>.+)-(?P<ordinal>0|[1-9][0-9]{0,8})$")
 
 
+@functools.lru_cache(maxsize=1024)  # on every write's replica count: the same few names
 def parse_ordinal(pod_name: str) -> int:
     """Return the number after the last ``-`` of a pod name (``kv-2`` -> 2).
 

@@ -124,6 +124,14 @@ class Replica:
             raise WriteConcernTimeout(lsn, confirmed, required)
         return lsn
 
+    def committed(self, lsn: int) -> bool:
+        """Whether a majority holds ``lsn`` already (the usual case; no await)."""
+        r = self.replication
+        if r is None:
+            return True
+        required = required_acks("majority", r.configured_replicas())
+        return required <= 1 or r.acks.confirmed(lsn) >= required - 1
+
     async def confirm_committed(self, lsn: int) -> None:
         """Return once a majority holds ``lsn`` (what a strong read or a refusal is based on).
 
@@ -132,7 +140,7 @@ class Replica:
         then have shown a value that never was. Raises NotConfirmed after
         KV_WRITE_TIMEOUT.
         """
-        if self.replication is None:
+        if self.replication is None or self.committed(lsn):
             return
         required = required_acks("majority", self.replication.configured_replicas())
         confirmed = await self.replication.wait_for_concern(lsn, required)
