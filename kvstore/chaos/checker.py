@@ -98,6 +98,17 @@ def _applied(op: Op) -> bool:
     return op.is_write and op.outcome == OK
 
 
+def _committed_observation(op: Op) -> bool:
+    """Whether a read can only have seen what a majority holds.
+
+    A strong read waits for that; a follower holds only what kv-0 sent it (with
+    kv-0, a majority of three). A local or ``min_lsn`` read answered by kv-0 may
+    show a write no follower holds yet, which kv-0 losing its volume undoes and
+    whose version a later write may then carry.
+    """
+    return op.consistency == "strong" or not (op.answered_by or op.pod or "").endswith("-0")
+
+
 def build_versions(history: Iterable[Op], views: dict[str, ReplicaView] | None = None) -> tuple[
         dict[str, lin.VersionMap], list[Violation]]:
     """Per key: value <-> version from every acknowledged write and every read; conflicts are violations."""
@@ -118,7 +129,8 @@ def build_versions(history: Iterable[Op], views: dict[str, ReplicaView] | None =
             note(op.key, maps[op.key].add_delete(op.version), op.id)
         elif _applied(op) and op.version is not None and op.value is not None:
             add(op.key, op.value, op.version, op.id)
-        elif op.f == "read" and op.outcome == OK and op.found and op.version is not None and op.observed is not None:
+        elif (op.f == "read" and op.outcome == OK and op.found and op.version is not None
+              and op.observed is not None and _committed_observation(op)):
             add(op.key, op.observed, op.version, op.id)
     for pod, view in sorted((views or {}).items()):
         for key, (value, version) in view.contents.items():

@@ -2,12 +2,14 @@
 
 Outcomes follow the API's contract:
 
-- ``ok``: it happened (for writes: applied, with its version; a 504
-  ``write_concern_timeout`` is also applied: durable on the primary);
+- ``ok``: it happened (for writes: applied, with its version);
 - ``failed``: definitely not applied (503 ``no_primary``/``restoring``, a
   connection that was never made, a 412/404 that is itself an observation);
 - ``unknown``: may or may not have applied (timeouts, a cut connection,
-  504 ``primary_timeout``, 503 ``storage_unavailable``, a 500).
+  504 ``primary_timeout``, 503 ``storage_unavailable``, a 500, and a 504
+  ``write_concern_timeout``: durable on kv-0 but held by no majority, so
+  kv-0 losing its volume before a follower has it undoes it, and its
+  version may then name another write).
 """
 
 from __future__ import annotations
@@ -86,8 +88,8 @@ def classify_write(status: int, error: str | None) -> str:
     if status == 200:
         return OK
     if status == 504:
-        # Durable on the primary, not yet confirmed by enough replicas: it happened.
-        return OK if error == "write_concern_timeout" else UNKNOWN
+        # write_concern_timeout: durable on kv-0 only, so a lost volume can still undo it.
+        return UNKNOWN
     if status == 503:
         return UNKNOWN if error == "storage_unavailable" else FAILED
     if status in (412, 404, 400, 413):

@@ -183,7 +183,7 @@ def test_write_answered_not_applied_but_visible_is_reported() -> None:
 def test_phantom_value_and_version_conflict_and_500_are_reported() -> None:
     h = H()
     h.put("a", 1, 0, 1)
-    h.read("zzz", 1, 2, 3, consistency="local")          # nobody wrote zzz; and version 1 is a's
+    h.read("zzz", 1, 2, 3, consistency="local", pod="kv-1")  # nobody wrote zzz; and version 1 is a's
     h.add("put", 4, 5, UNKNOWN, value="c", status=500, error="internal")
     found = kinds(checker.check(h.ops, final("a", 1)))
     assert {"phantom_value", "version_conflict", "server_error"} <= found
@@ -217,7 +217,7 @@ def test_create_and_delete_observations() -> None:
 
 def test_outcome_classification() -> None:
     assert classify_write(200, None) == OK
-    assert classify_write(504, "write_concern_timeout") == OK     # durable on the primary
+    assert classify_write(504, "write_concern_timeout") == UNKNOWN  # on kv-0 alone: a lost volume undoes it
     assert classify_write(504, "primary_timeout") == UNKNOWN
     assert classify_write(503, "no_primary") == FAILED
     assert classify_write(503, "storage_unavailable") == UNKNOWN
@@ -516,7 +516,7 @@ def test_version_map_conflicts_both_ways() -> None:
     assert "values 'a' and 'b'" in (versions.add("b", 1) or "")
     h = H()
     h.put("a", 1, 0, 1)
-    h.read("a", 2, 2, 3, consistency="local")
+    h.read("a", 2, 2, 3, consistency="local", pod="kv-2")
     maps, conflicts = checker.build_versions(h.ops, {"kv-0": view(1, chaos_k=("b", 1))})
     assert [v.kind for v in conflicts] == ["version_conflict", "version_conflict"]
     assert conflicts[0].ops == [1] and conflicts[1].ops == []
@@ -1037,8 +1037,8 @@ def test_missing_final_views_are_all_named() -> None:
 def test_version_conflicts_name_the_operation_once() -> None:
     h = H()
     h.put("b", None, 0, None, outcome=UNKNOWN)
-    h.read("b", 2, 1, 2, consistency="local")
-    h.read("b", 2, 2, 3, consistency="local")            # the same conflict again: reported once
+    h.read("b", 2, 1, 2, consistency="local", pod="kv-1")
+    h.read("b", 2, 2, 3, consistency="min_lsn", pod="kv-2")  # the same conflict again: reported once
     h.add("delete", 3, 4, version=2, status=200)          # a delete at a version a value holds
     h.put("c", 2, 5, 6)                                   # a write at a version a value holds
     _, conflicts = checker.build_versions(h.ops)
@@ -1073,3 +1073,21 @@ def test_the_primary_is_ordinal_zero_of_whatever_statefulset_ran() -> None:
     assert checker.primary_pod(h.ops, {}) == "store-0"              # from the history alone
     h.ops[0].pod = "my-store-2"
     assert checker.primary_pod(h.ops, {}) == "my-store-0"           # names may hold dashes
+
+
+def test_a_value_only_kv0_showed_locally_may_give_its_version_to_another_write() -> None:
+    # A 504 write_concern_timeout lived on kv-0 alone; a local read there saw it; kv-0 lost
+    # its volume, and a later write got the same version. Nothing acknowledged was lost.
+    h = H()
+    h.put("unconfirmed", 7, 0, 1, outcome=UNKNOWN, status=504, error="write_concern_timeout")
+    h.read("unconfirmed", 7, 2, 3, consistency="local", pod="kv-0")
+    h.read("unconfirmed", 7, 2, 3, consistency="min_lsn", pod="kv-0")
+    h.put("later", 7, 4, 5)
+    assert checker.build_versions(h.ops)[1] == []
+    # The same seen on a follower (held by kv-0 and it: a majority of three) is a conflict,
+    # and so is a strong read on kv-0 (it waits until a majority holds what it shows).
+    for pod, consistency in (("kv-1", "local"), ("kv-0", "strong")):
+        h = H()
+        h.read("unconfirmed", 7, 2, 3, consistency=consistency, pod=pod)
+        h.put("later", 7, 4, 5)
+        assert [v.kind for v in checker.build_versions(h.ops)[1]] == ["version_conflict"], (pod, consistency)
