@@ -39,6 +39,7 @@ from kvstore.local.state import (
 from kvstore.local.statefulset import (
     DEFAULTS, GRACE_PERIOD, MAX_REPLICAS, ClusterSpec, Pod, StatefulSet, check_replicas, format_age,
 )
+from kvstore.progress import ProgressLine
 
 COLUMNS = ("NAME", "READY", "STATUS", "RESTARTS", "AGE", "ADDRESS", "ROLE", "LSN")
 
@@ -92,7 +93,8 @@ def get_runtime(name: str) -> PodRuntime:
         # command (measured after the rest is loaded) and only --runtime docker needs it.
         from kvstore.local.docker_runtime import DockerRuntime
 
-        return DockerRuntime()
+        # The controller's stdout: a terminal, or controller.log when detached.
+        return DockerRuntime(progress=ProgressLine(sys.stdout))
     return ProcessRuntime()
 
 
