@@ -1,12 +1,14 @@
-"""A snapshot copy logs how far it got every few seconds, and hands every chunk on unchanged."""
+"""A snapshot copy logs how far it got every few seconds, and `kvstore cluster scale --wait` shows it."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
 
+from kvstore.local.cli import scale_progress, snapshot_progress
 from kvstore.replication.follower import logging_progress
 
 Chunk = list[tuple[bytes, bytes]]
@@ -34,3 +36,27 @@ async def test_keys_and_bytes_so_far_are_logged_every_few_seconds(caplog: pytest
     assert lines == ["snapshot from kv-0: 400 keys (0.4 MB) copied so far",
                      "snapshot from kv-0: 700 keys (0.7 MB) copied so far",
                      "snapshot from kv-0: 1000 keys (1.0 MB) copied so far"]
+
+
+def test_cluster_scale_reads_the_copy_s_progress_from_the_pod_log(tmp_path: Path) -> None:
+    log = tmp_path / "kv-3.log"
+    assert snapshot_progress(log) is None  # no log yet
+    lines = ["2026-11-29 20:00:00 kv-3 INFO kvstore.replication: following kv-0",
+             "2026-11-29 20:00:01 kv-3 INFO kvstore.replication: installing a snapshot from kv-0 at lsn 9 (new)"]
+    log.write_text("\n".join(lines) + "\n")
+    assert snapshot_progress(log) == "installing a snapshot from kv-0 at lsn 9 (new)"
+    lines.append("2026-11-29 20:00:06 kv-3 INFO kvstore.replication: snapshot from kv-0: 400 keys (0.4 MB) "
+                 "copied so far")
+    log.write_text("\n".join(lines) + "\n")
+    assert snapshot_progress(log) == "snapshot from kv-0: 400 keys (0.4 MB) copied so far"
+    pods = [{"name": "kv-3", "ordinal": 3, "ready": False, "status": "Running"},
+            {"name": "kv-0", "ordinal": 0, "ready": True, "status": "Running"}]
+    assert scale_progress(tmp_path.parent, 4, pods) == "1/4 Ready; kv-3: Running"  # logs/ is elsewhere
+    (tmp_path / "logs").mkdir()
+    log.rename(tmp_path / "logs" / "kv-3.log")
+    assert scale_progress(tmp_path, 4, pods) == \
+        "1/4 Ready; kv-3: snapshot from kv-0: 400 keys (0.4 MB) copied so far"
+    lines.append("2026-11-29 20:00:09 kv-3 INFO kvstore.replication: installed a snapshot of 900 keys at lsn 9 "
+                 "from kv-0 in 8.0s")
+    (tmp_path / "logs" / "kv-3.log").write_text("\n".join(lines) + "\n")
+    assert snapshot_progress(tmp_path / "logs" / "kv-3.log") is None  # done: the copy is over
