@@ -13,7 +13,7 @@ import aiohttp
 
 from kvstore import config as config_mod
 from kvstore import operator
-from kvstore.chaos import commands as chaos_commands
+from kvstore.chaos import cli as chaos_cli
 from kvstore.client import Client, Reply
 from kvstore.cmdline import DEFAULT_CLUSTER_DIR, Parser
 from kvstore.local import cli as local_cli
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Sub-command groups that live with their own packages.
     local_cli.register(sub)
-    chaos_commands.register(sub)
+    chaos_cli.register(sub)
     operator.register(sub)
     return parser
 

@@ -31,6 +31,7 @@ errors.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -42,6 +43,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, cast
+
+import aiohttp
+
+from kvstore.local import control
+from kvstore.local.state import ClusterError, client_url, read_state
+from kvstore.local.statefulset import volume_dir
 
 log = logging.getLogger("kvstore.chaos")
 
@@ -256,7 +263,6 @@ class LoopbackPartitioner:
 # -------------------------------------------------------------------- local cluster
 def local_pods(directory: Path) -> list[PodInfo]:
     """The pods of the local cluster running in ``directory`` (none if it is not running)."""
-    from kvstore.local.state import ClusterError, client_url, read_state
     try:
         state = read_state(directory)
     except ClusterError:
@@ -291,8 +297,6 @@ class LocalBackend:
         return local_pods(self.directory)
 
     async def kill(self, pod: PodInfo) -> bool:
-        from kvstore.local import control
-        from kvstore.local.state import ClusterError
         try:
             await control.call(self.directory, "POST", "/v1/kill", {"pod": pod.name})
         except ClusterError as exc:
@@ -337,8 +341,6 @@ class LocalBackend:
 
     # The controller's fault operations (see kvstore.local.control).
     async def _control(self, path: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
-        from kvstore.local import control
-        from kvstore.local.state import ClusterError
         try:
             return await control.call(self.directory, "POST", path, body or {}, timeout)
         except ClusterError as exc:
@@ -368,8 +370,6 @@ class LocalBackend:
 
     def _stopped_volume(self, pod: str) -> Path:
         """The pod's data dir, after checking that no container of the pod runs (never touch a live LevelDB)."""
-        from kvstore.local.state import ClusterError, read_state
-        from kvstore.local.statefulset import volume_dir
         try:
             state = read_state(self.directory)
         except ClusterError as exc:
@@ -415,8 +415,6 @@ class LocalBackend:
         shutil.rmtree(self.snapshots, ignore_errors=True)
 
     def _heal_controller(self) -> None:
-        from kvstore.local import control
-        from kvstore.local.state import ClusterError
         calls: list[tuple[str, dict[str, Any]]] = [("/v1/release", {"pod": pod}) for pod in sorted(self._held)]
         if self._stopped:
             calls.append(("/v1/start-pods", {}))
@@ -432,8 +430,9 @@ class LocalBackend:
 
     # Docker: disconnect the container from the network its runtime created, reconnect with the same IP.
     def _container(self, pod: str) -> Any:
-        import hashlib
-
+        # Imported here, not at the top: every kvstore command loads this module (through
+        # kvstore.chaos.cli), the Docker SDK adds 40-60 ms to each (measured after the rest is
+        # loaded), and only a chaos run against --runtime docker needs it.
         import docker  # type: ignore[import-untyped]
 
         from kvstore.local.docker_runtime import LABEL
@@ -822,7 +821,6 @@ class Nemesis:
 
     async def _lsn(self, pod: PodInfo) -> int | None:
         """The pod's LSN from ``/v1/status`` (None when it does not answer): for the log only."""
-        import aiohttp
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
                 async with session.get(f"{pod.url}/v1/status") as response:

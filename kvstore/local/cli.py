@@ -39,6 +39,7 @@ from kvstore.local.state import (
 from kvstore.local.statefulset import (
     DEFAULTS, GRACE_PERIOD, MAX_REPLICAS, ClusterSpec, Pod, StatefulSet, check_replicas, format_age,
 )
+from kvstore.progress import ProgressLine
 
 COLUMNS = ("NAME", "READY", "STATUS", "RESTARTS", "AGE", "ADDRESS", "ROLE", "LSN")
 
@@ -92,7 +93,8 @@ def get_runtime(name: str) -> PodRuntime:
         # command (measured after the rest is loaded) and only --runtime docker needs it.
         from kvstore.local.docker_runtime import DockerRuntime
 
-        return DockerRuntime()
+        # The controller's stdout: a terminal, or controller.log when detached.
+        return DockerRuntime(progress=ProgressLine(sys.stdout))
     return ProcessRuntime()
 
 
@@ -414,14 +416,54 @@ def _scale(args: argparse.Namespace) -> int:
     if not args.wait:
         return 0
     deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        state = read_state(directory)
-        pods = state["pods"]
-        if len(pods) == args.replicas and all(p.get("ready") for p in pods):
-            return _print_status(directory, state)
-        time.sleep(0.2)
+    line = ProgressLine()
+    try:
+        while time.monotonic() < deadline:
+            state = read_state(directory)
+            pods = state["pods"]
+            if len(pods) == args.replicas and all(p.get("ready") for p in pods):
+                line.close()
+                return _print_status(directory, state)
+            line.show(scale_progress(directory, args.replicas, pods))
+            time.sleep(0.2)
+    finally:
+        line.close()
     raise ClusterError(f"{args.replicas} pods not all Ready after {args.timeout:g}s; "
                        "see `kvstore cluster status`")
+
+
+def scale_progress(directory: Path, replicas: int, pods: list[dict[str, Any]]) -> str:
+    """``3/5 Ready; kv-3: snapshot from kv-0: 1200 keys (1.2 MB) copied so far``."""
+    ready = sum(1 for p in pods if p.get("ready"))
+    text = f"{ready}/{replicas} Ready"
+    waiting = sorted((p for p in pods if not p.get("ready")), key=lambda p: p["ordinal"])
+    if waiting:
+        name = waiting[0]["name"]
+        copying = snapshot_progress(directory / LOG_DIR / f"{name}.log")
+        text += f"; {name}: {copying or waiting[0].get('status', 'starting')}"
+    return text
+
+
+def snapshot_progress(log_path: Path, tail: int = 8192) -> str | None:
+    """How far the snapshot copy a replica's log shows is (None: it is not copying one).
+
+    The follower logs ``snapshot from kv-0: N keys (M MB) copied so far`` every few
+    seconds while it copies; its log's last snapshot line says where it is.
+    """
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - tail))
+            lines = log.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for text in reversed(lines):
+        if "installed a snapshot" in text:
+            return None
+        if "copied so far" in text and "snapshot from " in text:
+            return text[text.index("snapshot from "):].strip()
+        if "installing a snapshot from " in text:
+            return text[text.index("installing a snapshot from "):].strip()
+    return None
 
 
 def _kill(args: argparse.Namespace) -> int:

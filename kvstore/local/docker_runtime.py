@@ -41,6 +41,7 @@ import docker.types
 
 from kvstore.local import image as image_mod
 from kvstore.local.runtime import PodSpec, RuntimeUnavailable
+from kvstore.progress import ProgressLine
 
 log = logging.getLogger("kvstore.local.docker")
 
@@ -185,7 +186,8 @@ class DockerRuntime:
     def __init__(self, *, image: str = image_mod.DEFAULT_TAG, subnet: str | None = None,
                  network: str | None = None, build: bool = True, volumes: str = "bind",
                  client: docker.DockerClient | None = None, labels: dict[str, str] | None = None,
-                 say: Callable[[str], None] = lambda m: log.info("%s", m)) -> None:
+                 say: Callable[[str], None] = lambda m: log.info("%s", m),
+                 progress: ProgressLine | None = None) -> None:
         self.image = image
         self.subnet = subnet or os.environ.get("KVSTORE_DOCKER_SUBNET") or DEFAULT_SUBNET
         self.network_name = network
@@ -195,6 +197,7 @@ class DockerRuntime:
         self.volumes = volumes
         self.extra_labels = dict(labels or {})
         self.say = say
+        self.progress = progress  # shows the image build's step
         self._client = client
         self.network: Network | None = None
         self.scope = ""
@@ -236,7 +239,7 @@ class DockerRuntime:
         self.cleanup_leftovers()
         if self.build:
             try:
-                image_mod.ensure_image(self.image, self.say)
+                image_mod.ensure_image(self.image, self.say, self.progress)
             except image_mod.ImageError as exc:
                 raise RuntimeUnavailable(f"--runtime docker: {exc}") from None
         self.network = Network(self.client, self.network_name, self.subnet, self._labels())

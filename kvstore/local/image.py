@@ -47,6 +47,8 @@ from typing import Callable, Iterator
 import docker
 import docker.errors
 
+from kvstore.progress import ProgressLine
+
 log = logging.getLogger("kvstore.local.image")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -302,59 +304,99 @@ def build_stage_tag(tag: str) -> str:
     return f"{repository}-build:{version}"
 
 
+_STEP = re.compile(r"Step (\d+)/(\d+) : (.*)")
+
+
+def _show(progress: ProgressLine | None, text: str) -> None:
+    if progress is not None:
+        progress.show(text)
+
+
+def docker_build(client: docker.DockerClient, what: str, progress: ProgressLine | None = None,
+                 **build_args: object) -> str:
+    """Run one ``docker build`` (``build_args`` as for the SDK's ``api.build``); return the image id.
+
+    The engine's output is read as it comes so that ``progress`` can show which
+    Dockerfile step runs; a failed build raises ImageError with the output's tail.
+    """
+    output: list[str] = []
+    image_id = None
+    try:
+        for chunk in client.api.build(decode=True, **build_args):
+            if "error" in chunk:
+                output.append(str(chunk["error"]))
+                raise ImageError(f"docker build of {what} failed:\n" + "".join(output)[-4000:])
+            text = str(chunk.get("stream", ""))
+            output.append(text)
+            step = _STEP.match(text.strip())
+            if step:
+                _show(progress, f"{what}: docker build step {step[1]}/{step[2]}: {step[3]}")
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and "ID" in aux:
+                image_id = str(aux["ID"])
+            elif text.startswith("Successfully built "):
+                image_id = text.split()[-1]
+    except docker.errors.APIError as exc:
+        raise ImageError(f"docker build of {what}: {exc}") from None
+    if image_id is None:
+        raise ImageError(f"docker build of {what} named no image:\n" + "".join(output)[-4000:])
+    return str(client.images.get(image_id).id)  # the full id, whichever form the engine printed
+
+
 def build_image(client: docker.DockerClient, tag: str = DEFAULT_TAG, project: Path = PROJECT_ROOT,
-                say: Say = _say_to_log) -> str:
+                say: Say = _say_to_log, progress: ProgressLine | None = None) -> str:
     """Build the project's Dockerfile offline as ``tag``; return the image id.
 
     The build stage is tagged too (:func:`build_stage_tag`): the engine would keep
     it anyway as cache, untagged; with a tag it is a cache entry, not litter. Images
-    a rebuild replaces are pruned.
+    a rebuild replaces are pruned. ``progress``, if given, shows which step runs.
     """
+    _show(progress, f"image {tag}: base image")
     base = ensure_base_image(client, say)
     version, machine = base_python(client, base)
     with _build_lock("wheelhouse"):
+        _show(progress, f"image {tag}: wheelhouse")
         build_wheelhouse(project, version, machine, say)
         say(f"docker build -t {tag} --build-arg BASE_IMAGE={base} --build-arg WHEELHOUSE={WHEELHOUSE} --network none")
         started = time.monotonic()
-        common = dict(
+        common: dict[str, object] = dict(
             path=str(project), dockerfile="Dockerfile",
             buildargs={"BASE_IMAGE": base, "WHEELHOUSE": WHEELHOUSE},
             network_mode="none",  # proves the build needs no network
             pull=False, rm=True, forcerm=True,
         )
-        try:
-            client.images.build(tag=build_stage_tag(tag), target="build", **common)
-            image, _logs = client.images.build(tag=tag, **common)
-        except docker.errors.BuildError as exc:
-            lines = [c.get("stream", c.get("error", "")) for c in exc.build_log if isinstance(c, dict)]
-            raise ImageError("docker build failed:\n" + "".join(lines)[-4000:]) from None
+        docker_build(client, f"image {tag} (build stage)", progress, tag=build_stage_tag(tag), target="build",
+                     **common)
+        image_id = docker_build(client, f"image {tag}", progress, tag=tag, **common)
         prune_replaced(client, say)
-    say(f"image {tag} ({image.short_id}) built in {time.monotonic() - started:.0f}s")
-    return image.id
+    if progress is not None:
+        progress.close()
+    say(f"image {tag} ({image_id.removeprefix('sha256:')[:12]}) built in {time.monotonic() - started:.0f}s")
+    return image_id
 
 
-def ensure_image(tag: str = DEFAULT_TAG, say: Say = _say_to_log) -> str:
+def ensure_image(tag: str = DEFAULT_TAG, say: Say = _say_to_log, progress: ProgressLine | None = None) -> str:
     """Build ``tag`` from the work tree (layers cached by the engine); return the image id."""
-    return build_image(client_or_error(), tag, PROJECT_ROOT, say)
+    return build_image(client_or_error(), tag, PROJECT_ROOT, say, progress)
 
 
 def build_chaos_image(client: docker.DockerClient, tag: str = CHAOS_TAG, project: Path = PROJECT_ROOT,
-                      say: Say = _say_to_log) -> str:
+                      say: Say = _say_to_log, progress: ProgressLine | None = None) -> str:
     """Build the chaos Job's image offline: the kvstore image (built first) plus kubectl; return its id."""
-    build_image(client, DEFAULT_TAG, project, say)
+    build_image(client, DEFAULT_TAG, project, say, progress)
     version, machine = base_python(client, ensure_base_image(client, say))
     with _build_lock("wheelhouse"), tempfile.TemporaryDirectory(prefix="kvstore-chaos-image-") as context:
+        _show(progress, f"image {tag}: kubectl")
         extract_kubectl(project / WHEELHOUSE, version, machine, Path(context) / "kubectl", say)
         shutil.copy2(project / CHAOS_DOCKERFILE, Path(context) / "Dockerfile")
         say(f"docker build -t {tag} --build-arg KVSTORE_IMAGE={DEFAULT_TAG} -f {CHAOS_DOCKERFILE} --network none")
-        try:
-            image, _logs = client.images.build(path=context, tag=tag, buildargs={"KVSTORE_IMAGE": DEFAULT_TAG},
-                                               network_mode="none", pull=False, rm=True, forcerm=True)
-        except docker.errors.BuildError as exc:
-            lines = [c.get("stream", c.get("error", "")) for c in exc.build_log if isinstance(c, dict)]
-            raise ImageError("docker build of the chaos image failed:\n" + "".join(lines)[-4000:]) from None
-    say(f"image {tag} ({image.short_id}) built")
-    return image.id
+        image_id = docker_build(client, f"image {tag}", progress, path=context, tag=tag,
+                                buildargs={"KVSTORE_IMAGE": DEFAULT_TAG}, network_mode="none", pull=False,
+                                rm=True, forcerm=True)
+    if progress is not None:
+        progress.close()
+    say(f"image {tag} ({image_id.removeprefix('sha256:')[:12]}) built")
+    return image_id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,13 +409,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="print only the image id")
     args = parser.parse_args(argv)
     args.tag = args.tag or (CHAOS_TAG if args.chaos else DEFAULT_TAG)
-    say: Say = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    progress = None if args.quiet else ProgressLine()
+    say: Say = (lambda _m: None) if progress is None else progress.echo
     try:
         if args.chaos:
-            image_id = build_chaos_image(client_or_error(), args.tag, PROJECT_ROOT, say)
+            image_id = build_chaos_image(client_or_error(), args.tag, PROJECT_ROOT, say, progress)
         else:
-            image_id = ensure_image(args.tag, say)
+            image_id = ensure_image(args.tag, say, progress)
     except ImageError as exc:
+        if progress is not None:
+            progress.close()
         print(f"kvstore image: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({"tag": args.tag, "id": image_id}) if not args.quiet else image_id)

@@ -22,7 +22,7 @@ import collections
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 
@@ -41,6 +41,7 @@ log = logging.getLogger("kvstore.replication")
 
 MAX_APPLYING = 8  # batches a follower has queued for its disk before it stops reading
 MAX_BACKOFF = 2.0  # seconds between attempts, at most
+SNAPSHOT_PROGRESS_EVERY = 5.0  # seconds between "keys so far" log lines of a snapshot copy
 
 
 class Stalled(Exception):
@@ -53,6 +54,25 @@ class Stalled(Exception):
 
 class Diverged(Exception):
     """This replica holds entries its upstream's history does not, and no rule says they may go."""
+
+
+async def logging_progress(chunks: AsyncIterator[list[tuple[bytes, bytes]]], source: str,
+                           every: float = SNAPSHOT_PROGRESS_EVERY,
+                           clock: Callable[[], float] = time.monotonic) -> AsyncIterator[list[tuple[bytes, bytes]]]:
+    """``chunks`` as they come, logging the keys and bytes copied so far every ``every`` seconds.
+
+    A scale-up's copy of a large store takes minutes; the snapshot header carries no
+    key count, so the log says how far it got, not how far it has to go.
+    """
+    keys = size = 0
+    last = clock()
+    async for chunk in chunks:
+        keys += len(chunk)
+        size += sum(len(key) + len(value) for key, value in chunk)
+        if clock() - last >= every:
+            last = clock()
+            log.info("snapshot from %s: %d keys (%.1f MB) copied so far", source, keys, size / 1e6)
+        yield chunk
 
 
 def _drop(future: asyncio.Future[Any]) -> None:
@@ -298,7 +318,7 @@ class Follower:
                 log.info("installing a snapshot from %s at lsn %d (%s)", upstream.name, lsn, reason)
                 events.record("snapshot_installing", f"copying {upstream.name} at lsn {lsn} ({reason})",
                               upstream=upstream.name, lsn=lsn)
-                count = await self.store.install_snapshot(lineage, lsn, chunks)
+                count = await self.store.install_snapshot(lineage, lsn, logging_progress(chunks, upstream.name))
             finally:
                 response.release()
             self.metrics.snapshots.labels("received").inc()

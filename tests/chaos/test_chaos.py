@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from local_cluster import LocalCluster, http, wait_for
-from kvstore.chaos.commands import free_loopback_range
+from kvstore.chaos.cli import free_loopback_range
 from kvstore.chaos.nemesis import LoopbackPartitioner
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="partitions need root (iptables, net_cls)")

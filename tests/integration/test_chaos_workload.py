@@ -17,7 +17,7 @@ import aiohttp
 
 from replica_process import running
 from kvstore.chaos import checker
-from kvstore.chaos.commands import _view
+from kvstore.chaos.cli import _view
 from kvstore.chaos.workload import Workload, WorkloadConfig
 
 

@@ -19,7 +19,7 @@ import dns.rcode
 import pytest
 
 from kvstore.chaos import checker
-from kvstore.chaos.commands import _nemesis, summary
+from kvstore.chaos.cli import _nemesis, summary
 from kvstore.chaos.nemesis import (
     FAULTS, SIGNAL_FAULTS, KubernetesBackend, LocalBackend, LoopbackPartitioner, Nemesis, NemesisConfig,
     NemesisUnavailable, PodInfo, kubectl_base, kubectl_delete_pod, kubectl_get_pods,

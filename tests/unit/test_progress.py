@@ -7,7 +7,7 @@ import os
 import select
 import pty
 
-from kvstore.chaos.commands import progress_text
+from kvstore.chaos.cli import progress_text
 from kvstore.chaos.history import FAILED, OK, UNKNOWN, Op
 from kvstore.progress import ProgressLine
 
