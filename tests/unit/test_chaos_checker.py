@@ -157,11 +157,11 @@ def test_stale_min_lsn_read_is_reported() -> None:
     h = H()
     h.put("a", 1, 0, 1, process=1)
     h.put("b", 2, 2, 3, process=1)
-    # Process 1 asks for its own write (version 2) and gets version 1.
+    # Process 1 asks for its own write (version 2) and gets version 1, at X-Kv-Lsn 2 as well.
     h.read("a", 1, 4, 5, consistency="min_lsn", min_lsn=2, own_version=2, own_deleted=False, lsn=2,
            process=1, pod="kv-1")
     report = checker.check(h.ops, final("b", 2))
-    assert kinds(report) == {"stale_min_lsn"}
+    assert kinds(report) == {"stale_min_lsn", "stale_read"}
 
 
 def test_min_lsn_read_of_absent_key_after_own_put_is_reported() -> None:
@@ -401,7 +401,8 @@ def test_min_lsn_own_write_is_taken_from_the_history_too() -> None:
     h = H()
     h.put("a", 1, 0, 1)
     h.put("b", 2, 2, 3)
-    h.read("a", 1, 4, 5, consistency="min_lsn", min_lsn=1, own_version=1, own_deleted=False, lsn=2)
+    # Answered at X-Kv-Lsn 1, which says nothing of version 2: only the own write does.
+    h.read("a", 1, 4, 5, consistency="min_lsn", min_lsn=1, own_version=1, own_deleted=False, lsn=1)
     assert kinds(checker.check(h.ops, final("b", 2))) == {"stale_min_lsn"}
     # Another client's write does not count as this client's own.
     h.ops[1].process = 9
@@ -426,6 +427,135 @@ def test_local_and_strong_reads_are_not_judged_as_min_lsn_reads() -> None:
     h.put("a", 1, 0, 1)
     h.read(None, None, 2, 3, consistency="local", min_lsn=1, own_version=1, own_deleted=False, lsn=0, pod="kv-2")
     assert checker.check(h.ops, final("a", 1)).verdict == "PASS"
+
+
+# ------------------------------------------------------------ reads against X-Kv-Lsn
+# X-Kv-Lsn is the answering replica's LSN before it read: the answer reflects every
+# write whose version (its LSN) is at most that.
+def local_read(h: H, observed: str | None, version: int | None, call: float, ret: float, lsn: int | None,
+               **kw: object) -> Op:
+    kw.setdefault("pod", "kv-2")
+    return h.read(observed, version, call, ret, consistency="local", lsn=lsn, **kw)
+
+
+def test_local_read_older_than_an_acknowledged_write_at_or_below_its_lsn_is_reported() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", 2, 2, 3)
+    r = local_read(h, "a", 1, 4, 5, lsn=2)           # the replica had applied version 2, yet shows 1
+    report = checker.check(h.ops, final("b", 2))
+    assert violations(report) == [
+        ("stale_read", "chaos/k", "read 2 (local, kv-2) answered at X-Kv-Lsn 2 saw version 1, older than "
+         "put 1 (version 2)", [1, 2])]
+    for lsn in (1, None):                            # behind version 2, or no header: a lagging secondary
+        r.lsn = lsn
+        assert checker.check(h.ops, final("b", 2)).verdict == "PASS", lsn
+    r.lsn, r.version = 2, None                       # a value without a version tells nothing
+    assert checker.check_lsn_bound_reads(h.ops) == []
+
+
+def test_lsn_bound_holds_whenever_the_write_was_acknowledged() -> None:
+    # The acknowledgement came after the read, but the write's version is within the read's LSN.
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", 2, 2, 10)
+    local_read(h, "a", 1, 4, 5, lsn=2)
+    assert kinds(checker.check(h.ops, final("b", 2))) == {"stale_read"}
+    # A strong read is bound by its header too, where version order and the search see no fault.
+    h.ops[-1].consistency, h.ops[-1].pod = "strong", "kv-0"
+    assert kinds(checker.check(h.ops, final("b", 2))) == {"stale_read"}
+    h.ops[-1].lsn = None
+    assert checker.check(h.ops, final("b", 2)).verdict == "PASS"
+
+
+def test_lsn_bound_uses_the_newest_acknowledged_version_within_it() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", 2, 2, 3)
+    h.put("c", 4, 4, 5)
+    h.put("o", 3, 4, 5, key="chaos/other")           # another key's write says nothing of this one
+    r = local_read(h, "b", 2, 6, 7, lsn=3)
+    assert checker.check_lsn_bound_reads(h.ops) == []    # c (version 4) is past the read's LSN
+    r.lsn = 4                                        # the bound is inclusive: c is now reflected
+    assert [v.ops for v in checker.check_lsn_bound_reads(h.ops)] == [[2, 4]]
+    r.observed, r.version = "a", 1                   # older than b as well: named by the newest, c
+    assert [v.ops for v in checker.check_lsn_bound_reads(h.ops)] == [[2, 4]]
+    r.lsn = 3
+    assert [v.ops for v in checker.check_lsn_bound_reads(h.ops)] == [[1, 4]]
+    r.observed, r.version, r.lsn = "c", 4, 3         # newer than its LSN: the bound is a lower one
+    assert checker.check_lsn_bound_reads(h.ops) == []
+
+
+def test_value_after_an_acknowledged_delete_within_the_lsn_is_stale() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("delete", 2, 3, version=2, status=200)
+    r = local_read(h, "a", 1, 4, 5, lsn=2)
+    assert [v.kind for v in checker.check_lsn_bound_reads(h.ops)] == ["stale_read"]
+    r.lsn = 1                                        # the delete is past the LSN: a may still show
+    assert checker.check_lsn_bound_reads(h.ops) == []
+    r.observed, r.version, r.found, r.status, r.lsn = None, None, False, 404, 2   # absent: right
+    assert checker.check(h.ops, final(None, 0, lsn=2)).verdict == "PASS"
+
+
+def test_absent_after_an_acknowledged_put_within_the_lsn_needs_a_newer_delete() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("delete", 0, 0.5, version=1, status=200, process=2, key="chaos/other")
+    local_read(h, None, None, 2, 3, lsn=1)
+    assert [v.kind for v in checker.check_lsn_bound_reads(h.ops)] == ["stale_read"]
+    # A delete that started after the read ended cannot be what it saw.
+    d = h.add("delete", 4, 5, version=2, status=200, process=1)
+    assert [v.kind for v in checker.check_lsn_bound_reads(h.ops)] == ["stale_read"]
+    d.call = 3                                       # touching: concurrent, it may be
+    assert checker.check_lsn_bound_reads(h.ops) == []
+    d.outcome, d.version, d.ret, d.status = UNKNOWN, None, None, None   # unknown outcome: may be too
+    assert checker.check_lsn_bound_reads(h.ops) == []
+    d.outcome, d.status, d.ret = FAILED, 503, 3.5    # known not applied: no excuse
+    assert [v.kind for v in checker.check_lsn_bound_reads(h.ops)] == ["stale_read"]
+    d.outcome, d.status, d.version, d.ret = OK, 200, 1, 3.5   # older than the put: no excuse
+    assert [v.kind for v in checker.check_lsn_bound_reads(h.ops)] == ["stale_read"]
+
+
+def test_absent_at_an_lsn_that_covers_a_put_after_a_delete_is_stale() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("delete", 2, 3, version=2, status=200)
+    h.put("c", 3, 4, 5)
+    r = local_read(h, None, None, 6, 7, lsn=3)
+    assert [v.ops for v in checker.check_lsn_bound_reads(h.ops)] == [[2, 3]]
+    r.lsn = 2                                        # before c: the delete is the newest it reflects
+    assert checker.check_lsn_bound_reads(h.ops) == []
+    r.observed, r.version, r.found, r.status = "c", 3, True, 200   # c already: newer than the bound
+    assert checker.check(h.ops, final("c", 3)).verdict == "PASS"
+
+
+def test_unknown_writes_never_make_a_fresh_read_stale() -> None:
+    # Writes whose outcome is unknown have no known version: they bound nothing, and a read
+    # may show them (newer) or not (the acknowledged version is still the bound).
+    for seen, version in (("a", 1), ("x", 5)):
+        h = H()
+        h.put("a", 1, 0, 1)
+        h.put("x", None, 2, None, outcome=UNKNOWN)
+        h.add("delete", 2, None, UNKNOWN)
+        local_read(h, seen, version, 4, 5, lsn=6)
+        assert checker.check_lsn_bound_reads(h.ops) == [], seen
+        h.read(seen, version, 6, 7, consistency="min_lsn", min_lsn=1, own_version=1, own_deleted=False,
+               lsn=6, pod="kv-1")
+        assert checker.check_lsn_bound_reads(h.ops) == [], seen
+    local_read(h, None, None, 8, 9, lsn=6)           # absent: the unknown delete may explain it
+    assert checker.check_lsn_bound_reads(h.ops) == []
+
+
+def test_reads_without_an_answer_are_not_bound() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", 2, 2, 3)
+    h.add("read", 4, 5, FAILED, consistency="local", status=503, error="recovering", lsn=2, pod="kv-0")
+    h.add("read", 4, 5, OK, consistency="min_lsn", min_lsn=2, own_version=2, own_deleted=False, status=412,
+          error="min_lsn_ahead", lsn=2, pod="kv-1", observed="a", version=1)
+    h.add("read", 6, None, UNKNOWN, consistency="local", lsn=2, found=True, observed="a", version=1)
+    assert checker.check_lsn_bound_reads(h.ops) == []
 
 
 # --------------------------------------------------------------- final views
@@ -657,7 +787,16 @@ def test_report_min_lsn() -> None:
          ('stale_min_lsn',
           'chaos/k',
           "read 5 on kv-1: min_lsn 2 (the client's own acknowledged write) is ahead of the primary",
-          [5])])
+          [5]),
+         ('stale_read',
+          'chaos/k',
+          'read 3 (min_lsn, kv-1) answered at X-Kv-Lsn 2 saw version 1, older than put 2 (version 2)',
+          [2, 3]),
+         ('stale_read',
+          'chaos/k',
+          'read 4 (min_lsn, kv-2) answered at X-Kv-Lsn 2 found the key absent after put 2 (version 2), '
+          'and no delete explains it',
+          [2, 4])])
     assert (report.keys_checked, report.search_steps, report.undecided) == (1, 3, [])
 
 
