@@ -287,34 +287,37 @@ def check_lsn_bound_reads(history: list[Op]) -> list[Violation]:
 
     The replica takes its LSN before it reads, and a version is the LSN of the
     write that made it, so an answer at ``L`` reflects every write with a
-    version <= ``L``, whenever that write was acknowledged. With ``w`` the
-    acknowledged write of the key with the highest version <= ``L``: a value
-    must be at least ``w``'s version (a delete at or below ``L`` after it makes
-    it stale too, as ``w`` is then at least that delete), and absence after a
-    put needs a delete newer than ``w`` that started before the read ended.
-    Writes of unknown outcome can only have made the answer newer, so only
-    acknowledged versions bound it; a delete of unknown outcome (its version
-    unknown) may explain absence. A read without ``X-Kv-Lsn`` is not judged.
+    version <= ``L``, whenever that write was acknowledged. The versions known
+    to exist are those of acknowledged writes and those that strong reads and
+    412s saw (kv-0 answers them only once a majority holds that state). With
+    ``v`` the highest of them <= ``L``: a value must be at least ``v`` (a
+    delete at or below ``L`` after the value makes it stale too, as ``v`` is
+    then at least that delete's), and absence when ``v`` held a value needs a
+    delete newer than ``v`` that started before the read ended. Writes of
+    unknown outcome can only have made the answer newer, so they bound
+    nothing; a delete of unknown outcome (its version unknown) may explain
+    absence. A read without ``X-Kv-Lsn`` is not judged.
     An LSN names one write only on one history; a replica left on another
     (diverged) is reported at the end as a divergence anyway.
     """
     out: list[Violation] = []
     for key, ops in sorted(_by_key(history).items()):
-        acked = [(w.version, w) for w in ops if _applied(w) and w.version is not None]
+        known = _order_points(ops)
         for r in ops:
             if r.found is None or r.lsn is None or r.ret is None:  # only a read answered 200 or 404 has found
                 continue
-            below = [(v, w) for v, w in acked if v <= r.lsn]
+            below = [(v, w, write) for w, v, write in known if v <= r.lsn]
             if not below:
                 continue
-            v, w = max(below, key=lambda p: p[0])
+            v, w, write = max(below, key=lambda p: p[0])
             where = f"read {r.id} ({r.consistency}, {r.pod}) answered at X-Kv-Lsn {r.lsn}"
+            what = f"{w.f} {w.id} {'wrote' if write else 'saw'} version {v}"
             if r.found and r.version is not None and r.version < v:
-                out.append(Violation("stale_read", key, f"{where} saw version {r.version}, older than "
-                                     f"{w.f} {w.id} (version {v})", [w.id, r.id]))
+                out.append(Violation("stale_read", key, f"{where} saw version {r.version}, but {what}",
+                                     [w.id, r.id]))
             elif not r.found and w.f != "delete" and not _delete_explains(ops, r.ret, v):
-                out.append(Violation("stale_read", key, f"{where} found the key absent after {w.f} {w.id} "
-                                     f"(version {v}), and no delete explains it", [w.id, r.id]))
+                out.append(Violation("stale_read", key, f"{where} found the key absent, but {what}, and no "
+                                     "delete explains it", [w.id, r.id]))
     return out
 
 

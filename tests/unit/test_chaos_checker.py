@@ -445,8 +445,8 @@ def test_local_read_older_than_an_acknowledged_write_at_or_below_its_lsn_is_repo
     r = local_read(h, "a", 1, 4, 5, lsn=2)           # the replica had applied version 2, yet shows 1
     report = checker.check(h.ops, final("b", 2))
     assert violations(report) == [
-        ("stale_read", "chaos/k", "read 2 (local, kv-2) answered at X-Kv-Lsn 2 saw version 1, older than "
-         "put 1 (version 2)", [1, 2])]
+        ("stale_read", "chaos/k", "read 2 (local, kv-2) answered at X-Kv-Lsn 2 saw version 1, but put 1 "
+         "wrote version 2", [1, 2])]
     for lsn in (1, None):                            # behind version 2, or no header: a lagging secondary
         r.lsn = lsn
         assert checker.check(h.ops, final("b", 2)).verdict == "PASS", lsn
@@ -545,6 +545,33 @@ def test_unknown_writes_never_make_a_fresh_read_stale() -> None:
         assert checker.check_lsn_bound_reads(h.ops) == [], seen
     local_read(h, None, None, 8, 9, lsn=6)           # absent: the unknown delete may explain it
     assert checker.check_lsn_bound_reads(h.ops) == []
+
+
+def test_versions_seen_by_strong_reads_and_412s_bound_reads_too() -> None:
+    # The write of version 3 timed out (unknown outcome), but a strong read saw it: it exists.
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", None, 2, None, outcome=UNKNOWN)
+    h.read("b", 3, 3, 4)
+    r = local_read(h, "a", 1, 5, 6, lsn=3)
+    report = checker.check(h.ops, final("b", 3))
+    assert violations(report) == [
+        ("stale_read", "chaos/k", "read 3 (local, kv-2) answered at X-Kv-Lsn 3 saw version 1, but read 2 "
+         "saw version 3", [2, 3])]
+    r.observed, r.version, r.found, r.status = None, None, False, 404   # absent: no delete explains it
+    assert [v.message for v in checker.check_lsn_bound_reads(h.ops)] == [
+        "read 3 (local, kv-2) answered at X-Kv-Lsn 3 found the key absent, but read 2 saw version 3, and no "
+        "delete explains it"]
+    r.observed, r.version, r.found, r.status = "a", 1, True, 200
+    # A 412's current version is one the key had too.
+    h.ops[2] = Op(id=2, process=0, key="chaos/k", f="cas", pod="kv-0", call=3, ret=4, outcome=FAILED, value="c",
+                  expect_version=1, status=412, current_version=3)
+    assert [v.ops for v in checker.check_lsn_bound_reads(h.ops)] == [[2, 3]]
+    h.ops[2].current_version = None                  # a 412 on an absent key names no version
+    assert checker.check_lsn_bound_reads(h.ops) == []
+    h.ops[2] = Op(id=2, process=0, key="chaos/k", f="read", pod="kv-1", call=3, ret=4, outcome=OK,
+                  consistency="local", found=True, observed="b", version=3, status=200)
+    assert checker.check_lsn_bound_reads(h.ops) == []   # a local read may show what is later lost
 
 
 def test_reads_without_an_answer_are_not_bound() -> None:
@@ -790,11 +817,11 @@ def test_report_min_lsn() -> None:
           [5]),
          ('stale_read',
           'chaos/k',
-          'read 3 (min_lsn, kv-1) answered at X-Kv-Lsn 2 saw version 1, older than put 2 (version 2)',
+          'read 3 (min_lsn, kv-1) answered at X-Kv-Lsn 2 saw version 1, but put 2 wrote version 2',
           [2, 3]),
          ('stale_read',
           'chaos/k',
-          'read 4 (min_lsn, kv-2) answered at X-Kv-Lsn 2 found the key absent after put 2 (version 2), '
+          'read 4 (min_lsn, kv-2) answered at X-Kv-Lsn 2 found the key absent, but put 2 wrote version 2, '
           'and no delete explains it',
           [2, 4])])
     assert (report.keys_checked, report.search_steps, report.undecided) == (1, 3, [])
