@@ -459,6 +459,7 @@ def test_lsn_bound_holds_whenever_the_write_was_acknowledged() -> None:
     h = H()
     h.put("a", 1, 0, 1)
     h.put("b", 2, 2, 10)
+    local_read(h, None, None, 0, 0.5, lsn=0)         # within LSN 0 nothing is known: not judged
     local_read(h, "a", 1, 4, 5, lsn=2)
     assert kinds(checker.check(h.ops, final("b", 2))) == {"stale_read"}
     # A strong read is bound by its header too, where version order and the search see no fault.
