@@ -1240,3 +1240,21 @@ def test_the_primary_is_ordinal_zero_of_whatever_statefulset_ran() -> None:
     assert checker.primary_pod(h.ops, {}) == "store-0"              # from the history alone
     h.ops[0].pod = "my-store-2"
     assert checker.primary_pod(h.ops, {}) == "my-store-0"           # names may hold dashes
+
+
+def test_each_min_lsn_read_and_strong_404_is_judged_after_one_that_needs_no_more() -> None:
+    # A 412 min_lsn read is reported, and the reads after it are still judged.
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("read", 2, 3, OK, consistency="min_lsn", min_lsn=1, own_version=1, own_deleted=False, status=412,
+          error="min_lsn_ahead", pod="kv-1")
+    min_lsn_read(h, "a", 1, 4, 5, own=1, lsn=0)
+    assert [v.ops for v in checker.check_min_lsn_reads(h.ops)] == [[1], [2]]
+    # A strong 404 right after a delete is fine, and a later one after a put is still judged.
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("delete", 2, 3, version=2, status=200)
+    h.read(None, None, 4, 5)
+    h.put("c", 3, 6, 7)
+    h.read(None, None, 8, 9)
+    assert [v.ops for v in checker.check_version_order(h.ops)] == [[3, 4]]
