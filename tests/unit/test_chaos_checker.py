@@ -1258,3 +1258,12 @@ def test_each_min_lsn_read_and_strong_404_is_judged_after_one_that_needs_no_more
     h.put("c", 3, 6, 7)
     h.read(None, None, 8, 9)
     assert [v.ops for v in checker.check_version_order(h.ops)] == [[3, 4]]
+
+
+def test_a_conflict_seen_again_is_reported_once() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.read("zzz", 1, 2, 3, consistency="local")
+    h.read("zzz", 1, 4, 5, consistency="local")
+    assert [v.message for v in checker.check(h.ops, final("a", 1)).violations if v.kind == "version_conflict"] == [
+        "version 1 seen with values 'a' and 'zzz'"]
