@@ -287,18 +287,20 @@ def check_lsn_bound_reads(history: list[Op]) -> list[Violation]:
 
     The replica takes its LSN before it reads, and a version is the LSN of the
     write that made it, so an answer at ``L`` reflects every write with a
-    version <= ``L``, whenever that write was acknowledged. The versions known
-    to exist are those of acknowledged writes and those that strong reads and
-    412s saw (kv-0 answers them only once a majority holds that state). With
-    ``v`` the highest of them <= ``L``: a value must be at least ``v`` (a
-    delete at or below ``L`` after the value makes it stale too, as ``v`` is
-    then at least that delete's), and absence when ``v`` held a value needs a
-    delete newer than ``v`` that started before the read ended. Writes of
-    unknown outcome can only have made the answer newer, so they bound
-    nothing; a delete of unknown outcome (its version unknown) may explain
-    absence. A read without ``X-Kv-Lsn`` is not judged.
-    An LSN names one write only on one history; a replica left on another
-    (diverged) is reported at the end as a divergence anyway.
+    version <= ``L`` on the replica's line of LSNs. A version names the same
+    write there when a majority held it before the read started: an
+    acknowledged write, or what a strong read or a 412 saw (kv-0 answers them
+    only once a majority holds that state), that ended before the read
+    started. (A newer one may not: kv-0 that loses its volume hands the LSNs
+    of writes only it held, which a local read there may have shown, to new
+    writes.) With ``v`` the highest such version <= ``L``: a value must be at
+    least ``v`` (a delete at or below ``L`` after the value makes it stale
+    too, as ``v`` is then at least that delete's), and absence when ``v``
+    held a value needs a delete newer than ``v`` that started before the read
+    ended. Writes of unknown outcome can only have made the answer newer, so
+    they bound nothing; a delete of unknown outcome (its version unknown) may
+    explain absence. A read without ``X-Kv-Lsn`` is not judged; a replica
+    left on another history (diverged) is reported at the end anyway.
     """
     out: list[Violation] = []
     for key, ops in sorted(_by_key(history).items()):
@@ -306,7 +308,8 @@ def check_lsn_bound_reads(history: list[Op]) -> list[Violation]:
         for r in ops:
             if r.found is None or r.lsn is None or r.ret is None:  # only a read answered 200 or 404 has found
                 continue
-            below = [(v, w, write) for w, v, write in known if v <= r.lsn]
+            below = [(v, w, write) for w, v, write in known
+                     if v <= r.lsn and w.ret is not None and w.ret < r.call]
             if not below:
                 continue
             v, w, write = max(below, key=lambda p: p[0])
