@@ -19,8 +19,9 @@ Checks (each violation names its kind, key and the operations involved):
    it (``min_lsn_ahead``: the primary lacks the client's write).
 6. ``stale_read``: a read of any consistency misses a write that its
    ``X-Kv-Lsn`` (a lower bound: the replica's LSN before it read) says it
-   reflects: older than an acknowledged write at a version <= that LSN, or
-   absent after one with no delete to explain it.
+   reflects: older than a version <= that LSN that a majority held before
+   the read started (an acknowledged write's, or one a strong read or a 412
+   saw), or absent after one with no delete to explain it.
 7. ``missing_final_view``: a pod the clients used, or kv-0, has no final
    view (the lost-write and convergence checks would have nothing to read).
 8. Also: ``phantom_value`` (a value no write wrote), ``failed_write_visible``
