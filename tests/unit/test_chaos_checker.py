@@ -1276,7 +1276,7 @@ def test_each_min_lsn_read_and_strong_404_is_judged_after_one_that_needs_no_more
 def test_a_conflict_seen_again_is_reported_once() -> None:
     h = H()
     h.put("a", 1, 0, 1)
-    h.read("zzz", 1, 2, 3, consistency="local")
-    h.read("zzz", 1, 4, 5, consistency="local")
+    h.read("zzz", 1, 2, 3, consistency="local", pod="kv-1")
+    h.read("zzz", 1, 4, 5, consistency="local", pod="kv-2")
     assert [v.message for v in checker.check(h.ops, final("a", 1)).violations if v.kind == "version_conflict"] == [
         "version 1 seen with values 'a' and 'zzz'"]
