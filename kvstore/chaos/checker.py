@@ -17,9 +17,14 @@ Checks (each violation names its kind, key and the operations involved):
    (taken from the history as well as from what the workload recorded), or
    absent with no newer delete that started before the read ended to explain
    it (``min_lsn_ahead``: the primary lacks the client's write).
-6. ``missing_final_view``: a pod the clients used, or kv-0, has no final
+6. ``stale_read``: a read of any consistency misses a write that its
+   ``X-Kv-Lsn`` (a lower bound: the replica's LSN before it read) says it
+   reflects: older than a version <= that LSN that a majority held before
+   the read started (an acknowledged write's, or one a strong read or a 412
+   saw), or absent after one with no delete to explain it.
+7. ``missing_final_view``: a pod the clients used, or kv-0, has no final
    view (the lost-write and convergence checks would have nothing to read).
-7. Also: ``phantom_value`` (a value no write wrote), ``failed_write_visible``
+8. Also: ``phantom_value`` (a value no write wrote), ``failed_write_visible``
    (a write answered as not applied was seen), ``version_conflict`` (one value,
    two versions: replicas disagree) and ``server_error`` (a 500).
 """
@@ -38,7 +43,7 @@ from kvstore.chaos.nemesis import FAULTS
 
 # Every kind of violation, in the order the summary lists them.
 KINDS = ("lost_write", "divergence", "missing_final_view", "non_linearizable", "version_order",
-         "stale_min_lsn", "phantom_value", "failed_write_visible", "version_conflict",
+         "stale_min_lsn", "stale_read", "phantom_value", "failed_write_visible", "version_conflict",
          "server_error")
 
 
@@ -230,6 +235,17 @@ def check_convergence(views: dict[str, ReplicaView]) -> list[Violation]:
     return out
 
 
+def _delete_explains(ops: list[Op], ended: float, version: int) -> bool:
+    """Could a delete have made a key absent for a read that ended at ``ended``, after ``version``?
+
+    Only a delete not known to have failed, that started before the read
+    ended (touching intervals count as concurrent, as in the search) and,
+    when its version is known, is newer than ``version``.
+    """
+    return any(d.f == "delete" and d.outcome != FAILED and d.call <= ended
+               and (d.version is None or d.version > version) for d in ops)
+
+
 def _own_write(op: Op, ops: list[Op]) -> tuple[int | None, bool]:
     """The client's own last acknowledged write on the key before ``op`` started: (version, was a delete).
 
@@ -245,12 +261,12 @@ def _own_write(op: Op, ops: list[Op]) -> tuple[int | None, bool]:
 
 
 def check_min_lsn_reads(history: list[Op]) -> list[Violation]:
-    """``min_lsn`` reads against ``X-Kv-Lsn`` and the client's own acknowledged writes.
+    """``min_lsn`` reads against ``min_lsn`` and the client's own acknowledged writes.
 
-    ``X-Kv-Lsn`` is read after the value and may lag what LevelDB already
-    shows by a commit, so it bounds nothing about the value itself; it must
-    only reach ``min_lsn``. The value must be at least the client's own
-    write; absence needs a newer delete that started before the read ended.
+    ``X-Kv-Lsn`` must reach ``min_lsn`` (what it says about the value is
+    :func:`check_lsn_bound_reads`'s). The value must be at least the client's
+    own write, which may be newer than ``min_lsn``; absence needs a newer
+    delete that started before the read ended.
     """
     out: list[Violation] = []
     keys = _by_key(history)
@@ -271,17 +287,53 @@ def check_min_lsn_reads(history: list[Op]) -> list[Violation]:
             if op.version is not None and op.version < own:
                 out.append(Violation("stale_min_lsn", op.key, f"read {op.id} on {op.pod} saw version "
                                      f"{op.version}, older than the client's own write (version {own})", [op.id]))
-        elif not own_deleted:
-            # Only a delete that started before this read ended (touching intervals count as
-            # concurrent, as in the search) and, when its version is known, is newer than the
-            # client's write, explains absence.
-            deletes = [d for d in keys[op.key] if d.f == "delete" and d.outcome != FAILED
-                       and op.ret is not None and d.call <= op.ret
-                       and (d.version is None or d.version > own)]
-            if not deletes:
+        elif not own_deleted and op.ret is not None:
+            if not _delete_explains(keys[op.key], op.ret, own):
                 out.append(Violation("stale_min_lsn", op.key, f"read {op.id} on {op.pod} found the key absent "
                                      f"after the client's own write (version {own}) and no delete explains it",
                                      [op.id]))
+    return out
+
+
+def check_lsn_bound_reads(history: list[Op]) -> list[Violation]:
+    """Reads against the ``X-Kv-Lsn`` they were answered with, a lower bound on what they reflect.
+
+    The replica takes its LSN before it reads, and a version is the LSN of the
+    write that made it, so an answer at ``L`` reflects every write with a
+    version <= ``L`` on the replica's line of LSNs. A version names the same
+    write there when a majority held it before the read started: an
+    acknowledged write, or what a strong read or a 412 saw (kv-0 answers them
+    only once a majority holds that state), that ended before the read
+    started. (A newer one may not: kv-0 that loses its volume hands the LSNs
+    of writes only it held, which a local read there may have shown, to new
+    writes.) With ``v`` the highest such version <= ``L``: a value must be at
+    least ``v`` (a delete at or below ``L`` after the value makes it stale
+    too, as ``v`` is then at least that delete's), and absence when ``v``
+    held a value needs a delete newer than ``v`` that started before the read
+    ended. Writes of unknown outcome can only have made the answer newer, so
+    they bound nothing; a delete of unknown outcome (its version unknown) may
+    explain absence. A read without ``X-Kv-Lsn`` is not judged; a replica
+    left on another history (diverged) is reported at the end anyway.
+    """
+    out: list[Violation] = []
+    for key, ops in sorted(_by_key(history).items()):
+        known = _order_points(ops)
+        for r in ops:
+            if r.found is None or r.lsn is None or r.ret is None:  # only a read answered 200 or 404 has found
+                continue
+            below = [(v, w, write) for w, v, write in known
+                     if v <= r.lsn and w.ret is not None and w.ret < r.call]
+            if not below:
+                continue
+            v, w, write = max(below, key=lambda p: p[0])
+            where = f"read {r.id} ({r.consistency}, {r.pod}) answered at X-Kv-Lsn {r.lsn}"
+            what = f"{w.f} {w.id} {'wrote' if write else 'saw'} version {v}"
+            if r.found and r.version is not None and r.version < v:
+                out.append(Violation("stale_read", key, f"{where} saw version {r.version}, but {what}",
+                                     [w.id, r.id]))
+            elif not r.found and w.f != "delete" and not _delete_explains(ops, r.ret, v):
+                out.append(Violation("stale_read", key, f"{where} found the key absent, but {what}, and no "
+                                     "delete explains it", [w.id, r.id]))
     return out
 
 
@@ -331,9 +383,7 @@ def check_version_order(history: list[Op]) -> list[Violation]:
             a, va = max(before, key=lambda p: p[1])
             if a.f == "delete":
                 continue
-            deletes = [d for d in ops if d.f == "delete" and d.outcome != FAILED and d.call <= r.ret
-                       and (d.version is None or d.version > va)]
-            if not deletes:
+            if not _delete_explains(ops, r.ret, va):
                 out.append(Violation("version_order", key, f"strong read {r.id} found the key absent after "
                                      f"{a.f} {a.id} (version {va}) was acknowledged, and no delete explains it",
                                      [a.id, r.id]))
@@ -435,6 +485,7 @@ def check(history: list[Op], views: dict[str, ReplicaView], final_pod: str | Non
         *(check_lost_writes(history, final) if final is not None else []),
         *check_convergence(views),
         *check_min_lsn_reads(history),
+        *check_lsn_bound_reads(history),
         *check_version_order(history),
         *check_linearizable(history, final, versions, max_steps, report),
     ]

@@ -157,11 +157,11 @@ def test_stale_min_lsn_read_is_reported() -> None:
     h = H()
     h.put("a", 1, 0, 1, process=1)
     h.put("b", 2, 2, 3, process=1)
-    # Process 1 asks for its own write (version 2) and gets version 1.
+    # Process 1 asks for its own write (version 2) and gets version 1, at X-Kv-Lsn 2 as well.
     h.read("a", 1, 4, 5, consistency="min_lsn", min_lsn=2, own_version=2, own_deleted=False, lsn=2,
            process=1, pod="kv-1")
     report = checker.check(h.ops, final("b", 2))
-    assert kinds(report) == {"stale_min_lsn"}
+    assert kinds(report) == {"stale_min_lsn", "stale_read"}
 
 
 def test_min_lsn_read_of_absent_key_after_own_put_is_reported() -> None:
@@ -401,7 +401,8 @@ def test_min_lsn_own_write_is_taken_from_the_history_too() -> None:
     h = H()
     h.put("a", 1, 0, 1)
     h.put("b", 2, 2, 3)
-    h.read("a", 1, 4, 5, consistency="min_lsn", min_lsn=1, own_version=1, own_deleted=False, lsn=2)
+    # Answered at X-Kv-Lsn 1, which says nothing of version 2: only the own write does.
+    h.read("a", 1, 4, 5, consistency="min_lsn", min_lsn=1, own_version=1, own_deleted=False, lsn=1)
     assert kinds(checker.check(h.ops, final("b", 2))) == {"stale_min_lsn"}
     # Another client's write does not count as this client's own.
     h.ops[1].process = 9
@@ -426,6 +427,176 @@ def test_local_and_strong_reads_are_not_judged_as_min_lsn_reads() -> None:
     h.put("a", 1, 0, 1)
     h.read(None, None, 2, 3, consistency="local", min_lsn=1, own_version=1, own_deleted=False, lsn=0, pod="kv-2")
     assert checker.check(h.ops, final("a", 1)).verdict == "PASS"
+
+
+# ------------------------------------------------------------ reads against X-Kv-Lsn
+# X-Kv-Lsn is the answering replica's LSN before it read: the answer reflects every
+# write whose version (its LSN) is at most that.
+def local_read(h: H, observed: str | None, version: int | None, call: float, ret: float, lsn: int | None,
+               **kw: object) -> Op:
+    kw.setdefault("pod", "kv-2")
+    return h.read(observed, version, call, ret, consistency="local", lsn=lsn, **kw)
+
+
+def test_local_read_older_than_an_acknowledged_write_at_or_below_its_lsn_is_reported() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", 2, 2, 3)
+    r = local_read(h, "a", 1, 4, 5, lsn=2)           # the replica had applied version 2, yet shows 1
+    report = checker.check(h.ops, final("b", 2))
+    assert violations(report) == [
+        ("stale_read", "chaos/k", "read 2 (local, kv-2) answered at X-Kv-Lsn 2 saw version 1, but put 1 "
+         "wrote version 2", [1, 2])]
+    for lsn in (1, None):                            # behind version 2, or no header: a lagging secondary
+        r.lsn = lsn
+        assert checker.check(h.ops, final("b", 2)).verdict == "PASS", lsn
+    r.lsn, r.version = 2, None                       # a value without a version tells nothing
+    assert checker.check_lsn_bound_reads(h.ops) == []
+
+
+def test_lsn_bound_counts_only_what_ended_before_the_read_started() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    b = h.put("b", 2, 2, 10)
+    local_read(h, None, None, 0, 0.5, lsn=0)         # within LSN 0 nothing is known: not judged
+    local_read(h, "a", 1, 4, 5, lsn=2)
+    # b was acknowledged after the read started: version 2 there may be another write.
+    assert checker.check(h.ops, final("b", 2)).verdict == "PASS"
+    b.ret = 4                                        # touching: still not before
+    assert checker.check(h.ops, final("b", 2)).verdict == "PASS"
+    b.ret = 3.9
+    assert kinds(checker.check(h.ops, final("b", 2))) == {"stale_read"}
+
+
+def test_a_version_kv0_lost_and_gave_to_a_later_write_binds_no_earlier_read() -> None:
+    # kv-0 answered a local read at LSN 7, holding versions 6 and 7 (other keys' writes)
+    # alone; it lost its volume, and a later put of this key got version 6 from the
+    # recovered history. The read was right on the history it was on.
+    h = H()
+    h.put("a", 5, 0, 1)
+    local_read(h, "a", 5, 2, 3, lsn=7, pod="kv-0")
+    h.put("later", 6, 4, 5)
+    local_read(h, "later", 6, 6, 7, lsn=7, pod="kv-0")
+    assert checker.check(h.ops, final("later", 6, lsn=7)).verdict == "PASS"
+    h.ops[-1].observed, h.ops[-1].version = "a", 5     # after it, version 6 binds reads at LSN 7
+    assert [v.ops for v in checker.check_lsn_bound_reads(h.ops)] == [[2, 3]]
+
+
+def test_lsn_bound_uses_the_newest_acknowledged_version_within_it() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", 2, 2, 3)
+    h.put("c", 4, 4, 5)
+    h.put("o", 3, 4, 5, key="chaos/other")           # another key's write says nothing of this one
+    r = local_read(h, "b", 2, 6, 7, lsn=3)
+    assert checker.check_lsn_bound_reads(h.ops) == []    # c (version 4) is past the read's LSN
+    r.lsn = 4                                        # the bound is inclusive: c is now reflected
+    assert [v.ops for v in checker.check_lsn_bound_reads(h.ops)] == [[2, 4]]
+    r.observed, r.version = "a", 1                   # older than b as well: named by the newest, c
+    assert [v.ops for v in checker.check_lsn_bound_reads(h.ops)] == [[2, 4]]
+    r.lsn = 3
+    assert [v.ops for v in checker.check_lsn_bound_reads(h.ops)] == [[1, 4]]
+    r.observed, r.version, r.lsn = "c", 4, 3         # newer than its LSN: the bound is a lower one
+    assert checker.check_lsn_bound_reads(h.ops) == []
+
+
+def test_value_after_an_acknowledged_delete_within_the_lsn_is_stale() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("delete", 2, 3, version=2, status=200)
+    r = local_read(h, "a", 1, 4, 5, lsn=2)
+    assert [v.kind for v in checker.check_lsn_bound_reads(h.ops)] == ["stale_read"]
+    r.lsn = 1                                        # the delete is past the LSN: a may still show
+    assert checker.check_lsn_bound_reads(h.ops) == []
+    r.observed, r.version, r.found, r.status, r.lsn = None, None, False, 404, 2   # absent: right
+    assert checker.check(h.ops, final(None, 0, lsn=2)).verdict == "PASS"
+
+
+def test_absent_after_an_acknowledged_put_within_the_lsn_needs_a_newer_delete() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("delete", 0, 0.5, version=1, status=200, process=2, key="chaos/other")
+    local_read(h, None, None, 2, 3, lsn=1)
+    assert [v.kind for v in checker.check_lsn_bound_reads(h.ops)] == ["stale_read"]
+    # A delete that started after the read ended cannot be what it saw.
+    d = h.add("delete", 4, 5, version=2, status=200, process=1)
+    assert [v.kind for v in checker.check_lsn_bound_reads(h.ops)] == ["stale_read"]
+    d.call = 3                                       # touching: concurrent, it may be
+    assert checker.check_lsn_bound_reads(h.ops) == []
+    d.outcome, d.version, d.ret, d.status = UNKNOWN, None, None, None   # unknown outcome: may be too
+    assert checker.check_lsn_bound_reads(h.ops) == []
+    d.outcome, d.status, d.ret = FAILED, 503, 3.5    # known not applied: no excuse
+    assert [v.kind for v in checker.check_lsn_bound_reads(h.ops)] == ["stale_read"]
+    d.outcome, d.status, d.version, d.ret = OK, 200, 1, 3.5   # older than the put: no excuse
+    assert [v.kind for v in checker.check_lsn_bound_reads(h.ops)] == ["stale_read"]
+
+
+def test_absent_at_an_lsn_that_covers_a_put_after_a_delete_is_stale() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("delete", 2, 3, version=2, status=200)
+    h.put("c", 3, 4, 5)
+    r = local_read(h, None, None, 6, 7, lsn=3)
+    assert [v.ops for v in checker.check_lsn_bound_reads(h.ops)] == [[2, 3]]
+    r.lsn = 2                                        # before c: the delete is the newest it reflects
+    assert checker.check_lsn_bound_reads(h.ops) == []
+    r.observed, r.version, r.found, r.status = "c", 3, True, 200   # c already: newer than the bound
+    assert checker.check(h.ops, final("c", 3)).verdict == "PASS"
+
+
+def test_unknown_writes_never_make_a_fresh_read_stale() -> None:
+    # Writes whose outcome is unknown have no known version: they bound nothing, and a read
+    # may show them (newer) or not (the acknowledged version is still the bound).
+    for seen, version in (("a", 1), ("x", 5)):
+        h = H()
+        h.put("a", 1, 0, 1)
+        h.put("x", None, 2, None, outcome=UNKNOWN)
+        h.add("delete", 2, None, UNKNOWN)
+        local_read(h, seen, version, 4, 5, lsn=6)
+        assert checker.check_lsn_bound_reads(h.ops) == [], seen
+        h.read(seen, version, 6, 7, consistency="min_lsn", min_lsn=1, own_version=1, own_deleted=False,
+               lsn=6, pod="kv-1")
+        assert checker.check_lsn_bound_reads(h.ops) == [], seen
+    local_read(h, None, None, 8, 9, lsn=6)           # absent: the unknown delete may explain it
+    assert checker.check_lsn_bound_reads(h.ops) == []
+
+
+def test_versions_seen_by_strong_reads_and_412s_bound_reads_too() -> None:
+    # The write of version 3 timed out (unknown outcome), but a strong read saw it: it exists.
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", None, 2, None, outcome=UNKNOWN)
+    h.read("b", 3, 3, 4)
+    r = local_read(h, "a", 1, 5, 6, lsn=3)
+    report = checker.check(h.ops, final("b", 3))
+    assert violations(report) == [
+        ("stale_read", "chaos/k", "read 3 (local, kv-2) answered at X-Kv-Lsn 3 saw version 1, but read 2 "
+         "saw version 3", [2, 3])]
+    r.observed, r.version, r.found, r.status = None, None, False, 404   # absent: no delete explains it
+    assert [v.message for v in checker.check_lsn_bound_reads(h.ops)] == [
+        "read 3 (local, kv-2) answered at X-Kv-Lsn 3 found the key absent, but read 2 saw version 3, and no "
+        "delete explains it"]
+    r.observed, r.version, r.found, r.status = "a", 1, True, 200
+    # A 412's current version is one the key had too.
+    h.ops[2] = Op(id=2, process=0, key="chaos/k", f="cas", pod="kv-0", call=3, ret=4, outcome=FAILED, value="c",
+                  expect_version=1, status=412, current_version=3)
+    assert [v.ops for v in checker.check_lsn_bound_reads(h.ops)] == [[2, 3]]
+    h.ops[2].current_version = None                  # a 412 on an absent key names no version
+    assert checker.check_lsn_bound_reads(h.ops) == []
+    h.ops[2] = Op(id=2, process=0, key="chaos/k", f="read", pod="kv-1", call=3, ret=4, outcome=OK,
+                  consistency="local", found=True, observed="b", version=3, status=200)
+    assert checker.check_lsn_bound_reads(h.ops) == []   # a local read may show what is later lost
+
+
+def test_reads_without_an_answer_are_not_bound() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", 2, 2, 3)
+    h.add("read", 4, 5, FAILED, consistency="local", status=503, error="recovering", lsn=2, pod="kv-0")
+    h.add("read", 4, 5, OK, consistency="min_lsn", min_lsn=2, own_version=2, own_deleted=False, status=412,
+          error="min_lsn_ahead", lsn=2, pod="kv-1", observed="a", version=1)
+    h.add("read", 6, None, UNKNOWN, consistency="local", lsn=2, found=True, observed="a", version=1)
+    assert checker.check_lsn_bound_reads(h.ops) == []
 
 
 # --------------------------------------------------------------- final views
@@ -657,7 +828,16 @@ def test_report_min_lsn() -> None:
          ('stale_min_lsn',
           'chaos/k',
           "read 5 on kv-1: min_lsn 2 (the client's own acknowledged write) is ahead of the primary",
-          [5])])
+          [5]),
+         ('stale_read',
+          'chaos/k',
+          'read 3 (min_lsn, kv-1) answered at X-Kv-Lsn 2 saw version 1, but put 2 wrote version 2',
+          [2, 3]),
+         ('stale_read',
+          'chaos/k',
+          'read 4 (min_lsn, kv-2) answered at X-Kv-Lsn 2 found the key absent, but put 2 wrote version 2, '
+          'and no delete explains it',
+          [2, 4])])
     assert (report.keys_checked, report.search_steps, report.undecided) == (1, 3, [])
 
 
@@ -1091,3 +1271,30 @@ def test_a_value_only_kv0_showed_locally_may_give_its_version_to_another_write()
         h.read("unconfirmed", 7, 2, 3, consistency=consistency, pod=pod)
         h.put("later", 7, 4, 5)
         assert [v.kind for v in checker.build_versions(h.ops)[1]] == ["version_conflict"], (pod, consistency)
+
+
+def test_each_min_lsn_read_and_strong_404_is_judged_after_one_that_needs_no_more() -> None:
+    # A 412 min_lsn read is reported, and the reads after it are still judged.
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("read", 2, 3, OK, consistency="min_lsn", min_lsn=1, own_version=1, own_deleted=False, status=412,
+          error="min_lsn_ahead", pod="kv-1")
+    min_lsn_read(h, "a", 1, 4, 5, own=1, lsn=0)
+    assert [v.ops for v in checker.check_min_lsn_reads(h.ops)] == [[1], [2]]
+    # A strong 404 right after a delete is fine, and a later one after a put is still judged.
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("delete", 2, 3, version=2, status=200)
+    h.read(None, None, 4, 5)
+    h.put("c", 3, 6, 7)
+    h.read(None, None, 8, 9)
+    assert [v.ops for v in checker.check_version_order(h.ops)] == [[3, 4]]
+
+
+def test_a_conflict_seen_again_is_reported_once() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.read("zzz", 1, 2, 3, consistency="local", pod="kv-1")
+    h.read("zzz", 1, 4, 5, consistency="local", pod="kv-2")
+    assert [v.message for v in checker.check(h.ops, final("a", 1)).violations if v.kind == "version_conflict"] == [
+        "version 1 seen with values 'a' and 'zzz'"]
