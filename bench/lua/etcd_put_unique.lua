@@ -2,20 +2,14 @@
 -- (POST <gateway>/kv/put); each wrk thread has its own key space.
 -- Env: ETCD_GATEWAY (/v3), ETCD_KEY_PREFIX, KV_BENCH_VALUE_BYTES.
 package.path = debug.getinfo(1, "S").source:match("@?(.*/)") .. "?.lua;" .. package.path
+require("thread_ids")  -- setup(): the global tid
 require("etcd_common")
 
 local gateway = os.getenv("ETCD_GATEWAY") or "/v3"
 local key_prefix = os.getenv("ETCD_KEY_PREFIX") or "bench/"
 local value64 = base64(string.rep("v", tonumber(os.getenv("KV_BENCH_VALUE_BYTES") or "100")))
 local headers = { ["Content-Type"] = "application/json" }
-local threads = {}
 local counter = 0
-tid = 0
-
-function setup(thread)
-  thread:set("tid", #threads + 1)
-  table.insert(threads, thread)
-end
 
 function request()
   counter = counter + 1

@@ -9,6 +9,7 @@
 -- Env: KV_BENCH_PATH_PREFIX, KV_BENCH_QUERY, KV_LOAD_KEYS, KV_LOAD_START,
 --      KV_LOAD_THREADS, KV_LOAD_CONNS_PER_THREAD.
 package.path = debug.getinfo(1, "S").source:match("@?(.*/)") .. "?.lua;" .. package.path
+require("thread_ids")  -- setup(): the global tid
 require("summary")  -- done(): the WRK_JSON line bench/wrk.py reads
 local body = string.rep("v", tonumber(os.getenv("KV_BENCH_VALUE_BYTES") or "100"))
 local path_prefix = os.getenv("KV_BENCH_PATH_PREFIX") or "/v1/kv/load/"
@@ -16,17 +17,10 @@ local query = os.getenv("KV_BENCH_QUERY") or ""
 local total = tonumber(os.getenv("KV_LOAD_KEYS") or "1000")
 local start = tonumber(os.getenv("KV_LOAD_START") or "0")
 local nthreads = tonumber(os.getenv("KV_LOAD_THREADS") or "1")
-local threads = {}
 local sent = 0
 local health = 0
 local conns = tonumber(os.getenv("KV_LOAD_CONNS_PER_THREAD") or "1")
 local share = 0
-tid = 0
-
-function setup(thread)
-  thread:set("tid", #threads + 1)
-  table.insert(threads, thread)
-end
 
 function init(args)
   -- keys tid-1, tid-1+T, tid-1+2T, ... below total
