@@ -124,13 +124,16 @@ class Replica:
             raise WriteConcernTimeout(lsn, confirmed, required)
         return lsn
 
+    def _majority(self) -> int:
+        assert self.replication is not None
+        return required_acks("majority", self.replication.configured_replicas())
+
     def committed(self, lsn: int) -> bool:
         """Whether a majority holds ``lsn`` already (the usual case; no await)."""
-        r = self.replication
-        if r is None:
+        if self.replication is None:
             return True
-        required = required_acks("majority", r.configured_replicas())
-        return required <= 1 or r.acks.confirmed(lsn) >= required - 1
+        required = self._majority()
+        return required <= 1 or self.replication.acks.confirmed(lsn) >= required - 1
 
     async def confirm_committed(self, lsn: int) -> None:
         """Return once a majority holds ``lsn`` (what a strong read or a refusal is based on).
@@ -142,7 +145,7 @@ class Replica:
         """
         if self.replication is None or self.committed(lsn):
             return
-        required = required_acks("majority", self.replication.configured_replicas())
+        required = self._majority()
         confirmed = await self.replication.wait_for_concern(lsn, required)
         if confirmed < required:
             raise NotConfirmed(f"only {confirmed} of the {required} replicas a majority needs confirmed lsn "
