@@ -190,16 +190,39 @@ def common_point(mine: Lineage, my_lsn: int, theirs: Lineage, their_lsn: int) ->
     return common
 
 
-def diverging_epoch(mine: Lineage, my_lsn: int, theirs: Lineage, their_lsn: int) -> Epoch | None:
-    """The epoch of ``theirs`` that replaced entries ``mine`` holds past the common point.
+# How a replica's log stands against another's (see :func:`compare`).
+PREFIX = "prefix"  # ours is a prefix of theirs: follow, or copy, freely
+BEHIND = "behind"  # they hold less on our own line: wait for them
+DROPPABLE = "droppable"  # our extra entries were replaced by a verified epoch: never majority-acknowledged
+DIVERGED = "diverged"  # nothing proves our extra entries were never acknowledged: keep them
 
-    None when ``mine`` holds nothing past the common point, or when ``theirs``
-    has no epoch covering the next LSN (they are simply behind on our line).
+
+@dataclass(frozen=True)
+class Comparison:
+    """Where two logs part, and what that allows the first one to do."""
+
+    common: int
+    relation: str
+    replacing: Epoch | None  # their epoch that replaced our entries past ``common``
+
+
+def compare(mine: Lineage, my_lsn: int, theirs: Lineage, their_lsn: int) -> Comparison:
+    """Our log (``mine`` up to ``my_lsn``) against theirs: the one rule for following and copying.
+
+    Entries past the common point may be dropped only when a *verified*
+    epoch replaced them, and never when nothing at all is in common (an
+    unrelated history, such as a volume from another cluster).
     """
     common = common_point(mine, my_lsn, theirs, their_lsn)
     if common >= my_lsn:
-        return None
+        return Comparison(common, PREFIX, None)
     ours, replacing = mine.at(common + 1), theirs.at(common + 1)
     if replacing is None or (ours is not None and ours.same(replacing)):
-        return None  # same epoch, they are behind: not a fork
-    return replacing
+        return Comparison(common, BEHIND, None)  # same epoch: they are behind, not forked
+    relation = DROPPABLE if replacing.verified and common > 0 else DIVERGED
+    return Comparison(common, relation, replacing)
+
+
+def diverging_epoch(mine: Lineage, my_lsn: int, theirs: Lineage, their_lsn: int) -> Epoch | None:
+    """The epoch of ``theirs`` that replaced entries ``mine`` holds past the common point (None: none did)."""
+    return compare(mine, my_lsn, theirs, their_lsn).replacing

@@ -30,7 +30,7 @@ from kvstore import events
 from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
-from kvstore.lineage import Lineage, common_point, diverging_epoch
+from kvstore.lineage import BEHIND, DROPPABLE, PREFIX, Lineage, compare
 from kvstore.metrics import Metrics
 from kvstore.replication import protocol
 from kvstore.replication.acks import AckTable
@@ -198,22 +198,21 @@ class Follower:
             raise Stalled("upstream_recovering", f"{upstream.name} is recovering; waiting for it")
         store = self.store
         mine, my_lsn = store.lineage, store.lsn
-        common = common_point(mine, my_lsn, position.lineage, position.lsn)
-        if common < my_lsn:
-            replacing = diverging_epoch(mine, my_lsn, position.lineage, position.lsn)
-            if replacing is None:
-                raise Stalled("upstream_behind",
-                              f"{upstream.name} has lsn {position.lsn} on this replica's line, this replica "
-                              f"{my_lsn}; not following it until it has caught up")
-            # Common point 0: an unrelated history (a volume from elsewhere). Never
-            # dropped on our own, whatever the upstream proved about its own line.
-            if not replacing.verified or common == 0:
-                raise Diverged(self._divergence(upstream, position, common))
+        against = compare(mine, my_lsn, position.lineage, position.lsn)
+        if against.relation == BEHIND:
+            raise Stalled("upstream_behind",
+                          f"{upstream.name} has lsn {position.lsn} on this replica's line, this replica "
+                          f"{my_lsn}; not following it until it has caught up")
+        if against.relation == DROPPABLE:
+            assert against.replacing is not None
+            common, replacing = against.common, against.replacing
             log.warning("entries %d..%d here were replaced by epoch %d of %s, whose primary proved it held "
                         "every write a majority acknowledged: they never were; copying %s", common + 1,
                         my_lsn, replacing.number, upstream.name, upstream.name)
             await self.install_snapshot_from(upstream, "entries past the fork point", allowed_fork=True)
             return
+        if against.relation != PREFIX:
+            raise Diverged(self._divergence(upstream, position, against.common))
         if my_lsn + 1 < position.log_start and my_lsn < position.lsn:
             await self.install_snapshot_from(upstream, "position older than its retained log")
             return
@@ -331,13 +330,10 @@ class Follower:
 
     def _check_snapshot(self, upstream: Peer, lsn: int, lineage: Lineage, allowed_fork: bool) -> None:
         mine, my_lsn = self.store.lineage, self.store.lsn
-        common = common_point(mine, my_lsn, lineage, lsn)
-        if common >= my_lsn:
-            return  # it holds everything we have
-        replacing = diverging_epoch(mine, my_lsn, lineage, lsn)
-        if allowed_fork and replacing is not None and replacing.verified and common > 0:
-            return
-        if replacing is None:
+        relation = compare(mine, my_lsn, lineage, lsn).relation
+        if relation == PREFIX or (allowed_fork and relation == DROPPABLE):
+            return  # it holds everything we have, or what it lacks was never acknowledged
+        if relation == BEHIND:
             raise Stalled("snapshot_behind", f"refusing a snapshot from {upstream.name} at lsn {lsn}: this "
                           f"replica holds more ({my_lsn}) on the same line")
         raise Diverged(f"a snapshot from {upstream.name} (history {lineage.history}, lsn {lsn}) would drop "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kvstore.lineage import Epoch, Lineage, LineageError, common_point, diverging_epoch
+from kvstore.lineage import (
+    BEHIND, DIVERGED, DROPPABLE, PREFIX, Epoch, Lineage, LineageError, common_point, compare, diverging_epoch,
+)
 
 H1, H2 = "1" * 32, "2" * 32
 
@@ -100,3 +102,13 @@ def test_undecodable_bytes_are_refused() -> None:
         Lineage.loads(b"\xff\xfe")
     with pytest.raises(LineageError):
         Lineage.loads(b"{not json")
+
+
+def test_compare_says_what_a_follower_may_do() -> None:
+    verified, unverified = BASE.begin(3, 71, H2, True), BASE.begin(3, 71, H2, False)
+    assert compare(BASE, 60, verified, 100).relation == PREFIX
+    assert compare(BASE, 90, BASE, 60).relation == BEHIND
+    assert compare(BASE, 90, verified, 100).relation == DROPPABLE   # 71..90 never majority-acknowledged
+    assert compare(BASE, 90, unverified, 100).relation == DIVERGED  # nothing proves that
+    # An unrelated history is never dropped, however verified its own start was.
+    assert compare(BASE, 90, epochs((1, 1, H2, "z", True)), 200).relation == DIVERGED
