@@ -60,12 +60,15 @@ REFUSALS = (LOG_MISMATCH, FOLLOWER_AHEAD, LOG_TRUNCATED, RECOVERING)
 
 
 class Refused(Exception):
-    """The upstream refused a stream request; ``code`` is one of :data:`REFUSALS`."""
+    """The upstream refused a stream request; ``code`` is one of :data:`REFUSALS`.
 
-    def __init__(self, code: str, upstream_lsn: int) -> None:
+    The follower only retries: its next attempt reads the upstream's position
+    again, and that comparison decides what to do.
+    """
+
+    def __init__(self, code: str) -> None:
         super().__init__(code)
         self.code = code
-        self.upstream_lsn = upstream_lsn
 
 
 # ------------------------------------------------------------------ sizes
@@ -169,11 +172,7 @@ def refusal_of(exc: aiohttp.WSServerHandshakeError) -> Refused | None:
     headers = exc.headers or {}
     code = headers.get("X-Kv-Error")
     if exc.status in (409, 410, 503) and code in REFUSALS:
-        try:
-            lsn = int(headers.get("X-Kv-Lsn", "0"))
-        except ValueError:
-            lsn = 0
-        return Refused(code, lsn)
+        return Refused(code)
     return None
 
 
