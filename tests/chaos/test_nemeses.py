@@ -119,7 +119,13 @@ def alive(pid: int) -> bool:
 
 
 def put(cluster: LocalCluster, key: str, value: bytes) -> None:
-    status, _, body = http("PUT", f"{cluster.url('kv-0')}/v1/kv/{key}?w=all", value)
+    # kv-0 is Ready, after a fault, before it has finished recovering (503): wait for it, bounded.
+    deadline = time.monotonic() + 30
+    while True:
+        status, _, body = http("PUT", f"{cluster.url('kv-0')}/v1/kv/{key}?w=all", value)
+        if status != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert status == 200, body
 
 

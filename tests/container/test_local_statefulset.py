@@ -71,7 +71,11 @@ def test_ordered_start_restart_in_place_and_graceful_stop(controller: tuple[Loop
     for before, after in zip(pods, pods[1:]):
         assert after["created_at"] >= before["ready_at"], (before, after)
     url = f"http://{pods[0]['address']}:{pods[0]['http_port']}"
-    assert http("PUT", f"{url}/v1/kv/k?w=1", b"v")[0] == 200
+    # Ready is not writable: kv-0 is Ready while it still waits to hear its followers (OrderedReady).
+    deadline = time.monotonic() + 30
+    while (status := http("PUT", f"{url}/v1/kv/k?w=1", b"v")[0]) == 503 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status == 200
 
     async def kill() -> bool:
         pod = sts.pod("kv-0")
