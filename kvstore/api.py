@@ -243,11 +243,13 @@ class ClientApi:
         seen_lsn = self.node.store.lsn
         record = await self.node.store.get(key)
         based_on = record.version if record else self.node.store.lsn
-        if consistency == "strong" and not self.node.committed(based_on):
+        if consistency == "strong":
             try:
-                await self.node.confirm_committed(based_on)
+                await self.node.confirm_read(based_on)
             except NotConfirmed as exc:
                 raise ApiError(504, "not_confirmed", str(exc)) from None
+            except NoPrimary as exc:
+                raise unavailable(exc) from None
         headers = self.headers(seen_lsn)
         if record is None:
             raise ApiError(404, "not_found", "no such key", headers=headers)

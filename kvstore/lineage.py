@@ -62,6 +62,40 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+@dataclass(frozen=True, slots=True)
+class Promise:
+    """The newest epoch a follower has promised to follow: it helps no older one.
+
+    A recovering kv-0 needs a quorum of these for its candidate epoch before it
+    begins it, so every majority an older kv-0 process could still gather
+    contains a follower that refuses it (see replication/fencing.py).
+    """
+
+    number: int = 0
+    id: str = ""
+
+    def covers(self, number: int, ident: str) -> bool:
+        """Whether a follower that made this promise may still help epoch (``number``, ``ident``)."""
+        return number > self.number or (number == self.number and ident == self.id)
+
+    def to_json(self) -> dict[str, Any]:
+        """Wire and disk form."""
+        return {"epoch": self.number, "id": self.id}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Promise":
+        """Parse and validate; LineageError when malformed."""
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise LineageError("a promise must be an object")
+        number, ident = data.get("epoch"), data.get("id")
+        if not _uint(number) or not isinstance(ident, str) or (ident and not _HEX.match(ident)) \
+                or (number > 0) != bool(ident):
+            raise LineageError(f"malformed promise {data!r:.200}")
+        return cls(number, ident)
+
+
 @dataclass(frozen=True)
 class Lineage:
     """The epochs of one log, oldest first (starts never go down)."""
@@ -113,10 +147,13 @@ class Lineage:
         return (epoch.number if epoch else 0, lsn)
 
     # ------------------------------------------------------------------ changing
-    def begin(self, number: int, start: int, history: str, verified: bool) -> "Lineage":
-        """This lineage with a new epoch from ``start`` on (epochs that wrote nothing before it dropped)."""
+    def begin(self, number: int, start: int, history: str, verified: bool, ident: str | None = None) -> "Lineage":
+        """This lineage with a new epoch from ``start`` on (epochs that wrote nothing before it dropped).
+
+        ``ident`` is the epoch's id (the one followers promised); a new random one when None.
+        """
         kept = tuple(e for e in self.epochs if e.start < start)
-        return Lineage((kept + (Epoch(number, start, history, new_id(), verified),))[-MAX_EPOCHS:])
+        return Lineage((kept + (Epoch(number, start, history, ident or new_id(), verified),))[-MAX_EPOCHS:])
 
     # ------------------------------------------------------------------ encoding
     def to_json(self) -> list[dict[str, Any]]:

@@ -44,6 +44,10 @@ class Metrics:
         self.recovering = Gauge("kv_recovering", "1 while this primary proves it holds every acknowledged "
                                 "write before serving", registry=r)
         self.epoch = Gauge("kv_epoch", "The newest epoch this replica's log knows", registry=r)
+        self.fenced = Counter("kv_fenced", "Times this kv-0 found a follower promised a newer epoch to "
+                              "another kv-0 (it was replaced) and stopped serving", registry=r)
+        self.confirm_rounds = Counter("kv_confirm_rounds", "kv-0's confirmation rounds (strong reads, "
+                                      "refusals) by result", ["result"], registry=r)
         self.peer_auth_failures = Counter("kv_peer_auth_failures",
                                           "Peer-port calls refused for a missing or wrong token",
                                           registry=r)

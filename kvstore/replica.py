@@ -37,6 +37,12 @@ class Recovering(NoPrimary):
     code = "recovering"
 
 
+class NotPrimary(NoPrimary):
+    """This kv-0 process cannot show that a majority still follows it: it may have been replaced."""
+
+    code = "not_primary"
+
+
 class LsnAhead(Exception):
     """``min_lsn`` names a write the primary never made."""
 
@@ -60,8 +66,8 @@ class WriteConcernTimeout(Exception):
         super().__init__(
             f"the write (version {lsn}) is durable on the primary, but only {confirmed} of the "
             f"{required} replicas its write concern needs confirmed it in time. It is not rolled back "
-            "and will replicate (unless kv-0 loses its volume before a follower holds it). Read it "
-            "back before retrying")
+            "and will replicate, unless kv-0 loses its volume or is replaced before a follower holds it. "
+            "Read it back before retrying")
         self.lsn = lsn
         self.confirmed = confirmed
         self.required = required
@@ -109,12 +115,12 @@ class Replica:
         if self.role != PRIMARY:
             return await self._forward(request, body, "writes go to the primary")
         self._check_recovered()
+        self._check_contact()
         try:
             lsn = await self.store.write(mutation)
         except (storage.PreconditionFailed, storage.NotFound):
-            # The refusal read this primary's state: answer it only once a majority holds
-            # that state, or a lost volume could undo what the refusal was based on.
-            await self.confirm_committed(self.store.lsn)
+            # The refusal read this primary's state: answer it only as a strong read would be.
+            await self.confirm_read(self.store.lsn)
             raise
         if self.replication is None:
             return lsn
@@ -127,6 +133,40 @@ class Replica:
     def _majority(self) -> int:
         assert self.replication is not None
         return required_acks("majority", self.replication.configured_replicas())
+
+    def _check_contact(self) -> None:
+        """Refuse a write before applying it when no majority followed this process lately.
+
+        A kv-0 cut off from its followers may have been replaced; what it took
+        now, even with ``w=1``, its replacement would never see. Refused up
+        front, the write is certainly not applied (503), unlike a write concern
+        that times out after the write (504, outcome unknown).
+        """
+        r = self.replication
+        if r is not None and not r.fencing.in_contact():
+            last = r.fencing.last_contact()
+            ago = f"for {time.monotonic() - last:.1f}s" if last is not None else "since it began its epoch"
+            raise NotPrimary(f"kv-0 has not heard from a majority of replicas {ago}; it may have been "
+                             "replaced, so it takes no writes now; retry shortly")
+
+    async def confirm_read(self, lsn: int) -> None:
+        """Before an answer based on this primary's state (read at LSN ``lsn``): show it is still true.
+
+        First a confirmation round, started after the state was read: a
+        majority still follows this process, so no replacement has committed
+        anything it lacks (else NotPrimary). Then a majority holds ``lsn``, so
+        no lost volume can undo it (else NotConfirmed).
+        """
+        r = self.replication
+        if r is None:
+            return
+        confirmed = await r.fencing.confirm()
+        self.metrics.confirm_rounds.labels("confirmed" if confirmed else "failed").inc()
+        if not confirmed:
+            raise NotPrimary("kv-0 could not confirm within a second that a majority of replicas still "
+                             "follows it (it may have been replaced, or its followers are unreachable); "
+                             "retry shortly")
+        await self.confirm_committed(lsn)
 
     def committed(self, lsn: int) -> bool:
         """Whether a majority holds ``lsn`` already (the usual case; no await)."""
@@ -223,6 +263,9 @@ class Replica:
             status["peers"] = r.peers_status()
             status["followers"] = {name: p.lsn for name, p in sorted(r.acks.positions.items())}
             status["discovery"] = r.directory.status()
+            if self.role == PRIMARY:
+                status["fencing"] = {**r.fencing.status(), "in_contact": r.fencing.in_contact(),
+                                     "fenced": r.fenced}
             if r.recovery is not None:
                 rec = r.recovery
                 status["recovery"] = {
@@ -230,6 +273,7 @@ class Replica:
                     "unheard": dict(sorted(rec.unheard_reasons.items())),
                     "heard": sorted(rec.heard),
                     "decision": rec.decision.why if rec.decision else None,
+                    "candidate_epoch": rec.candidate.number,
                 }
             if r.follower is not None:
                 f = r.follower

@@ -78,7 +78,7 @@ def make_peer_handler(replica: Replica, token: str, in_flight: routing.InFlight 
 
     router = routing.Router()
     if replica.replication is not None:
-        replica.replication.server.add_routes(router)
+        replica.replication.add_routes(router)
         router.add("GET", "/v1/peer/status", peer_status)
         router.add("POST", "/v1/peer/recover", recover)
     api.add_key_routes(router, api.ClientApi(replica))

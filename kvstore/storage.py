@@ -6,7 +6,8 @@ one atomic WriteBatch):
 - ``d/<key>``       -> 8-byte version (LSN of the key's last write) + value
 - ``l/<8-byte LSN>`` -> encoded :class:`LogEntry`
 - ``m/<name>``      -> metadata: applied LSN, lineage (epochs and history ids,
-  see lineage.py), first retained LSN, format version
+  see lineage.py), the newest epoch this replica promised to follow, first
+  retained LSN, format version
 
 Writes go through a single committer task (group commit): every mutation that
 arrives while a batch is being fsynced joins the next batch, so concurrent
@@ -20,6 +21,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import json
 import os
 import shutil
 import struct
@@ -31,7 +33,7 @@ from typing import Any, AsyncIterator, Callable, Iterable
 import plyvel
 
 from kvstore.aio import cancel_and_wait, wake
-from kvstore.lineage import Lineage, LineageError
+from kvstore.lineage import Lineage, LineageError, Promise
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ META_LSN = META + b"lsn"
 META_LINEAGE = META + b"lineage"
 META_LOG_START = META + b"log_start"
 META_FORMAT = META + b"format"
+META_PROMISE = META + b"promise"
 META_OLD_HISTORY = META + b"history"  # format 1 (no epochs) kept its history id here
 FORMAT = b"2"  # entries carry their epoch
 
@@ -195,6 +198,7 @@ class Store:
         self._lsn = self._meta_int(META_LSN)
         self._log_start = self._meta_int(META_LOG_START) or 1
         self.lineage = _read_lineage(db, path)
+        self.promise = _read_promise(db, path)
         self.lineage_version = 0  # bumped on every change, so log streams notice
         self._queue: asyncio.Queue[_Job] | None = None
         self._committer: asyncio.Task[None] | None = None
@@ -308,6 +312,13 @@ class Store:
             self._writer, lambda: self._db.put(META_LINEAGE, raw, sync=True))
         self.lineage = lineage
         self.lineage_version += 1
+
+    async def set_promise(self, promise: Promise) -> None:
+        """Persist durably the newest epoch this follower promised to (it must survive a restart)."""
+        raw = json.dumps(promise.to_json()).encode()
+        await asyncio.get_running_loop().run_in_executor(
+            self._writer, lambda: self._db.put(META_PROMISE, raw, sync=True))
+        self.promise = promise
 
     async def wait_for_lsn(self, lsn: int, timeout: float) -> bool:
         """Wait until this replica has reached ``lsn``; False on timeout."""
@@ -521,6 +532,7 @@ class Store:
                     batch.put(META_LSN, _U64.pack(lsn))
                     batch.put(META_LOG_START, _U64.pack(lsn + 1))
                     batch.put(META_LINEAGE, lineage.dumps())
+                    batch.put(META_PROMISE, json.dumps(self.promise.to_json()).encode())
                     batch.put(META_FORMAT, FORMAT)
                 staging.close()
                 fsync_tree(path)
@@ -556,6 +568,7 @@ class Store:
         self._db = plyvel.DB(self.path)
         remove_stale_dbs(self.data_dir, name, [old])
         self.lineage = _read_lineage(self._db, self.path)
+        self.promise = _read_promise(self._db, self.path)
         self.lineage_version += 1
         self._log_start = self._meta_int(META_LOG_START) or 1
         return self._meta_int(META_LSN)
@@ -774,6 +787,16 @@ def _read_lineage(db: plyvel.DB, path: str) -> Lineage:
         return Lineage.loads(raw)
     except LineageError as exc:
         raise StorageError(f"{path}: the stored lineage is corrupt ({exc})") from None
+
+
+def _read_promise(db: plyvel.DB, path: str) -> Promise:
+    raw = db.get(META_PROMISE)
+    if raw is None:
+        return Promise()
+    try:
+        return Promise.from_json(json.loads(raw))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StorageError(f"{path}: the stored epoch promise is corrupt ({exc})") from None
 
 
 def _check_format(db: plyvel.DB, path: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +27,13 @@ def replica(tmp_path: Path) -> Iterator[ReplicaProcess]:
     """A fresh single replica (kv-0) with its own data dir, stopped afterwards."""
     with running(tmp_path) as proc:
         yield proc
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    """A temp dir for a test's pods, removed as soon as the test ends (their data can be large)."""
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

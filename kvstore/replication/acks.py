@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Mapping
 
 from kvstore.aio import wake
 from kvstore.replication.protocol import ACK_PARAM_LIMIT
@@ -92,7 +93,8 @@ class AckTable:
         """Return after the next recorded ack."""
         await self._changed.wait()
 
-    def downstream_of(self, me: str) -> str:
-        """The acks to pass upstream: every follower's position we know."""
-        items = [f"{name}:{p.lsn}" for name, p in sorted(self.positions.items()) if name != me]
+    def downstream_of(self, me: str, rounds: Mapping[str, int]) -> str:
+        """The acks to pass upstream: every follower's position we know, with the newest round it echoed."""
+        items = [f"{name}:{p.lsn}/{rounds.get(name, 0)}" for name, p in sorted(self.positions.items())
+                 if name != me]
         return ",".join(items[:ACK_PARAM_LIMIT])

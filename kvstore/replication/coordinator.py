@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any
+
+import aiohttp
+from aiohttp import web
 
 from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
@@ -18,17 +22,23 @@ from kvstore.discovery import MembershipChange, PeerDirectory
 from kvstore.identity import PRIMARY, parse_ordinal
 from kvstore.metrics import Metrics
 from kvstore.replication import protocol
+from kvstore import events
+from kvstore.lineage import Promise
 from kvstore.replication.acks import AckTable
+from kvstore.replication.fencing import Fencing
 from kvstore.replication.follower import Follower
 from kvstore.replication.log_server import LogServer
-from kvstore.replication.peer_client import PeerClient
-from kvstore.replication.recovery import Recovery
+from kvstore.replication.peer_client import PeerClient, PeerError, PromiseRefused
+from kvstore.replication.recovery import Recovery, quorum
+from kvstore.routing import Router, error_response
 from kvstore.storage import Store
 
 log = logging.getLogger("kvstore.replication")
 
 READY_MAX_LAG = 1000  # entries a secondary may trail and still be Ready
 RECENT_ACK_SECONDS = 30.0  # a follower that acknowledged this recently exists
+WATCH_SECONDS = 1.0  # how often kv-0 checks, when out of contact, whether it was replaced
+_EPOCH_ID = re.compile(r"^[0-9a-f]{1,32}$")
 
 
 class Replication:
@@ -42,16 +52,18 @@ class Replication:
         self.directory = directory
         self.acks = AckTable()
         self.client = PeerClient(token)
-        self.server = LogServer(config, store, self.acks, metrics)
+        # Followers, besides kv-0, that make a majority: what a confirmation round needs.
+        self.fencing = Fencing(lambda: self.configured_replicas() // 2, lambda: quorum(self.configured_replicas()))
+        self.server = LogServer(config, store, self.acks, metrics, self.fencing)
         directory.subscribe(self._membership_changed)
         # The primary uses a Follower only to copy a snapshot while it recovers.
-        self._follower = Follower(config, store, directory, self.client, self.acks, metrics)
+        self._follower = Follower(config, store, directory, self.client, self.acks, metrics, self.fencing)
         self.follower: Follower | None = None
         self.recovery: Recovery | None = None
+        self.fenced: str | None = None  # why this kv-0 last found itself replaced (it then recovers again)
         self._task: asyncio.Task[None] | None = None
         if config.role == PRIMARY:
-            self.recovery = Recovery(config, store, directory, self.client, self._follower, metrics,
-                                     self.configured_replicas)
+            self.recovery = self._new_recovery()
             self.server.serving = False
         else:
             self.follower = self._follower
@@ -64,11 +76,83 @@ class Replication:
         elif self.follower is not None:
             self.follower.start()
 
-    async def _recover(self) -> None:
-        assert self.recovery is not None
-        await self.recovery.run()
-        self.server.serving = True
+    def _new_recovery(self) -> Recovery:
+        return Recovery(self.config, self.store, self.directory, self.client, self._follower, self.metrics,
+                        self.configured_replicas)
 
+    async def _recover(self) -> None:
+        """Recover, serve; recover again whenever this process finds it was replaced."""
+        while True:
+            assert self.recovery is not None
+            self.fencing.reset()
+            await self.recovery.run()
+            decision = self.recovery.decision
+            self.fencing.begin(decision is not None and decision.verified)
+            self.server.serving = True
+            await self._watch()
+            self.server.serving = False
+            self.recovery = self._new_recovery()
+
+    async def _watch(self) -> None:
+        """Return once this kv-0 finds that a follower promised a newer epoch: it was replaced."""
+        while True:
+            self.fencing.tick()  # the heartbeat round: followers' echoes keep kv-0 in contact
+            await asyncio.sleep(WATCH_SECONDS)
+            if self.fencing.in_contact():
+                continue
+            reason = await self._replaced_by()
+            if reason is not None:
+                self.fenced = reason
+                self.metrics.fenced.inc()
+                events.record("fenced", reason)
+                log.error("FENCED: %s. This process stops taking writes and strong reads and recovers again; "
+                          "it becomes primary only once DNS lists it and the followers promise it an epoch",
+                          reason)
+                return
+
+    async def _replaced_by(self) -> str | None:
+        """Why a follower no longer follows this process's epoch (None: none says so)."""
+        mine = self.store.lineage.last
+        if mine is None:
+            return None
+        async def ask(ordinal: int) -> str | None:
+            try:
+                peer = await self.directory.find(ordinal)
+                if peer is None:
+                    return None
+                position = await self.client.position(peer, timeout=1.0)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError):
+                return None
+            if position.promised.covers(mine.number, mine.id):
+                return None
+            return (f"{peer.name} promised epoch {position.promised.number} ({position.promised.id}) to "
+                    f"another kv-0; this process is in epoch {mine.number} ({mine.id})")
+        # An unexpected error from one peer must not end the watch (kv-0 would never find out).
+        answers = await asyncio.gather(*(ask(i) for i in range(1, self.configured_replicas())),
+                                       return_exceptions=True)
+        return next((reason for reason in answers if isinstance(reason, str)), None)
+
+    # -------------------------------------------------------------- followers
+    def add_routes(self, router: Router) -> None:
+        """Mount the peer routes of replication: log stream, snapshot, promise."""
+        self.server.add_routes(router)
+        router.add("POST", "/v1/peer/promise", self.promise)
+
+    async def promise(self, request: web.BaseRequest) -> web.Response:
+        """POST /v1/peer/promise?epoch=N&id=X: a recovering kv-0 asks this follower for its candidate epoch."""
+        query = request.rel_url.query
+        number, ident = query.get("epoch", ""), query.get("id", "")
+        if not number.isdigit() or not 0 < int(number) < 2**63 or not _EPOCH_ID.match(ident):
+            return error_response(400, "bad_parameter", "need epoch=<n, 1 or more> and id=<1-32 hex digits>")
+        if self.follower is None:
+            return error_response(409, "not_a_follower", "kv-0 makes no promises; it asks for them")
+        candidate = Promise(int(number), ident)
+        try:
+            await self.follower.promise(candidate)
+        except PromiseRefused as exc:
+            return web.json_response({"error": "promise_refused", "message": str(exc),
+                                      "promised": exc.promised.to_json()}, status=409)
+        return web.json_response({"name": self.config.pod_name, **self.position()})
     async def stop(self) -> None:
         """Stop background work and close peer connections."""
         await cancel_and_wait(self._task)
@@ -167,9 +251,12 @@ class Replication:
         ``committed_lsn`` (primary only) what a majority holds.
         """
         lineage = self.store.lineage
-        return {"state": self.state(), "lsn": self.store.lsn, "committed_lsn": self.committed_lsn(),
-                "log_start": self.store.log_start, "history_id": lineage.history, "epoch": lineage.number,
-                "fork": lineage.fork(), "lineage": lineage.to_json()}
+        position = {"state": self.state(), "lsn": self.store.lsn, "committed_lsn": self.committed_lsn(),
+                    "log_start": self.store.log_start, "history_id": lineage.history, "epoch": lineage.number,
+                    "fork": lineage.fork(), "lineage": lineage.to_json(), "promised": self.store.promise.to_json()}
+        if self.recovery is not None and not self.writable:
+            position["candidate"] = self.recovery.candidate.to_json()
+        return position
 
     def primary_lsn(self) -> int | None:
         """The primary's LSN as this replica knows it."""

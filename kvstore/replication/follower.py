@@ -30,17 +30,19 @@ from kvstore import events
 from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
-from kvstore.lineage import BEHIND, DROPPABLE, PREFIX, Lineage, compare
+from kvstore.lineage import BEHIND, DROPPABLE, PREFIX, Lineage, Promise, compare
 from kvstore.metrics import Metrics
 from kvstore.replication import protocol
 from kvstore.replication.acks import AckTable
-from kvstore.replication.peer_client import PeerClient, PeerPosition
+from kvstore.replication.fencing import Fencing
+from kvstore.replication.peer_client import PeerClient, PeerError, PeerPosition, PromiseRefused
 from kvstore.storage import LogEntry, Store
 
 log = logging.getLogger("kvstore.replication")
 
 MAX_APPLYING = 8  # batches a follower has queued for its disk before it stops reading
 MAX_BACKOFF = 2.0  # seconds between attempts, at most
+RECOVERING_RETRY = 0.2  # seconds between attempts while the upstream is recovering
 SNAPSHOT_PROGRESS_EVERY = 5.0  # seconds between "keys so far" log lines of a snapshot copy
 
 
@@ -84,13 +86,14 @@ class Follower:
     """Keeps this secondary's store following its upstream's log."""
 
     def __init__(self, config: Config, store: Store, directory: PeerDirectory, client: PeerClient,
-                 acks: AckTable, metrics: Metrics) -> None:
+                 acks: AckTable, metrics: Metrics, fencing: Fencing) -> None:
         self.config = config
         self.store = store
         self.directory = directory
         self.client = client
         self.acks = acks
         self.metrics = metrics
+        self.fencing = fencing  # our own followers' rounds (cascade): passed down, echoes relayed up
         self.upstream: Peer | None = None
         self.upstream_lsn: int | None = None  # the upstream's LSN as last heard (status or stream)
         self.primary_lsn: int | None = None
@@ -105,6 +108,11 @@ class Follower:
         self._resync = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._cascade_failed: dict[int, float] = {}
+        self._promising = asyncio.Lock()
+        self._retry_now = asyncio.Event()
+        self._streaming: tuple[int, str] | None = None  # (number, id) of the epoch we stream now
+        self.round = 0  # the newest confirmation round the current upstream sent
+        self._rounds_of: tuple[int, str] | None = None  # the epoch whose rounds self.fencing passes down
         self.max_message = protocol.max_stream_message(config.max_key_bytes, config.max_value_bytes)
         self.max_frame = protocol.max_snapshot_frame(config.max_key_bytes, config.max_value_bytes)
 
@@ -166,8 +174,22 @@ class Follower:
                 if upstream.ordinal != 0:
                     self._cascade_failed[upstream.ordinal] = time.monotonic()
                 self.directory.request_refresh()
-                await asyncio.sleep(backoff + random.uniform(0, backoff / 2))
+                if isinstance(exc, Stalled) and exc.kind in ("upstream_recovering", "older_epoch"):
+                    # kv-0 serves the moment it has decided (and a cascade upstream adopts its
+                    # epoch a moment later): be streaming by then, so its first strong reads
+                    # and w=all writes find their followers.
+                    await self._pause(RECOVERING_RETRY)
+                    continue
+                await self._pause(backoff + random.uniform(0, backoff / 2))
                 backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep between attempts; a promise just made ends it (kv-0 is about to serve)."""
+        self._retry_now.clear()
+        try:
+            await asyncio.wait_for(self._retry_now.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
 
     def _failed(self, kind: str, reason: str, upstream: Peer | None = None) -> None:
         """Note why we are not following; log once per change of kind."""
@@ -196,6 +218,7 @@ class Follower:
         self.upstream_recovering = position.state == "recovering"
         if self.upstream_recovering or not position.lineage.epochs:
             raise Stalled("upstream_recovering", f"{upstream.name} is recovering; waiting for it")
+        await self._check_promise(upstream, position)
         store = self.store
         mine, my_lsn = store.lineage, store.lsn
         against = compare(mine, my_lsn, position.lineage, position.lsn)
@@ -220,6 +243,75 @@ class Follower:
             await store.set_lineage(position.lineage)  # our log is a prefix of theirs
         await self._stream(upstream)
 
+    async def _check_promise(self, upstream: Peer, position: PeerPosition) -> None:
+        """Follow only an upstream whose newest epoch this replica promised (or a newer one, adopted now)."""
+        last = position.lineage.last
+        assert last is not None
+        async with self._promising:  # never lower a promise made meanwhile
+            promise = self.store.promise
+            if not promise.covers(last.number, last.id):
+                raise Stalled("older_epoch",
+                              f"{upstream.name} ({upstream.address}) is in epoch {last.number}, but this replica "
+                              f"promised epoch {promise.number} to a newer kv-0: it does not follow a replaced "
+                              "primary; waiting for DNS to list the current kv-0")
+            if last.number > promise.number:
+                await self.store.set_promise(Promise(last.number, last.id))
+
+    # -------------------------------------------------------------- promises
+    async def promise(self, candidate: Promise) -> None:
+        """A recovering kv-0 asks for its candidate epoch: promise it durably, or raise PromiseRefused.
+
+        Only the kv-0 DNS lists gets a promise (asked back: it must be recovering
+        with this very candidate), so a second kv-0 process that DNS does not
+        list (a zombie) can never take the followers from the real one. Once
+        promised, a stream from an older epoch ends before this returns: no ack
+        of this replica reaches an older kv-0 after its replacement counted it.
+        """
+        async with self._promising:
+            current = self.store.promise
+            if candidate == current:
+                return
+            floor = max(current.number, self.store.lineage.max_number())
+            if candidate.number <= floor:
+                held = current if current.number >= floor else Promise(floor, self.store.lineage.last.id
+                                                                        if self.store.lineage.last else "")
+                raise PromiseRefused(f"this replica already holds to epoch {floor}; ask again with a higher one",
+                                     held)
+            primary = await self.directory.find(0)
+            if primary is None:
+                self.directory.request_refresh()
+                raise PromiseRefused("kv-0 is not in this replica's DNS", current)
+            try:
+                listed = await self.client.position(primary, timeout=1.0)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError) as exc:
+                self.directory.request_refresh()
+                raise PromiseRefused(f"cannot ask the kv-0 DNS lists ({primary.address}) to confirm: "
+                                     f"{type(exc).__name__}", current) from None
+            if listed.candidate != candidate:
+                self.directory.request_refresh()
+                raise PromiseRefused(f"the kv-0 DNS lists ({primary.address}) is not recovering with epoch "
+                                     f"{candidate.number} ({candidate.id}); a kv-0 that DNS does not list gets no "
+                                     "promise", current)
+            await self.store.set_promise(candidate)
+            log.warning("promised epoch %d to kv-0 at %s: no older kv-0 gets this replica's acks from now on",
+                        candidate.number, primary.address)
+            events.record("promised", f"promised epoch {candidate.number} to kv-0 at {primary.address}",
+                          epoch=candidate.number, address=primary.address)
+            if self._streaming is not None and not candidate.covers(*self._streaming):
+                await self._restart()
+            self._retry_now.set()
+
+    def _check_streaming(self) -> None:
+        """Raise Stalled when a promise made meanwhile no longer covers the epoch we stream (no ack may go)."""
+        if self._streaming is None or not self.store.promise.covers(*self._streaming):
+            raise Stalled("older_epoch", "this replica promised a newer epoch than its upstream's")
+
+    async def _restart(self) -> None:
+        """End the current stream (and its acks) now, and follow again."""
+        await cancel_and_wait(self._task)
+        self._streaming = None
+        self.start()
+
     def _divergence(self, upstream: Peer, position: PeerPosition, common: int) -> str:
         return (f"entries {common + 1}..{self.store.lsn} (history {self.store.history_id}, epoch "
                 f"{self.store.epoch}) are not in {upstream.name}'s history {position.lineage.history} "
@@ -235,6 +327,15 @@ class Follower:
         """Follow ``upstream``'s log stream until it ends, fails or another upstream is preferred."""
         store = self.store
         params = protocol.stream_params(store.lsn, store.lineage, self.config.pod_name)
+        last = store.lineage.last
+        assert last is not None
+        self._streaming, self.round = (last.number, last.id), 0
+        self._check_streaming()
+        if self._rounds_of != self._streaming:
+            # Rounds are numbered by one kv-0 incarnation: a new epoch's start again from 0.
+            self.fencing.reset()
+            self.fencing.round = 0
+            self._rounds_of = self._streaming
         async with self.client.stream(upstream, params, self.max_message) as ws:
             wake = asyncio.Event()
             acker = asyncio.create_task(self._send_acks(ws, wake), name="acks")
@@ -248,7 +349,11 @@ class Follower:
                         if ws.close_code in (protocol.CLOSE_LOG_TRUNCATED, protocol.CLOSE_LINEAGE_CHANGED):
                             return  # the next attempt compares again and knows what to do
                         raise ConnectionError(f"stream closed ({msg.type.name}, code {ws.close_code})")
-                    upstream_lsn, entries = protocol.decode_message(msg.data)
+                    upstream_lsn, round_, entries = protocol.decode_message(msg.data)
+                    if round_ > self.round:
+                        self.round = round_
+                        wake.set()  # the upstream asks who still follows it: answer now, not after the disk
+                        self.fencing.relay(round_)
                     self.last_contact = time.monotonic()
                     self._heard(upstream, upstream_lsn)
                     self.stalled = self.last_error = None
@@ -274,6 +379,7 @@ class Follower:
                 if acker.done():
                     acker.result()  # the ack channel broke: raise why
             finally:
+                self._streaming = None
                 await cancel_and_wait(acker)
                 for future in applying:  # they still complete; nobody reads their errors now
                     future.add_done_callback(_drop)
@@ -285,8 +391,9 @@ class Follower:
             while True:
                 await wake.wait()
                 wake.clear()
-                relayed = self.acks.downstream_of(self.config.pod_name)
-                await ws.send_str(protocol.encode_ack(self.store.lsn, relayed))
+                relayed = self.acks.downstream_of(self.config.pod_name, self.fencing.echoed())
+                self._check_streaming()
+                await ws.send_str(protocol.encode_ack(self.store.lsn, self.round, relayed))
         finally:
             await cancel_and_wait(relay)
 

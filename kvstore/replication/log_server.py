@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 import aiohttp
 from aiohttp import web
@@ -14,20 +15,28 @@ from kvstore.config import Config
 from kvstore.metrics import Metrics
 from kvstore.replication import protocol
 from kvstore.replication.acks import AckTable
+from kvstore.replication.fencing import Fencing
 from kvstore.routing import Router, error_response
 from kvstore.storage import LogTruncated, Store
 
 log = logging.getLogger("kvstore.replication")
 
 
+def _drop(task: "asyncio.Future[None]") -> None:
+    """A round pushed to a stream that closed meanwhile: the stream's own loop reports it."""
+    if not task.cancelled():
+        task.exception()
+
+
 class LogServer:
     """Peer-port handlers every replica serves: the log stream and snapshots."""
 
-    def __init__(self, config: Config, store: Store, acks: AckTable, metrics: Metrics) -> None:
+    def __init__(self, config: Config, store: Store, acks: AckTable, metrics: Metrics, fencing: Fencing) -> None:
         self.config = config
         self.store = store
         self.acks = acks
         self.metrics = metrics
+        self.fencing = fencing  # confirmation rounds: kv-0's own, or passed down by a cascade
         # False while a primary recovers: its disk may be behind or empty, so
         # nobody may follow it or copy it until it has proved it is current.
         self.serving = True
@@ -81,29 +90,49 @@ class LogServer:
         ws = web.WebSocketResponse(autoping=True, max_msg_size=protocol.ACK_TEXT_MAX + 64)
         await ws.prepare(request)
         self.acks.record(follower, after, follower)  # asking for after=N acknowledges N
-        sender = asyncio.create_task(self._push(ws, after, self.store.lineage_version), name=f"push-{follower}")
+        version = self.store.lineage_version
+        sender = asyncio.create_task(self._push(ws, after, version), name=f"push-{follower}")
+        send = self._round_sender(ws, version)
+        detach = self.fencing.attach(send)
+        send(self.fencing.round)  # a round already waiting counts this follower at once
         lag = self.metrics.follower_lag.labels(follower)  # once: labels() locks and validates
         try:
             while not sender.done():
                 msg = await ws.receive(timeout=protocol.SILENCE_SECONDS)
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     break  # closed, or an error
-                lsn, relayed = protocol.parse_ack(msg.data)
+                lsn, round_, relayed = protocol.parse_ack(msg.data)
                 if lsn > self.store.lsn:  # nobody can hold what we never sent
                     raise ValueError(lsn)
                 self.acks.record(follower, lsn, follower)
-                for name, position in relayed.items():
+                for name, (position, _) in relayed.items():
                     if position <= self.store.lsn:
                         self.acks.record(name, position, follower)
+                if self.store.lineage_version == version:
+                    # The follower streams from this epoch, which it promised: it (and the followers
+                    # it serves, which promised it too) still follows us as of these rounds.
+                    self.fencing.echo(follower, round_)
+                    for name, (_, relayed_round) in relayed.items():
+                        if name not in self.acks.departed:
+                            self.fencing.echo(name, relayed_round)
                 lag.set(self.store.lsn - lsn)
         except asyncio.TimeoutError:
             log.info("%s went silent for %.0fs: dropping its stream", follower, protocol.SILENCE_SECONDS)
         except ValueError:
             log.warning("%s sent a malformed ack: dropping its stream", follower)
         finally:
+            detach()
             await cancel_and_wait(sender)
             await ws.close()
         return ws
+
+    def _round_sender(self, ws: web.WebSocketResponse, version: int) -> Callable[[int], None]:
+        """A function that pushes a confirmation round to this stream at once (an empty message)."""
+        def send(round_: int) -> None:
+            if self.store.lineage_version == version and not ws.closed:
+                task = asyncio.ensure_future(ws.send_bytes(protocol.encode_message(self.store.lsn, [], round_)))
+                task.add_done_callback(_drop)
+        return send
 
     async def _push(self, ws: web.WebSocketResponse, sent: int, lineage_version: int) -> None:
         """Send entries after ``sent`` as they are committed, or a keepalive when idle."""
@@ -122,10 +151,10 @@ class LogServer:
                 if raws:
                     if store.lineage_version == lineage_version:  # else: closed at the top
                         sent = protocol.last_lsn(raws)
-                        await ws.send_bytes(protocol.encode_message(store.lsn, raws))
+                        await ws.send_bytes(protocol.encode_message(store.lsn, raws, self.fencing.round))
                     continue
             if not await store.wait_for_lsn(sent + 1, protocol.KEEPALIVE_SECONDS):
-                await ws.send_bytes(protocol.encode_message(store.lsn, []))
+                await ws.send_bytes(protocol.encode_message(store.lsn, [], self.fencing.round))
         await ws.close()
 
     async def snapshot(self, request: web.BaseRequest) -> web.StreamResponse:

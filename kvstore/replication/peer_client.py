@@ -12,12 +12,20 @@ import aiohttp
 
 from kvstore.client import never_resend
 from kvstore.discovery import Peer
-from kvstore.lineage import Lineage
+from kvstore.lineage import Lineage, Promise
 from kvstore.replication import protocol
 
 
 class PeerError(Exception):
     """A peer answered something this replica cannot use (wrong status, malformed body)."""
+
+
+class PromiseRefused(PeerError):
+    """A follower did not promise a recovering kv-0's candidate epoch; ``promised`` is what it holds to."""
+
+    def __init__(self, message: str, promised: Promise) -> None:
+        super().__init__(message)
+        self.promised = promised
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,8 @@ class PeerPosition:
     lsn: int
     log_start: int
     lineage: Lineage
+    promised: Promise = Promise()  # the newest epoch this peer promised to follow
+    candidate: Promise | None = None  # a recovering kv-0's epoch-to-be, which followers promise
 
     @property
     def empty(self) -> bool:
@@ -44,8 +54,10 @@ class PeerPosition:
             lsn, log_start = body["lsn"], body["log_start"]
             if not isinstance(lsn, int) or not isinstance(log_start, int) or lsn < 0 or log_start < 1:
                 raise ValueError("bad lsn or log_start")
+            candidate = body.get("candidate")
             return cls(str(body.get("name", "")), str(body.get("state", "")), lsn, log_start,
-                       Lineage.from_json(body.get("lineage", [])))
+                       Lineage.from_json(body.get("lineage", [])), Promise.from_json(body.get("promised")),
+                       Promise.from_json(candidate) if candidate is not None else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise PeerError(f"malformed peer status: {exc}") from None
 
@@ -77,19 +89,30 @@ class PeerClient:
                                     timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             if response.status != 200:
                 raise PeerError(f"{peer.name} answered its status with HTTP {response.status}")
-            body = bytearray()
-            async for chunk in response.content.iter_chunked(64 * 1024):
-                body += chunk
-                if len(body) > protocol.STATUS_MAX:  # a peer cannot make us hold more
-                    raise PeerError(f"{peer.name}'s status is larger than {protocol.STATUS_MAX} bytes")
-            try:
-                return json.loads(body)
-            except ValueError as exc:
-                raise PeerError(f"{peer.name}'s status is not JSON: {exc}") from None
+            return await _bounded_json(response, peer)
 
     async def position(self, peer: Peer, timeout: float = 1.0) -> PeerPosition:
         """A peer's position, validated."""
         return PeerPosition.parse(await self.status(peer, timeout))
+
+    async def promise(self, peer: Peer, candidate: Promise, timeout: float = 2.0) -> PeerPosition:
+        """Ask follower ``peer`` to promise ``candidate``; its position after promising.
+
+        Raises PromiseRefused with the follower's reason and the epoch it holds to.
+        """
+        params = {"epoch": str(candidate.number), "id": candidate.id}
+        async with self.session.post(peer.peer_url + "/v1/peer/promise", params=params,
+                                     timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            body = await _bounded_json(response, peer)
+        if response.status == 409 and isinstance(body, dict) and body.get("error") == "promise_refused":
+            try:
+                promised = Promise.from_json(body.get("promised"))
+            except ValueError as exc:
+                raise PeerError(f"{peer.name} refused with a malformed promise: {exc}") from None
+            raise PromiseRefused(f"{peer.name}: {str(body.get('message', ''))[:300]}", promised)
+        if response.status != 200:
+            raise PeerError(f"{peer.name} answered a promise request with HTTP {response.status}")
+        return PeerPosition.parse(body)
 
     @contextlib.asynccontextmanager
     async def stream(self, peer: Peer, params: dict[str, str],
@@ -145,3 +168,16 @@ class PeerClient:
                     raise ValueError(f"unexpected snapshot frame {kind}")
 
         return lsn, lineage, chunks(), response
+
+
+async def _bounded_json(response: aiohttp.ClientResponse, peer: Peer) -> Any:
+    """A peer's JSON answer, read up to :data:`protocol.STATUS_MAX` bytes (a peer cannot make us hold more)."""
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > protocol.STATUS_MAX:
+            raise PeerError(f"{peer.name}'s answer is larger than {protocol.STATUS_MAX} bytes")
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise PeerError(f"{peer.name}'s answer is not JSON: {exc}") from None

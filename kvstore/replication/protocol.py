@@ -35,6 +35,7 @@ from kvstore.lineage import Lineage
 from kvstore.storage import ENTRY_FRAMING, LogEntry, entry_size_limit
 
 _LEN = struct.Struct(">I")
+_HEAD = struct.Struct(">QQ")  # a stream message's upstream LSN and confirmation round
 _U64 = struct.Struct(">Q")
 _FRAME = struct.Struct(">BI")
 FRAME_HEADER, FRAME_RECORDS, FRAME_END = 1, 2, 3
@@ -49,7 +50,7 @@ SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 SNAPSHOT_JSON_MAX = 1024 * 1024  # header and end frames (a lineage of 1000 epochs fits)
 STATUS_MAX = 4 * 1024 * 1024  # a peer's /v1/peer/status body (lineage, peers, discovery)
 ACK_PARAM_LIMIT = 64
-ACK_TEXT_MAX = 64 * (253 + 22)
+ACK_TEXT_MAX = 65 * (253 + 44)  # this follower's LSN/round, then up to 64 relayed name:LSN/round
 
 # Refusals of a stream request (X-Kv-Error) and what the follower does about them.
 LOG_MISMATCH = "log_mismatch"  # our entry `after` is not the upstream's: compare lineages again
@@ -75,7 +76,7 @@ class Refused(Exception):
 def max_stream_message(max_key_bytes: int, max_value_bytes: int) -> int:
     """The largest stream message a sender with these limits builds."""
     one_entry = ENTRY_FRAMING + entry_size_limit(max_key_bytes, max_value_bytes)
-    return _U64.size + max(FETCH_MAX_BYTES, one_entry)
+    return _HEAD.size + max(FETCH_MAX_BYTES, one_entry)
 
 
 def max_snapshot_frame(max_key_bytes: int, max_value_bytes: int) -> int:
@@ -85,22 +86,26 @@ def max_snapshot_frame(max_key_bytes: int, max_value_bytes: int) -> int:
 
 
 # ------------------------------------------------------------------ stream
-def encode_message(upstream_lsn: int, raws: list[bytes]) -> bytes:
-    """One stream message: the upstream's LSN, then length-prefixed encoded entries."""
-    parts = [_U64.pack(upstream_lsn)]
+def encode_message(upstream_lsn: int, raws: list[bytes], round_: int = 0) -> bytes:
+    """One stream message: the upstream's LSN and its newest confirmation round, then length-prefixed entries.
+
+    A follower echoes the round in its next ack: that is how a primary learns
+    that a follower still follows it (see fencing.py).
+    """
+    parts = [_HEAD.pack(upstream_lsn, round_)]
     for raw in raws:
         parts.append(_LEN.pack(len(raw)))
         parts.append(raw)
     return b"".join(parts)
 
 
-def decode_message(data: bytes) -> tuple[int, list[LogEntry]]:
-    """Inverse of :func:`encode_message`; ValueError on a torn or malformed message."""
-    if len(data) < _U64.size:
+def decode_message(data: bytes) -> tuple[int, int, list[LogEntry]]:
+    """Inverse of :func:`encode_message`: (upstream LSN, round, entries); ValueError if torn or malformed."""
+    if len(data) < _HEAD.size:
         raise ValueError("stream message too short")
     entries = []
     view = memoryview(data)
-    offset = _U64.size
+    offset = _HEAD.size
     while offset < len(view):
         if offset + _LEN.size > len(view):
             raise ValueError("torn log frame")
@@ -110,7 +115,8 @@ def decode_message(data: bytes) -> tuple[int, list[LogEntry]]:
             raise ValueError("torn log frame")
         entries.append(LogEntry.decode(view[offset:offset + length]))
         offset += length
-    return _U64.unpack_from(data)[0], entries
+    upstream_lsn, round_ = _HEAD.unpack_from(data)
+    return upstream_lsn, round_, entries
 
 
 def last_lsn(raws: list[bytes]) -> int:
@@ -136,34 +142,44 @@ def parse_stream_params(query: Any) -> tuple[int, int, str, str]:
     return after, epoch, epoch_id, follower
 
 
-def parse_ack(text: str) -> tuple[int, dict[str, int]]:
-    """``17 kv-2:15,kv-3:12`` -> (17, {"kv-2": 15, "kv-3": 12}); ValueError if malformed."""
+def parse_ack(text: str) -> tuple[int, int, dict[str, tuple[int, int]]]:
+    """``17/4 kv-2:15/4,kv-3:12/3`` -> (17, 4, {"kv-2": (15, 4), "kv-3": (12, 3)}).
+
+    This follower's durable LSN and the newest round it saw, then the same of
+    the followers it serves (cascade). ValueError if malformed.
+    """
     if len(text) > ACK_TEXT_MAX:
         raise ValueError("ack too long")
-    lsn_text, _, relayed = text.partition(" ")
-    if not lsn_text.isdigit():
-        raise ValueError(f"bad ack {lsn_text!r:.40}")
-    return int(lsn_text), parse_acks(relayed)
+    head, _, relayed = text.partition(" ")
+    lsn, round_ = _lsn_round(head)
+    return lsn, round_, parse_acks(relayed)
 
 
-def encode_ack(lsn: int, relayed: str) -> str:
+def _lsn_round(text: str) -> tuple[int, int]:
+    lsn_text, _, round_text = text.partition("/")
+    if not lsn_text.isdigit() or not round_text.isdigit() or len(text) > 41:
+        raise ValueError(f"bad ack {text!r:.41}")
+    return int(lsn_text), int(round_text)
+
+
+def encode_ack(lsn: int, round_: int, relayed: str) -> str:
     """Inverse of :func:`parse_ack` (``relayed`` as :meth:`AckTable.downstream_of` gives it)."""
-    return f"{lsn} {relayed}" if relayed else str(lsn)
+    return f"{lsn}/{round_} {relayed}" if relayed else f"{lsn}/{round_}"
 
 
-def parse_acks(text: str) -> dict[str, int]:
-    """``kv-2:17,kv-3:12`` -> {"kv-2": 17, "kv-3": 12}; ValueError if malformed."""
-    acks: dict[str, int] = {}
+def parse_acks(text: str) -> dict[str, tuple[int, int]]:
+    """``kv-2:17/4,kv-3:12/3`` -> {"kv-2": (17, 4), "kv-3": (12, 3)}; ValueError if malformed."""
+    acks: dict[str, tuple[int, int]] = {}
     if not text:
         return acks
     items = text.split(",")
     if len(items) > ACK_PARAM_LIMIT:
         raise ValueError("too many acks")
     for item in items:
-        name, sep, lsn = item.partition(":")
-        if not sep or not name or len(name) > 253 or not lsn.isdigit():
+        name, sep, position = item.partition(":")
+        if not sep or not name or len(name) > 253:
             raise ValueError(f"bad ack {item!r:.60}")
-        acks[name] = int(lsn)
+        acks[name] = _lsn_round(position)
     return acks
 
 

@@ -2,8 +2,11 @@
 
 On *every* start, kv-0 asks each configured follower (kv-1 .. kv-(N-1), N the
 largest of ``KV_REPLICAS`` and what DNS lists; each found by SRV or by its
-stable per-pod name) for its position. A timeout, an NXDOMAIN or a refused
-connection is never "that follower is empty": it is simply not heard yet.
+stable per-pod name) to promise its *candidate* epoch and to tell its position
+as of that promise (see fencing.py: a follower promises only the kv-0 its DNS
+lists). A position counts as *heard* only with that promise. A timeout, an
+NXDOMAIN, a refused connection or a refused promise is never "that follower is
+empty": it is simply not heard yet.
 
 A write acknowledged with ``w=majority`` of N replicas (M = N//2+1) is on kv-0
 and M-1 followers, so any N-M+1 followers hold it at least once: that is the
@@ -42,10 +45,10 @@ import aiohttp
 from kvstore import events
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
-from kvstore.lineage import new_id
+from kvstore.lineage import Promise, new_id
 from kvstore.metrics import Metrics
 from kvstore.replication.follower import Follower
-from kvstore.replication.peer_client import PeerClient, PeerError, PeerPosition
+from kvstore.replication.peer_client import PeerClient, PeerError, PeerPosition, PromiseRefused
 from kvstore.storage import Store
 
 log = logging.getLogger("kvstore.replication")
@@ -88,6 +91,8 @@ class Recovery:
         self.heard: dict[str, PeerPosition] = {}
         self.decision: Decision | None = None
         self.rounds = 0  # rounds of asking that ended still waiting
+        # The epoch this kv-0 will begin, which followers must promise first (fencing.py).
+        self.candidate = Promise(max(store.lineage.max_number(), store.promise.number) + 1, new_id())
         self._forced: Decision | None = None
         self._wake = asyncio.Event()
 
@@ -149,9 +154,15 @@ class Recovery:
         for name in list(self.heard):
             if name not in followers:
                 del self.heard[name]
-        missing = [name for name in followers if name not in self.heard]
-        self.waiting_for = missing
-        await asyncio.gather(*(self._ask(name) for name in missing))
+        for _ in range(3):  # again at once when a follower's answer raised the candidate
+            candidate = self.candidate
+            missing = [name for name in followers if name not in self.heard]
+            self.waiting_for = missing
+            await asyncio.gather(*(self._ask(name) for name in missing))
+            # A position counts only with a promise of the current candidate (it may have risen meanwhile).
+            self.heard = {name: p for name, p in self.heard.items() if p.promised == self.candidate}
+            if self.candidate == candidate:
+                break
         self.waiting_for = [name for name in followers if name not in self.heard]
         return self.decide(len(followers), elapsed)
 
@@ -162,10 +173,24 @@ class Recovery:
             if peer is None:
                 self.unheard_reasons[name] = "not in DNS"
                 return
-            self.heard[name] = await self.client.position(peer, timeout=1.0)
+            candidate = self.candidate
+            position = await self.client.promise(peer, candidate)
+            if position.promised != candidate or position.lineage.max_number() >= candidate.number:
+                raise PeerError(f"{name} answered a promise of epoch {candidate.number} with another position")
+            self.heard[name] = position
             self.unheard_reasons.pop(name, None)
+        except PromiseRefused as exc:
+            self.unheard_reasons[name] = f"did not promise epoch {self.candidate.number}: {exc}"
+            if exc.promised.number >= self.candidate.number:
+                self._raise_candidate(exc.promised.number)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError) as exc:
             self.unheard_reasons[name] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+    def _raise_candidate(self, above: int) -> None:
+        """A follower holds to epoch ``above`` or newer: ask for a higher one (promises of the old one are void)."""
+        self.candidate = Promise(above + 1, new_id())
+        self.heard.clear()
+        log.info("recovery: a follower holds to epoch %d; asking for epoch %d", above, self.candidate.number)
 
     def decide(self, followers: int, elapsed: float) -> Decision | None:
         """The decision for what has been heard so far, or None to keep waiting."""
@@ -201,9 +226,10 @@ class Recovery:
             peer = await self._peer(decision.source)
             await self.follower.install_snapshot_from(peer, "recovering primary", force=True)
         store = self.store
-        numbers = [store.lineage.max_number(), *(p.lineage.max_number() for p in self.heard.values())]
+        # The candidate is above every epoch heard (a follower refuses to promise otherwise) and our own.
+        number = max(self.candidate.number, store.lineage.max_number() + 1)
         history = store.history_id if decision.continue_history and store.history_id else new_id()
-        lineage = store.lineage.begin(max(numbers) + 1, store.lsn + 1, history, decision.verified)
+        lineage = store.lineage.begin(number, store.lsn + 1, history, decision.verified, self.candidate.id)
         await store.set_lineage(lineage)
         self.metrics.epoch.set(lineage.number)
         fork = lineage.fork()

@@ -348,18 +348,18 @@ def test_bad_log_stream_requests_get_clear_errors(cluster: LocalCluster) -> None
             async with session.ws_connect(base, params=params) as ws:
                 first = await ws.receive(timeout=5)  # a keepalive within a second: nothing is written
                 assert first.type == aiohttp.WSMsgType.BINARY
-                upstream_lsn, entries = decode_message(first.data)
+                upstream_lsn, _, entries = decode_message(first.data)
                 assert upstream_lsn == lsn and entries == []
                 await ws.send_str(ack)
                 while True:
                     msg = await ws.receive(timeout=5)
                     if msg.type != aiohttp.WSMsgType.BINARY:
                         return upstream_lsn, msg.type
-                    if ack == str(lsn):
+                    if ack == f"{lsn}/0":
                         return upstream_lsn, msg.type  # a good ack keeps the stream going
 
-    assert asyncio.run(stream(str(lsn)))[1] == aiohttp.WSMsgType.BINARY
-    for bad in ("x", f"{lsn + 1000}", f"{lsn} kv-1", ""):  # the stream is dropped, the replica goes on
+    assert asyncio.run(stream(f"{lsn}/0"))[1] == aiohttp.WSMsgType.BINARY
+    for bad in ("x", f"{lsn}", f"{lsn + 1000}/0", f"{lsn}/0 kv-1", ""):  # the stream is dropped, the replica goes on
         assert asyncio.run(stream(bad))[1] in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), bad
     assert put(cluster, "kv-0", "after-bad-acks", b"ok", w="all")[0] == 200
 

@@ -1,13 +1,15 @@
 """Each write concern fails as it should, so a concern that quietly became ``w=1`` is caught.
 
 With both followers stopped, only ``w=1`` may succeed: ``w=majority`` (also
-the default) and ``w=all`` answer 504 with a body that says what happened.
-A replica alone, whose DNS lists only itself, still counts ``KV_REPLICAS``
-replicas: pods missing from DNS never lower the count.
+the default) and ``w=all`` answer 504 with a body that says what happened;
+once kv-0 has heard no majority for the contact window, every write is refused
+(503 ``not_primary``). A replica alone, whose DNS lists only itself, still
+counts ``KV_REPLICAS`` replicas: pods missing from DNS never lower the count.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -51,35 +53,43 @@ def cluster() -> Iterator[LocalCluster]:
         c.down()
 
 
-def test_with_both_followers_stopped_only_w1_succeeds(cluster: LocalCluster) -> None:
+def test_with_both_followers_stopped_only_w1_succeeds_until_kv0_is_cut_off(cluster: LocalCluster) -> None:
     kv0 = cluster.url("kv-0")
     assert put(kv0, "wc/before", b"x", "all")[0] == 200   # every follower is caught up and acking
     paused = [cluster.pause("kv-1"), cluster.pause("kv-2")]
     try:
-        status, headers, body = put(kv0, "wc/majority", b"m", "majority")
-        assert_honest_504(status, headers, body, confirmed=1, required=2)
-        status, headers, body = put(kv0, "wc/default", b"d", None)          # KV_WRITE_CONCERN: majority
-        assert_honest_504(status, headers, body, confirmed=1, required=2)
-        status, headers, body = put(kv0, "wc/all", b"a", "all")
-        assert_honest_504(status, headers, body, confirmed=1, required=3)
-        status, _, body = put(kv0, "wc/one", b"1", "1")
-        assert status == 200, body
+        # All sent at once, while kv-0 last heard its majority a moment ago.
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = dict(zip(("majority", "default", "all", "one"), pool.map(
+                lambda args: put(kv0, *args), [("wc/majority", b"m", "majority"), ("wc/default", b"d", None),
+                                               ("wc/all", b"a", "all"), ("wc/one", b"1", "1")])))
+        assert_honest_504(*answers["majority"], confirmed=1, required=2)
+        assert_honest_504(*answers["default"], confirmed=1, required=2)  # KV_WRITE_CONCERN: majority
+        assert_honest_504(*answers["all"], confirmed=1, required=3)
+        assert answers["one"][0] == 200, answers["one"]
         # Not rolled back: durable on the primary, readable there at the version the 504 named.
         for key, value in (("wc/majority", b"m"), ("wc/all", b"a"), ("wc/one", b"1")):
             s, h, got = http("GET", f"{kv0}/v1/kv/{urllib.parse.quote(key, safe='')}")
             assert (s, got) == (200, value), key
+        # Cut off from every follower for longer than the contact window, kv-0 may have been
+        # replaced: it takes no write at all, and says so before applying anything.
+        wait_for("kv-0 to refuse writes", lambda: put(kv0, "wc/probe", b"p", "1")[0] == 503, 15)
+        status, headers, body = put(kv0, "wc/late", b"l", "1")
+        assert (status, body["error"]) == (503, "not_primary") and headers["Retry-After"] == "1", body
+        assert "has not heard from a majority" in body["message"], body
     finally:
         for pid in paused:
             cluster.resume(pid)
+    assert http("GET", f"{kv0}/v1/kv/wc%2Flate")[0] == 404  # refused means not applied
     # Once they run again, the followers get every one of those writes.
     lsn = json.loads(http("GET", f"{kv0}/v1/status")[2])["lsn"]
     for pod in ("kv-1", "kv-2"):
         status, _, got = http("GET", f"{cluster.url(pod)}/v1/kv/wc%2Fall?min_lsn={lsn}")
         assert (status, got) == (200, b"a"), pod
-    assert put(kv0, "wc/after", b"x", "all")[0] == 200
+    wait_for("kv-0 to take writes again", lambda: put(kv0, "wc/after", b"x", "all")[0] == 200, 15)
 
 
-@pytest.mark.parametrize("replicas, majority_status", [("3", 504), ("1", 200)])
+@pytest.mark.parametrize("replicas, majority_status", [("3", 503), ("1", 200)])
 def test_pods_missing_from_dns_do_not_lower_the_count(tmp_path: Path, replicas: str,
                                                       majority_status: int) -> None:
     # kv-0 alone; DNS answers and lists kv-0 only (kv-1, kv-2 do not exist yet, or were deleted).
@@ -101,15 +111,14 @@ def test_pods_missing_from_dns_do_not_lower_the_count(tmp_path: Path, replicas: 
                     capture_output=True, text=True, timeout=30,
                     env={**os.environ, "KV_CLUSTER_TOKEN": replica.environment()["KV_CLUSTER_TOKEN"]})
                 assert decided.returncode == 0, decided.stderr
-                wait_for("kv-0 to take writes", lambda: put(replica.url, "alone/w1", b"1", "1")[0] == 200, 10)
-            status, headers, body = put(replica.url, "alone/majority", b"m", "majority")
-            if majority_status == 504:
-                assert_honest_504(status, headers, body, confirmed=1, required=2)
-                status, headers, body = put(replica.url, "alone/all", b"a", "all")
-                assert_honest_504(status, headers, body, confirmed=1, required=3)
+                wait_for("kv-0 to decide", lambda: put(replica.url, "alone/w1", b"1", "1")[2].get("error") != "recovering", 10)
+            answers = [put(replica.url, f"alone/{w}", w.encode(), w) for w in ("majority", "all", "1")]
+            if majority_status == 503:
+                # Alone, kv-0 hears no majority: it may have been replaced, so it takes no write,
+                # not even w=1 (an operator who means a single replica sets KV_REPLICAS=1).
+                for status, _, body in answers:
+                    assert (status, body["error"]) == (503, "not_primary"), body
             else:  # the control: the same replica configured as a 1-replica StatefulSet
-                assert status == 200, body
-                assert put(replica.url, "alone/all", b"a", "all")[0] == 200
-            assert put(replica.url, "alone/one", b"1", "1")[0] == 200
+                assert [status for status, _, _ in answers] == [200, 200, 200], answers
         finally:
             replica.stop()

@@ -31,10 +31,10 @@ async def test_stream_messages_at_the_limits_fit_what_the_follower_accepts(
         after, messages = 0, 0
         while after < s.lsn:
             raws = await s.log_after(after, protocol.FETCH_MAX_ENTRIES, protocol.FETCH_MAX_BYTES)
-            message = protocol.encode_message(s.lsn, raws)
+            message = protocol.encode_message(s.lsn, raws, 2**64 - 1)
             assert len(message) <= limit
-            lsn, entries = protocol.decode_message(message)
-            assert lsn == s.lsn and entries[0].lsn == after + 1
+            lsn, round_, entries = protocol.decode_message(message)
+            assert lsn == s.lsn and round_ == 2**64 - 1 and entries[0].lsn == after + 1
             after = entries[-1].lsn
             messages += 1
         assert messages > 1 or max_value == 0
@@ -81,18 +81,23 @@ def test_torn_snapshot_records_are_refused(payload: bytes) -> None:
         protocol.decode_records(payload)
 
 
-@pytest.mark.parametrize("data", [b"", b"1234567", b"12345678\x00\x00\x00\x09abc",
-                                  b"12345678\x00\x00\x00\x03abc"])
+@pytest.mark.parametrize("data", [b"", b"1234567", b"123456781234567", b"1234567812345678\x00\x00\x00\x09abc",
+                                  b"1234567812345678\x00\x00\x00\x03abc"])
 def test_torn_stream_messages_are_refused(data: bytes) -> None:
     with pytest.raises(ValueError):
         protocol.decode_message(data)
 
 
 def test_acks_parse_and_refuse_garbage() -> None:
-    assert protocol.parse_ack("17") == (17, {})
-    assert protocol.parse_ack(protocol.encode_ack(17, "kv-2:15,kv-3:12")) == (17, {"kv-2": 15, "kv-3": 12})
-    for bad in ("", "x", "-1", "1 kv-2", "1 kv-2:x", "1 :3", "1 " + ",".join(f"p{i}:1" for i in range(65)),
-                "9" * 20000):
+    assert protocol.parse_ack("17/3") == (17, 3, {})
+    assert protocol.parse_ack(protocol.encode_ack(17, 4, "")) == (17, 4, {})
+    assert protocol.parse_ack(protocol.encode_ack(17, 4, "kv-2:15/4,kv-3:12/0")) == \
+        (17, 4, {"kv-2": (15, 4), "kv-3": (12, 0)})
+    longest = ",".join(f"{'p' * 250}{i:03d}:{2**63 - 1}/{2**64 - 1}" for i in range(64))
+    assert len(protocol.parse_ack(f"{2**63 - 1}/{2**64 - 1} {longest}")[2]) == 64  # the largest ack fits
+    for bad in ("", "x", "-1", "17", "17/", "/3", "17/x", "17/-1", "1/0 kv-2", "1/0 kv-2:x", "1/0 kv-2:3",
+                "1/0 :3/1", "1/0 kv-2:3/x", "1/0 " + ",".join(f"p{i}:1/1" for i in range(65)), "9" * 20000,
+                "1/" + "9" * 50):
         with pytest.raises(ValueError):
             protocol.parse_ack(bad)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kvstore import storage
-from kvstore.lineage import Lineage
+from kvstore.lineage import Lineage, Promise
 from kvstore.storage import LogEntry, Mutation, Store
 
 
@@ -408,3 +408,30 @@ async def test_snapshot_install_fsyncs_every_file_before_the_switch(tmp_path: Pa
         assert str(staging) in before_switch and str(staging.parent) in before_switch
     finally:
         await s.close()
+
+
+async def test_an_epoch_promise_survives_a_restart_and_a_snapshot_install(tmp_path: Path) -> None:
+    s = Store.open(str(tmp_path / "d"))
+    await started(s)
+    try:
+        assert s.promise == Promise()
+        await s.set_promise(Promise(7, "ab" * 16))
+        await s.install_snapshot(lineage_of("f" * 32), 3, _chunks([[(b"a", _record(3, b"A"))]]))
+        assert s.promise == Promise(7, "ab" * 16)  # a copied database does not forget what we promised
+    finally:
+        await s.close()
+    reopened = Store.open(str(tmp_path / "d"))
+    try:
+        assert reopened.promise == Promise(7, "ab" * 16)
+    finally:
+        await reopened.close()
+
+
+def test_a_corrupt_promise_is_refused_with_its_path(tmp_path: Path) -> None:
+    s = Store.open(str(tmp_path / "d"))
+    path = s.path
+    s._db.put(storage.META_PROMISE, b'{"epoch": 3}')
+    s._db.close()
+    with pytest.raises(storage.StorageError, match="promise is corrupt"):
+        Store.open(str(tmp_path / "d"))
+    assert path

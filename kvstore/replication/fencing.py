@@ -1,0 +1,201 @@
+"""Fencing: a kv-0 process serves strong reads and takes writes only while a majority still follows it.
+
+Two kv-0 processes can run at once: a force-deleted pod whose process lives on
+behind a partition, or a copy of kv-0's volume started by hand. With M the
+majority of N replicas, three rules make the one that is no longer kv-0
+harmless:
+
+1. **Promises** (follower.py, recovery.py). A recovering kv-0 publishes a
+   *candidate* epoch. A follower promises it, durably, only to the kv-0 its
+   DNS lists and only when it is newer than any epoch it promised before.
+   kv-0 begins the epoch only once a quorum (N-M+1 followers) promised it, so
+   every M-1 followers an older process could still count include one that
+   now refuses it.
+2. **Streams** (follower.py). A follower streams from, and acknowledges to,
+   only a kv-0 whose epoch it promised. Its acks are what ``w=majority`` and
+   ``w=all`` wait for, so an older process can no longer gather them.
+3. **Confirmation rounds** (this module). A strong read, and a refusal (412,
+   404 on delete) based on kv-0's state, is answered only after a *round*
+   that started after the state was read was echoed by M-1 followers over
+   their live streams: etcd's read index, with kv-0's stream messages as the
+   heartbeats. A round costs one small message each way and is shared by all
+   the reads that wait for it. Writes are taken only while M-1 followers were
+   heard within :data:`CONTACT_SECONDS` (the window in which a cut-off kv-0
+   still takes ``w=1`` writes that its replacement never sees).
+
+No clock is trusted for safety: rounds are numbered, not timed. The contact
+window only bounds how long a cut-off process keeps taking ``w=1`` writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import Callable
+
+from kvstore.aio import wake
+from kvstore.replication.protocol import KEEPALIVE_SECONDS
+
+# A follower acks at least every keepalive; two missed ones and a margin end the window.
+CONTACT_SECONDS = 2 * KEEPALIVE_SECONDS + 0.5
+CONFIRM_TIMEOUT = 1.0  # a round not echoed by a majority within this is a failed round
+MAX_OPEN_ROUNDS = 10_000  # start times kept of rounds not yet confirmed (a cut-off kv-0 keeps starting them)
+
+
+class Fencing:
+    """Confirmation rounds and the followers' echoes of them.
+
+    On kv-0 it starts rounds (for strong reads, and once a second as a
+    heartbeat) and counts echoes. On a secondary that others follow (cascade)
+    it passes the upstream's rounds down and collects its followers' echoes,
+    which the secondary relays upstream with their acks.
+    """
+
+    def __init__(self, majority: Callable[[], int], quorum: Callable[[], int] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.majority = majority  # followers, besides kv-0, that make a majority
+        self.quorum = quorum or majority  # followers whose promises fence every older kv-0
+        self.clock = clock
+        self.round = 0  # the newest round started (kv-0) or passed down (a secondary)
+        self._scheduled = False
+        self._senders: dict[int, Callable[[int], None]] = {}
+        self._next_sender = 0
+        self._echoed: dict[str, int] = {}  # follower -> newest round it echoed
+        self._started: collections.deque[tuple[int, float]] = collections.deque(maxlen=MAX_OPEN_ROUNDS)
+        self._contact: float | None = None  # when the newest round a majority echoed was started
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.began: float | None = None  # when this epoch began with a quorum of promises
+        # Whether a quorum of followers promised (or adopted) this epoch. Until then (an epoch
+        # begun unverified) a round needs that quorum, not just a majority: only then is every
+        # majority an older kv-0 could gather sure to contain a follower that refuses it.
+        self.fenced_off = False
+        self.rounds = 0  # strong-read rounds confirmed
+        self.failed = 0  # strong-read rounds that timed out
+
+    def reset(self) -> None:
+        """A new epoch (or none yet): echoes of the last one do not count for it."""
+        self._echoed.clear()
+        self._started.clear()
+        self._contact = None
+        self.began = None
+        self.fenced_off = False
+
+    # ----------------------------------------------------------- log streams
+    def attach(self, send: Callable[[int], None]) -> Callable[[], None]:
+        """A follower's stream opened: ``send(round)`` pushes a round to it. Returns the detach function."""
+        key = self._next_sender
+        self._next_sender += 1
+        self._senders[key] = send
+
+        def detach() -> None:
+            self._senders.pop(key, None)
+        return detach
+
+    def echo(self, follower: str, round_: int) -> None:
+        """``follower`` (directly, or relayed by a cascade) acknowledged having seen rounds up to ``round_``."""
+        if round_ <= self._echoed.get(follower, 0):
+            return
+        self._echoed[follower] = round_
+        if not self.fenced_off and len(self._echoed) >= self.quorum():
+            self.fenced_off = True
+        confirmed = self._confirmed_round(self.needed())
+        while self._started and self._started[0][0] <= confirmed:
+            self._contact = self._started.popleft()[1]
+        if self._waiters:
+            waiting = self._waiters
+            self._waiters = [item for item in waiting if item[0] > confirmed]
+            if len(self._waiters) < len(waiting):
+                for target, future in waiting:
+                    if target <= confirmed:
+                        wake(future)
+
+    def echoed(self) -> dict[str, int]:
+        """The newest round each follower echoed (a secondary relays these upstream)."""
+        return self._echoed
+
+    def begin(self, verified: bool) -> None:
+        """This process began an epoch now; ``verified``: with a quorum of followers' promises."""
+        self.reset()
+        if verified:
+            self.began = self.clock()
+            self.fenced_off = True
+
+    def needed(self) -> int:
+        """Followers whose echo confirms a round: a majority, or the quorum while older kv-0s are not fenced off."""
+        return self.majority() if self.fenced_off else max(self.majority(), self.quorum())
+
+    def _confirmed_round(self, needed: int) -> int:
+        """The newest round at least ``needed`` followers echoed."""
+        if len(self._echoed) < needed or needed <= 0:
+            return 0 if needed > 0 else self.round
+        return sorted(self._echoed.values(), reverse=True)[needed - 1]
+
+    def relay(self, round_: int) -> None:
+        """A secondary got round ``round_`` from its upstream: pass it to its own followers now."""
+        if round_ > self.round:
+            self.round = round_
+            self._send()
+
+    # ------------------------------------------------------------- asking
+    def tick(self) -> None:
+        """Start a round nobody waits for: the heartbeat that keeps :meth:`in_contact` true."""
+        self._begin_round()
+
+    def _begin_round(self) -> int:
+        # Every call in one turn of the event loop shares the round; it is sent when the
+        # loop next runs callbacks, so it starts after each caller read what it answers.
+        if not self._scheduled:
+            self.round += 1
+            self._scheduled = True
+            self._started.append((self.round, self.clock()))
+            asyncio.get_running_loop().call_soon(self._send)
+        return self.round
+
+    def _send(self) -> None:
+        self._scheduled = False
+        for send in list(self._senders.values()):
+            send(self.round)
+
+    async def confirm(self, timeout: float = CONFIRM_TIMEOUT) -> bool:
+        """Whether a majority still follows this process, by a round started now."""
+        needed = self.needed()
+        if needed <= 0:
+            return True
+        target = self._begin_round()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        item = (target, future)
+        self._waiters.append(item)
+        timer = loop.call_later(timeout, wake, future)
+        try:
+            await future
+        finally:
+            timer.cancel()
+            if item in self._waiters:
+                self._waiters.remove(item)
+        if self._confirmed_round(needed) >= target:
+            self.rounds += 1
+            return True
+        self.failed += 1
+        return False
+
+    # ------------------------------------------------------------- contact
+    def last_contact(self) -> float | None:
+        """When a majority was last known to follow (monotonic): the epoch's start, or the newest confirmed round's."""
+        if self.needed() <= 0:
+            return self.clock()
+        times = [t for t in (self.began, self._contact) if t is not None]
+        return max(times) if times else None
+
+    def in_contact(self) -> bool:
+        """Whether a majority followed this process within :data:`CONTACT_SECONDS`."""
+        last = self.last_contact()
+        return last is not None and self.clock() - last <= CONTACT_SECONDS
+
+    def status(self) -> dict[str, object]:
+        """For /v1/status: rounds, and how long ago a majority was last heard."""
+        last = self.last_contact()
+        return {"rounds_confirmed": self.rounds, "rounds_failed": self.failed,
+                "majority_heard_seconds_ago": None if last is None else round(self.clock() - last, 3),
+                "contact_window_seconds": CONTACT_SECONDS}

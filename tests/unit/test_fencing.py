@@ -1,0 +1,132 @@
+"""Confirmation rounds: a strong read is answered only when a majority echoed a round started after it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kvstore.lineage import LineageError, Promise
+from kvstore.replication.fencing import CONTACT_SECONDS, Fencing
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def settle() -> None:
+    """Let tasks just created run, and the round they scheduled be sent."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def fencing_with(needed: int, clock: Clock | None = None) -> tuple[Fencing, list[int]]:
+    """A Fencing with one attached stream that records the rounds pushed to it."""
+    f = Fencing(lambda: needed, clock=clock or Clock())
+    f.fenced_off = True  # an epoch begun with a quorum of promises
+    sent: list[int] = []
+    f.attach(sent.append)
+    return f, sent
+
+
+async def test_a_round_is_confirmed_only_by_echoes_of_that_round() -> None:
+    f, sent = fencing_with(needed=1)
+    f.echo("kv-1", 0)  # an echo from before the read counts for nothing
+    read = asyncio.ensure_future(f.confirm(timeout=5))
+    await settle()
+    assert sent == [1] and not read.done()
+    f.echo("kv-2", 0)
+    await settle()
+    assert not read.done()
+    f.echo("kv-1", 1)
+    assert await read is True
+    assert f.rounds == 1
+
+
+async def test_without_a_majority_the_round_fails() -> None:
+    f, _ = fencing_with(needed=2)
+    read = asyncio.ensure_future(f.confirm(timeout=0.05))
+    await settle()
+    f.echo("kv-1", 1)  # one of the two followers needed
+    assert await read is False
+    assert f.failed == 1
+
+
+async def test_reads_in_one_loop_turn_share_a_round_and_later_ones_need_the_next() -> None:
+    f, sent = fencing_with(needed=1)
+    first = [asyncio.ensure_future(f.confirm(timeout=5)) for _ in range(3)]
+    await settle()
+    assert sent == [1]  # one message for the three reads
+    later = asyncio.ensure_future(f.confirm(timeout=0.05))
+    await settle()
+    assert sent == [1, 2]
+    f.echo("kv-1", 1)
+    assert await asyncio.gather(*first) == [True, True, True]
+    assert await later is False  # round 1 was sent before it arrived: it proves nothing for it
+
+
+async def test_a_detached_stream_gets_no_rounds_and_one_replica_needs_none() -> None:
+    f = Fencing(lambda: 1)
+    sent: list[int] = []
+    detach = f.attach(sent.append)
+    detach()
+    assert await f.confirm(timeout=0.01) is False and sent == []
+    assert await Fencing(lambda: 0).confirm(timeout=0.01) is True
+
+
+async def test_contact_is_the_start_of_the_newest_round_a_majority_echoed() -> None:
+    clock = Clock()
+    f, _ = fencing_with(needed=1, clock=clock)
+    assert f.last_contact() is None and not f.in_contact()
+    f.tick()
+    started = clock.now
+    clock.now += 1.0
+    f.echo("kv-1", 1)
+    assert f.last_contact() == started and f.in_contact()
+    clock.now = started + CONTACT_SECONDS + 0.01
+    assert not f.in_contact()
+    f.echo("kv-1", 1)  # the same round again (a relayed ack that did not move) proves nothing new
+    assert not f.in_contact()
+    f.begin(verified=True)  # an epoch begun with a quorum of promises
+    assert f.in_contact()
+
+
+async def test_a_secondary_passes_its_upstream_rounds_down_once() -> None:
+    f, sent = fencing_with(needed=1)
+    f.relay(5)
+    f.relay(5)
+    f.relay(3)
+    assert sent == [5]
+    f.echo("kv-2", 5)
+    assert f.echoed() == {"kv-2": 5}
+
+
+async def test_an_unverified_epoch_needs_a_quorum_until_one_has_followed_it() -> None:
+    f = Fencing(lambda: 1, lambda: 2)  # 3 replicas: the quorum is both followers
+    f.begin(verified=False)
+    read = asyncio.ensure_future(f.confirm(timeout=0.05))
+    await settle()
+    f.echo("kv-1", 1)  # a majority, but kv-2 may still follow an older kv-0
+    assert await read is False
+    f.echo("kv-2", 1)  # now both followed this epoch: no older kv-0 can gather a majority
+    assert f.fenced_off and f.needed() == 1
+    read = asyncio.ensure_future(f.confirm(timeout=5))
+    await settle()
+    f.echo("kv-1", 2)
+    assert await read is True
+
+
+def test_a_promise_covers_newer_epochs_and_itself_only() -> None:
+    p = Promise(4, "ab")
+    assert p.covers(5, "cd") and p.covers(4, "ab")
+    assert not p.covers(4, "cd") and not p.covers(3, "ab")
+    assert Promise().covers(1, "ab")
+    assert Promise.from_json(p.to_json()) == p and Promise.from_json(None) == Promise()
+    for bad in ([], {"epoch": 1}, {"epoch": -1, "id": "ab"}, {"epoch": 1, "id": "XYZ"}, {"epoch": 0, "id": "ab"},
+                {"epoch": 2, "id": ""}, {"epoch": True, "id": "ab"}, {"epoch": 1, "id": "a" * 33}):
+        with pytest.raises(LineageError):
+            Promise.from_json(bad)
