@@ -631,13 +631,13 @@ class StatefulSet:
                                f"({pod.status if pod else 'no such pod'})")
             address = self.zombie_address()
             copy = zombie_dir(self.spec.directory, name)
-            await asyncio.to_thread(shutil.rmtree, copy, True)  # a copy left by a killed controller
-            await self._copy_stopped(pod, copy)
             env = {**pod.spec.env, "KV_DATA_DIR": str(copy), "KV_BIND_ADDRESS": address}
             spec = PodSpec(name=name, ordinal=pod.ordinal, address=address, http_port=pod.spec.http_port,
                            peer_port=pod.spec.peer_port, data_dir=copy,
                            log_path=pod.spec.log_path.with_name(f"{name}{ZOMBIE_SUFFIX}.log"), env=env)
+            await asyncio.to_thread(shutil.rmtree, copy, True)  # a copy left by a killed controller
             try:
+                await self._copy_stopped(pod, copy)
                 process = await self.runtime.start(spec)
             except BaseException:
                 await asyncio.to_thread(shutil.rmtree, copy, True)
@@ -657,9 +657,6 @@ class StatefulSet:
         process.send_signal(signal.SIGSTOP)
         try:
             await asyncio.to_thread(shutil.copytree, pod.spec.data_dir, target, symlinks=True)
-        except BaseException:
-            await asyncio.to_thread(shutil.rmtree, target, True)
-            raise
         finally:
             process.send_signal(signal.SIGCONT)
 
