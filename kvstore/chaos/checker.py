@@ -24,6 +24,9 @@ Checks (each violation names its kind, key and the operations involved):
    saw), or absent after one with no delete to explain it.
 7. ``missing_final_view``: a pod the clients used, or kv-0, has no final
    view (the lost-write and convergence checks would have nothing to read).
+   A zombie of kv-0 (``kv-0-zombie``, see the ``zombie-primary`` nemesis) is
+   gone by the end and has none: its answers are judged like any pod's
+   against the other pods' histories and kv-0's final view.
 8. Also: ``phantom_value`` (a value no write wrote), ``failed_write_visible``
    (a write answered as not applied was seen), ``version_conflict`` (one value,
    two versions: replicas disagree) and ``server_error`` (a 500).
@@ -39,6 +42,7 @@ from typing import Any, Iterable
 from kvstore.chaos import linearizability as lin
 from kvstore.chaos.history import FAILED, OK, UNKNOWN, Op
 from kvstore.chaos.nemesis import FAULTS
+from kvstore.local.statefulset import ZOMBIE_SUFFIX
 
 
 # Every kind of violation, in the order the summary lists them.
@@ -103,6 +107,16 @@ def _applied(op: Op) -> bool:
     return op.is_write and op.outcome == OK
 
 
+def is_zombie(pod: str) -> bool:
+    """Whether ``pod`` names a zombie (a second process of a pod, e.g. ``kv-0-zombie``)."""
+    return pod.endswith(ZOMBIE_SUFFIX)
+
+
+def _replica(name: str) -> str:
+    """The pod a name stands for: a zombie of kv-0 speaks as kv-0."""
+    return name[:-len(ZOMBIE_SUFFIX)] if is_zombie(name) else name
+
+
 def _committed_observation(op: Op) -> bool:
     """Whether a read can only have seen what a majority holds.
 
@@ -111,7 +125,7 @@ def _committed_observation(op: Op) -> bool:
     show a write no follower holds yet, which kv-0 losing its volume undoes and
     whose version a later write may then carry.
     """
-    return op.consistency == "strong" or not (op.answered_by or op.pod or "").endswith("-0")
+    return op.consistency == "strong" or not _replica(op.answered_by or op.pod or "").endswith("-0")
 
 
 def build_versions(history: Iterable[Op], views: dict[str, ReplicaView] | None = None) -> tuple[
@@ -391,8 +405,11 @@ def check_version_order(history: list[Op]) -> list[Violation]:
 
 
 def check_final_views(history: list[Op], views: dict[str, ReplicaView], final_pod: str) -> list[Violation]:
-    """Every pod the clients used, and the primary, has a final view: no check is skipped silently."""
-    expected = {op.pod for op in history} | ({final_pod} if history else set())
+    """Every pod the clients used, and the primary, has a final view: no check is skipped silently.
+
+    A zombie is killed before the end, so it has none; kv-0 stands for it.
+    """
+    expected = {_replica(op.pod) for op in history} | ({final_pod} if history else set())
     missing = sorted(expected - set(views))
     if not missing:
         return []

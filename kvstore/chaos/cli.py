@@ -80,17 +80,20 @@ _interval = flag(float_range(0.05, 600, "seconds"))
 def register(subparsers: Any) -> None:
     """Add ``chaos`` to the ``kvstore`` parser."""
     p = subparsers.add_parser(
-        "chaos", help="workload + faults (kill, pause, partition, volumes, DNS, full restarts) + checker; "
-                      "non-zero exit on any violation",
+        "chaos", help="workload + faults (kill, pause, partition, volumes, DNS, full restarts, a zombie kv-0) "
+                      "+ checker; non-zero exit on any violation",
         description="Run concurrent clients against a cluster while killing, pausing and partitioning pods, "
-                    "removing or rolling back their volumes, breaking DNS and restarting every pod, "
+                    "removing or rolling back their volumes, breaking DNS, restarting every pod and running "
+                    "a second kv-0 (zombie-primary: an old kv-0 process that outlived its pod, on a copy of "
+                    "its volume, that some clients reach and that DNS lists for kv-0 for a while), "
                     "then check that nothing acknowledged was lost, replicas converged, and strong reads "
                     "and compare-and-set were linearizable.")
     p.set_defaults(handler=handle)
     p.add_argument("--duration", type=_duration, default=60.0, help="seconds of workload and faults (default 60)")
     p.add_argument("--nemesis", type=_nemesis, default=None,
                    help=f"faults: comma-separated {','.join(FAULTS)}, or none (default: all the runtime "
-                        f"supports: {','.join(SIGNAL_FAULTS)} with --runtime docker, kill with kubernetes)")
+                        f"supports: all with process, {','.join(SIGNAL_FAULTS)} with --runtime docker, kill "
+                        "with kubernetes)")
     p.add_argument("--runtime", choices=RUNTIMES, default="process",
                    help="process|docker: a local cluster; kubernetes: kubectl, kill only (default process)")
     p.add_argument("--dir", default=None,
@@ -249,6 +252,8 @@ def summary(args: argparse.Namespace, seed: int, history: list[Any], faults: lis
                  + (f"{'>' if still_open else ''}{gap:.1f}s" if counts["kill_primary"] else "- (no kv-0 kill)"))
     concern = sum(1 for op in history if op.status == 504 and op.error == "write_concern_timeout")
     lines.append(f"writes durable on kv-0 but answered 504 write_concern_timeout: {concern}")
+    if "zombie-primary" in args.nemesis or counts["zombie-primary"]:
+        lines.append("operations sent to a zombie kv-0: " + zombie_text(history))
     lsns = sorted({v.lsn for v in views.values()})
     digest = hashlib.sha256(json.dumps(sorted(next(iter(views.values())).contents.items())).encode()
                             ).hexdigest()[:12] if views else "-"
@@ -264,6 +269,26 @@ def summary(args: argparse.Namespace, seed: int, history: list[Any], faults: lis
         lines.append(f"  … {len(report.violations) - 20} more in report.json")
     lines.append(f"verdict: {report.verdict}")
     return "\n".join(lines)
+
+
+def zombie_counts(history: list[Any]) -> Counter[str]:
+    """Operations sent to a zombie: in all, by outcome, and by the refusals fencing answers with."""
+    counts: Counter[str] = Counter()
+    for op in history:
+        if checker.is_zombie(op.pod):
+            counts["sent"] += 1
+            counts[op.outcome] += 1
+            if op.status in (503, 504) and op.error:
+                counts[f"{op.status} {op.error}"] += 1
+    return counts
+
+
+def zombie_text(history: list[Any]) -> str:
+    """The summary's zombie line: how many operations went to it and what became of them."""
+    counts = zombie_counts(history)
+    refusals = sorted(k for k in counts if k[:3] in ("503", "504"))
+    return (f"{counts['sent']} (ok {counts['ok']}, failed {counts['failed']}, unknown {counts['unknown']}"
+            + "".join(f"; {k} {counts[k]}" for k in refusals) + ")")
 
 
 # --------------------------------------------------------------------------- run
@@ -305,13 +330,18 @@ def _recheck(args: argparse.Namespace) -> int:
     return EXIT_UNDECIDED if report.verdict == "UNKNOWN" else 0
 
 
+def default_nemesis(runtime: str) -> tuple[str, ...]:
+    """The faults of a run without ``--nemesis``: every one the runtime supports."""
+    return {"kubernetes": ("kill",), "docker": SIGNAL_FAULTS}.get(runtime, FAULTS)
+
+
 def _say(text: str) -> None:
     print(f"chaos: {text}", file=sys.stderr, flush=True)
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.nemesis is None:
-        args.nemesis = {"kubernetes": ("kill",), "docker": SIGNAL_FAULTS}.get(args.runtime, FAULTS)
+        args.nemesis = default_nemesis(args.runtime)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     rng = random.Random(seed)
     run_id = f"{os.getpid()}-{seed % 100000}"
@@ -403,6 +433,7 @@ def _run(args: argparse.Namespace) -> int:
             "violations": [v.to_dict() for v in report.violations], "undecided": report.undecided,
             "outcomes": {k: dict(v) for k, v in checker.outcome_table(history).items()},
             "faults": dict(checker.fault_counts(nemesis.log)),
+            "zombie": dict(zombie_counts(history)),
             "final": {pod: {"lsn": v.lsn, "keys": len(v.contents)} for pod, v in views.items()},
         }, indent=2) + "\n")
         print(text, flush=True)

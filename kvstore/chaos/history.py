@@ -3,8 +3,10 @@
 Outcomes follow the API's contract:
 
 - ``ok``: it happened (for writes: applied, with its version);
-- ``failed``: definitely not applied (503 ``no_primary``/``restoring``, a
-  connection that was never made, a 412/404 that is itself an observation);
+- ``failed``: definitely not applied (503 ``no_primary``, ``recovering``
+  or ``not_primary``: a kv-0 that its followers do not confirm refuses a
+  write before applying it; a connection that was never made; a 412/404
+  that is itself an observation);
 - ``unknown``: may or may not have applied (timeouts, a cut connection,
   504 ``primary_timeout``, 503 ``storage_unavailable``, a 500, and a 504
   ``write_concern_timeout``: durable on kv-0 but held by no majority, so

@@ -20,9 +20,19 @@ Faults:
   under the StatefulSet's policy (OrderedReady: kv-0 first); while the pods
   are down and coming back, every client aims at kv-0 (:meth:`Nemesis.aim`),
   so writes reach it the moment it answers.
+- ``zombie-primary``: a second kv-0, as when a force-deleted pod's old
+  process still runs while the StatefulSet starts its replacement. The
+  controller copies kv-0's volume while kv-0 is SIGSTOPped and starts
+  ``kvstore serve`` with kv-0's env on the copy, at an address of its own.
+  For a few seconds a third of the operations (chosen per operation by
+  :meth:`Nemesis.aim`) go to the zombie, recorded as sent to ``kv-0-zombie``;
+  then DNS lists the zombie's address for kv-0 (it took the name over: the
+  followers and forwarded requests find it) for a few seconds; then the real
+  kv-0's again for a few seconds; then the zombie is SIGKILLed and its copy
+  removed. The checker judges its answers like any pod's.
 
 Backends: the local cluster (``process`` and ``docker`` runtimes; the last
-four faults with ``process`` only) and Kubernetes (``kubectl``: kill only).
+five faults with ``process`` only) and Kubernetes (``kubectl``: kill only).
 Whatever a backend changes, its synchronous ``cleanup()`` undoes, and
 ``Nemesis.heal_all()`` calls it: from ``finally`` blocks, on Ctrl-C and on
 errors.
@@ -48,13 +58,13 @@ import aiohttp
 
 from kvstore.local import control
 from kvstore.local.state import ClusterError, client_url, read_state
-from kvstore.local.statefulset import volume_dir
+from kvstore.local.statefulset import ZOMBIE_SUFFIX, volume_dir
 
 log = logging.getLogger("kvstore.chaos")
 
 SIGNAL_FAULTS = ("kill", "pause", "partition")
-# Faults the local controller injects (hold, full stop, DNS), process runtime only.
-CONTROLLER_FAULTS = ("volume-loss", "volume-rollback", "dns", "restart-all")
+# Faults the local controller injects (hold, full stop, DNS, a second kv-0), process runtime only.
+CONTROLLER_FAULTS = ("volume-loss", "volume-rollback", "dns", "restart-all", "zombie-primary")
 FAULTS = SIGNAL_FAULTS + CONTROLLER_FAULTS
 NET_CLS_ROOT = Path("/sys/fs/cgroup/net_cls")
 CLASSID_MAJOR = 0x4B56  # "KV": our net_cls class ids are 4b56:xxxx
@@ -139,6 +149,10 @@ class ControllerBackend(Backend, Protocol):
 
     def restore_volume(self, pod: str, snapshot: Path) -> None:
         """Replace a stopped pod's data dir with ``snapshot`` (which is used up)."""
+
+    async def zombie(self, action: str) -> dict[str, Any]:
+        """Drive the zombie of kv-0: ``start``, ``takeover``, ``giveback`` or ``stop``; returns it
+        (``address``, ``url``, ``pid``, ``exit_code``…)."""
 
 
 def run_command(argv: list[str], timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -283,6 +297,7 @@ class LocalBackend:
         self._held: set[str] = set()
         self._stopped = False
         self._dns_broken = False
+        self._zombie = False  # a zombie may run: cleanup stops it
         self._paused: set[int] = set()
         self._partitioned: dict[str, PodInfo] = {}
         self.partitioner: LoopbackPartitioner | None = None
@@ -368,6 +383,14 @@ class LocalBackend:
         self._dns_broken = drop or bool(hide)
         await self._control("/v1/dns", {"drop": drop, "hide": hide})
 
+    async def zombie(self, action: str) -> dict[str, Any]:
+        if action == "start":
+            self._zombie = True  # before the call: a start that times out may still have started one
+        answer = await self._control("/v1/zombie", {"action": action}, timeout=60)
+        if action == "stop":
+            self._zombie = False
+        return dict(answer["zombie"])
+
     def _stopped_volume(self, pod: str) -> Path:
         """The pod's data dir, after checking that no container of the pod runs (never touch a live LevelDB)."""
         try:
@@ -420,13 +443,15 @@ class LocalBackend:
             calls.append(("/v1/start-pods", {}))
         if self._dns_broken:
             calls.append(("/v1/dns", {}))
+        if self._zombie:
+            calls.append(("/v1/zombie", {"action": "stop"}))
         for path, body in calls:
             try:
                 control.call_blocking(self.directory, "POST", path, body, timeout=30)
             except ClusterError as exc:  # e.g. already released, or the controller is gone
                 log.info("heal %s %s: %s", path, body, exc)
         self._held.clear()
-        self._stopped = self._dns_broken = False
+        self._stopped = self._dns_broken = self._zombie = False
 
     # Docker: disconnect the container from the network its runtime created, reconnect with the same IP.
     def _container(self, pod: str) -> Any:
@@ -564,6 +589,8 @@ class NemesisConfig:
     full_stop_chance: float = 0.35  # a volume-loss during a full stop rather than of one held pod
     dns_drop_chance: float = 0.5    # a DNS fault that drops queries rather than leaving pods out
     dns_restart_chance: float = 0.5  # kv-0 restarted while DNS is broken
+    zombie_seconds: tuple[float, float] = (3.0, 6.0)  # each phase: beside kv-0, in its place, beside it again
+    zombie_share: float = 1 / 3    # of the operations, sent to the zombie while it runs
     restart_wait: float = 30.0     # after a kill or a hold, wait at most this long for the pod to come back
     ready_wait: float = 90.0       # after a full stop, wait at most this long for every pod to be Ready
     seed: int | None = None
@@ -574,8 +601,9 @@ class Nemesis:
 
     Each fault's first entry in the log carries its name (what the report
     counts); the entries that follow say how it ended: ``restarted``,
-    ``resume``, ``heal``, ``release``, ``start-pods``, ``dns-heal``, and
-    ``ready`` (or ``not-ready``) once the pods it stopped serve again.
+    ``resume``, ``heal``, ``release``, ``start-pods``, ``dns-heal``,
+    ``zombie-takeover``, ``zombie-giveback``, ``zombie-stop``, and ``ready``
+    (or ``not-ready``) once the pods it stopped serve again.
     """
 
     def __init__(self, backend: Backend, config: NemesisConfig, clock: Callable[[], float]) -> None:
@@ -589,6 +617,8 @@ class Nemesis:
         self.rng = random.Random(config.seed)
         self.log: list[dict[str, Any]] = []
         self.focus: str | None = None  # while set, the pod every client should use (kv-0 coming back)
+        self.zombie_target: tuple[str, str] | None = None  # (name, URL) of a running zombie of kv-0
+        self._aim_rng = random.Random(config.seed)  # the clients' draws leave the faults' sequence alone
         self._first = list(config.faults)
         self._targeted: set[str] = set()  # faults that already chose a pod (the first choice is kv-0)
 
@@ -598,9 +628,16 @@ class Nemesis:
         return cast(ControllerBackend, self.backend)
 
     def aim(self, urls: dict[str, str]) -> dict[str, str]:
-        """The pods clients should use now: all of ``urls``, or only kv-0 while it comes back from a full stop."""
+        """The pods a client should use for its next operation (called once per operation).
+
+        All of ``urls``; only kv-0 while it comes back from a full stop; and while
+        a zombie of kv-0 runs, only the zombie for ``zombie_share`` of the calls.
+        """
         if self.focus is not None and self.focus in urls:
             return {self.focus: urls[self.focus]}
+        zombie = self.zombie_target
+        if zombie is not None and self._aim_rng.random() < self.config.zombie_share:
+            return {zombie[0]: zombie[1]}
         return urls
 
     def _record(self, fault: str, pod: str, **detail: Any) -> None:
@@ -651,7 +688,7 @@ class Nemesis:
                     self._record("skipped", "", fault=fault, reason=str(exc))
                     self.heal_all()
         finally:
-            self.focus = None
+            self.focus = self.zombie_target = None
             self.heal_all()
         return self.log
 
@@ -679,6 +716,10 @@ class Nemesis:
             await self.dns(drop, hide, self._uniform(self.config.dns_seconds, deadline), restart)
         elif fault == "restart-all":
             await self.restart_all()
+        elif fault == "zombie-primary":
+            primary = next((p for p in pods if p.ordinal == 0), None)
+            if primary is not None:
+                await self.zombie_primary(primary, deadline)
         else:
             raise ValueError(f"unknown fault {fault!r}")
 
@@ -818,6 +859,32 @@ class Nemesis:
             await self._wait_ready({p.name: p.pid for p in before}, self.config.ready_wait)
         finally:
             self.focus = None
+
+    async def zombie_primary(self, primary: PodInfo, deadline: float) -> None:
+        """A second ``primary`` (kv-0): started beside it, then in its place in DNS, then beside it
+        again, then killed; each phase lasts ``zombie_seconds``, cut at the deadline.
+
+        While the zombie runs, ``zombie_share`` of the operations go to it (:meth:`aim`),
+        recorded as sent to ``<primary>-zombie``. It is stopped (SIGKILL, DNS given back,
+        its copy removed) even when a phase fails or the run is cancelled.
+        """
+        name = primary.name + ZOMBIE_SUFFIX
+        zombie = await self.controller.zombie("start")
+        try:
+            self._record("zombie-primary", primary.name, zombie=name, address=zombie.get("address"),
+                         url=zombie.get("url"), pid=zombie.get("pid"))
+            self.zombie_target = (name, str(zombie["url"]))
+            await asyncio.sleep(self._uniform(self.config.zombie_seconds, deadline))
+            await self.controller.zombie("takeover")
+            self._record("zombie-takeover", primary.name, address=zombie.get("address"))
+            await asyncio.sleep(self._uniform(self.config.zombie_seconds, deadline))
+            await self.controller.zombie("giveback")
+            self._record("zombie-giveback", primary.name, address=primary.address)
+            await asyncio.sleep(self._uniform(self.config.zombie_seconds, deadline))
+        finally:
+            self.zombie_target = None
+            stopped = await self.controller.zombie("stop")
+            self._record("zombie-stop", primary.name, pid=stopped.get("pid"), exit_code=stopped.get("exit_code"))
 
     async def _lsn(self, pod: PodInfo) -> int | None:
         """The pod's LSN from ``/v1/status`` (None when it does not answer): for the log only."""

@@ -5,6 +5,10 @@ key from a small pool and an operation: PUT of a unique value, compare-and-set
 on the version it last saw, create-only, DELETE, and local, strong and
 ``min_lsn`` reads. Keys are retired after ``ops_per_key`` operations, so each
 key's history stays small enough for the linearizability search.
+
+The pods come from ``urls()``, asked once per operation, so the nemesis can
+aim clients (:meth:`kvstore.chaos.nemesis.Nemesis.aim`); an operation is
+recorded under the name its URL was given (``kv-0-zombie`` for a second kv-0).
 """
 
 from __future__ import annotations

@@ -18,6 +18,13 @@ Faults, for ``kvstore chaos``:
     POST /v1/start-pods          create them again, in order
     POST /v1/dns {"drop", "hide"}  DNS drops every query (``drop``: true) and/or leaves
                                  the pods named in ``hide`` out of its answers; ``{}`` heals
+    POST /v1/zombie {"action"}   a zombie of kv-0 (process runtime): ``start`` copies
+                                 kv-0's volume while kv-0 is SIGSTOPped and runs a second
+                                 kv-0 on the copy, at an address of its own; ``takeover``:
+                                 DNS lists the zombie's address for kv-0; ``giveback``:
+                                 the real kv-0's again; ``stop``: SIGKILL, copy removed,
+                                 DNS given back. Each answers the zombie (address, url,
+                                 pid); 409 when there is none, or one already runs
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ import aiohttp
 from aiohttp import web
 
 from kvstore.local.state import SOCKET_FILE, ClusterError
-from kvstore.local.statefulset import Pod, StatefulSet
+from kvstore.local.statefulset import Conflict, Pod, StatefulSet
+
+ZOMBIE_ACTIONS = ("start", "takeover", "giveback", "stop")
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -61,6 +70,7 @@ class ControlServer:
         app.router.add_post("/v1/stop-pods", self._stop_pods)
         app.router.add_post("/v1/start-pods", self._start_pods)
         app.router.add_post("/v1/dns", self._dns)
+        app.router.add_post("/v1/zombie", self._zombie)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         if self.path.exists():
@@ -152,6 +162,33 @@ class ControlServer:
         if not isinstance(hide, list) or not all(isinstance(name, str) for name in hide):
             return _error(400, "hide must be a list of pod names")
         return web.json_response({"dns_fault": self.statefulset.set_dns_fault(drop, hide)})
+
+    async def _zombie(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        unknown = sorted(set(body) - {"action"})
+        if unknown:
+            return _error(400, f"unknown fields: {', '.join(unknown)} (expected action)")
+        action = body.get("action")
+        if not isinstance(action, str) or action not in ZOMBIE_ACTIONS:
+            return _error(400, f"action must be one of {', '.join(ZOMBIE_ACTIONS)}, not {json.dumps(action)[:60]}")
+        statefulset = self.statefulset
+        try:
+            if action == "start":
+                zombie = (await statefulset.start_zombie()).to_dict()
+            elif action == "takeover":
+                zombie = statefulset.zombie_takeover().to_dict()
+            elif action == "giveback":
+                zombie = statefulset.zombie_giveback().to_dict()
+            else:
+                stopped = await statefulset.stop_zombie()
+                if stopped is None:
+                    return _error(409, "no zombie is running")
+                zombie = stopped
+        except Conflict as exc:
+            return _error(409, str(exc))
+        except OSError as exc:  # the copy or the process could not be made: the controller's fault
+            return _error(500, f"cannot {action} the zombie: {exc}")
+        return web.json_response({"action": action, "zombie": zombie})
 
 
 async def call(directory: Path, method: str, path: str, body: dict[str, Any] | None = None,

@@ -1,10 +1,12 @@
 """The controller's faults against a real local StatefulSet: each really happens, and heals.
 
-One 3-pod cluster (127.0.100.x) serves the whole file. These tests check the
-fault mechanics only: what the store makes of a lost or rolled-back volume is
-the chaos checker's business, not theirs. The full stop with kv-0's volume
-lost runs last, since the store may come out of it with replicas that
-disagree.
+One 3-pod cluster (127.0.100.x, or the /24 that ``KV_TEST_NEMESES_NET``
+names, e.g. ``127.0.72``) serves the whole file. These tests check the fault
+mechanics only: what the store makes of a lost or rolled-back volume is the
+chaos checker's business, not theirs; the zombie kv-0 also runs in a short
+``kvstore chaos`` against the same cluster, to see that it is reached and
+judged. The full stop with kv-0's volume lost runs last, since the store may
+come out of it with replicas that disagree.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import aiohttp
 import dns.exception
 import dns.resolver
 import pytest
@@ -23,10 +28,12 @@ import pytest
 from local_cluster import LocalCluster, http
 from kvstore.chaos.nemesis import FaultFailed, LocalBackend, Nemesis, NemesisConfig, PodInfo, local_pods
 from kvstore.local import control
+from kvstore.local.handle import run_cli
 from kvstore.local.state import ClusterError
 from kvstore.storage import Store
 
-BASE, DNS_ADDRESS, CLIENT = "127.0.100.10", "127.0.100.2", "127.0.100.250"
+NET = os.environ.get("KV_TEST_NEMESES_NET", "127.0.100")
+BASE, DNS_ADDRESS, CLIENT = f"{NET}.10", f"{NET}.2", f"{NET}.250"
 SERVICE = "kv.default.svc.cluster.local"
 ALL = ["kv-0", "kv-1", "kv-2"]
 MARKER = "left-by-the-test"  # a file LevelDB ignores: gone only if the whole dir was removed
@@ -242,7 +249,142 @@ def test_dns_leaves_pods_out_then_heals(cluster: LocalCluster, backend: Observed
     asyncio.run(run())
     assert seen == [["kv-0"]]
     assert srv_targets(cluster) == ALL
-    assert resolver(cluster).resolve(f"kv-1.{SERVICE}", "A", search=False).rrset[0].address == "127.0.100.11"
+    assert resolver(cluster).resolve(f"kv-1.{SERVICE}", "A", search=False).rrset[0].address == f"{NET}.11"
+
+
+# ------------------------------------------------------------------------- a zombie kv-0
+ZOMBIE_COPY = "zombie-data-kv-0"
+
+
+def control_raw(cluster: LocalCluster, body: bytes) -> tuple[int, Any]:
+    """POST /v1/zombie with ``body`` as it is: the controller's status and JSON answer."""
+    async def post() -> tuple[int, Any]:
+        connector = aiohttp.UnixConnector(path=str(cluster.directory / "control.sock"))
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+            async with session.post("http://controller/v1/zombie", data=body,
+                                    headers={"Content-Type": "application/json"}) as response:
+                return response.status, await response.json(content_type=None)
+    return asyncio.run(post())
+
+
+def zombie(cluster: LocalCluster, action: str) -> dict[str, Any]:
+    status, answer = control_raw(cluster, json.dumps({"action": action}).encode())
+    assert status == 200, answer
+    return answer["zombie"]
+
+
+def environ(pid: int) -> dict[str, str]:
+    raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP): state T in /proc/<pid>/stat."""
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def kv0_address(cluster: LocalCluster) -> str:
+    return str(resolver(cluster).resolve(f"kv-0.{SERVICE}", "A", search=False).rrset[0].address)
+
+
+def test_zombie_control_runs_a_second_kv0_and_rejects_bad_requests(cluster: LocalCluster,
+                                                                   backend: Observed) -> None:
+    # Bad requests: 400 with a JSON error, never a 500.
+    for body, status, message in [
+            (b"{", 400, "expected a JSON object"), (b"[]", 400, "expected a JSON object"),
+            (b"{}", 400, "action must be one of start, takeover, giveback, stop, not null"),
+            (b'{"action": "explode"}', 400, 'action must be one of start, takeover, giveback, stop, not "explode"'),
+            (b'{"action": ["start"]}', 400, "action must be one of"),
+            (b'{"action": "start", "pod": "kv-1"}', 400, "unknown fields: pod (expected action)"),
+            *[(json.dumps({"action": a}).encode(), 409, "no zombie is running")
+              for a in ("takeover", "giveback", "stop")]]:
+        answer = control_raw(cluster, body)
+        assert answer[0] == status and message in answer[1]["error"], (body, answer)
+    kv0 = cluster.pods()["kv-0"]
+    started = zombie(cluster, "start")
+    try:
+        assert control_raw(cluster, b'{"action": "start"}') == (409, {"error": (
+            f"a zombie of kv-0 is already running (pid {started['pid']}); stop it first")})
+        # kv-0's own env, but for its data dir (a copy) and its address (free, in the pods' /24).
+        mine, real = environ(started["pid"]), environ(kv0["pid"])
+        copy = str(Path(real["KV_DATA_DIR"]).with_name(ZOMBIE_COPY))  # beside the volumes
+        assert mine == {**real, "KV_DATA_DIR": copy, "KV_BIND_ADDRESS": started["address"]}
+        assert real["POD_NAME"] == "kv-0" and real["KV_CLUSTER_TOKEN_FILE"] and real["KV_DNS_SERVER"]
+        assert started["address"].startswith(f"{NET}.") and started["address"] not in (
+            {p["address"] for p in cluster.pods().values()} | {DNS_ADDRESS, CLIENT})
+        assert started["url"] == f"http://{started['address']}:8080" and started["data_dir"] == copy
+        assert json.loads((cluster.directory / "cluster.json").read_text())["zombie"]["pid"] == started["pid"]
+        assert alive(kv0["pid"]) and not stopped(kv0["pid"])  # SIGSTOPped for the copy, then SIGCONT
+        # It serves, as kv-0, from the copy.
+        status, _, body = wait_for_answer(started["url"] + "/v1/status")
+        assert status in (200, 503), body
+        assert kv0_address(cluster) == BASE
+        zombie(cluster, "takeover")
+        assert kv0_address(cluster) == started["address"] and srv_targets(cluster) == ALL
+        zombie(cluster, "giveback")
+        assert kv0_address(cluster) == BASE
+        zombie(cluster, "takeover")  # and stop gives the name back too
+    finally:
+        stop = control_raw(cluster, b'{"action": "stop"}')
+    assert stop[0] == 200 and stop[1]["zombie"]["running"] is False, stop
+    assert not alive(started["pid"]) and not (cluster.directory / ZOMBIE_COPY).exists()
+    assert kv0_address(cluster) == BASE and srv_targets(cluster) == ALL
+    assert json.loads((cluster.directory / "cluster.json").read_text())["zombie"] is None
+    assert (cluster.directory / "logs" / "kv-0-zombie.log").stat().st_size > 0
+    assert cluster.pods()["kv-0"]["pid"] == kv0["pid"]  # the real kv-0 was paused, never restarted
+
+
+def wait_for_answer(url: str) -> tuple[int, dict[str, str], bytes]:
+    """The first HTTP answer from ``url`` within 30 s (a new process takes a moment to listen)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return http("GET", url, timeout=5)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_cleanup_kills_the_zombie_and_gives_kv0_its_name_back(cluster: LocalCluster, backend: Observed) -> None:
+    started = asyncio.run(backend.zombie("start"))
+    asyncio.run(backend.zombie("takeover"))
+    assert kv0_address(cluster) == started["address"]
+    backend.cleanup()
+    assert not alive(started["pid"]) and kv0_address(cluster) == BASE
+    assert not (cluster.directory / ZOMBIE_COPY).exists()
+
+
+def test_zombie_primary_in_a_chaos_run_is_reached_recorded_stopped_and_judged(cluster: LocalCluster,
+                                                                               tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "kvstore", "chaos", "--dir", str(cluster.directory), "--out", str(out),
+         "--nemesis", "zombie-primary", "--duration", "45", "--seed", "7", "--heal-timeout", "90"],
+        capture_output=True, text=True, timeout=400, stdin=subprocess.DEVNULL)
+    assert (out / "report.json").exists(), result.stdout + result.stderr
+    report = json.loads((out / "report.json").read_text())
+    faults = [json.loads(line) for line in (out / "faults.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    # Every phase of every zombie was recorded, and each zombie was stopped.
+    phases = [e["fault"] for e in faults if e["fault"].startswith("zombie-")]
+    runs = phases.count("zombie-primary")
+    assert runs >= 1 and phases == ["zombie-primary", "zombie-takeover", "zombie-giveback", "zombie-stop"] * runs, \
+        faults
+    # The zombie was reached; it refused some operations as fencing says it must.
+    sent = [op for op in history if op["pod"] == "kv-0-zombie"]
+    refused = [op for op in sent if op["status"] == 503 and op["error"] in ("not_primary", "recovering")]
+    assert sent and refused, report["zombie"]
+    assert report["zombie"]["sent"] == len(sent)
+    # Nothing of it is left: processes, copies, the name in DNS.
+    for entry in faults:
+        if entry["fault"] == "zombie-primary":
+            assert not alive(entry["pid"]), entry
+    assert not (cluster.directory / ZOMBIE_COPY).exists()
+    assert json.loads((cluster.directory / "cluster.json").read_text())["zombie"] is None
+    assert kv0_address(cluster) == BASE and srv_targets(cluster) == ALL
+    # And the store came through it: nothing lost, nothing stale, replicas agree.
+    assert result.returncode == 0 and report["verdict"] == "PASS", (report["summary"], report["violations"][:5])
 
 
 def ordered_restart(cluster: LocalCluster, before: dict[str, dict[str, Any]]) -> None:
@@ -309,3 +451,13 @@ def test_volume_loss_during_a_full_stop_starts_kv0_on_an_empty_volume(cluster: L
     assert n.log[1] == {**n.log[1], "pod": "kv-0", "mode": "full-stop", "removed": True}
     ordered_restart(cluster, before)
     assert not (cluster.directory / "data-kv-0" / MARKER).exists()
+
+
+def test_zombie_dies_with_the_controller_and_its_copy_is_removed(cluster: LocalCluster) -> None:
+    # Last: it stops the cluster (the fixture's down() then has nothing left to stop).
+    started = zombie(cluster, "start")
+    result = run_cli("cluster", "down", "--dir", str(cluster.directory), "--timeout", "60", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert not alive(started["pid"])
+    # Removed by the controller itself (a zombie that merely died with it would leave its copy).
+    assert not (cluster.directory / ZOMBIE_COPY).exists()

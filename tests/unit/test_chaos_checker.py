@@ -1298,3 +1298,69 @@ def test_a_conflict_seen_again_is_reported_once() -> None:
     h.read("zzz", 1, 4, 5, consistency="local", pod="kv-2")
     assert [v.message for v in checker.check(h.ops, final("a", 1)).violations if v.kind == "version_conflict"] == [
         "version 1 seen with values 'a' and 'zzz'"]
+
+
+# ------------------------------------------------------- a zombie kv-0 and fencing's answers
+ZOMBIE = "kv-0-zombie"  # how the zombie-primary nemesis records operations sent to a second kv-0
+
+
+def test_fencing_refusals_are_not_applied_and_an_unconfirmed_write_is_unknown() -> None:
+    for code in ("not_primary", "recovering", "no_primary"):
+        assert classify_write(503, code) == FAILED, code
+    assert classify_write(504, "write_concern_timeout") == UNKNOWN
+    assert classify_read(503) == FAILED and classify_read(504) == FAILED  # not_primary, not_confirmed
+
+
+def test_a_write_the_zombie_refused_that_shows_up_later_is_reported() -> None:
+    # 503 not_primary promises the write was refused before it was applied.
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("refused", None, 2, 3, outcome=classify_write(503, "not_primary"), status=503, error="not_primary",
+          pod=ZOMBIE)
+    h.read("refused", 2, 4, 5, pod="kv-1")
+    report = checker.check(h.ops, final("refused", 2))
+    assert "failed_write_visible" in kinds(report)
+    assert any(v.ops == [2, 1] for v in report.violations if v.kind == "failed_write_visible"), report.violations
+
+
+def test_an_unconfirmed_write_on_the_zombie_may_be_kept_or_lost() -> None:
+    for kept in (True, False):
+        h = H()
+        h.put("a", 1, 0, 1)
+        h.put("maybe", None, 2, 3, outcome=classify_write(504, "write_concern_timeout"), status=504,
+              error="write_concern_timeout", pod=ZOMBIE)
+        assert checker.check(h.ops, final("maybe", 2) if kept else final("a", 1)).verdict == "PASS", kept
+
+
+def test_a_stale_strong_read_from_the_zombie_is_not_linearizable() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("b", 2, 2, 3)                          # acknowledged by the real kv-0
+    h.read("a", 1, 4, 5, pod=ZOMBIE)             # the zombie, on its old copy, answers a strong read
+    report = checker.check(h.ops, final("b", 2))
+    assert kinds(report) == {"non_linearizable", "version_order"}
+    assert [v.ops for v in report.violations if v.kind == "non_linearizable"] == [[2]]
+
+
+def test_a_write_the_zombie_acknowledged_that_is_gone_is_lost() -> None:
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.put("z", 2, 2, 3, pod=ZOMBIE)              # acknowledged (w=majority) by the zombie alone
+    report = checker.check(h.ops, final("a", 1))
+    assert kinds(report) == {"lost_write", "non_linearizable"}  # the end state is a read after it, too
+    assert [v.ops for v in report.violations if v.kind == "lost_write"] == [[1]]
+
+
+def test_the_zombie_needs_no_final_view_and_speaks_as_kv0() -> None:
+    h = H()
+    h.put("a", 1, 0, 1, pod=ZOMBIE)
+    h.read("a", 1, 2, 3, consistency="local", pod=ZOMBIE)
+    assert checker.check(h.ops, final("a", 1)).verdict == "PASS"  # it is gone by the end; kv-0 stands for it
+    assert [v.kind for v in checker.check(h.ops, {"kv-1": view(1, chaos_k=("a", 1))}).violations] == [
+        "missing_final_view"]
+    # A value only the zombie showed in a local read (no X-Kv-Answered-By) is not held by a
+    # majority: its version may go to another write, as with kv-0 itself.
+    h = H()
+    h.read("unconfirmed", 7, 2, 3, consistency="local", pod=ZOMBIE)
+    h.put("later", 7, 4, 5)
+    assert checker.build_versions(h.ops)[1] == []

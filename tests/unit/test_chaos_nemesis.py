@@ -19,10 +19,11 @@ import dns.rcode
 import pytest
 
 from kvstore.chaos import checker
-from kvstore.chaos.cli import _nemesis, summary
+from kvstore.chaos.cli import _nemesis, default_nemesis, summary, zombie_text
+from kvstore.chaos.history import Op
 from kvstore.chaos.nemesis import (
-    FAULTS, SIGNAL_FAULTS, KubernetesBackend, LocalBackend, LoopbackPartitioner, Nemesis, NemesisConfig,
-    NemesisUnavailable, PodInfo, kubectl_base, kubectl_delete_pod, kubectl_get_pods,
+    FAULTS, SIGNAL_FAULTS, FaultFailed, KubernetesBackend, LocalBackend, LoopbackPartitioner, Nemesis,
+    NemesisConfig, NemesisUnavailable, PodInfo, kubectl_base, kubectl_delete_pod, kubectl_get_pods,
 )
 from kvstore.local.dns import DnsServer, Endpoint, HeadlessService
 
@@ -89,7 +90,7 @@ def test_kubectl_failure_is_a_one_line_error() -> None:
 
 # ------------------------------------------------------------------ choosing faults
 def test_nemesis_flag_takes_every_fault_and_rejects_others_in_one_line() -> None:
-    every = "kill,pause,partition,volume-loss,volume-rollback,dns,restart-all"
+    every = "kill,pause,partition,volume-loss,volume-rollback,dns,restart-all,zombie-primary"
     assert _nemesis(every) == FAULTS
     assert _nemesis(" dns , restart-all,dns") == ("dns", "restart-all")
     assert _nemesis("none") == ()
@@ -160,6 +161,11 @@ class Recorder:
 
     def restore_volume(self, pod: str, snapshot: Path) -> None:
         self.calls.append(("restore_volume", pod, snapshot))
+
+    async def zombie(self, action: str) -> dict[str, Any]:
+        self.calls.append(("zombie", action))
+        return {"address": "127.0.100.249", "url": "http://127.0.100.249:1", "pid": 4242,
+                "exit_code": -9 if action == "stop" else None}
 
     def cleanup(self) -> None:
         self.calls.append(("cleanup",))
@@ -294,3 +300,75 @@ def test_fault_counts_and_the_report_line_count_every_kind() -> None:
     text = summary(args, 1, [], faults, checker.Report(), {}, True, 1.0)
     assert ("faults: kill 2 (on kv-0: 1), volume-loss 2 (on kv-0: 1), volume-rollback 1 (on kv-0: 1), dns 1, "
             "restart-all 1\n") in text
+
+
+URLS = {"kv-0": "u0", "kv-1": "u1", "kv-2": "u2"}
+
+
+def aimed(n: Nemesis, draws: int = 300) -> float:
+    """The share of ``draws`` client operations that ``aim`` sends to the zombie alone."""
+    answers = [n.aim(URLS) for _ in range(draws)]
+    assert all(a == URLS or a == {"kv-0-zombie": "http://127.0.100.249:1"} for a in answers), answers[:5]
+    return sum(a != URLS for a in answers) / draws
+
+
+async def test_zombie_primary_runs_beside_kv0_then_in_its_place_then_beside_it_and_is_stopped() -> None:
+    backend = Recorder()
+    n = nemesis(backend, ("zombie-primary",), zombie_seconds=(0.01, 0.01))
+    shares: dict[str, float] = {}
+    call = backend.zombie
+
+    async def zombie(action: str) -> dict[str, Any]:
+        shares[action] = aimed(n)  # where the clients aim as each phase ends
+        return await call(action)
+    backend.zombie = zombie  # type: ignore[method-assign]
+    await n._inject("zombie-primary", backend.pods(), deadline=60)
+    assert backend.calls == [("zombie", "start"), ("zombie", "takeover"), ("zombie", "giveback"),
+                             ("zombie", "stop")]
+    assert [e["fault"] for e in n.log] == ["zombie-primary", "zombie-takeover", "zombie-giveback", "zombie-stop"]
+    assert n.log[0] == {**n.log[0], "pod": "kv-0", "zombie": "kv-0-zombie", "address": "127.0.100.249",
+                        "pid": 4242}
+    assert n.log[-1]["exit_code"] == -9 and checker.fault_counts(n.log)["zombie-primary"] == 1
+    # No client reaches it before it runs or once it is being stopped; about a third meanwhile.
+    assert shares["start"] == 0 == shares["stop"] == aimed(n)
+    assert 0.2 < shares["takeover"] < 0.45 and 0.2 < shares["giveback"] < 0.45, shares
+
+
+async def test_zombie_primary_is_stopped_when_a_phase_fails() -> None:
+    backend = Recorder()
+    n = nemesis(backend, ("zombie-primary",), zombie_seconds=(0.01, 0.01))
+    call = backend.zombie
+
+    async def zombie(action: str) -> dict[str, Any]:
+        if action == "takeover":
+            raise FaultFailed("/v1/zombie: the controller does not answer")
+        return await call(action)
+    backend.zombie = zombie  # type: ignore[method-assign]
+    with pytest.raises(FaultFailed):
+        await n._inject("zombie-primary", backend.pods(), deadline=60)
+    assert backend.calls == [("zombie", "start"), ("zombie", "stop")]
+    assert [e["fault"] for e in n.log] == ["zombie-primary", "zombie-stop"] and n.zombie_target is None
+
+
+async def test_zombie_primary_is_in_the_default_set_for_processes_only() -> None:
+    assert "zombie-primary" in LocalBackend(Path("/nonexistent"), "process", "t", "127.0.100.250").supports
+    with pytest.raises(NemesisUnavailable, match="does not support: zombie-primary"):
+        Nemesis(LocalBackend(Path("/nonexistent"), "docker", "t", None),
+                NemesisConfig(faults=("zombie-primary",)), clock=lambda: 0.0)
+    assert "zombie-primary" in default_nemesis("process")
+    assert "zombie-primary" not in default_nemesis("docker") + default_nemesis("kubernetes")
+
+
+def test_the_report_counts_what_the_zombie_answered() -> None:
+    history = [Op(id=i, process=0, key="chaos/k", f="put", pod=pod, call=0, ret=1, outcome=outcome, status=status,
+                  error=error)
+               for i, (pod, outcome, status, error) in enumerate([
+                   ("kv-0-zombie", "failed", 503, "not_primary"), ("kv-0-zombie", "failed", 503, "recovering"),
+                   ("kv-0-zombie", "unknown", 504, "write_concern_timeout"), ("kv-0-zombie", "ok", 200, None),
+                   ("kv-0", "failed", 503, "not_primary")])]
+    assert zombie_text(history) == ("4 (ok 1, failed 2, unknown 1; 503 not_primary 1; 503 recovering 1; "
+                                    "504 write_concern_timeout 1)")
+    args = argparse.Namespace(duration=1.0, nemesis=("zombie-primary",), runtime="process", replicas=3, clients=1)
+    faults = [{"fault": "zombie-primary", "pod": "kv-0", "time": 0}]
+    text = summary(args, 1, history, faults, checker.Report(), {}, True, 1.0)
+    assert "faults: zombie-primary 1\n" in text and "operations sent to a zombie kv-0: 4 (ok 1," in text
