@@ -232,6 +232,8 @@ class ClientApi:
             forwarded = await self.node.prepare_read(request, consistency, min_lsn)
         except ReadTimeout as exc:
             raise ApiError(504, "min_lsn_timeout", str(exc)) from None
+        except NotConfirmed as exc:
+            raise ApiError(504, "not_confirmed", str(exc)) from None
         except LsnAhead as exc:
             raise ApiError(412, "min_lsn_ahead", str(exc)) from None
         except NoPrimary as exc:
@@ -240,7 +242,8 @@ class ClientApi:
             raise ApiError(504, "primary_timeout", str(exc)) from None
         if forwarded is not None:
             return forwarded
-        seen_lsn = self.node.store.lsn
+        # A strong read is confirmed below, which makes kv-0's own line the cluster's.
+        seen_lsn = self.node.store.lsn if consistency == "strong" else self.node.read_lsn()
         record = await self.node.store.get(key)
         based_on = record.version if record else self.node.store.lsn
         if consistency == "strong":
@@ -273,7 +276,7 @@ class ClientApi:
             if len(value) > self.config.max_key_bytes:
                 raise ApiError(400, "bad_parameter",
                                f"{name} is longer than the key limit of {self.config.max_key_bytes} bytes")
-        seen_lsn = self.node.store.lsn
+        seen_lsn = self.node.read_lsn()
         rows = await self.node.store.scan(prefix, start_after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]

@@ -134,8 +134,8 @@ class Replica:
         assert self.replication is not None
         return required_acks("majority", self.replication.configured_replicas())
 
-    def _check_contact(self) -> None:
-        """Refuse a write before applying it when no majority followed this process lately.
+    def _check_contact(self, what: str = "writes") -> None:
+        """Refuse a write (or a local read) before applying it when no majority followed this process lately.
 
         A kv-0 cut off from its followers may have been replaced; what it took
         now, even with ``w=1``, its replacement would never see. Refused up
@@ -147,7 +147,7 @@ class Replica:
             last = r.fencing.last_contact()
             ago = f"for {time.monotonic() - last:.1f}s" if last is not None else "since it began its epoch"
             raise NotPrimary(f"kv-0 has not heard from a majority of replicas {ago}; it may have been "
-                             "replaced, so it takes no writes now; retry shortly")
+                             f"replaced, so it takes no {what} now; retry shortly")
 
     async def confirm_read(self, lsn: int) -> None:
         """Before an answer based on this primary's state (read at LSN ``lsn``): show it is still true.
@@ -157,6 +157,11 @@ class Replica:
         anything it lacks (else NotPrimary). Then a majority holds ``lsn``, so
         no lost volume can undo it (else NotConfirmed).
         """
+        await self._confirm_primacy()
+        await self.confirm_committed(lsn)
+
+    async def _confirm_primacy(self) -> None:
+        """A confirmation round: NotPrimary unless a majority still follows this process."""
         r = self.replication
         if r is None:
             return
@@ -166,7 +171,6 @@ class Replica:
             raise NotPrimary("kv-0 could not confirm within a second that a majority of replicas still "
                              "follows it (it may have been replaced, or its followers are unreachable); "
                              "retry shortly")
-        await self.confirm_committed(lsn)
 
     def committed(self, lsn: int) -> bool:
         """Whether a majority holds ``lsn`` already (the usual case; no await)."""
@@ -197,9 +201,29 @@ class Replica:
             raise Recovering(self.replication.recovering_message())
 
     def check_local_read(self) -> None:
-        """An empty kv-0 that is recovering has nothing true to say: 503, never a wrong 404."""
+        """What kv-0 may not answer from its own data: 503 rather than a wrong answer.
+
+        An empty kv-0 that is recovering has nothing true to say (never a wrong
+        404); a kv-0 that heard no majority lately may have been replaced, and
+        its data may have parted from the cluster's.
+        """
         if self.role == PRIMARY and self.store.lsn == 0:
             self._check_recovered()
+        if self.role == PRIMARY and self.replication is not None and self.replication.writable:
+            self._check_contact("reads")
+
+    def read_lsn(self) -> int:
+        """The ``X-Kv-Lsn`` of a local read, taken before it: a lower bound on what it reflects.
+
+        On kv-0, the LSN a majority holds: a replaced kv-0 may have written
+        past the point where its replacement's line began, and only what a
+        majority held is sure to be on the cluster's line of LSNs.
+        """
+        r = self.replication
+        if r is not None and self.role == PRIMARY:
+            committed = r.committed_lsn()
+            return committed if committed is not None else self.store.lsn
+        return self.store.lsn
 
     async def _forward(self, request: web.BaseRequest, body: bytes | None, why: str) -> web.Response:
         if request.headers.get(FORWARDED_BY):
@@ -228,9 +252,14 @@ class Replica:
         if min_lsn > self.store.lsn and self.role == PRIMARY:
             # A recovering kv-0 may be behind (a rolled-back volume): it cannot know yet.
             self._check_recovered()
-            # The primary numbers every write, so no client can have seen this LSN.
+            # The primary numbers every write, so no client can have seen this LSN, unless
+            # this process was replaced and the LSN is its replacement's: ask a majority.
+            await self._confirm_primacy()
             raise LsnAhead(f"min_lsn {min_lsn} is ahead of the primary's last write "
                            f"({self.store.lsn}); use the version a write answered")
+        if min_lsn and self.role == PRIMARY and consistency != "strong":
+            # The answer's X-Kv-Lsn is what a majority holds (read_lsn): it must reach min_lsn.
+            await self.confirm_committed(min_lsn)
         if min_lsn and not await self.store.wait_for_lsn(min_lsn, self.config.read_wait):
             raise ReadTimeout(f"this replica has applied up to {self.store.lsn}, "
                               f"not {min_lsn}, after {self.config.read_wait}s; retry, or read with "
