@@ -244,11 +244,12 @@ class ClientApi:
             return forwarded
         # A strong read is confirmed below, which makes kv-0's own line the cluster's.
         seen_lsn = self.node.store.lsn if consistency == "strong" else self.node.read_lsn()
+        version = self.node.store.lineage_version
         record = await self.node.store.get(key)
         based_on = record.version if record else self.node.store.lsn
         if consistency == "strong":
             try:
-                await self.node.confirm_read(based_on)
+                await self.node.confirm_read(based_on, version)
             except NotConfirmed as exc:
                 raise ApiError(504, "not_confirmed", str(exc)) from None
             except NoPrimary as exc:

@@ -116,11 +116,12 @@ class Replica:
             return await self._forward(request, body, "writes go to the primary")
         self._check_recovered()
         self._check_contact()
+        version = self.store.lineage_version
         try:
             lsn = await self.store.write(mutation)
         except (storage.PreconditionFailed, storage.NotFound):
             # The refusal read this primary's state: answer it only as a strong read would be.
-            await self.confirm_read(self.store.lsn)
+            await self.confirm_read(self.store.lsn, version)
             raise
         if self.replication is None:
             return lsn
@@ -149,8 +150,11 @@ class Replica:
             raise NotPrimary(f"kv-0 has not heard from a majority of replicas {ago}; it may have been "
                              f"replaced, so it takes no {what} now; retry shortly")
 
-    async def confirm_read(self, lsn: int) -> None:
+    async def confirm_read(self, lsn: int, lineage_version: int) -> None:
         """Before an answer based on this primary's state (read at LSN ``lsn``): show it is still true.
+
+        ``lineage_version`` is the store's when the state was read: a new epoch
+        since (this process recovered again) makes the state another line's.
 
         First a confirmation round, started after the state was read: a
         majority still follows this process, so no replacement has committed
@@ -158,6 +162,8 @@ class Replica:
         no lost volume can undo it (else NotConfirmed).
         """
         await self._confirm_primacy()
+        if self.store.lineage_version != lineage_version:
+            raise NotPrimary("kv-0 began a new epoch while it answered; retry")
         await self.confirm_committed(lsn)
 
     async def _confirm_primacy(self) -> None:

@@ -206,7 +206,12 @@ class Replication:
         """Wait until ``required`` replicas (the primary included) hold ``lsn``; returns how many do."""
         if required <= 1:
             return 1
+        version = self.store.lineage_version
         followers = await self.acks.wait(lsn, required - 1, self.config.write_timeout)
+        if self.store.lineage_version != version:
+            # A new epoch (this kv-0 found it was replaced and recovered): LSN ``lsn`` may now
+            # name another write, and acks of it say nothing of this one.
+            return 1
         return followers + 1
 
     # --------------------------------------------------------------- operator

@@ -70,11 +70,16 @@ class Fencing:
         # begun unverified) a round needs that quorum, not just a majority: only then is every
         # majority an older kv-0 could gather sure to contain a follower that refuses it.
         self.fenced_off = False
+        self.generation = 0  # bumped by every reset: a round waited across one proves nothing
         self.rounds = 0  # strong-read rounds confirmed
         self.failed = 0  # strong-read rounds that timed out
 
     def reset(self) -> None:
-        """A new epoch (or none yet): echoes of the last one do not count for it."""
+        """A new epoch (or none yet): echoes of the last one do not count for it, nor for its reads."""
+        self.generation += 1
+        for _, future in self._waiters:
+            wake(future)  # a read of the old epoch's state: never confirmed by the new one's echoes
+        self._waiters.clear()
         self._echoed.clear()
         self._started.clear()
         self._contact = None
@@ -163,6 +168,7 @@ class Fencing:
         if needed <= 0:
             return True
         target = self._begin_round()
+        generation = self.generation
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         item = (target, future)
@@ -174,7 +180,7 @@ class Fencing:
             timer.cancel()
             if item in self._waiters:
                 self._waiters.remove(item)
-        if self._confirmed_round(needed) >= target:
+        if self.generation == generation and self._confirmed_round(needed) >= target:
             self.rounds += 1
             return True
         self.failed += 1

@@ -120,6 +120,16 @@ async def test_an_unverified_epoch_needs_a_quorum_until_one_has_followed_it() ->
     assert await read is True
 
 
+async def test_a_new_epoch_fails_the_rounds_of_the_old_one() -> None:
+    f, _ = fencing_with(needed=1)
+    read = asyncio.ensure_future(f.confirm(timeout=5))
+    await settle()
+    f.reset()  # this process recovered again: what it read belonged to its old line
+    f.fenced_off = True
+    f.echo("kv-1", 5)
+    assert await read is False
+
+
 def test_a_promise_covers_newer_epochs_and_itself_only() -> None:
     p = Promise(4, "ab")
     assert p.covers(5, "cd") and p.covers(4, "ab")
