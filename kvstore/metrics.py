@@ -48,6 +48,9 @@ class Metrics:
                               "another kv-0 (it was replaced) and stopped serving", registry=r)
         self.confirm_rounds = Counter("kv_confirm_rounds", "kv-0's confirmation rounds (strong reads, "
                                       "refusals) by result", ["result"], registry=r)
+        self.confirm_seconds = Histogram("kv_confirm_round_seconds", "How long a strong read waited for "
+                                         "a majority to confirm kv-0", registry=r,
+                                         buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.2, 1.0))
         self.peer_auth_failures = Counter("kv_peer_auth_failures",
                                           "Peer-port calls refused for a missing or wrong token",
                                           registry=r)

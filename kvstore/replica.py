@@ -171,7 +171,9 @@ class Replica:
         r = self.replication
         if r is None:
             return
+        started = time.monotonic()
         confirmed = await r.fencing.confirm()
+        self.metrics.confirm_seconds.observe(time.monotonic() - started)
         self.metrics.confirm_rounds.labels("confirmed" if confirmed else "failed").inc()
         if not confirmed:
             raise NotPrimary("kv-0 could not confirm within a second that a majority of replicas still "

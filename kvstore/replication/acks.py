@@ -33,21 +33,26 @@ class AckTable:
         # cascade, must not keep them counted among the replicas after they left.
         # Not "only pods in DNS": a new pod may ack before the next refresh lists it.
         self.departed: set[str] = set()
+        self.membership = 0  # bumped whenever the set of followers known here changes
 
     def left(self, name: str) -> None:
         """``name`` left DNS: forget its position and ignore its acks until it is back."""
         self.positions.pop(name, None)
         self.departed.add(name)
+        self.membership += 1
 
     def joined(self, name: str) -> None:
         """``name`` is in DNS (again): its acks count."""
         self.departed.discard(name)
+        self.membership += 1
 
     def record(self, name: str, lsn: int, via: str) -> None:
         """Note that ``name`` holds everything up to ``lsn`` durably."""
         if name in self.departed:
             return
         current = self.positions.get(name)
+        if current is None:
+            self.membership += 1
         if current is None or lsn >= current.lsn or via == name:
             # A direct ack replaces (a follower restored from a snapshot may go
             # back); a relayed one only moves forward.

@@ -25,7 +25,7 @@ from kvstore.replication import protocol
 from kvstore import events
 from kvstore.lineage import Promise
 from kvstore.replication.acks import AckTable
-from kvstore.replication.fencing import Fencing
+from kvstore.replication.fencing import HEARTBEAT_SECONDS, Fencing
 from kvstore.replication.follower import Follower
 from kvstore.replication.log_server import LogServer
 from kvstore.replication.peer_client import PeerClient, PeerError, PromiseRefused
@@ -37,6 +37,7 @@ log = logging.getLogger("kvstore.replication")
 
 READY_MAX_LAG = 1000  # entries a secondary may trail and still be Ready
 RECENT_ACK_SECONDS = 30.0  # a follower that acknowledged this recently exists
+REPLICAS_CACHE_SECONDS = 1.0  # how long configured_replicas is reused while membership is unchanged
 WATCH_SECONDS = 1.0  # how often kv-0 checks, when out of contact, whether it was replaced
 _EPOCH_ID = re.compile(r"^[0-9a-f]{1,32}$")
 
@@ -61,6 +62,8 @@ class Replication:
         self.follower: Follower | None = None
         self.recovery: Recovery | None = None
         self.fenced: str | None = None  # why this kv-0 last found itself replaced (it then recovers again)
+        self._membership = 0  # bumped on every change of the pods DNS lists
+        self._replicas: tuple[tuple[int, int], float, int] | None = None  # (membership, when, count)
         self._task: asyncio.Task[None] | None = None
         if config.role == PRIMARY:
             self.recovery = self._new_recovery()
@@ -95,11 +98,13 @@ class Replication:
 
     async def _watch(self) -> None:
         """Return once this kv-0 finds that a follower promised a newer epoch: it was replaced."""
+        last_check = time.monotonic()
         while True:
-            self.fencing.tick()  # the heartbeat round: followers' echoes keep kv-0 in contact
-            await asyncio.sleep(WATCH_SECONDS)
-            if self.fencing.in_contact():
+            self.fencing.tick()  # the heartbeat round: followers' echoes renew kv-0's lease and contact
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            if self.fencing.in_contact() or time.monotonic() - last_check < WATCH_SECONDS:
                 continue
+            last_check = time.monotonic()
             reason = await self._replaced_by()
             if reason is not None:
                 self.fenced = reason
@@ -161,6 +166,7 @@ class Replication:
         await self.client.close()
 
     def _membership_changed(self, change: MembershipChange) -> None:
+        self._membership += 1
         # A pod DNS no longer lists was scaled away: its old acks must not
         # make the cluster look bigger than it is.
         for peer in change.left:
@@ -191,9 +197,23 @@ class Replication:
         Counting too many only delays an answer (504, the write stays);
         counting too few would acknowledge a write held by too few replicas.
         Shrinking below KV_REPLICAS therefore needs KV_REPLICAS lowered.
+
+        Every strong read and write asks, so the count is reused until DNS or
+        the set of followers changes (either can only raise it at once) or a
+        second passes (an ack growing old can only lower it: counting one
+        replica too many for a second is the safe side).
         """
-        ordinals = [self.config.ordinal, *self.directory.peers.keys()]
+        key = (self._membership, self.acks.membership)
         now = time.monotonic()
+        cached = self._replicas
+        if cached is not None and cached[0] == key and now - cached[1] < REPLICAS_CACHE_SECONDS:
+            return cached[2]
+        count = self._count_replicas(now)
+        self._replicas = (key, now, count)
+        return count
+
+    def _count_replicas(self, now: float) -> int:
+        ordinals = [self.config.ordinal, *self.directory.peers.keys()]
         for name, position in self.acks.positions.items():
             if now - position.seen < RECENT_ACK_SECONDS:
                 try:

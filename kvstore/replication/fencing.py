@@ -40,6 +40,12 @@ from kvstore.replication.protocol import KEEPALIVE_SECONDS
 # A follower acks at least every keepalive; two missed ones and a margin end the window.
 CONTACT_SECONDS = 2 * KEEPALIVE_SECONDS + 0.5
 CONFIRM_TIMEOUT = 1.0  # a round not echoed by a majority within this is a failed round
+LEASE_SECONDS = 1.0  # a follower promises no other epoch this long after it echoed a round
+# kv-0 counts on its lease for this share of LEASE_SECONDS from the round's start: the
+# margin covers monotonic clocks that advance up to 10% apart (NTP slews by 0.05% at most).
+LEASE_SHARE = 0.9
+HEARTBEAT_SECONDS = LEASE_SECONDS / 4  # kv-0 starts a round this often, so its lease never lapses
+RESEND_AFTER = 0.05  # a round out this long without confirmation: the next one goes anyway
 MAX_OPEN_ROUNDS = 10_000  # start times kept of rounds not yet confirmed (a cut-off kv-0 keeps starting them)
 
 
@@ -58,7 +64,10 @@ class Fencing:
         self.quorum = quorum or majority  # followers whose promises fence every older kv-0
         self.clock = clock
         self.round = 0  # the newest round started (kv-0) or passed down (a secondary)
-        self._scheduled = False
+        self._scheduled = False  # a round is started and will be sent at the next loop turn
+        self._out = 0  # the newest round sent and not yet confirmed (0: none)
+        self._out_at = 0.0  # when it was sent (loop time)
+        self._want_next = False  # callers wait for the round after the one out
         self._senders: dict[int, Callable[[int], None]] = {}
         self._next_sender = 0
         self._echoed: dict[str, int] = {}  # follower -> newest round it echoed
@@ -72,11 +81,13 @@ class Fencing:
         self.fenced_off = False
         self.generation = 0  # bumped by every reset: a round waited across one proves nothing
         self.rounds = 0  # strong-read rounds confirmed
+        self.leased_reads = 0  # confirmations answered by the lease, without a round
         self.failed = 0  # strong-read rounds that timed out
 
     def reset(self) -> None:
         """A new epoch (or none yet): echoes of the last one do not count for it, nor for its reads."""
         self.generation += 1
+        self._out = 0
         for _, future in self._waiters:
             wake(future)  # a read of the old epoch's state: never confirmed by the new one's echoes
         self._waiters.clear()
@@ -107,6 +118,10 @@ class Fencing:
         confirmed = self._confirmed_round(self.needed())
         while self._started and self._started[0][0] <= confirmed:
             self._contact = self._started.popleft()[1]
+        if self._out and confirmed >= self._out:
+            self._out = 0
+            if self._want_next and not self._scheduled:
+                self._start()
         if self._waiters:
             waiting = self._waiters
             self._waiters = [item for item in waiting if item[0] > confirmed]
@@ -145,27 +160,61 @@ class Fencing:
     # ------------------------------------------------------------- asking
     def tick(self) -> None:
         """Start a round nobody waits for: the heartbeat that keeps :meth:`in_contact` true."""
-        self._begin_round()
+        if not self._scheduled and not self._want_next:
+            self._start()
 
     def _begin_round(self) -> int:
-        # Every call in one turn of the event loop shares the round; it is sent when the
-        # loop next runs callbacks, so it starts after each caller read what it answers.
-        if not self._scheduled:
-            self.round += 1
-            self._scheduled = True
-            self._started.append((self.round, self.clock()))
-            asyncio.get_running_loop().call_soon(self._send)
+        """The round a caller waits for: one that will be sent after this call.
+
+        Every call in one turn of the event loop shares the round; it is sent
+        when the loop next runs callbacks, so it starts after each caller read
+        what it answers. While a round is out, callers wait for the next one,
+        sent as soon as that one is confirmed (or has been out for
+        :data:`RESEND_AFTER`): one round per round trip, whatever the load.
+        """
+        if self._scheduled:
+            return self.round
+        loop = asyncio.get_running_loop()
+        if self._out and loop.time() - self._out_at < RESEND_AFTER:
+            if not self._want_next:
+                self._want_next = True
+                loop.call_at(self._out_at + RESEND_AFTER, self._start_wanted)
+            return self.round + 1
+        self._start()
         return self.round
+
+    def _start(self) -> None:
+        self.round += 1
+        self._scheduled = True
+        self._want_next = False
+        self._started.append((self.round, self.clock()))
+        asyncio.get_running_loop().call_soon(self._send)
+
+    def _start_wanted(self) -> None:
+        if self._want_next and not self._scheduled:
+            self._start()
 
     def _send(self) -> None:
         self._scheduled = False
+        self._out, self._out_at = self.round, asyncio.get_running_loop().time()
         for send in list(self._senders.values()):
             send(self.round)
 
+    def leased(self) -> bool:
+        """Whether a majority echoed, less than the lease ago, a round of this epoch.
+
+        Each of those followers promises no other epoch for :data:`LEASE_SECONDS`
+        after its echo, and a replacement commits nothing before it has a
+        quorum of promises, so until then nothing was committed that this
+        process lacks.
+        """
+        return self._contact is not None and self.clock() < self._contact + LEASE_SECONDS * LEASE_SHARE
+
     async def confirm(self, timeout: float = CONFIRM_TIMEOUT) -> bool:
-        """Whether a majority still follows this process, by a round started now."""
+        """Whether a majority still follows this process: its lease, else a round started now."""
         needed = self.needed()
-        if needed <= 0:
+        if needed <= 0 or self.leased():
+            self.leased_reads += 1
             return True
         target = self._begin_round()
         generation = self.generation
@@ -202,6 +251,7 @@ class Fencing:
     def status(self) -> dict[str, object]:
         """For /v1/status: rounds, and how long ago a majority was last heard."""
         last = self.last_contact()
-        return {"rounds_confirmed": self.rounds, "rounds_failed": self.failed,
+        return {"rounds_confirmed": self.rounds, "rounds_failed": self.failed, "leased": self.leased(),
+                "confirmed_by_lease": self.leased_reads,
                 "majority_heard_seconds_ago": None if last is None else round(self.clock() - last, 3),
                 "contact_window_seconds": CONTACT_SECONDS}

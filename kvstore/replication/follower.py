@@ -34,7 +34,7 @@ from kvstore.lineage import BEHIND, DROPPABLE, PREFIX, Lineage, Promise, compare
 from kvstore.metrics import Metrics
 from kvstore.replication import protocol
 from kvstore.replication.acks import AckTable
-from kvstore.replication.fencing import Fencing
+from kvstore.replication.fencing import LEASE_SECONDS, Fencing
 from kvstore.replication.peer_client import PeerClient, PeerError, PeerPosition, PromiseRefused
 from kvstore.storage import LogEntry, Store
 
@@ -110,6 +110,7 @@ class Follower:
         self._cascade_failed: dict[int, float] = {}
         self._promising = asyncio.Lock()
         self._retry_now = asyncio.Event()
+        self._last_echo: tuple[tuple[int, str] | None, float] = (None, 0.0)  # (epoch, when) of our last echo
         self._streaming: tuple[int, str] | None = None  # (number, id) of the epoch we stream now
         self.round = 0  # the newest confirmation round the current upstream sent
         self._rounds_of: tuple[int, str] | None = None  # the epoch whose rounds self.fencing passes down
@@ -298,7 +299,13 @@ class Follower:
             events.record("promised", f"promised epoch {candidate.number} to kv-0 at {primary.address}",
                           epoch=candidate.number, address=primary.address)
             if self._streaming is not None and not candidate.covers(*self._streaming):
-                await self._restart()
+                await self._restart()  # no ack of ours reaches the older epoch from here on
+            # The lease our last echo gave an older epoch's kv-0 must run out before the
+            # candidate counts this promise (and could commit what that kv-0 would not see).
+            echoed, when = self._last_echo
+            remaining = when + LEASE_SECONDS - time.monotonic()
+            if echoed is not None and echoed != (candidate.number, candidate.id) and remaining > 0:
+                await asyncio.sleep(remaining)
             self._retry_now.set()
 
     def _check_streaming(self) -> None:
@@ -394,6 +401,8 @@ class Follower:
                 relayed = self.acks.downstream_of(self.config.pod_name, self.fencing.echoed())
                 self._check_streaming()
                 await ws.send_str(protocol.encode_ack(self.store.lsn, self.round, relayed))
+                if self.round:  # the upstream's lease runs from here (fencing.py)
+                    self._last_echo = (self._streaming, time.monotonic())
         finally:
             await cancel_and_wait(relay)
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from kvstore.lineage import LineageError, Promise
-from kvstore.replication.fencing import CONTACT_SECONDS, Fencing
+from kvstore.replication.fencing import CONTACT_SECONDS, LEASE_SECONDS, LEASE_SHARE, Fencing
 
 
 class Clock:
@@ -61,12 +61,28 @@ async def test_reads_in_one_loop_turn_share_a_round_and_later_ones_need_the_next
     first = [asyncio.ensure_future(f.confirm(timeout=5)) for _ in range(3)]
     await settle()
     assert sent == [1]  # one message for the three reads
-    later = asyncio.ensure_future(f.confirm(timeout=0.05))
+    later = [asyncio.ensure_future(f.confirm(timeout=5)) for _ in range(2)]
     await settle()
-    assert sent == [1, 2]
+    assert sent == [1]  # round 1 is out: the later reads wait for the round after it
     f.echo("kv-1", 1)
     assert await asyncio.gather(*first) == [True, True, True]
-    assert await later is False  # round 1 was sent before it arrived: it proves nothing for it
+    await settle()
+    assert sent == [1, 2] and not any(r.done() for r in later)  # round 1 proves nothing for them
+    f.echo("kv-1", 2)
+    assert await asyncio.gather(*later) == [True, True]
+
+
+async def test_a_round_left_unconfirmed_does_not_hold_back_the_next() -> None:
+    f, sent = fencing_with(needed=1)
+    first = asyncio.ensure_future(f.confirm(timeout=5))
+    await settle()
+    second = asyncio.ensure_future(f.confirm(timeout=5))
+    await settle()
+    assert sent == [1]
+    await asyncio.sleep(0.1)  # round 1 got lost (a follower that went away): round 2 goes anyway
+    assert sent == [1, 2]
+    f.echo("kv-1", 2)
+    assert await first is True and await second is True
 
 
 async def test_a_detached_stream_gets_no_rounds_and_one_replica_needs_none() -> None:
@@ -128,6 +144,19 @@ async def test_a_new_epoch_fails_the_rounds_of_the_old_one() -> None:
     f.fenced_off = True
     f.echo("kv-1", 5)
     assert await read is False
+
+
+async def test_a_lease_answers_without_a_round_until_it_runs_out() -> None:
+    clock = Clock()
+    f, sent = fencing_with(needed=1, clock=clock)
+    f.tick()
+    await settle()
+    clock.now += 0.1
+    f.echo("kv-1", 1)  # a majority echoed the round started at 100.0
+    assert f.leased() and await f.confirm(timeout=5) is True and sent == [1]  # no round needed
+    clock.now = 100.0 + LEASE_SECONDS * LEASE_SHARE  # the follower's promise may be free soon
+    assert not f.leased()
+    assert await f.confirm(timeout=0.05) is False and sent == [1, 2]
 
 
 def test_a_promise_covers_newer_epochs_and_itself_only() -> None:
