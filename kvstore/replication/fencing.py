@@ -14,17 +14,21 @@ harmless:
 2. **Streams** (follower.py). A follower streams from, and acknowledges to,
    only a kv-0 whose epoch it promised. Its acks are what ``w=majority`` and
    ``w=all`` wait for, so an older process can no longer gather them.
-3. **Confirmation rounds** (this module). A strong read, and a refusal (412,
-   404 on delete) based on kv-0's state, is answered only after a *round*
-   that started after the state was read was echoed by M-1 followers over
-   their live streams: etcd's read index, with kv-0's stream messages as the
-   heartbeats. A round costs one small message each way and is shared by all
-   the reads that wait for it. Writes are taken only while M-1 followers were
-   heard within :data:`CONTACT_SECONDS` (the window in which a cut-off kv-0
-   still takes ``w=1`` writes that its replacement never sees).
+3. **Lease and confirmation rounds** (this module). kv-0 numbers rounds and
+   sends one every :data:`HEARTBEAT_SECONDS`; followers echo them in their
+   acks, and promise no other epoch until :data:`LEASE_SECONDS` after an
+   echo. For :data:`LEASE_SHARE` of that from the start of a round M-1
+   followers echoed, kv-0 holds a lease and answers a strong read, or a
+   refusal (412, 404 on delete) based on its state, from its state. Without
+   one it starts a round after the read and answers once M-1 followers
+   echoed it (etcd's read index); reads that wait share a round. Writes are
+   taken only while a round started within :data:`CONTACT_SECONDS` was
+   echoed by M-1 followers (the window in which a cut-off kv-0 still takes
+   ``w=1`` writes its replacement never sees).
 
-No clock is trusted for safety: rounds are numbered, not timed. The contact
-window only bounds how long a cut-off process keeps taking ``w=1`` writes.
+The lease assumes monotonic clocks that advance at rates within 10% of each
+other; rounds need no clock. The contact window only bounds how long a
+cut-off process keeps taking writes.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import Callable
 from kvstore.aio import wake
 from kvstore.replication.protocol import KEEPALIVE_SECONDS
 
-# A follower acks at least every keepalive; two missed ones and a margin end the window.
+# Heartbeat rounds come every 0.25 s; a window of several missed ones and a margin.
 CONTACT_SECONDS = 2 * KEEPALIVE_SECONDS + 0.5
 CONFIRM_TIMEOUT = 1.0  # a round not echoed by a majority within this is a failed round
 LEASE_SECONDS = 1.0  # a follower promises no other epoch this long after it echoed a round
