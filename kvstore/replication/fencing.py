@@ -56,8 +56,8 @@ MAX_OPEN_ROUNDS = 10_000  # start times kept of rounds not yet confirmed (a cut-
 class Fencing:
     """Confirmation rounds and the followers' echoes of them.
 
-    On kv-0 it starts rounds (for strong reads, and once a second as a
-    heartbeat) and counts echoes. On a secondary that others follow (cascade)
+    On kv-0 it starts rounds (for strong reads without a lease, and every
+    :data:`HEARTBEAT_SECONDS` as a heartbeat) and counts echoes. On a secondary that others follow (cascade)
     it passes the upstream's rounds down and collects its followers' echoes,
     which the secondary relays upstream with their acks.
     """
