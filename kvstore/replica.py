@@ -173,8 +173,7 @@ class Replica:
         r = self.replication
         if r is None:
             return
-        if r.fencing.leased():  # the usual case: no round, nothing to time
-            r.fencing.leased_reads += 1
+        if r.fencing.confirmed_by_lease():  # the usual case: no round, nothing to time
             return
         started = time.monotonic()
         confirmed = await r.fencing.confirm()
@@ -307,8 +306,7 @@ class Replica:
             status["followers"] = {name: p.lsn for name, p in sorted(r.acks.positions.items())}
             status["discovery"] = r.directory.status()
             if self.role == PRIMARY:
-                status["fencing"] = {**r.fencing.status(), "in_contact": r.fencing.in_contact(),
-                                     "fenced": r.fenced}
+                status["fencing"] = {**r.fencing.status(), "fenced": r.fenced}
             if r.recovery is not None:
                 rec = r.recovery
                 status["recovery"] = {

@@ -214,12 +214,18 @@ class Fencing:
         """
         return self._contact is not None and self.clock() < self._contact + LEASE_SECONDS * LEASE_SHARE
 
-    async def confirm(self, timeout: float = CONFIRM_TIMEOUT) -> bool:
-        """Whether a majority still follows this process: its lease, else a round started now."""
-        needed = self.needed()
-        if needed <= 0 or self.leased():
+    def confirmed_by_lease(self) -> bool:
+        """Whether a majority follows this process with no round needed (its lease, or no followers to ask)."""
+        if self.needed() <= 0 or self.leased():
             self.leased_reads += 1
             return True
+        return False
+
+    async def confirm(self, timeout: float = CONFIRM_TIMEOUT) -> bool:
+        """Whether a majority still follows this process: its lease, else a round started now."""
+        if self.confirmed_by_lease():
+            return True
+        needed = self.needed()
         target = self._begin_round()
         generation = self.generation
         loop = asyncio.get_running_loop()
@@ -256,6 +262,7 @@ class Fencing:
         """For /v1/status: rounds, and how long ago a majority was last heard."""
         last = self.last_contact()
         return {"rounds_confirmed": self.rounds, "rounds_failed": self.failed, "leased": self.leased(),
+                "in_contact": self.in_contact(),
                 "confirmed_by_lease": self.leased_reads,
                 "majority_heard_seconds_ago": None if last is None else round(self.clock() - last, 3),
                 "contact_window_seconds": CONTACT_SECONDS}
