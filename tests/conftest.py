@@ -47,3 +47,16 @@ def shared_replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica
 def pytest_addoption(parser: pytest.Parser) -> None:
     """``--soak``: also run the 10-minute chaos soak (tests/chaos)."""
     parser.addoption("--soak", action="store_true", default=False, help="run the long chaos soak")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failed test that used a local cluster shows the tails of its pods' logs (CI keeps nothing else)."""
+    outcome = yield
+    report = outcome.get_result()
+    cluster = getattr(item, "funcargs", {}).get("cluster")
+    if report.when == "call" and report.failed and callable(getattr(cluster, "logs", None)):
+        try:
+            report.sections.append(("pod logs", cluster.logs(40)))
+        except OSError as exc:
+            report.sections.append(("pod logs", f"unreadable: {exc}"))

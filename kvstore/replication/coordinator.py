@@ -213,13 +213,19 @@ class Replication:
         return count
 
     def _count_replicas(self, now: float) -> int:
-        ordinals = [self.config.ordinal, *self.directory.peers.keys()]
+        listed = self.directory.peers.keys()
+        ordinals = [self.config.ordinal, *listed]
         for name, position in self.acks.positions.items():
             if now - position.seen < RECENT_ACK_SECONDS:
                 try:
-                    ordinals.append(parse_ordinal(name))
+                    ordinals.append(ordinal := parse_ordinal(name))
                 except ValueError:
                     continue
+                if ordinal not in listed:
+                    # Ask DNS now rather than at the next interval: a pod that is gone
+                    # again before DNS was asked never "leaves", and its last ack
+                    # would keep it counted (w=all answering 504) for RECENT_ACK_SECONDS.
+                    self.directory.request_refresh()
         return max(self.config.replicas, max(ordinals) + 1)
 
     async def wait_for_concern(self, lsn: int, required: int) -> int:
