@@ -254,6 +254,11 @@ class ClientApi:
                 raise ApiError(504, "not_confirmed", str(exc)) from None
             except NoPrimary as exc:
                 raise unavailable(exc) from None
+        elif pending := self.node.unsettled(key):
+            try:
+                await self.node.settle(pending)
+            except NotConfirmed as exc:
+                raise ApiError(504, "not_confirmed", str(exc)) from None
         headers = self.headers(seen_lsn)
         if record is None:
             raise ApiError(404, "not_found", "no such key", headers=headers)
@@ -278,7 +283,13 @@ class ClientApi:
                 raise ApiError(400, "bad_parameter",
                                f"{name} is longer than the key limit of {self.config.max_key_bytes} bytes")
         seen_lsn = self.node.read_lsn()
+        scanned_at = self.node.store.lsn
         rows = await self.node.store.scan(prefix, start_after, limit + 1)
+        if pending := self.node.unsettled_listing(max([scanned_at, *(v for _, v in rows)])):
+            try:
+                await self.node.settle(pending)
+            except NotConfirmed as exc:
+                raise ApiError(504, "not_confirmed", str(exc)) from None
         more = len(rows) > limit
         rows = rows[:limit]
         keys = [key.decode() for key, _ in rows]

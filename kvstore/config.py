@@ -80,6 +80,15 @@ def _replicate_from(text: str) -> str:
     return text
 
 
+def _lsn_at_epoch(text: str) -> tuple[int, int] | None:
+    if not text.strip():
+        return None
+    lsn, sep, epoch = text.strip().partition("@")
+    if not sep:
+        raise ValueError("expected LSN@EPOCH, like 12@1")
+    return int_range(1, 2**63 - 1)(lsn), int_range(1, 2**31 - 1)(epoch)
+
+
 @dataclass(frozen=True)
 class Setting:
     """How one field is read: its environment variable, flag and parser."""
@@ -147,6 +156,12 @@ class Config:
                                    "primary")
     fsync: bool = _setting("KV_FSYNC", "--fsync", _bool,
                            "fsync before acknowledging (false is for benchmarks only)", True)
+    pipeline: bool = _setting("KV_PIPELINE", "--pipeline", _bool,
+                              "kv-0 sends a batch to its followers while it fsyncs it (false: after)", True)
+    test_hold_commit: tuple[int, int] | None = _setting(
+        "KV_TEST_HOLD_COMMIT", "--test-hold-commit", _lsn_at_epoch,
+        "tests only: kv-0 sends the batch holding LSN@EPOCH but never writes it (a crash before its fsync)",
+        None)
 
     # Cached: read on every request, and a frozen Config's pod name never changes.
     @functools.cached_property

@@ -279,6 +279,35 @@ class Replica:
                               "consistency=strong")
         return None
 
+    def unsettled(self, key: bytes) -> int:
+        """The LSN a secondary's answer about ``key`` (found or absent) waits for; 0: none.
+
+        kv-0 sends a batch while it fsyncs it (pipelining), so a secondary may
+        hold an entry kv-0 then lost in a crash: never acknowledged, and
+        dropped when the secondary follows again. No read shows such an
+        entry: one that would waits (:meth:`settle`) until the secondary
+        hears that a majority holds it. The usual case is one dict lookup.
+        """
+        f = self.replication.follower if self.replication is not None else None
+        if f is None:
+            return 0
+        # Entries join ``unconfirmed`` before they are applied and leave it once committed,
+        # so a found version and an absence are both covered by the key's pending entry.
+        pending = f.unconfirmed.get(key, 0)
+        return pending if pending > f.committed else 0
+
+    def unsettled_listing(self, lsn: int) -> int:
+        """Like :meth:`unsettled`, for a secondary's listing taken at ``lsn``."""
+        f = self.replication.follower if self.replication is not None else None
+        return lsn if f is not None and f.unconfirmed and lsn > f.committed else 0
+
+    async def settle(self, lsn: int) -> None:
+        """Wait (up to KV_READ_WAIT) until this secondary knows ``lsn`` is committed; else NotConfirmed."""
+        f = self.replication.follower if self.replication is not None else None
+        if f is not None and not await f.wait_committed(lsn, self.config.read_wait):
+            raise NotConfirmed(f"lsn {lsn} on this replica is not known to be held by a majority yet (it "
+                               f"heard up to {f.committed}; kv-0 may be away); retry, or read another replica")
+
     # ------------------------------------------------------------- status
     def local_status(self) -> dict[str, Any]:
         """This pod's own view (also what peers get from /v1/peer/status)."""

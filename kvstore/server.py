@@ -108,7 +108,8 @@ async def serve(config: Config) -> None:
         raise StartupError(str(exc)) from None
     try:
         store = Store.open(config.data_dir, fsync=config.fsync,
-                           log_retention=config.log_retention, on_commit=metrics.observe_commit)
+                           log_retention=config.log_retention, on_commit=metrics.observe_commit,
+                           hold_commit=config.test_hold_commit)
     except StorageError as exc:
         raise StartupError(str(exc)) from None
     await store.start()

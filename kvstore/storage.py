@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import json
 import os
@@ -32,7 +31,7 @@ from typing import Any, AsyncIterator, Callable, Iterable
 
 import plyvel
 
-from kvstore.aio import cancel_and_wait, wake
+from kvstore.aio import Watermark, cancel_and_wait
 from kvstore.lineage import Lineage, LineageError, Promise
 
 log = logging.getLogger(__name__)
@@ -45,6 +44,7 @@ META_LINEAGE = META + b"lineage"
 META_LOG_START = META + b"log_start"
 META_FORMAT = META + b"format"
 META_PROMISE = META + b"promise"
+META_COMMITTED = META + b"committed"  # a follower: the committed LSN its upstream last announced
 META_OLD_HISTORY = META + b"history"  # format 1 (no epochs) kept its history id here
 FORMAT = b"2"  # entries carry their epoch
 
@@ -145,6 +145,7 @@ class _Job:
     entries: list[LogEntry] | None
     future: asyncio.Future[Any]
     swap_to: str | None = None
+    committed: int = 0  # replicated entries: the LSN a majority held as the upstream last said
 
 
 class Snapshot:
@@ -189,14 +190,22 @@ class Store:
 
     def __init__(self, db: plyvel.DB, path: str, fsync: bool = True,
                  log_retention: int = 100_000,
-                 on_commit: Callable[[int, float], None] | None = None) -> None:
+                 on_commit: Callable[[int, float], None] | None = None,
+                 hold_commit: tuple[int, int] | None = None) -> None:
         self._db = db
         self.path = path
         self.fsync = fsync
+        # The primary sets this: a batch of client writes is published to the log
+        # stream (``appended``) before its fsync, so followers write it meanwhile.
+        self.pipeline = False
+        self._hold_commit = hold_commit  # (lsn, epoch): a test's crash before that batch's fsync
+        self.failed: str | None = None  # set when a published batch could not be written: no more writes
         self.log_retention = log_retention
         self._on_commit = on_commit
-        self._lsn = self._meta_int(META_LSN)
+        self._durable = Watermark(self._meta_int(META_LSN))
+        self._appended = Watermark(self._durable.value)
         self._log_start = self._meta_int(META_LOG_START) or 1
+        self.committed_on_disk = self._meta_int(META_COMMITTED)
         self.lineage = _read_lineage(db, path)
         self.promise = _read_promise(db, path)
         self.lineage_version = 0  # bumped on every change, so log streams notice
@@ -206,9 +215,6 @@ class Store:
         # One thread owns every write so batches stay ordered; reads use others.
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kv-commit")
         self._readers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="kv-read")
-        # (lsn, future) of every wait_for_lsn; resolved by _advance directly, one
-        # loop hop fewer than an Event under wait_for on the replication path.
-        self._lsn_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._closed = False
         self.data_dir = os.path.dirname(path)
         # Reads are counted so a snapshot install can swap the database only
@@ -221,7 +227,7 @@ class Store:
         self._swap_gate = asyncio.Event()
         self._swap_gate.set()
         self._tail: list[bytes] = []  # encoded entries _tail_first, _tail_first + 1, ...
-        self._tail_first = self._lsn + 1
+        self._tail_first = self.lsn + 1
         self._tail_bytes = 0
 
     # ----------------------------------------------------------------- opening
@@ -287,8 +293,13 @@ class Store:
     # --------------------------------------------------------------- positions
     @property
     def lsn(self) -> int:
-        """The last LSN written (primary) or applied (secondary)."""
-        return self._lsn
+        """The last LSN durable here and visible to reads (written on the primary, applied on a secondary)."""
+        return self._durable.value
+
+    @property
+    def appended(self) -> int:
+        """The last LSN in the log stream: ``lsn``, or beyond it while a pipelined batch is being written."""
+        return self._appended.value
 
     @property
     def log_start(self) -> int:
@@ -320,37 +331,14 @@ class Store:
             self._writer, lambda: self._db.put(META_PROMISE, raw, sync=True))
         self.promise = promise
 
-    async def wait_for_lsn(self, lsn: int, timeout: float) -> bool:
-        """Wait until this replica has reached ``lsn``; False on timeout."""
-        if self._lsn >= lsn:
-            return True
-        if timeout <= 0:
-            return False
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        waiter = (lsn, future)
-        self._lsn_waiters.append(waiter)
-        timer = loop.call_later(timeout, wake, future)
-        try:
-            await future
-        finally:
-            timer.cancel()
-        if self._lsn >= lsn:
-            return True
-        with contextlib.suppress(ValueError):  # timed out: not removed by _advance
-            self._lsn_waiters.remove(waiter)
-        return False
+    async def wait_for_lsn(self, lsn: int, timeout: float, appended: bool = False) -> bool:
+        """Wait until this replica has reached ``lsn`` (durable; or only ``appended``); False on timeout."""
+        return await (self._appended if appended else self._durable).wait_for(lsn, timeout)
 
     def _advance(self, lsn: int) -> None:
-        self._lsn = lsn
-        if self._lsn_waiters:
-            waiting = []
-            for waiter in self._lsn_waiters:
-                if waiter[0] <= lsn:
-                    wake(waiter[1])
-                elif not waiter[1].done():
-                    waiting.append(waiter)
-            self._lsn_waiters = waiting
+        self._durable.set(lsn)
+        if lsn > self._appended.value:
+            self._appended.set(lsn)
 
     # ------------------------------------------------------------------ reads
     async def get(self, key: bytes) -> Record | None:
@@ -437,7 +425,7 @@ class Store:
         From the in-memory tail when it has them, else from disk. Raises
         LogTruncated when entries after ``after`` are no longer retained.
         """
-        if after + 1 < self._log_start and after < self._lsn:
+        if after + 1 < self._log_start and after < self._durable.value:
             raise LogTruncated(after)
         if after + 1 >= self._tail_first:
             return self._from_tail(after, max_entries, max_bytes)
@@ -448,7 +436,7 @@ class Store:
         return _bounded(self._tail[start:start + max_entries], max_bytes)
 
     def _log_after(self, after: int, max_entries: int, max_bytes: int) -> list[bytes]:
-        if after + 1 < self._log_start and after < self._lsn:
+        if after + 1 < self._log_start and after < self._durable.value:
             raise LogTruncated(after)
         out: list[bytes] = []
         size = 0
@@ -571,6 +559,7 @@ class Store:
         self.promise = _read_promise(self._db, self.path)
         self.lineage_version += 1
         self._log_start = self._meta_int(META_LOG_START) or 1
+        self.committed_on_disk = self._meta_int(META_COMMITTED)
         return self._meta_int(META_LSN)
 
     # ----------------------------------------------------------------- writes
@@ -586,17 +575,22 @@ class Store:
             raise result
         return result
 
-    def apply_nowait(self, entries: list[LogEntry]) -> "asyncio.Future[Any]":
+    def apply_nowait(self, entries: list[LogEntry], committed: int = 0) -> "asyncio.Future[Any]":
         """Queue replicated entries for the next group commit; the future resolves once durable.
 
         A follower queues what arrives while the previous batch is being
         written, so everything that came in meanwhile shares the next fsync.
+        ``committed`` (what the upstream said a majority holds) is kept with
+        them: after a restart, the entries past it are not known to be
+        committed (see ``committed_on_disk``).
         """
-        return self._submit(_Job(None, entries, asyncio.get_running_loop().create_future()))
+        return self._submit(_Job(None, entries, asyncio.get_running_loop().create_future(), committed=committed))
 
     def _submit(self, job: _Job) -> "asyncio.Future[Any]":
         if self._queue is None or self._closed:
             raise StorageError("replica is shutting down")
+        if self.failed is not None:
+            raise StorageError(self.failed)
         self._queue.put_nowait(job)
         return job.future
 
@@ -613,6 +607,7 @@ class Store:
                     first.future.set_exception(StorageError(f"database swap failed: {exc}"))
                     continue
                 self._advance(new_lsn)
+                self._appended.set(new_lsn)  # a snapshot may put a follower back
                 self._tail, self._tail_first, self._tail_bytes = [], new_lsn + 1, 0
                 first.future.set_result(None)
                 continue
@@ -627,7 +622,10 @@ class Store:
                 jobs.append(job)
                 count += len(job.mutations or job.entries or ())
             started = time.perf_counter()
+            published = False
             try:
+                if self.failed is not None:
+                    raise StorageError(self.failed)
                 if any(_needs_read(job) for job in jobs):
                     new_lsn, results, encoded = await loop.run_in_executor(self._writer, self._commit, jobs)
                 else:
@@ -636,22 +634,49 @@ class Store:
                     # GIL). Python work on that thread had to win the GIL from the
                     # busy loop first, which made a 0.2 ms fsync a 2 ms commit.
                     batch, new_lsn, results, encoded = self._build(jobs, read_versions=False)
+                    if self.pipeline and encoded and all(job.mutations is not None for job in jobs):
+                        # Pipelined: the log stream sends the batch now and followers write it
+                        # while we do. Nobody is acknowledged before our own fsync, so a
+                        # crash here loses only unacknowledged entries (design.md, pipelining).
+                        self._remember(encoded, new_lsn - len(encoded) + 1)
+                        self._appended.set(new_lsn)
+                        published = True
+                        await self._maybe_hold(new_lsn - len(encoded) + 1, new_lsn)
                     await loop.run_in_executor(self._writer, batch.write)
             except Exception as exc:  # the disk refused: nobody is acknowledged
+                why = f"write failed: {exc}"
+                if published:
+                    self._fail(exc)
+                    why += ("; followers were sent it first, so it may still survive kv-0's restart: "
+                            "read it back before retrying")
                 log.error("commit failed: %s", exc)
                 for job in jobs:
                     if not job.future.done():
-                        job.future.set_exception(StorageError(f"write failed: {exc}"))
+                        job.future.set_exception(StorageError(why))
                 continue
             if self._on_commit is not None:
                 self._on_commit(count, time.perf_counter() - started)
-            if encoded:
+            if encoded and not published:
                 self._remember(encoded, new_lsn - len(encoded) + 1)
-            if new_lsn != self._lsn:
+            if new_lsn != self._durable.value:
                 self._advance(new_lsn)
             for job, result in zip(jobs, results):
                 if not job.future.done():
                     job.future.set_result(result)
+
+    async def _maybe_hold(self, first: int, last: int) -> None:
+        """The test-only fault KV_TEST_HOLD_COMMIT: sent but never written, until the test kills us."""
+        if self._hold_commit is not None and first <= self._hold_commit[0] <= last \
+                and self._hold_commit[1] == self.lineage.number:
+            log.warning("KV_TEST_HOLD_COMMIT: entries %d..%d were sent to followers and are never written", first,
+                        last)
+            await asyncio.Event().wait()
+
+    def _fail(self, exc: Exception) -> None:
+        """A published batch was not written: its LSNs may be on followers, so none may be reused."""
+        self.failed = (f"a write failed on this disk after followers were sent it ({exc}); this replica "
+                       "takes no more writes: restart the pod (it then recovers what the followers hold)")
+        log.critical("%s", self.failed)
 
     def _commit(self, jobs: list[_Job]) -> tuple[int, list[Any], list[bytes]]:
         """Build and write one batch (writer thread); the new LSN, each job's result, the encoded entries."""
@@ -665,7 +690,7 @@ class Store:
         Without ``read_versions`` every key counts as absent: only right for
         jobs that :func:`_needs_read` says need no read.
         """
-        lsn = self._lsn
+        lsn = self._durable.value
         epoch = self.lineage.number
         overlay: dict[bytes, int | None] = {}
         results: list[Any] = []
@@ -698,8 +723,12 @@ class Store:
                 overlay[mutation.key] = lsn if mutation.op == PUT else None
                 job_results.append(lsn)
             results.append(job_results)
-        if lsn != self._lsn:
+        if lsn != self._durable.value:
             batch.put(META_LSN, _U64.pack(lsn))
+            committed = max(job.committed for job in jobs)
+            if committed > self.committed_on_disk:
+                batch.put(META_COMMITTED, _U64.pack(committed))
+                self.committed_on_disk = committed
         return batch, lsn, results, encoded
 
     @staticmethod
@@ -722,7 +751,7 @@ class Store:
         return await asyncio.get_running_loop().run_in_executor(self._writer, self._truncate)
 
     def _truncate(self) -> int:
-        keep_from = self._lsn - self.log_retention + 1
+        keep_from = self._durable.value - self.log_retention + 1
         if keep_from <= self._log_start:
             return 0
         dropped = 0

@@ -159,8 +159,10 @@ def assert_all_readable(c: Cluster, ordinal: int, acknowledged: dict[str, bytes]
 
 
 def start_all(c: Cluster) -> None:
-    """Start every pod in order and wait until kv-0 takes writes and every follower follows."""
+    """Start every pod in order (but those already started) and wait until kv-0 takes writes and every
+    follower follows."""
     for ordinal in range(c.replicas):
-        c.start(ordinal)
+        if ordinal not in c.pods:
+            c.start(ordinal)
     c.wait_writable()
     wait_for("every follower to follow", lambda: len(c.status(0).get("followers", ())) == c.replicas - 1, 30)

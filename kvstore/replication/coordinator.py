@@ -55,10 +55,11 @@ class Replication:
         self.client = PeerClient(token)
         # Followers, besides kv-0, that make a majority: what a confirmation round needs.
         self.fencing = Fencing(lambda: self.configured_replicas() // 2, lambda: quorum(self.configured_replicas()))
-        self.server = LogServer(config, store, self.acks, metrics, self.fencing)
+        self.server = LogServer(config, store, self.acks, metrics, self.fencing, self._committed_to_tell)
         directory.subscribe(self._membership_changed)
         # The primary uses a Follower only to copy a snapshot while it recovers.
-        self._follower = Follower(config, store, directory, self.client, self.acks, metrics, self.fencing)
+        self._follower = Follower(config, store, directory, self.client, self.acks, metrics, self.fencing,
+                                  self.server.notify_commit)
         self.follower: Follower | None = None
         self.recovery: Recovery | None = None
         self.fenced: str | None = None  # why this kv-0 last found itself replaced (it then recovers again)
@@ -68,6 +69,7 @@ class Replication:
         if config.role == PRIMARY:
             self.recovery = self._new_recovery()
             self.server.serving = False
+            store.pipeline = config.pipeline
         else:
             self.follower = self._follower
         metrics.epoch.set(store.epoch)
@@ -76,6 +78,7 @@ class Replication:
         """Start following (secondary) or the start-up recovery (primary)."""
         if self.recovery is not None:
             self._task = asyncio.create_task(self._recover(), name="primary-recovery")
+            self.server.watch_commits()
         elif self.follower is not None:
             self.follower.start()
 
@@ -161,6 +164,7 @@ class Replication:
     async def stop(self) -> None:
         """Stop background work and close peer connections."""
         await cancel_and_wait(self._task)
+        await self.server.stop()
         if self.follower is not None:
             await self.follower.stop()
         await self.client.close()
@@ -268,21 +272,38 @@ class Replication:
         return "following" if f.last_contact is not None else "starting"
 
     def committed_lsn(self) -> int | None:
-        """On the primary: the highest LSN a majority holds (what strong reads may show)."""
+        """On the primary: the highest LSN a majority holds (what strong reads may show).
+
+        Never past kv-0's own durable LSN: with pipelining a majority of
+        followers may hold a batch that kv-0 is still writing, and if kv-0
+        crashed before its fsync that batch was never acknowledged.
+        """
         if self.recovery is None:
             return None
         replicas = self.configured_replicas()
         needed = replicas // 2  # followers, besides the primary, that make a majority
         return self.store.lsn if needed == 0 else min(self.store.lsn, self.acks.held_by(needed))
 
+    def _committed_to_tell(self) -> int:
+        """The committed LSN this replica's stream messages carry: kv-0's own, or the one it was told."""
+        if self.recovery is not None:
+            return self.committed_lsn() or 0
+        return self.follower.committed if self.follower is not None else 0
+
     def position(self) -> dict[str, Any]:
         """This replica's log position as peers read it (GET /v1/peer/status) and /v1/status shows it.
 
-        ``lsn`` is what this replica has applied (durable on its disk);
-        ``committed_lsn`` (primary only) what a majority holds.
+        ``lsn`` is what this replica has applied (durable on its disk and
+        visible to its reads); ``appended`` what its log stream has sent
+        (kv-0: past ``lsn`` while a pipelined batch is being written);
+        ``committed_lsn`` what a majority holds (a secondary: as kv-0 last
+        said; no read shows an entry past it).
         """
         lineage = self.store.lineage
-        position = {"state": self.state(), "lsn": self.store.lsn, "committed_lsn": self.committed_lsn(),
+        committed = self.committed_lsn() if self.recovery is not None else (
+            self.follower.committed if self.follower is not None else None)
+        position = {"state": self.state(), "lsn": self.store.lsn, "appended": self.store.appended,
+                    "committed_lsn": committed,
                     "log_start": self.store.log_start, "history_id": lineage.history, "epoch": lineage.number,
                     "fork": lineage.fork(), "lineage": lineage.to_json(), "promised": self.store.promise.to_json()}
         if self.recovery is not None and not self.writable:

@@ -27,7 +27,7 @@ from typing import Any, AsyncIterator, Callable
 import aiohttp
 
 from kvstore import events
-from kvstore.aio import cancel_and_wait
+from kvstore.aio import Watermark, cancel_and_wait
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
 from kvstore.lineage import BEHIND, DROPPABLE, PREFIX, Lineage, Promise, compare
@@ -86,7 +86,8 @@ class Follower:
     """Keeps this secondary's store following its upstream's log."""
 
     def __init__(self, config: Config, store: Store, directory: PeerDirectory, client: PeerClient,
-                 acks: AckTable, metrics: Metrics, fencing: Fencing) -> None:
+                 acks: AckTable, metrics: Metrics, fencing: Fencing,
+                 committed_moved: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.store = store
         self.directory = directory
@@ -114,12 +115,64 @@ class Follower:
         self._streaming: tuple[int, str] | None = None  # (number, id) of the epoch we stream now
         self.round = 0  # the newest confirmation round the current upstream sent
         self._rounds_of: tuple[int, str] | None = None  # the epoch whose rounds self.fencing passes down
+        # The LSN a majority holds, as the upstream last said (kept on disk with the entries).
+        # Entries past it may be ones kv-0 never wrote (pipelining: it sends a batch while it
+        # fsyncs it); no read is answered from them until they are committed.
+        self._committed = Watermark(store.committed_on_disk)
+        self._committed_moved = committed_moved  # our own followers (cascade) are told
+        self.unconfirmed: dict[bytes, int] = {}  # key -> LSN of its newest entry past the committed LSN
+        self._unconfirmed_order: collections.deque[tuple[int, bytes]] = collections.deque()
         self.max_message = protocol.max_stream_message(config.max_key_bytes, config.max_value_bytes)
         self.max_frame = protocol.max_snapshot_frame(config.max_key_bytes, config.max_value_bytes)
 
     def start(self) -> None:
         """Start following in the background."""
         self._task = asyncio.create_task(self._run(), name="follower")
+
+    @property
+    def committed(self) -> int:
+        """The LSN a majority holds, as far as this follower knows."""
+        return self._committed.value
+
+    async def wait_committed(self, lsn: int, timeout: float) -> bool:
+        """Wait until this follower knows ``lsn`` is committed; False after ``timeout``."""
+        return await self._committed.wait_for(lsn, timeout)
+
+    def _note_committed(self, committed: int) -> None:
+        if committed <= self._committed.value:
+            return
+        order, unconfirmed = self._unconfirmed_order, self.unconfirmed
+        while order and order[0][0] <= committed:
+            lsn, key = order.popleft()
+            if unconfirmed.get(key) == lsn:
+                del unconfirmed[key]
+        self._committed.set(committed)
+        self._committed_moved()
+
+    def _note_unconfirmed(self, entries: list[LogEntry]) -> None:
+        committed = self._committed.value
+        for entry in entries:
+            if entry.lsn > committed:
+                self.unconfirmed[entry.key] = entry.lsn
+                self._unconfirmed_order.append((entry.lsn, entry.key))
+
+    def _forget_unconfirmed(self) -> None:
+        """Hold nothing back: our data was replaced by a snapshot, or we diverged."""
+        self.unconfirmed.clear()
+        self._unconfirmed_order.clear()
+
+    async def _load_unconfirmed(self) -> None:
+        """After a restart: the entries past the committed LSN we last heard are not known to be committed."""
+        after = max(self._committed.value, self.store.log_start - 1)
+        while after < self.store.lsn:
+            raws = await self.store.log_after(after, protocol.FETCH_MAX_ENTRIES, protocol.FETCH_MAX_BYTES)
+            if not raws:
+                break
+            self._note_unconfirmed([LogEntry.decode(raw) for raw in raws])
+            after = protocol.last_lsn(raws)
+        if self.unconfirmed:
+            log.info("%d key(s) written past lsn %d, the last committed lsn heard, are not read until "
+                     "kv-0 says they are committed", len(self.unconfirmed), self._committed.value)
 
     async def stop(self) -> None:
         """Stop following."""
@@ -143,6 +196,10 @@ class Follower:
     # ------------------------------------------------------------------ the loop
     async def _run(self) -> None:
         backoff = 0.1
+        try:
+            await self._load_unconfirmed()
+        except Exception as exc:  # LogTruncated meanwhile, a closing store: nothing to hold back then
+            log.warning("reading the log past the committed lsn failed: %s", exc)
         while True:
             if self.diverged is not None and not self._resync.is_set():
                 await self._resync.wait()
@@ -205,6 +262,9 @@ class Follower:
         self.diverged = reason
         self.metrics.diverged.set(0 if reason is None else 1)
         if reason is not None:
+            # Not Ready, and no kv-0 will ever say these are committed: answer from all
+            # we hold, as stale reads of a replica that says it diverged (design.md).
+            self._forget_unconfirmed()
             self.stalled = reason
             events.record("diverged", reason)
             log.error("DIVERGED: %s. This replica keeps its data, stops following and serves it only as "
@@ -356,7 +416,7 @@ class Follower:
                         if ws.close_code in (protocol.CLOSE_LOG_TRUNCATED, protocol.CLOSE_LINEAGE_CHANGED):
                             return  # the next attempt compares again and knows what to do
                         raise ConnectionError(f"stream closed ({msg.type.name}, code {ws.close_code})")
-                    upstream_lsn, round_, entries = protocol.decode_message(msg.data)
+                    upstream_lsn, committed, round_, entries = protocol.decode_message(msg.data)
                     if round_ > self.round:
                         self.round = round_
                         wake.set()  # the upstream asks who still follows it: answer now, not after the disk
@@ -370,13 +430,15 @@ class Follower:
                             raise ValueError(f"gap: expected lsn {next_lsn}, got {entries[0].lsn}")
                         _check_epochs(entries, lineage)
                         next_lsn = entries[-1].lsn + 1
+                        self._note_unconfirmed(entries)
                         # Not awaited: what arrives while this batch is written joins the next one.
-                        future = store.apply_nowait(entries)
+                        future = store.apply_nowait(entries, min(committed, next_lsn - 1))
                         future.add_done_callback(lambda _: wake.set())
                         applying.append(future)
                         self.metrics.fetch_batch.observe(len(entries))
                     else:
                         wake.set()  # a keepalive: answer it, so the upstream knows we are here
+                    self._note_committed(min(committed, next_lsn - 1))
                     if upstream.ordinal == 0:
                         self.primary_lsn = max(upstream_lsn, next_lsn - 1)
                     while applying and (applying[0].done() or len(applying) > MAX_APPLYING):
@@ -434,6 +496,7 @@ class Follower:
                 events.record("snapshot_installing", f"copying {upstream.name} at lsn {lsn} ({reason})",
                               upstream=upstream.name, lsn=lsn)
                 count = await self.store.install_snapshot(lineage, lsn, logging_progress(chunks, upstream.name))
+                self._forget_unconfirmed()
             finally:
                 response.release()
             self.metrics.snapshots.labels("received").inc()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import aiohttp
@@ -22,6 +23,16 @@ from kvstore.storage import LogTruncated, Store
 log = logging.getLogger("kvstore.replication")
 
 
+@dataclass(eq=False)  # kept in a set by identity
+class _Outbox:
+    """One open stream, as the commit notifier sees it."""
+
+    ws: web.WebSocketResponse
+    lineage_version: int
+    sent: int  # the last LSN pushed
+    committed: int = 0  # the committed LSN last told
+
+
 def _drop(task: "asyncio.Future[None]") -> None:
     """A round pushed to a stream that closed meanwhile: the stream's own loop reports it."""
     if not task.cancelled():
@@ -31,12 +42,18 @@ def _drop(task: "asyncio.Future[None]") -> None:
 class LogServer:
     """Peer-port handlers every replica serves: the log stream and snapshots."""
 
-    def __init__(self, config: Config, store: Store, acks: AckTable, metrics: Metrics, fencing: Fencing) -> None:
+    def __init__(self, config: Config, store: Store, acks: AckTable, metrics: Metrics, fencing: Fencing,
+                 committed: Callable[[], int]) -> None:
         self.config = config
         self.store = store
         self.acks = acks
         self.metrics = metrics
         self.fencing = fencing  # confirmation rounds: kv-0's own, or passed down by a cascade
+        # What a majority holds, as this replica knows it: every message tells its followers,
+        # which answer no read from an entry past it (with pipelining kv-0 may not hold it yet).
+        self.committed = committed
+        self._outboxes: set[_Outbox] = set()
+        self._watcher: asyncio.Task[None] | None = None
         # False while a primary recovers: its disk may be behind or empty, so
         # nobody may follow it or copy it until it has proved it is current.
         self.serving = True
@@ -45,6 +62,43 @@ class LogServer:
     def close(self) -> None:
         """End open log streams now, so a SIGTERM does not wait for them."""
         self._closing.set()
+
+    def watch_commits(self) -> None:
+        """kv-0: its own fsync can move the committed LSN (its followers may have acknowledged first)."""
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch_durable(), name="commit-watch")
+
+    async def stop(self) -> None:
+        """Stop the commit watcher."""
+        self.close()
+        await cancel_and_wait(self._watcher)
+
+    async def _watch_durable(self) -> None:
+        while True:
+            await self.store.wait_for_lsn(self.store.lsn + 1, 3600)
+            self.notify_commit()
+
+    def notify_commit(self) -> None:
+        """The committed LSN may have moved: tell each follower now, unless a batch on its way will.
+
+        Now, not later: this runs before the write it commits is answered (an
+        ack or our fsync wakes both, this first), so a follower knows a write
+        is committed before its client does, and still answers reads of it
+        if kv-0 dies the next moment. Under load a batch is nearly always on
+        its way, and its header carries the committed LSN instead.
+        """
+        if not self._outboxes:
+            return
+        committed = self.committed()
+        for out in self._outboxes:
+            if out.committed >= committed or out.ws.closed or self.store.lineage_version != out.lineage_version:
+                continue
+            if self.store.appended > out.sent:
+                continue  # the push loop is about to send entries, and the committed LSN with them
+            out.committed = committed
+            task = asyncio.ensure_future(out.ws.send_bytes(
+                protocol.encode_message(self.store.lsn, [], self.fencing.round, committed)))
+            task.add_done_callback(_drop)
 
     def add_routes(self, router: Router) -> None:
         """Mount the peer routes."""
@@ -63,7 +117,7 @@ class LogServer:
         store = self.store
         if not self.serving:
             return self._refuse(503, protocol.RECOVERING, "this replica is recovering; retry shortly")
-        if after > store.lsn:
+        if after > store.appended:
             # Never serve from here, and never count the follower's position as
             # an ack: its entries past our LSN are not ours.
             return self._refuse(409, protocol.FOLLOWER_AHEAD, "the follower is ahead of this replica")
@@ -91,8 +145,10 @@ class LogServer:
         await ws.prepare(request)
         self.acks.record(follower, after, follower)  # asking for after=N acknowledges N
         version = self.store.lineage_version
-        sender = asyncio.create_task(self._push(ws, after, version), name=f"push-{follower}")
-        send = self._round_sender(ws, version)
+        out = _Outbox(ws, version, after)
+        self._outboxes.add(out)
+        sender = asyncio.create_task(self._push(out), name=f"push-{follower}")
+        send = self._round_sender(out)
         detach = self.fencing.attach(send)
         send(self.fencing.round)  # a round already waiting counts this follower at once
         lag = self.metrics.follower_lag.labels(follower)  # once: labels() locks and validates
@@ -102,12 +158,13 @@ class LogServer:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     break  # closed, or an error
                 lsn, round_, relayed = protocol.parse_ack(msg.data)
-                if lsn > self.store.lsn:  # nobody can hold what we never sent
+                if lsn > self.store.appended:  # nobody can hold what we never sent
                     raise ValueError(lsn)
                 self.acks.record(follower, lsn, follower)
                 for name, (position, _) in relayed.items():
-                    if position <= self.store.lsn:
+                    if position <= self.store.appended:
                         self.acks.record(name, position, follower)
+                self.notify_commit()
                 if self.store.lineage_version == version:
                     # The follower streams from this epoch, which it promised: it (and the followers
                     # it serves, which promised it too) still follows us as of these rounds.
@@ -121,40 +178,49 @@ class LogServer:
         except ValueError:
             log.warning("%s sent a malformed ack: dropping its stream", follower)
         finally:
+            self._outboxes.discard(out)
             detach()
             await cancel_and_wait(sender)
             await ws.close()
         return ws
 
-    def _round_sender(self, ws: web.WebSocketResponse, version: int) -> Callable[[int], None]:
+    def _round_sender(self, out: _Outbox) -> Callable[[int], None]:
         """A function that pushes a confirmation round to this stream at once (an empty message)."""
         def send(round_: int) -> None:
-            if self.store.lineage_version == version and not ws.closed:
-                task = asyncio.ensure_future(ws.send_bytes(protocol.encode_message(self.store.lsn, [], round_)))
+            if self.store.lineage_version == out.lineage_version and not out.ws.closed:
+                out.committed = max(out.committed, committed := self.committed())
+                task = asyncio.ensure_future(out.ws.send_bytes(
+                    protocol.encode_message(self.store.lsn, [], round_, committed)))
                 task.add_done_callback(_drop)
         return send
 
-    async def _push(self, ws: web.WebSocketResponse, sent: int, lineage_version: int) -> None:
-        """Send entries after ``sent`` as they are committed, or a keepalive when idle."""
-        store = self.store
+    def _message(self, out: _Outbox, raws: list[bytes]) -> bytes:
+        committed = self.committed()
+        out.committed = max(out.committed, committed)
+        return protocol.encode_message(self.store.lsn, raws, self.fencing.round, committed)
+
+    async def _push(self, out: _Outbox) -> None:
+        """Send entries after ``out.sent`` as they are appended (pipelined: before kv-0's own fsync), or a
+        keepalive when idle."""
+        store, ws, lineage_version = self.store, out.ws, out.lineage_version
         while not self._closing.is_set():
             if store.lineage_version != lineage_version:
                 # A new epoch or a restored database: the follower must compare lineages again.
                 await ws.close(code=protocol.CLOSE_LINEAGE_CHANGED, message=b"lineage_changed")
                 return
-            if store.lsn > sent:
+            if store.appended > out.sent:
                 try:
-                    raws = await store.log_after(sent, protocol.FETCH_MAX_ENTRIES, protocol.FETCH_MAX_BYTES)
+                    raws = await store.log_after(out.sent, protocol.FETCH_MAX_ENTRIES, protocol.FETCH_MAX_BYTES)
                 except LogTruncated:
                     await ws.close(code=protocol.CLOSE_LOG_TRUNCATED, message=b"log_truncated")
                     return
                 if raws:
                     if store.lineage_version == lineage_version:  # else: closed at the top
-                        sent = protocol.last_lsn(raws)
-                        await ws.send_bytes(protocol.encode_message(store.lsn, raws, self.fencing.round))
+                        out.sent = protocol.last_lsn(raws)
+                        await ws.send_bytes(self._message(out, raws))
                     continue
-            if not await store.wait_for_lsn(sent + 1, protocol.KEEPALIVE_SECONDS):
-                await ws.send_bytes(protocol.encode_message(store.lsn, [], self.fencing.round))
+            if not await store.wait_for_lsn(out.sent + 1, protocol.KEEPALIVE_SECONDS, appended=True):
+                await ws.send_bytes(self._message(out, []))
         await ws.close()
 
     async def snapshot(self, request: web.BaseRequest) -> web.StreamResponse:

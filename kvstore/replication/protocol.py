@@ -13,7 +13,8 @@ takes. The full description is in docs/design.md ("The peer protocol").
   own entry ``after`` has that epoch (log matching). Refused before the
   upgrade with 400 (bad parameters), 409/410/503 and an ``X-Kv-Error`` header
   (one of :data:`REFUSALS`). Upstream to follower, binary: ``u64 upstream
-  LSN`` then entries, each ``u32 length + LogEntry`` (none: a keepalive).
+  LSN, u64 committed LSN, u64 round`` then entries, each ``u32 length +
+  LogEntry`` (none: a keepalive, a round or a new committed LSN).
   Follower to upstream, text: ``<durable lsn>[ <name>:<lsn>,...]``. The
   upstream closes with :data:`CLOSE_LINEAGE_CHANGED` or
   :data:`CLOSE_LOG_TRUNCATED`; either side drops a stream silent for
@@ -35,7 +36,7 @@ from kvstore.lineage import Lineage
 from kvstore.storage import ENTRY_FRAMING, LogEntry, entry_size_limit
 
 _LEN = struct.Struct(">I")
-_HEAD = struct.Struct(">QQ")  # a stream message's upstream LSN and confirmation round
+_HEAD = struct.Struct(">QQQ")  # a stream message's upstream LSN, committed LSN and confirmation round
 _U64 = struct.Struct(">Q")
 _FRAME = struct.Struct(">BI")
 FRAME_HEADER, FRAME_RECORDS, FRAME_END = 1, 2, 3
@@ -86,21 +87,24 @@ def max_snapshot_frame(max_key_bytes: int, max_value_bytes: int) -> int:
 
 
 # ------------------------------------------------------------------ stream
-def encode_message(upstream_lsn: int, raws: list[bytes], round_: int = 0) -> bytes:
-    """One stream message: the upstream's LSN and its newest confirmation round, then length-prefixed entries.
+def encode_message(upstream_lsn: int, raws: list[bytes], round_: int = 0, committed: int = 0) -> bytes:
+    """One stream message: the upstream's durable LSN, the LSN a majority holds as far as it knows,
+    its newest confirmation round, then length-prefixed entries.
 
     A follower echoes the round in its next ack: that is how a primary learns
-    that a follower still follows it (see fencing.py).
+    that a follower still follows it (see fencing.py). Entries past
+    ``committed`` may be ones kv-0 has not written yet (pipelining): a
+    follower answers no read from them until they are committed.
     """
-    parts = [_HEAD.pack(upstream_lsn, round_)]
+    parts = [_HEAD.pack(upstream_lsn, committed, round_)]
     for raw in raws:
         parts.append(_LEN.pack(len(raw)))
         parts.append(raw)
     return b"".join(parts)
 
 
-def decode_message(data: bytes) -> tuple[int, int, list[LogEntry]]:
-    """Inverse of :func:`encode_message`: (upstream LSN, round, entries); ValueError if torn or malformed."""
+def decode_message(data: bytes) -> tuple[int, int, int, list[LogEntry]]:
+    """Inverse of :func:`encode_message`: (upstream LSN, committed LSN, round, entries); ValueError if torn."""
     if len(data) < _HEAD.size:
         raise ValueError("stream message too short")
     entries = []
@@ -115,8 +119,8 @@ def decode_message(data: bytes) -> tuple[int, int, list[LogEntry]]:
             raise ValueError("torn log frame")
         entries.append(LogEntry.decode(view[offset:offset + length]))
         offset += length
-    upstream_lsn, round_ = _HEAD.unpack_from(data)
-    return upstream_lsn, round_, entries
+    upstream_lsn, committed, round_ = _HEAD.unpack_from(data)
+    return upstream_lsn, committed, round_, entries
 
 
 def last_lsn(raws: list[bytes]) -> int:

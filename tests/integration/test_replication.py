@@ -347,7 +347,7 @@ def test_bad_log_stream_requests_get_clear_errors(cluster: LocalCluster) -> None
             async with session.ws_connect(base, params=params) as ws:
                 first = await ws.receive(timeout=5)  # a keepalive within a second: nothing is written
                 assert first.type == aiohttp.WSMsgType.BINARY
-                upstream_lsn, _, entries = decode_message(first.data)
+                upstream_lsn, _, _, entries = decode_message(first.data)
                 assert upstream_lsn == lsn and entries == []
                 await ws.send_str(ack)
                 while True:

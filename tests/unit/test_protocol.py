@@ -31,10 +31,10 @@ async def test_stream_messages_at_the_limits_fit_what_the_follower_accepts(
         after, messages = 0, 0
         while after < s.lsn:
             raws = await s.log_after(after, protocol.FETCH_MAX_ENTRIES, protocol.FETCH_MAX_BYTES)
-            message = protocol.encode_message(s.lsn, raws, 2**64 - 1)
+            message = protocol.encode_message(s.lsn, raws, 2**64 - 1, 2**64 - 2)
             assert len(message) <= limit
-            lsn, round_, entries = protocol.decode_message(message)
-            assert lsn == s.lsn and round_ == 2**64 - 1 and entries[0].lsn == after + 1
+            lsn, committed, round_, entries = protocol.decode_message(message)
+            assert (lsn, committed, round_) == (s.lsn, 2**64 - 2, 2**64 - 1) and entries[0].lsn == after + 1
             after = entries[-1].lsn
             messages += 1
         assert messages > 1 or max_value == 0
@@ -81,8 +81,8 @@ def test_torn_snapshot_records_are_refused(payload: bytes) -> None:
         protocol.decode_records(payload)
 
 
-@pytest.mark.parametrize("data", [b"", b"1234567", b"123456781234567", b"1234567812345678\x00\x00\x00\x09abc",
-                                  b"1234567812345678\x00\x00\x00\x03abc"])
+@pytest.mark.parametrize("data", [b"", b"1234567", b"12345678" * 2 + b"1234567",
+                                  b"12345678" * 3 + b"\x00\x00\x00\x09abc", b"12345678" * 3 + b"\x00\x00\x00\x03abc"])
 def test_torn_stream_messages_are_refused(data: bytes) -> None:
     with pytest.raises(ValueError):
         protocol.decode_message(data)

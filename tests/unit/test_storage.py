@@ -435,3 +435,43 @@ def test_a_corrupt_promise_is_refused_with_its_path(tmp_path: Path) -> None:
     with pytest.raises(storage.StorageError, match="promise is corrupt"):
         Store.open(str(tmp_path / "d"))
     assert path
+
+
+async def test_a_pipelined_batch_is_in_the_log_stream_before_it_is_durable(tmp_path: Path) -> None:
+    # The test-only hold stops the batch holding LSN 3 between "sent" and "written".
+    s = await started(Store.open(str(tmp_path / "data"), hold_commit=(3, 1)))
+    s.pipeline = True
+    try:
+        assert await s.write(put("a")) == 1 and await s.write(put("b")) == 2
+        assert (s.lsn, s.appended) == (2, 2)
+        held = asyncio.ensure_future(s.write(put("c", b"held")))
+        assert await s.wait_for_lsn(3, 5, appended=True)
+        assert (s.lsn, s.appended) == (2, 3)  # sent, not durable, and not readable yet
+        assert await s.get(b"c") is None
+        assert [(e.lsn, e.key) for e in decoded(await s.log_after(2, 10, 1 << 20))] == [(3, b"c")]
+        assert not await s.wait_for_lsn(3, 0.2)
+        assert not held.done()
+        held.cancel()
+    finally:
+        await s.close()
+    # A crash at this point: the entry was never written, so the reopened store does not have it.
+    s = await started(Store.open(str(tmp_path / "data")))
+    try:
+        assert (s.lsn, s.appended) == (2, 2) and await s.get(b"c") is None
+    finally:
+        await s.close()
+
+
+async def test_a_follower_keeps_the_committed_lsn_it_heard_with_its_entries(tmp_path: Path) -> None:
+    s = await started(Store.open(str(tmp_path / "data")))
+    try:
+        await s.apply_nowait([LogEntry(1, 1, storage.PUT, b"a", b"1"), LogEntry(2, 1, storage.PUT, b"b", b"2")],
+                             committed=1)
+        assert s.committed_on_disk == 1
+    finally:
+        await s.close()
+    s = Store.open(str(tmp_path / "data"))
+    try:
+        assert (s.lsn, s.committed_on_disk) == (2, 1)
+    finally:
+        await s.close()

@@ -1,0 +1,92 @@
+"""Pipelining: kv-0 sends a batch to its followers while it fsyncs it; a batch it never wrote is never read.
+
+kv-0 acknowledges a write only after its own fsync, so an entry a follower
+holds but kv-0 lost in a crash before that fsync was never acknowledged. The
+test builds exactly that crash with the test-only fault ``KV_TEST_HOLD_COMMIT``
+(kv-0 sends the batch holding that LSN and never writes it) and real processes
+(see dns_cluster.py), then checks the two guards:
+
+- the follower that holds the entry answers no read from it (it is not known
+  to be committed);
+- once kv-0 restarts without that follower and begins a verified epoch, the
+  follower drops the entry when it follows again (log matching), and never
+  reports it as data.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+from dns_cluster import Cluster, assert_all_readable, start_all, write_many
+from local_cluster import http, wait_for
+
+
+def test_a_batch_kv0_sent_but_never_wrote_is_never_read_and_is_dropped(workdir: Path) -> None:
+    # Five replicas: kv-0 can then begin a verified epoch (a quorum of three followers) without
+    # kv-1, the only follower that holds the lost entry.
+    with Cluster(workdir, 53, replicas=5, env={"KV_RECOVERY_WAIT": "2", "KV_READ_WAIT": "1"}) as c:
+        c.start(0, KV_TEST_HOLD_COMMIT="6@1")  # the fault: the batch holding LSN 6 of epoch 1
+        start_all(c)  # the others; kv-0 (already running) begins epoch 1 of a new history
+        acknowledged = write_many(c, "before", 5)  # LSNs 1..5
+        assert (c.status(0)["lsn"], c.status(0)["epoch"]) == (5, 1)
+
+        # Only kv-1 may keep the batch: kv-3 and kv-4 are gone, kv-2 is paused (and killed
+        # below, so what reached its socket is lost). kv-0 still heard a majority a moment ago.
+        c.stop(3)
+        c.stop(4)
+        os.kill(c.pods[2].proc.pid, signal.SIGSTOP)
+        answers: list[object] = []
+        writer = threading.Thread(target=lambda: answers.append(_put_quietly(c, "lost", b"never-acknowledged")))
+        writer.start()
+        wait_for("kv-1 to hold the batch kv-0 is still writing", lambda: c.status(1).get("lsn") == 6, 10)
+        status = c.status(0)
+        assert (status["lsn"], status["appended"]) == (5, 6), status  # sent, not durable on kv-0
+        assert status["committed_lsn"] == 5, status  # kv-1 holds 6, but kv-0 does not
+        # kv-1 holds LSN 6 but answers no read from it: nobody acknowledged it.
+        for query in ("", "?min_lsn=6"):
+            code, _, body = http("GET", f"{c.url(1)}/v1/kv/lost{query}")
+            assert code == 504 and b"not_confirmed" in body, (query, code, body)
+        code, _, body = http("GET", f"{c.url(1)}/v1/kv?prefix=lost")
+        assert code == 504 and b"not_confirmed" in body, (code, body)
+        assert c.get(1, "before/4") == (200, b"before-4")  # committed keys are answered as before
+
+        # kv-0 crashes before its fsync; kv-2 dies with the batch unread in its socket.
+        c.pods[2].kill()
+        c.stop(0)
+        writer.join(15)
+        assert answers and answers[0] != 200, answers  # the client never got an acknowledgement
+        # kv-0 comes back while kv-1 is unreachable: it hears kv-2, kv-3 and kv-4 (a quorum),
+        # none of which holds LSN 6, and begins a verified epoch at LSN 6.
+        kv1 = c.pods[1].proc.pid
+        os.kill(kv1, signal.SIGSTOP)
+        try:
+            for ordinal in (2, 3, 4):
+                c.start(ordinal)
+            c.start(0)
+            c.wait_writable()
+        finally:
+            os.kill(kv1, signal.SIGCONT)
+        assert "heard a quorum (3 of 4 followers)" in c.log(0)
+        acknowledged |= write_many(c, "after", 5)  # LSNs 6.. of the new epoch
+
+        # kv-1 follows again: its LSN 6 is another epoch's, which a verified epoch replaced: dropped.
+        def kv1_converged() -> bool:
+            mine, primary = c.status(1), c.status(0)
+            return (mine.get("history_id"), mine.get("lsn")) == (primary["history_id"], primary["lsn"])
+        wait_for("kv-1 to drop the lost entry and follow the new epoch", kv1_converged, 60)
+        assert "were replaced by epoch" in c.log(1)
+        assert c.status(1)["state"] == "following"
+        for ordinal in range(5):
+            assert c.get(ordinal, "lost")[0] == 404, ordinal
+            assert_all_readable(c, ordinal, acknowledged)
+
+
+def _put_quietly(c: Cluster, key: str, value: bytes) -> int:
+    """PUT that kv-0 never answers (it is killed): the status, or 0 when the connection broke."""
+    try:
+        return http("PUT", f"{c.url(0)}/v1/kv/{key}?w=majority", value, timeout=10)[0]
+    except OSError:
+        return 0
