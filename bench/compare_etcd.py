@@ -35,7 +35,7 @@ from clusters import (  # noqa: E402
     stop_on_sigterm,
 )
 from single_replica import replica, seed as kv_seed  # noqa: E402
-from wrk import RUNS, Figures, ensure_wrk, run_wrk  # noqa: E402
+from wrk import RUNS, Figures, connection_counts, ensure_wrk, run_wrk  # noqa: E402
 
 from kvstore.client import Client  # noqa: E402
 
@@ -57,12 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 600:
         parser.error("--seconds must be from 1 to 600")
-    try:
-        args.connections = [int(c) for c in args.connections.split(",")]
-    except ValueError:
-        parser.error("--connections must be integers like 1,32")
-    if not args.connections or any(not 1 <= c <= 1024 for c in args.connections):
-        parser.error("--connections must each be from 1 to 1024")
+    args.connections = connection_counts(parser, args.connections)
     return args
 
 

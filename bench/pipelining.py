@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from clusters import cpu_seconds, kv_cluster, machine, run_main, stop_on_sigterm  # noqa: E402
-from wrk import RUNS, ensure_wrk, run_wrk  # noqa: E402
+from wrk import RUNS, connection_counts, ensure_wrk, run_wrk  # noqa: E402
 
 MODES = ("false", "true")
 SETTLE_SECONDS = 1.0
@@ -37,12 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of off and on (default 2)")
     parser.add_argument("--connections", default="1,32", help="comma-separated wrk connection counts (default 1,32)")
     args = parser.parse_args(argv)
-    try:
-        args.connections = [int(c) for c in args.connections.split(",")]
-    except ValueError:
-        parser.error("--connections must be integers like 1,32")
-    if not args.connections or any(not 1 <= c <= 1024 for c in args.connections):
-        parser.error("--connections must each be from 1 to 1024")
+    args.connections = connection_counts(parser, args.connections)
     if not 1 <= args.seconds <= 600:
         parser.error("--seconds must be from 1 to 600")
     if not 1 <= args.rounds <= 20:

@@ -6,6 +6,7 @@ The Lua scripts in bench/lua print one ``WRK_JSON {...}`` line from wrk's
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -17,6 +18,17 @@ from pathlib import Path
 from kvstore.progress import ProgressLine
 
 LUA = Path(__file__).parent / "lua"
+
+
+def connection_counts(parser: argparse.ArgumentParser, text: str) -> list[int]:
+    """``1,32`` -> [1, 32]; anything else ends with the parser's one-line usage error."""
+    try:
+        counts = [int(c) for c in text.split(",")]
+    except ValueError:
+        parser.error("--connections must be integers like 1,32")
+    if not counts or any(not 1 <= c <= 1024 for c in counts):
+        parser.error("--connections must each be from 1 to 1024")
+    return counts
 
 
 class Runs:

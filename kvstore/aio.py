@@ -46,6 +46,12 @@ class Watermark:
                     waiting.append(waiter)
             self._waiters = waiting
 
+    def release_all(self) -> None:
+        """Wake every waiter whatever it waits for (its reason to wait is gone: it looks again)."""
+        waiting, self._waiters = self._waiters, []
+        for _, future in waiting:
+            wake(future)
+
     async def wait_for(self, target: int, timeout: float) -> bool:
         """Wait until the position is at least ``target``; False after ``timeout`` seconds."""
         if self.value >= target:

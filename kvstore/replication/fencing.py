@@ -38,7 +38,7 @@ import collections
 import time
 from typing import Callable
 
-from kvstore.aio import wake
+from kvstore.aio import Watermark
 from kvstore.replication.protocol import KEEPALIVE_SECONDS
 
 # Heartbeat rounds come every 0.25 s; a window of several missed ones and a margin.
@@ -77,7 +77,7 @@ class Fencing:
         self._echoed: dict[str, int] = {}  # follower -> newest round it echoed
         self._started: collections.deque[tuple[int, float]] = collections.deque(maxlen=MAX_OPEN_ROUNDS)
         self._contact: float | None = None  # when the newest round a majority echoed was started
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._confirmed = Watermark(0)  # the newest round a majority echoed, which confirm() waits on
         self.began: float | None = None  # when this epoch began with a quorum of promises
         # Whether a quorum of followers promised (or adopted) this epoch. Until then (an epoch
         # begun unverified) a round needs that quorum, not just a majority: only then is every
@@ -92,9 +92,9 @@ class Fencing:
         """A new epoch (or none yet): echoes of the last one do not count for it, nor for its reads."""
         self.generation += 1
         self._out = 0
-        for _, future in self._waiters:
-            wake(future)  # a read of the old epoch's state: never confirmed by the new one's echoes
-        self._waiters.clear()
+        # A read of the old epoch's state is never confirmed by the new one's echoes.
+        self._confirmed.release_all()
+        self._confirmed.set(0)
         self._echoed.clear()
         self._started.clear()
         self._contact = None
@@ -126,13 +126,7 @@ class Fencing:
             self._out = 0
             if self._want_next and not self._scheduled:
                 self._start()
-        if self._waiters:
-            waiting = self._waiters
-            self._waiters = [item for item in waiting if item[0] > confirmed]
-            if len(self._waiters) < len(waiting):
-                for target, future in waiting:
-                    if target <= confirmed:
-                        wake(future)
+        self._confirmed.set(confirmed)
 
     def echoed(self) -> dict[str, int]:
         """The newest round each follower echoed (a secondary relays these upstream)."""
@@ -228,17 +222,7 @@ class Fencing:
         needed = self.needed()
         target = self._begin_round()
         generation = self.generation
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        item = (target, future)
-        self._waiters.append(item)
-        timer = loop.call_later(timeout, wake, future)
-        try:
-            await future
-        finally:
-            timer.cancel()
-            if item in self._waiters:
-                self._waiters.remove(item)
+        await self._confirmed.wait_for(target, timeout)  # or a reset, or the timeout: look again
         if self.generation == generation and self._confirmed_round(needed) >= target:
             self.rounds += 1
             return True
