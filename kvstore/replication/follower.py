@@ -390,22 +390,49 @@ class Follower:
         if upstream.ordinal == 0:
             self.primary_lsn = upstream_lsn
 
-    async def _stream(self, upstream: Peer) -> None:
-        """Follow ``upstream``'s log stream until it ends, fails or another upstream is preferred."""
+    async def catch_up_from(self, upstream: Peer, position: PeerPosition) -> bool:
+        """A recovering kv-0: copy from ``upstream``'s *log* the entries it holds past ours.
+
+        Only when our log is a prefix of its (the usual case after kv-0 crashed
+        while followers were writing its last batch: pipelining) and it still
+        keeps the entries after ours; the result is then what a snapshot of it
+        would give, at the cost of those few entries. False: it cannot (or the
+        stream failed), and the caller copies a snapshot instead.
+        """
+        store = self.store
+        if (not store.lineage.epochs or store.lsn + 1 < position.log_start
+                or compare(store.lineage, store.lsn, position.lineage, position.lsn).relation != PREFIX):
+            return False
+        log.info("catching up from %s's log: entries %d..%d", upstream.name, store.lsn + 1, position.lsn)
+        if position.lineage != store.lineage:
+            await store.set_lineage(position.lineage)
+        try:
+            await self._stream(upstream, until=position.lsn)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, Stalled, PeerError,
+                protocol.Refused) as exc:
+            log.warning("catching up from %s's log failed (%s: %s)", upstream.name, type(exc).__name__, exc)
+        return store.lsn >= position.lsn
+
+    async def _stream(self, upstream: Peer, until: int | None = None) -> None:
+        """Follow ``upstream``'s log stream until it ends, fails or another upstream is preferred.
+
+        ``until``: a recovering kv-0 catching up, which stops once it holds that
+        LSN and takes no part in fencing (its rounds and acks are its own).
+        """
         store = self.store
         params = protocol.stream_params(store.lsn, store.lineage, self.config.pod_name)
         last = store.lineage.last
         assert last is not None
         self._streaming, self.round = (last.number, last.id), 0
         self._check_streaming()
-        if self._rounds_of != self._streaming:
+        if until is None and self._rounds_of != self._streaming:
             # Rounds are numbered by one kv-0 incarnation: a new epoch's start again from 0.
             self.fencing.reset()
             self.fencing.round = 0
             self._rounds_of = self._streaming
         async with self.client.stream(upstream, params, self.max_message) as ws:
             wake = asyncio.Event()
-            acker = asyncio.create_task(self._send_acks(ws, wake), name="acks")
+            acker = asyncio.create_task(self._send_acks(ws, wake, relay=until is None), name="acks")
             applying: collections.deque[asyncio.Future[Any]] = collections.deque()
             next_lsn = store.lsn + 1
             lineage = store.lineage
@@ -420,7 +447,8 @@ class Follower:
                     if round_ > self.round:
                         self.round = round_
                         wake.set()  # the upstream asks who still follows it: answer now, not after the disk
-                        self.fencing.relay(round_)
+                        if until is None:
+                            self.fencing.relay(round_)
                     self.last_contact = time.monotonic()
                     self._heard(upstream, upstream_lsn)
                     self.stalled = self.last_error = None
@@ -443,7 +471,12 @@ class Follower:
                         self.primary_lsn = max(upstream_lsn, next_lsn - 1)
                     while applying and (applying[0].done() or len(applying) > MAX_APPLYING):
                         await applying.popleft()  # raises if the disk refused the batch
-                    if self.choose_upstream() != upstream:
+                    if until is not None:
+                        if next_lsn > until:
+                            while applying:
+                                await applying.popleft()
+                            return
+                    elif self.choose_upstream() != upstream:
                         return  # cascade: the preferred upstream is back, or DNS moved it
                 if acker.done():
                     acker.result()  # the ack channel broke: raise why
@@ -453,20 +486,20 @@ class Follower:
                 for future in applying:  # they still complete; nobody reads their errors now
                     future.add_done_callback(_drop)
 
-    async def _send_acks(self, ws: aiohttp.ClientWebSocketResponse, wake: asyncio.Event) -> None:
-        """Tell the upstream our durable LSN (and our followers' positions) whenever it moves."""
-        relay = asyncio.create_task(self._wake_on_downstream_acks(wake), name="ack-relay")
+    async def _send_acks(self, ws: aiohttp.ClientWebSocketResponse, wake: asyncio.Event, relay: bool = True) -> None:
+        """Tell the upstream our durable LSN (and, ``relay``, our followers' positions) whenever it moves."""
+        relay_task = asyncio.create_task(self._wake_on_downstream_acks(wake), name="ack-relay") if relay else None
         try:
             while True:
                 await wake.wait()
                 wake.clear()
-                relayed = self.acks.downstream_of(self.config.pod_name, self.fencing.echoed())
+                relayed = self.acks.downstream_of(self.config.pod_name, self.fencing.echoed()) if relay else ""
                 self._check_streaming()
                 await ws.send_str(protocol.encode_ack(self.store.lsn, self.round, relayed))
                 if self.round:  # the upstream's lease runs from here (fencing.py)
                     self._last_echo = (self._streaming, time.monotonic())
         finally:
-            await cancel_and_wait(relay)
+            await cancel_and_wait(relay_task)
 
     async def _wake_on_downstream_acks(self, wake: asyncio.Event) -> None:
         """Cascade: our followers' positions go upstream as soon as they change."""

@@ -20,7 +20,9 @@ and M-1 followers, so any N-M+1 followers hold it at least once: that is the
   writes in one history).
 - Deciding: the most up-to-date log among kv-0's own and the followers' heard
   (last entry's epoch, then LSN; Raft's rule) is the truth. When a follower's
-  is, kv-0 copies it (a snapshot) before anything else.
+  is, kv-0 copies it before anything else: the entries past its own from
+  that follower's log when its log is a prefix of the follower's (kv-0
+  crashed while followers wrote its last batch), else a snapshot.
 - An empty kv-0 never starts a brand-new history unless *every* follower
   answered that it never held data; with fewer than a quorum heard it waits
   as long as it takes (an operator may decide instead).
@@ -224,7 +226,11 @@ class Recovery:
         self.decision = decision
         if decision.source is not None:
             peer = await self._peer(decision.source)
-            await self.follower.install_snapshot_from(peer, "recovering primary", force=True)
+            heard = self.heard.get(decision.source)
+            # A few entries from its log when ours is a prefix of it (a crash while followers wrote
+            # kv-0's last batch); else, or if that fails, a snapshot of it.
+            if heard is None or not await self.follower.catch_up_from(peer, heard):
+                await self.follower.install_snapshot_from(peer, "recovering primary", force=True)
         store = self.store
         # The candidate is above every epoch heard (a follower refuses to promise otherwise) and our own.
         number = max(self.candidate.number, store.lineage.max_number() + 1)

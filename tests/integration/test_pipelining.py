@@ -90,3 +90,35 @@ def _put_quietly(c: Cluster, key: str, value: bytes) -> int:
         return http("PUT", f"{c.url(0)}/v1/kv/{key}?w=majority", value, timeout=10)[0]
     except OSError:
         return 0
+
+
+def test_a_kv0_that_crashed_mid_batch_catches_up_from_a_followers_log(workdir: Path) -> None:
+    """Every follower wrote the batch kv-0 never did: the restarted kv-0 copies those entries, not a snapshot."""
+    with Cluster(workdir, 54) as c:
+        c.start(0, KV_TEST_HOLD_COMMIT="6@1")
+        start_all(c)
+        acknowledged = write_many(c, "before", 5)  # LSNs 1..5 of epoch 1
+        history = c.status(0)["history_id"]
+        answers: list[object] = []
+        writer = threading.Thread(target=lambda: answers.append(_put_quietly(c, "unanswered", b"survives")))
+        writer.start()
+        for ordinal in (1, 2):
+            wait_for(f"kv-{ordinal} to hold the batch kv-0 is still writing",
+                     lambda: c.status(ordinal).get("lsn") == 6, 10)
+        c.stop(0)  # crashed before its fsync: its disk ends at LSN 5
+        writer.join(15)
+        assert answers and answers[0] != 200, answers
+        c.start(0)
+        c.wait_writable()
+        log = c.log(0)
+        assert "catching up from kv-" in log and "entries 6..6" in log, log[-2000:]
+        assert "installing a snapshot" not in log
+        status = c.status(0)
+        # Every follower was heard, so the history goes on; the unanswered write survived,
+        # as an unacknowledged write may (its client must read it back to know).
+        assert status["history_id"] == history and status["lsn"] == 6, status
+        assert c.get(0, "unanswered", strong=True) == (200, b"survives")
+        acknowledged |= write_many(c, "after", 3)
+        for ordinal in range(3):
+            wait_for(f"kv-{ordinal} to hold every write", lambda: c.status(ordinal).get("lsn") == 9, 30)
+            assert_all_readable(c, ordinal, acknowledged)
