@@ -7,12 +7,15 @@ one atomic WriteBatch):
 - ``l/<8-byte LSN>`` -> encoded :class:`LogEntry`
 - ``m/<name>``      -> metadata: applied LSN, lineage (epochs and history ids,
   see lineage.py), the newest epoch this replica promised to follow, first
-  retained LSN, format version
+  retained LSN, format version, and on a follower the committed LSN its
+  upstream last announced
 
 Writes go through a single committer task (group commit): every mutation that
 arrives while a batch is being fsynced joins the next batch, so concurrent
 writers share one fsync. The committer's disk work runs on a dedicated thread,
-never on the event loop. No networking lives here.
+never on the event loop. On the primary a batch of plain PUTs is published to
+the log stream (``appended``) before its fsync (pipelining). No networking
+lives here.
 """
 
 from __future__ import annotations
