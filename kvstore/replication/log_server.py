@@ -82,10 +82,11 @@ class LogServer:
         """The committed LSN may have moved: tell each follower now, unless a batch on its way will.
 
         Now, not later: this runs before the write it commits is answered (an
-        ack or our fsync wakes both, this first), so a follower knows a write
-        is committed before its client does, and still answers reads of it
-        if kv-0 dies the next moment. Under load a batch is nearly always on
-        its way, and its header carries the committed LSN instead.
+        ack or our fsync wakes both, this first), so an idle follower knows a
+        write is committed before its client does, and still answers reads of
+        it if kv-0 dies the next moment. Under load a batch is nearly always
+        on its way, and its header carries the committed LSN instead (a
+        moment later: reads of that write on the follower wait for it).
         """
         appended = self.store.appended
         # A stream with entries on their way gets the committed LSN with them (checked first:
