@@ -464,8 +464,10 @@ class Follower:
                         future.add_done_callback(lambda _: wake.set())
                         applying.append(future)
                         self.metrics.fetch_batch.observe(len(entries))
-                    else:
-                        wake.set()  # a keepalive: answer it, so the upstream knows we are here
+                    elif committed <= self._committed.value:
+                        # A keepalive: answer it, so the upstream knows we are here. Not a commit
+                        # notice (one per write when idle): an ack to each doubled the acks.
+                        wake.set()
                     self._note_committed(min(committed, next_lsn - 1))
                     if upstream.ordinal == 0:
                         self.primary_lsn = max(upstream_lsn, next_lsn - 1)
