@@ -171,6 +171,13 @@ class ClientApi:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    async def settle(self, lsn: int) -> None:
+        """A secondary's answer waits until ``lsn`` is committed; 504 ``not_confirmed`` if it is not in time."""
+        try:
+            await self.node.settle(lsn)
+        except NotConfirmed as exc:
+            raise ApiError(504, "not_confirmed", str(exc)) from None
+
     # ----------------------------------------------------------- handlers
     async def put(self, request: web.BaseRequest) -> web.Response:
         return await self._write(request, storage.PUT)
@@ -255,10 +262,7 @@ class ClientApi:
             except NoPrimary as exc:
                 raise unavailable(exc) from None
         elif pending := self.node.unsettled(key):
-            try:
-                await self.node.settle(pending)
-            except NotConfirmed as exc:
-                raise ApiError(504, "not_confirmed", str(exc)) from None
+            await self.settle(pending)
         headers = self.headers(seen_lsn)
         if record is None:
             raise ApiError(404, "not_found", "no such key", headers=headers)
@@ -286,10 +290,7 @@ class ClientApi:
         scanned_at = self.node.store.lsn
         rows = await self.node.store.scan(prefix, start_after, limit + 1)
         if pending := self.node.unsettled_listing(max([scanned_at, *(v for _, v in rows)])):
-            try:
-                await self.node.settle(pending)
-            except NotConfirmed as exc:
-                raise ApiError(504, "not_confirmed", str(exc)) from None
+            await self.settle(pending)
         more = len(rows) > limit
         rows = rows[:limit]
         keys = [key.decode() for key, _ in rows]

@@ -20,6 +20,7 @@ from kvstore.identity import PRIMARY
 from kvstore.metrics import Metrics
 from kvstore.forwarding import ForwardFailed, ForwardTimeout, forward
 from kvstore.replication import Replication
+from kvstore.replication.follower import Follower
 from kvstore.replication.peer_client import PeerError
 
 FORWARDED_BY = "X-Kv-Forwarded-By"
@@ -279,6 +280,10 @@ class Replica:
                               "consistency=strong")
         return None
 
+    def _follower(self) -> Follower | None:
+        """This secondary's follower (None on kv-0, or with no replication)."""
+        return self.replication.follower if self.replication is not None else None
+
     def unsettled(self, key: bytes) -> int:
         """The LSN a secondary's answer about ``key`` (found or absent) waits for; 0: none.
 
@@ -288,7 +293,7 @@ class Replica:
         entry: one that would waits (:meth:`settle`) until the secondary
         hears that a majority holds it. The usual case is one dict lookup.
         """
-        f = self.replication.follower if self.replication is not None else None
+        f = self._follower()
         if f is None:
             return 0
         # Entries join ``unconfirmed`` before they are applied and leave it once committed,
@@ -298,12 +303,12 @@ class Replica:
 
     def unsettled_listing(self, lsn: int) -> int:
         """Like :meth:`unsettled`, for a secondary's listing taken at ``lsn``."""
-        f = self.replication.follower if self.replication is not None else None
+        f = self._follower()
         return lsn if f is not None and f.unconfirmed and lsn > f.committed else 0
 
     async def settle(self, lsn: int) -> None:
         """Wait (up to KV_READ_WAIT) until this secondary knows ``lsn`` is committed; else NotConfirmed."""
-        f = self.replication.follower if self.replication is not None else None
+        f = self._follower()
         if f is not None and not await f.wait_committed(lsn, self.config.read_wait):
             raise NotConfirmed(f"lsn {lsn} on this replica is not known to be held by a majority yet (it "
                                f"heard up to {f.committed}; kv-0 may be away); retry, or read another replica")

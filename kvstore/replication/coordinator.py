@@ -284,11 +284,15 @@ class Replication:
         needed = replicas // 2  # followers, besides the primary, that make a majority
         return self.store.lsn if needed == 0 else min(self.store.lsn, self.acks.held_by(needed))
 
-    def _committed_to_tell(self) -> int:
-        """The committed LSN this replica's stream messages carry: kv-0's own, or the one it was told."""
+    def committed_known(self) -> int | None:
+        """The committed LSN as this replica knows it: kv-0's own, or the one a secondary was told."""
         if self.recovery is not None:
-            return self.committed_lsn() or 0
-        return self.follower.committed if self.follower is not None else 0
+            return self.committed_lsn()
+        return self.follower.committed if self.follower is not None else None
+
+    def _committed_to_tell(self) -> int:
+        """The committed LSN this replica's stream messages carry."""
+        return self.committed_known() or 0
 
     def position(self) -> dict[str, Any]:
         """This replica's log position as peers read it (GET /v1/peer/status) and /v1/status shows it.
@@ -300,10 +304,8 @@ class Replication:
         said; no read shows an entry past it).
         """
         lineage = self.store.lineage
-        committed = self.committed_lsn() if self.recovery is not None else (
-            self.follower.committed if self.follower is not None else None)
         position = {"state": self.state(), "lsn": self.store.lsn, "appended": self.store.appended,
-                    "committed_lsn": committed,
+                    "committed_lsn": self.committed_known(),
                     "log_start": self.store.log_start, "history_id": lineage.history, "epoch": lineage.number,
                     "fork": lineage.fork(), "lineage": lineage.to_json(), "promised": self.store.promise.to_json()}
         if self.recovery is not None and not self.writable:

@@ -98,9 +98,7 @@ class LogServer:
         for out in idle:
             if out.committed >= committed or out.ws.closed or self.store.lineage_version != out.lineage_version:
                 continue
-            out.committed = committed
-            task = asyncio.ensure_future(out.ws.send_bytes(
-                protocol.encode_message(self.store.lsn, [], self.fencing.round, committed)))
+            task = asyncio.ensure_future(out.ws.send_bytes(self._message(out, [], committed=committed)))
             task.add_done_callback(_drop)
 
     def add_routes(self, router: Router) -> None:
@@ -191,16 +189,17 @@ class LogServer:
         """A function that pushes a confirmation round to this stream at once (an empty message)."""
         def send(round_: int) -> None:
             if self.store.lineage_version == out.lineage_version and not out.ws.closed:
-                out.committed = max(out.committed, committed := self.committed())
-                task = asyncio.ensure_future(out.ws.send_bytes(
-                    protocol.encode_message(self.store.lsn, [], round_, committed)))
+                task = asyncio.ensure_future(out.ws.send_bytes(self._message(out, [], round_)))
                 task.add_done_callback(_drop)
         return send
 
-    def _message(self, out: _Outbox, raws: list[bytes]) -> bytes:
-        committed = self.committed()
+    def _message(self, out: _Outbox, raws: list[bytes], round_: int | None = None,
+                 committed: int | None = None) -> bytes:
+        """A stream message to ``out`` (the current round and committed LSN unless given), noted as told."""
+        committed = self.committed() if committed is None else committed
         out.committed = max(out.committed, committed)
-        return protocol.encode_message(self.store.lsn, raws, self.fencing.round, committed)
+        return protocol.encode_message(self.store.lsn, raws, self.fencing.round if round_ is None else round_,
+                                       committed)
 
     async def _push(self, out: _Outbox) -> None:
         """Send entries after ``out.sent`` as they are appended (pipelined: before kv-0's own fsync), or a
