@@ -160,17 +160,26 @@ def client_address_for(pods: list[PodInfo]) -> str:
 
 
 # --------------------------------------------------------------------- final state
+async def _answer(response: aiohttp.ClientResponse, pod: PodInfo) -> Any:
+    """The JSON of a 200 answer; ValueError naming the pod's refusal otherwise (still healing: retried)."""
+    body = await response.json(content_type=None)
+    if response.status != 200:
+        error = body.get("error") if isinstance(body, dict) else None
+        raise ValueError(f"{pod.name} answered {response.status} {error or ''} to {response.url.path}".rstrip())
+    return body
+
+
 async def _view(session: aiohttp.ClientSession, pod: PodInfo) -> checker.ReplicaView:
     """One replica's LSN and contents, read locally; retried until the LSN is the same before and after."""
     for _ in range(5):
         async with session.get(f"{pod.url}/v1/status") as r:
-            before = (await r.json())["lsn"]
+            before = (await _answer(r, pod))["lsn"]
         contents: dict[str, tuple[str, int]] = {}
         start_after = None
         for _ in range(100_000):
             params = {"limit": "1000", **({"start_after": start_after} if start_after else {})}
             async with session.get(f"{pod.url}/v1/kv", params=params) as r:
-                page = await r.json()
+                page = await _answer(r, pod)
             for key in page["keys"]:
                 async with session.get(f"{pod.url}/v1/kv/{quote(key, safe='/')}") as r:
                     if r.status == 200:
@@ -180,7 +189,7 @@ async def _view(session: aiohttp.ClientSession, pod: PodInfo) -> checker.Replica
                 break
             start_after = page["next_start_after"]
         async with session.get(f"{pod.url}/v1/status") as r:
-            after = (await r.json())["lsn"]
+            after = (await _answer(r, pod))["lsn"]
         if before == after:
             return checker.ReplicaView(after, contents)
     return checker.ReplicaView(after, contents)

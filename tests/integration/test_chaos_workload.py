@@ -28,12 +28,18 @@ def test_workload_records_412_current_versions_and_the_checker_passes_it(tmp_pat
                             WorkloadConfig(clients=3, keys=1, ops_per_key=400, seed=7, max_ops=400),
                             clock=lambda: time.monotonic() - started)
 
-        async def run() -> checker.ReplicaView:
+        async def run() -> tuple[checker.ReplicaView, str]:
             await workload.run(deadline=8.0)
             async with aiohttp.ClientSession() as session:
-                return await _view(session, SimpleNamespace(url=replica.url))
+                try:  # a refusal (a pod still healing) is named, not a KeyError on its JSON
+                    await _view(session, SimpleNamespace(url=replica.url + "/nowhere", name="kv-0"))
+                    refusal = ""
+                except ValueError as exc:
+                    refusal = str(exc)
+                return await _view(session, SimpleNamespace(url=replica.url, name="kv-0")), refusal
 
-        final = asyncio.run(run())
+        final, refusal = asyncio.run(run())
+    assert refusal == "kv-0 answered 404 not_found to /nowhere/v1/status", refusal
     history = workload.history
     creates = [op for op in history if op.f == "create" and op.status == 412]
     cases = [op for op in history if op.f == "cas" and op.status == 412]
