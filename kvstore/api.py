@@ -7,6 +7,8 @@ gets an HTML page or a traceback.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import re
 from importlib import resources
@@ -100,6 +102,15 @@ def parse_etags(header: str, name: str) -> tuple[int, ...] | str:
     return tuple(versions)
 
 
+def write_answer(key: bytes, version: int, deleted: bool) -> str:
+    """A write's JSON answer, ``{"key": ..., "version": N, "deleted": false}``.
+
+    Formatted here rather than by json.dumps of a dict: only the key needs
+    escaping, and the general encoder was ~3% of kv-0's time per PUT.
+    """
+    return f'{{"key": {json.dumps(key.decode())}, "version": {version}, "deleted": {"true" if deleted else "false"}}}'
+
+
 def etag(version: int) -> str:
     """The ETag for a key's version."""
     return f'"{version}"'
@@ -162,6 +173,16 @@ class ClientApi:
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, "value_too_large",
                            f"the value is {request.content_length} bytes; the limit is {limit}")
+        if request.content_length == 0:
+            return b""  # aiohttp's empty body refuses even readexactly(0)
+        if request.content_length is not None:
+            # The usual case: one read of a known length (iterating in chunks cost kv-0's event
+            # loop ~5% of its time per small PUT). A chunked body is read piece by piece below.
+            try:
+                return await request.content.readexactly(request.content_length)
+            except asyncio.IncompleteReadError as exc:
+                raise ApiError(400, "bad_body", f"the body ended after {len(exc.partial)} of its "
+                               f"{request.content_length} bytes (Content-Length)") from None
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_chunked(64 * 1024):
@@ -220,10 +241,10 @@ class ClientApi:
                            headers={"Retry-After": "1"}) from None
         if isinstance(result, web.StreamResponse):  # answered by the primary (forwarded)
             return result
-        body = {"key": key.decode(), "version": result, "deleted": op == storage.DELETE}
         headers = self.headers()
         headers["ETag"] = etag(result)
-        return web.json_response(body, headers=headers)
+        return web.Response(text=write_answer(key, result, op == storage.DELETE), content_type="application/json",
+                            headers=headers)
 
     async def get(self, request: web.BaseRequest) -> web.StreamResponse:
         key = self.key_of(request)

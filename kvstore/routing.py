@@ -207,6 +207,21 @@ async def _expect(request: web.BaseRequest) -> None:
     request.writer.output_size = 0  # the 100 is not part of the answer's size
 
 
+def _body_cut_short(request: web.BaseRequest) -> web.Response:
+    """The answer (if the client still reads one) to a request whose body the client never finished."""
+    log.info("%s %s: the client closed the connection before its body was complete; nothing was done",
+             request.method, request.rel_url.path)
+    response = error_response(400, "bad_body", "the connection closed before the body was complete")
+    response.force_close()
+    return response
+
+
+def _internal(request: web.BaseRequest) -> web.Response:
+    """A bug: logged with its traceback, answered in the contract's shape (called in an except block)."""
+    log.exception("unhandled error on %s %s", request.method, request.rel_url)
+    return error_response(500, "internal", "internal error; see the replica's log")
+
+
 def make_handler(router: Router, metrics: Any, in_flight: InFlight | None = None,
                  guard: Guard | None = None) -> Handler:
     """The low-level server's handler: guard, route, JSON errors, request metrics, in-flight count.
@@ -241,9 +256,12 @@ def make_handler(router: Router, metrics: Any, in_flight: InFlight | None = None
                 # Nothing more of it will be read: without this aiohttp drains the broken body
                 # after the answer and logs the same error again, with a traceback.
                 request.content.feed_eof()
+            except ConnectionResetError:
+                # The client hung up before its body was complete, or else (not the request's own
+                # body) a bug.
+                response = _body_cut_short(request) if request.content.exception() else _internal(request)
             except Exception:  # a bug: log it, still answer in the contract's shape
-                log.exception("unhandled error on %s %s", request.method, request.rel_url)
-                response = error_response(500, "internal", "internal error; see the replica's log")
+                response = _internal(request)
             # The labelled children are looked up once per label set: labels() costs a lock
             # and validation on every request otherwise.
             key = (route, request.method, response.status)
