@@ -220,11 +220,18 @@ def test_bad_flags_are_one_line_errors_with_status_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """The child takes SIGINT as a KeyboardInterrupt even when the suite runs as a background job
+    (a shell starts those with SIGINT ignored, and Python then keeps ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @needs_root
 def test_ctrl_c_heals_everything_and_stops_the_cluster(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "kvstore", "chaos", "--out", str(tmp_path), "--duration", "120",
                              "--nemesis", "pause,partition", "--interval", "0.3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            preexec_fn=_sigint_as_in_a_terminal)
     try:
         lines = []
         for _ in range(20):  # bounded: the tool says where its cluster is, then that it runs
