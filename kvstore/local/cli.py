@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import errno
 import ipaddress
 import json
@@ -30,7 +29,7 @@ import aiohttp
 
 from kvstore.cmdline import DEFAULT_CLUSTER_DIR, command_name, dir_flag, flag, float_range, int_range
 from kvstore.config import Config
-from kvstore.local import control
+from kvstore.local import control, rollout, rollout_cli
 from kvstore.local.runtime import PodRuntime, ProcessRuntime, RuntimeUnavailable
 from kvstore.local.state import (
     LOG_DIR, ClusterError, ControllerLock, client_url, ensure_token, prepare_dir, read_state,
@@ -38,10 +37,11 @@ from kvstore.local.state import (
 )
 from kvstore.local.statefulset import (
     DEFAULTS, GRACE_PERIOD, MAX_REPLICAS, ClusterSpec, Pod, StatefulSet, check_replicas, format_age,
+    last_log_line,
 )
 from kvstore.progress import ProgressLine
 
-COLUMNS = ("NAME", "READY", "STATUS", "RESTARTS", "AGE", "ADDRESS", "ROLE", "LSN")
+COLUMNS = ("NAME", "READY", "STATUS", "RESTARTS", "AGE", "ADDRESS", "ROLE", "LSN", "REVISION")
 
 
 # -- flag types: each rejects bad input with one line --------------------------------------
@@ -61,25 +61,17 @@ _port = flag(int_range(0, 65535))
 _seconds = flag(float_range(0.1, 3600, "seconds"))
 
 
-# Set by the controller per pod (identity, addresses): not the user's to override.
-_CONTROLLER_ENV = {"POD_NAME", "POD_NAMESPACE", "KV_SERVICE", "KV_CLUSTER_DOMAIN", "KV_DATA_DIR",
-                   "KV_BIND_ADDRESS", "KV_HTTP_PORT", "KV_PEER_PORT", "KV_DNS_SERVER", "KV_REPLICAS",
-                   "KV_CLUSTER_TOKEN", "KV_CLUSTER_TOKEN_FILE"}
-
-
 def _env_var(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
-    settings = {f.metadata["setting"].env: f.metadata["setting"] for f in dataclasses.fields(Config)}
-    if not sep or name not in settings:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected NAME=VALUE with NAME one of the KV_* settings "
-            "(see `kvstore serve --help`)")
-    if name in _CONTROLLER_ENV:
-        raise argparse.ArgumentTypeError(f"{name} is set by the controller for each pod")
     try:
-        settings[name].parse(value)
+        if not sep:
+            raise ValueError("expected NAME=VALUE with NAME one of the KV_* settings (see `kvstore serve --help`)")
+        rollout.check_env_name(name)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{name}={value!r}: {exc}") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    problem = rollout.value_problem(name, value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return name, value
 
 
@@ -100,7 +92,8 @@ def get_runtime(name: str) -> PodRuntime:
 
 def register(subparsers: Any) -> None:
     """Add ``cluster`` and its sub-commands to the ``kvstore`` parser."""
-    cluster = subparsers.add_parser("cluster", help="a local StatefulSet: up, status, scale, kill, down",
+    cluster = subparsers.add_parser("cluster", help="a local StatefulSet: up, status, scale, kill, set env, "
+                                                    "rollout, down",
                                     description="Run kvstore as a StatefulSet on this machine.")
     cluster.set_defaults(handler=handle)
     sub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
@@ -132,6 +125,9 @@ def register(subparsers: Any) -> None:
     up.add_argument("--env", type=_env_var, action="append", default=[], metavar="NAME=VALUE",
                     help="extra pod environment, like env: in the pod template (repeatable), "
                          "e.g. --env KV_WRITE_CONCERN=all")
+    up.add_argument("--update-strategy", choices=rollout.STRATEGIES, default=rollout.ROLLING_UPDATE,
+                    help="how a template change reaches the pods: RollingUpdate (default: highest ordinal "
+                         "first, one at a time) or OnDelete (a pod changes when deleted)")
 
     with_dir(sub.add_parser("status", help="the pods, like kubectl get pods"))
 
@@ -146,11 +142,14 @@ def register(subparsers: Any) -> None:
     down = with_dir(sub.add_parser("down", help="stop every pod in reverse order and the controller"))
     down.add_argument("--timeout", type=_seconds, default=120.0, help="seconds to wait (default 120)")
 
+    rollout_cli.register(sub, with_dir)
+
 
 def handle(args: argparse.Namespace) -> int:
     """Run one ``kvstore cluster`` sub-command; returns the exit status."""
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "up": _up, "status": _status, "scale": _scale, "kill": _kill, "down": _down,
+        "set": rollout_cli.handle, "rollout": rollout_cli.handle,
     }
     try:
         return handlers[args.cluster_command](args)
@@ -168,7 +167,8 @@ def _up(args: argparse.Namespace) -> int:
     directory = prepare_dir(args.dir)
     spec = ClusterSpec(directory=directory, replicas=args.replicas, parallel=args.parallel,
                        base_address=args.base_address, dns_address=args.dns_address,
-                       dns_port=args.dns_port, grace=args.grace, extra_env=dict(args.env))
+                       dns_port=args.dns_port, grace=args.grace, extra_env=dict(args.env),
+                       update_strategy=args.update_strategy)
     try:
         check_replicas(spec, args.replicas)
     except ValueError as exc:
@@ -301,7 +301,8 @@ def _detach(args: argparse.Namespace, directory: Path) -> int:
     command = [sys.executable, "-m", "kvstore", "cluster", "up", "--dir", str(directory),
                "--replicas", str(args.replicas), "--runtime", args.runtime,
                "--base-address", args.base_address, "--dns-address", args.dns_address,
-               "--dns-port", str(args.dns_port), "--grace", str(args.grace), "--controller-only"]
+               "--dns-port", str(args.dns_port), "--grace", str(args.grace), "--controller-only",
+               "--update-strategy", args.update_strategy]
     if args.parallel:
         command.append("--parallel")
     for name, value in args.env:
@@ -313,7 +314,7 @@ def _detach(args: argparse.Namespace, directory: Path) -> int:
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ClusterError(f"the controller exited: {_last_line(log_path)} (log: {log_path})")
+            raise ClusterError(f"the controller exited: {last_log_line(log_path)} (log: {log_path})")
         try:
             state = read_state(directory)
         except ClusterError:
@@ -345,14 +346,6 @@ def _primary_writable(state: dict[str, Any]) -> bool:
             return json.loads(response.read()).get("writable") is not False
     except (OSError, ValueError):
         return False
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no log"
-    return lines[-1].strip() if lines else "no output"
 
 
 # -- status ------------------------------------------------------------------------------
@@ -388,15 +381,34 @@ def _print_status(directory: Path, state: dict[str, Any]) -> int:
         rows.append((
             pod["name"], "1/1" if pod.get("ready") else "0/1", pod["status"], str(pod["restarts"]),
             format_age(time.time() - pod["created_at"]), f"{pod['address']}:{pod['http_port']}",
-            str(status.get("role") or "-"), "-" if lsn is None else str(lsn),
+            str(status.get("role") or "-"), "-" if lsn is None else str(lsn), str(pod.get("revision") or "-"),
         ))
+    _print_table([statefulset_row(state)[0], statefulset_row(state)[1]])
+    print()
     if not pods:
         print(f"No pods in {directory} (replicas: {state.get('replicas')})")
         return 0
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    _print_table(rows)
+    return 0
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    return 0
+
+
+def statefulset_row(state: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The StatefulSet's header and row, like ``kubectl get sts -o wide`` with its revisions."""
+    r = state.get("rollout") or {}
+    ready = sum(1 for p in state["pods"] if p.get("ready") and p["ordinal"] < state["replicas"])
+    strategy = str(r.get("strategy", "-"))
+    if r.get("partition"):
+        strategy += f" (partition {r['partition']})"
+    return (("STATEFULSET", "READY", "POLICY", "UPDATE-STRATEGY", "CURRENT-REVISION", "UPDATE-REVISION", "ROLLOUT"),
+            (str(state.get("statefulset", "kv")), f"{ready}/{state['replicas']}", str(state.get("policy", "-")),
+             strategy, f"{r.get('current_revision', '-')} ({r.get('current_number', '-')})",
+             f"{r.get('update_revision', '-')} ({r.get('update_number', '-')})", str(r.get("state", "-"))))
 
 
 # -- scale, kill, down -------------------------------------------------------------------

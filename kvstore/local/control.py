@@ -8,6 +8,14 @@ cluster, and file permissions (0600) decide who may scale or kill pods.
     POST /v1/kill  {"pod"}       SIGKILL one pod's container
     POST /v1/down                stop every pod in reverse order, then exit
 
+The pod template and its rollout (see :mod:`kvstore.local.rollout`); each
+answers ``changed``, the update ``revision`` and where the ``rollout`` stands:
+
+    POST /v1/template {"set": {NAME: VALUE}, "remove": [NAME]}   ``set env``
+    POST /v1/rollout {"action": "restart"}                        a new restartedAt
+    POST /v1/rollout {"action": "undo", "revision": N | null}     an earlier template
+    POST /v1/rollout {"action": "partition", "partition": N}      only ordinals >= N are updated
+
 Faults, for ``kvstore chaos``:
 
     POST /v1/hold {"pod"}        SIGKILL a pod and keep it down until released
@@ -39,10 +47,16 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from kvstore.local import rollout
 from kvstore.local.state import SOCKET_FILE, ClusterError
 from kvstore.local.statefulset import Conflict, Pod, StatefulSet
 
 ZOMBIE_ACTIONS = ("start", "takeover", "giveback", "stop")
+ROLLOUT_ACTIONS = ("restart", "undo", "partition")
+
+
+class BadRequest(ClusterError):
+    """The controller refused the request as malformed or out of range (it answered 400)."""
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -71,6 +85,8 @@ class ControlServer:
         app.router.add_post("/v1/start-pods", self._start_pods)
         app.router.add_post("/v1/dns", self._dns)
         app.router.add_post("/v1/zombie", self._zombie)
+        app.router.add_post("/v1/template", self._template)
+        app.router.add_post("/v1/rollout", self._rollout)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         if self.path.exists():
@@ -191,6 +207,46 @@ class ControlServer:
         return web.json_response({"action": action, "zombie": zombie})
 
 
+    async def _template(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        changes, remove = body.get("set", {}), body.get("remove", [])
+        unknown = sorted(set(body) - {"set", "remove"})
+        if unknown:
+            return _error(400, f"unknown fields: {', '.join(unknown)} (expected set, remove)")
+        if not isinstance(changes, dict) or not all(isinstance(v, str) for v in changes.values()):
+            return _error(400, "set must map names to string values")
+        if not isinstance(remove, list) or not all(isinstance(n, str) for n in remove):
+            return _error(400, "remove must be a list of names")
+        try:
+            rollout.parse_env_changes([f"{k}={v}" for k, v in changes.items()] + [f"{n}-" for n in remove])
+        except ValueError as exc:
+            return _error(400, str(exc))
+        if self.statefulset.stopping:
+            return _error(409, "the cluster is stopping")
+        return web.json_response(self.statefulset.change_template(changes, remove))
+
+    async def _rollout(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        action = body.get("action")
+        if not isinstance(action, str) or action not in ROLLOUT_ACTIONS:
+            return _error(400, f"action must be one of {', '.join(ROLLOUT_ACTIONS)}, not {json.dumps(action)[:60]}")
+        number = body.get("revision" if action == "undo" else "partition")
+        if (number is not None or action == "partition") and (not isinstance(number, int) or isinstance(number, bool)):
+            return _error(400, f"{'revision' if action == 'undo' else 'partition'} must be an integer")
+        if self.statefulset.stopping:
+            return _error(409, "the cluster is stopping")
+        try:
+            if action == "restart":
+                answer = self.statefulset.change_template({}, [], restart=True)
+            elif action == "undo":
+                answer = self.statefulset.undo(number)
+            else:
+                answer = {"rollout": self.statefulset.set_partition(number)}
+        except ValueError as exc:
+            return _error(400, str(exc))
+        return web.json_response(answer)
+
+
 async def call(directory: Path, method: str, path: str, body: dict[str, Any] | None = None,
                timeout: float = 10.0) -> dict[str, Any]:
     """Call the control API of the controller in ``directory``.
@@ -210,7 +266,8 @@ async def call(directory: Path, method: str, path: str, body: dict[str, Any] | N
                            f"{exc or type(exc).__name__}") from None
     if not 200 <= response.status < 300:
         message = data.get("error") if isinstance(data, dict) else None
-        raise ClusterError(message or f"controller answered HTTP {response.status}")
+        kind = BadRequest if response.status == 400 else ClusterError
+        raise kind(message or f"controller answered HTTP {response.status}")
     return data
 
 

@@ -56,7 +56,7 @@ class LocalCluster:
     def __init__(self, directory: str | os.PathLike[str] | None = None, *, replicas: int = 3,
                  runtime: str = "process", base_address: str | None = None, dns_address: str | None = None,
                  parallel: bool = False, env: dict[str, str] | None = None, grace: float = 5.0,
-                 ready_timeout: float = 90.0) -> None:
+                 ready_timeout: float = 90.0, update_strategy: str | None = None) -> None:
         self.owns_directory = directory is None
         self.directory = Path(tempfile.mkdtemp(prefix="kvc-") if directory is None else directory)
         self.replicas = replicas
@@ -67,6 +67,7 @@ class LocalCluster:
         self.env = dict(env or {})
         self.grace = grace
         self.ready_timeout = ready_timeout
+        self.update_strategy = update_strategy
 
     def __enter__(self) -> "LocalCluster":
         self.up()
@@ -87,6 +88,8 @@ class LocalCluster:
             args += ["--dns-address", self.dns_address]
         if self.parallel:
             args.append("--parallel")
+        if self.update_strategy is not None:
+            args += ["--update-strategy", self.update_strategy]
         args += [f"--env={name}={value}" for name, value in self.env.items()]
         # Room beyond the readiness timeout for the controller's own start (an image build with docker).
         result = run_cli(*args, timeout=self.ready_timeout + 90)
@@ -152,6 +155,10 @@ class LocalCluster:
         if result.returncode != 0:
             raise ClusterError(f"cluster scale {replicas} failed: {_last_line(result)}")
         self.replicas = replicas
+
+    def cli(self, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+        """``kvstore cluster ARGS --dir <this cluster>``, output captured."""
+        return run_cli("cluster", *args, "--dir", str(self.directory), timeout=timeout)
 
     def logs(self, lines: int = 25) -> str:
         """The last lines of every pod's (and the controller's) log, for failure messages."""

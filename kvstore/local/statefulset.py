@@ -10,6 +10,11 @@ It reproduces what Kubernetes does for a StatefulSet with a headless Service:
   only while the others are healthy. Parallel: all at once.
 - A pod whose container exits is restarted in place, same name and data dir,
   with exponential back-off (CrashLoopBackOff), like the kubelet.
+- A change of the pod template (:mod:`kvstore.local.rollout`) replaces the
+  pods under the update strategy: RollingUpdate, highest ordinal first, each
+  deleted and recreated on its volume once the one before is Ready, down to
+  the partition; OnDelete, a pod takes the new template when it is deleted
+  (``cluster kill``).
 - The headless Service publishes not-ready addresses: a pod is in DNS from
   its creation until it is deleted, Ready or not, restarting or not.
 - Stop (``down``, Ctrl-C, SIGTERM) deletes pods in reverse ordinal order,
@@ -47,6 +52,7 @@ import aiohttp
 from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
 from kvstore.local.dns import DnsServer, Endpoint, HeadlessService
+from kvstore.local.rollout import ON_DELETE, PodView, Revision, Rollout, Template, next_step, stale
 from kvstore.local.runtime import PodProcess, PodRuntime, PodSpec
 from kvstore.local.state import LOG_DIR
 
@@ -92,7 +98,8 @@ class ClusterSpec:
     peer_port: int = DEFAULTS.peer_port
     grace: float = GRACE_PERIOD
     token_path: Path | None = None
-    extra_env: dict[str, str] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)  # the template's env at `up`
+    update_strategy: str = "RollingUpdate"
     network: str = "127.0.0.0/8"  # where pod addresses live; the docker runtime sets its subnet
 
     @property
@@ -127,6 +134,17 @@ def volume_dir(directory: Path, pod: str) -> Path:
     return directory / f"data-{pod}"
 
 
+def last_log_line(path: Path, tail: int = 4096) -> str:
+    """The last non-empty line of a pod's log (what a crashing container said last)."""
+    try:
+        with open(path, "rb") as log_file:
+            log_file.seek(max(0, log_file.seek(0, 2) - tail))
+            lines = [line.strip() for line in log_file.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1][:300] if lines else "no output"
+
+
 def format_age(seconds: float) -> str:
     """kubectl's AGE: 45s, 3m12s, 2h5m, 3d4h."""
     s = max(0, int(seconds))
@@ -143,8 +161,12 @@ class Pod:
     """One pod: its container restarted with back-off until the pod is deleted."""
 
     def __init__(self, spec: PodSpec, runtime: PodRuntime, session: aiohttp.ClientSession,
-                 on_change: Callable[["Pod"], None]) -> None:
+                 on_change: Callable[["Pod"], None], revision: str = "") -> None:
         self.spec = spec
+        self.revision = revision  # controller-revision-hash: the template it was made from
+        self.reason = ""  # what its last readiness probe said
+        # Called when kill() deleted the pod: it comes back from the template the StatefulSet says.
+        self.renew: Callable[["Pod"], None] | None = None
         self.runtime = runtime
         self.session = session
         self.on_change = on_change
@@ -233,6 +255,8 @@ class Pod:
             if time.monotonic() - started > BACKOFF_RESET or self._killed:
                 # `kubectl delete pod` gets a new pod, not CrashLoopBackOff: so does kill().
                 backoff = BACKOFF_INITIAL
+                if self._killed and self.renew is not None:
+                    self.renew(self)
                 self._killed = False
             log.warning("%s exited with status %s; restarting in %.0fs", self.name, code, backoff)
             self._set(status=BACKOFF, ready=False)
@@ -249,8 +273,12 @@ class Pod:
             try:
                 async with self.session.get(url, timeout=timeout) as response:
                     ready = response.status == 200
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                    body = await response.json(content_type=None)
+                self.reason = str(body.get("reason") or body.get("message") or "")[:300] \
+                    if isinstance(body, dict) else ""
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
                 ready = False
+                self.reason = ""
             if ready and not self.ready:
                 self.ready_at = time.time()
             self._set(ready=ready)
@@ -328,7 +356,8 @@ class Pod:
             "status": self.status, "ready": self.ready, "restarts": self.restarts,
             "created_at": self.created_at, "started_at": self.started_at, "ready_at": self.ready_at,
             "last_exit": self.last_exit, "pid": self.process.pid if self.process else None,
-            "data_dir": str(self.spec.data_dir), "held": self.held,
+            "data_dir": str(self.spec.data_dir), "held": self.held, "revision": self.revision,
+            "reason": self.reason,
         }
 
 
@@ -403,6 +432,8 @@ class StatefulSet:
         self._deletions: dict[int, asyncio.Task[None]] = {}
         self.zombie: Zombie | None = None
         self._zombie_lock = asyncio.Lock()  # start and stop of the zombie never interleave
+        image = getattr(runtime, "image", None) or runtime.name
+        self.rollout = Rollout(spec.statefulset, Template.make(spec.extra_env, image), spec.update_strategy)
 
     async def start(self) -> None:
         """Start DNS and the reconcile loop; pods follow in the background."""
@@ -505,6 +536,7 @@ class StatefulSet:
     def _reconcile(self) -> None:
         if self.suspended:
             return
+        self._replace_stale()
         ordered = not self.spec.parallel
         for ordinal in range(self.replicas):
             pod = self.pods.get(ordinal)
@@ -518,6 +550,7 @@ class StatefulSet:
         condemned = sorted((o for o in self.pods if o >= self.replicas and o not in self._deletions),
                            reverse=True)
         if not condemned:
+            self._update()
             return
         if ordered:
             # One at a time, highest first, and only while the rest are healthy.
@@ -526,10 +559,14 @@ class StatefulSet:
             condemned = condemned[:1]
         for ordinal in condemned:
             self._deletions[ordinal] = asyncio.create_task(self._delete(ordinal))
+        if not ordered:
+            self._update()
 
     def _create(self, ordinal: int) -> None:
-        spec = self._pod_spec(ordinal)
-        pod = Pod(spec, self.runtime, self._session, self._changed)  # type: ignore[arg-type]
+        revision = self.rollout.created_revision(ordinal)
+        spec = self._pod_spec(ordinal, revision)
+        pod = Pod(spec, self.runtime, self._session, self._changed, revision.name)  # type: ignore[arg-type]
+        pod.renew = self._renew
         self.pods[ordinal] = pod
         # publishNotReadyAddresses: in DNS from creation, before it is Ready.
         zombie = self.zombie
@@ -539,9 +576,9 @@ class StatefulSet:
         pod.start()
         self._changed(pod)
 
-    async def _delete(self, ordinal: int) -> None:
+    async def _delete(self, ordinal: int, why: str = "scale down") -> None:
         pod = self.pods[ordinal]
-        log.info("deleting %s (scale down; %s is kept)", pod.name, pod.spec.data_dir.name)
+        log.info("deleting %s (%s; %s is kept)", pod.name, why, pod.spec.data_dir.name)
         try:
             await pod.delete(self.spec.grace)
         finally:
@@ -550,7 +587,7 @@ class StatefulSet:
             self._deletions.pop(ordinal, None)
             self._changed(None)
 
-    def _pod_spec(self, ordinal: int) -> PodSpec:
+    def _pod_spec(self, ordinal: int, revision: Revision | None = None) -> PodSpec:
         s = self.spec
         name = s.pod_name(ordinal)
         address = s.address(ordinal)
@@ -566,7 +603,7 @@ class StatefulSet:
         }
         if s.token_path is not None:
             env["KV_CLUSTER_TOKEN_FILE"] = str(s.token_path)
-        env.update(s.extra_env)
+        env.update(revision.template.env_dict if revision is not None else s.extra_env)
         return PodSpec(name=name, ordinal=ordinal, address=address, http_port=s.http_port,
                        peer_port=s.peer_port, data_dir=data_dir,
                        log_path=s.directory / LOG_DIR / f"{name}.log", env=env)
@@ -583,7 +620,93 @@ class StatefulSet:
             "stopping": self.stopping, "suspended": self.suspended, "dns_fault": self.dns.fault,
             "pods": [p.to_dict() for _, p in sorted(self.pods.items())],
             "zombie": self.zombie.to_dict() if self.zombie is not None else None,
+            "rollout": self.rollout_status(), "revisions": self.rollout.history.to_list(),
         }
+
+    # ------------------------------------------------------------------ template and rollout
+    def _renew(self, pod: Pod) -> None:
+        """A pod that was deleted (``cluster kill``) comes back from the revision a new pod would get."""
+        revision = self.rollout.created_revision(pod.ordinal)
+        if revision.name != pod.revision:
+            log.info("%s comes back at revision %s", pod.name, revision.name)
+            pod.spec, pod.revision = self._pod_spec(pod.ordinal, revision), revision.name
+
+    def _views(self) -> list[PodView]:
+        now = time.time()
+        # Crashed: its container exited since the pod was created, not by a kill (that is a delete).
+        return [PodView(o, p.revision, p.healthy, p.deleting, p.name,
+                        p.restarts > 0 and p.last_exit not in (None, -signal.SIGKILL, 128 + signal.SIGKILL),
+                        now - p.created_at, self._why(p))
+                for o, p in sorted(self.pods.items()) if o < self.replicas]
+
+    @staticmethod
+    def _why(pod: Pod) -> str:
+        """Why a pod is not Ready, in one line: its state, its last exit and log line, or its probe's answer."""
+        if pod.healthy:
+            return ""
+        if pod.last_exit is not None and pod.restarts > 0:  # it crashed: what it said last tells why
+            return (f"{pod.status}, {pod.restarts} restart(s), last exit status {pod.last_exit}: "
+                    f"{last_log_line(pod.spec.log_path)}")
+        return f"{pod.status}: {pod.reason}" if pod.reason else pod.status
+
+    def rollout_status(self) -> dict[str, Any]:
+        """Where the rollout stands (see :meth:`Rollout.status`)."""
+        return self.rollout.status(self._views(), self.replicas)
+
+    def _in_use(self) -> set[str]:
+        return {p.revision for p in self.pods.values()}
+
+    def _replace_stale(self) -> None:
+        """Replace at once each pod a broken rollout left behind (see :func:`stale`)."""
+        r = self.rollout
+        if r.strategy == ON_DELETE:
+            return
+        for view in self._views():
+            if view.ordinal >= r.partition and view.ordinal not in self._deletions \
+                    and stale(view, r.current.name, r.update.name):
+                self._deletions[view.ordinal] = asyncio.create_task(
+                    self._delete(view.ordinal, f"not Ready at {view.revision}, which is neither current nor update"))
+
+    def _update(self) -> None:
+        """The rolling update's next step: delete the highest pod not at the update revision."""
+        r = self.rollout
+        self.rollout_status()  # marks the update revision current once every pod has it
+        action, ordinal = next_step(self._views(), r.strategy, r.partition, r.update.name)
+        if action == "delete" and ordinal is not None and ordinal not in self._deletions:
+            self._deletions[ordinal] = asyncio.create_task(
+                self._delete(ordinal, f"rolling update to {r.update.name}"))
+
+    def change_template(self, changes: dict[str, str], remove: list[str], restart: bool = False) -> dict[str, Any]:
+        """``set env`` (``changes``, ``remove``) or ``rollout restart``: a new update revision."""
+        before = self.rollout.update
+        template = before.template.with_env(changes, remove)
+        if restart:
+            template = template.restarted(time.time())
+            cause = "rollout restart"
+        else:
+            cause = "set env " + " ".join([*(f"{k}={v}" for k, v in changes.items()), *(f"{k}-" for k in remove)])
+        revision = self.rollout.change(template, cause, self._in_use())
+        return self._changed_to(before, revision)
+
+    def undo(self, to_revision: int | None) -> dict[str, Any]:
+        """``rollout undo``: the template of an earlier revision (ValueError when there is none)."""
+        before = self.rollout.update
+        revision, _ = self.rollout.undo(to_revision, self._in_use())
+        return self._changed_to(before, revision)
+
+    def set_partition(self, partition: int) -> dict[str, Any]:
+        """``rollout partition N`` (ValueError outside 0..replicas)."""
+        self.rollout.set_partition(partition, self.replicas)
+        log.info("partition %d: only ordinals %d and up are updated", partition, partition)
+        self._changed(None)
+        return self.rollout_status()
+
+    def _changed_to(self, before: Revision, revision: Revision) -> dict[str, Any]:
+        changed = revision.name != before.name
+        if changed:
+            log.info("template changed: update revision %s (%d, %s)", revision.name, revision.number, revision.cause)
+        self._changed(None)
+        return {"changed": changed, "revision": revision.to_dict(), "rollout": self.rollout_status()}
 
     # ------------------------------------------------------------------ the zombie of kv-0
     def zombie_address(self) -> str:
