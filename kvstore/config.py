@@ -89,6 +89,13 @@ def _lsn_at_epoch(text: str) -> tuple[int, int] | None:
     return int_range(1, 2**63 - 1)(lsn), int_range(1, 2**31 - 1)(epoch)
 
 
+def _versions(text: str) -> tuple[int, int] | None:
+    if not text.strip():
+        return None
+    from kvstore.replication.versions import parse_range  # here: that package imports this module
+    return parse_range(text)
+
+
 @dataclass(frozen=True)
 class Setting:
     """How one field is read: its environment variable, flag and parser."""
@@ -162,6 +169,9 @@ class Config:
         "KV_TEST_HOLD_COMMIT", "--test-hold-commit", _lsn_at_epoch,
         "tests only: kv-0 sends the batch holding LSN@EPOCH but never writes it (a crash before its fsync)",
         None)
+    test_peer_protocol: tuple[int, int] | None = _setting(
+        "KV_TEST_PEER_PROTOCOL", "--test-peer-protocol", _versions,
+        "tests only: the peer protocol versions this pod claims to speak (N or N-M)", None)
 
     # Cached: read on every request, and a frozen Config's pod name never changes.
     @functools.cached_property

@@ -339,6 +339,7 @@ class Replica:
             status["peers"] = r.peers_status()
             status["followers"] = {name: p.lsn for name, p in sorted(r.acks.positions.items())}
             status["discovery"] = r.directory.status()
+            status["peer_protocol"] = r.client.versions.status()
             if self.role == PRIMARY:
                 status["fencing"] = {**r.fencing.status(), "fenced": r.fenced}
             if r.recovery is not None:
@@ -401,7 +402,14 @@ class Replica:
             m.replication_lag.set(max(0, primary - store.lsn) if primary is not None else 0)
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, why) for /readyz."""
+        """(ready, why) for /readyz; a follower that cannot speak with its upstream is not Ready."""
         if self.replication is None:
             return True, "accepting requests (single replica)"
-        return self.replication.readiness()
+        ready, why = self.replication.readiness()
+        mismatches = self.replication.client.versions.mismatches()
+        if not mismatches:
+            return ready, why
+        f = self.replication.follower
+        if f is not None and f.upstream is not None and f.upstream.name in mismatches:
+            ready = False
+        return ready, "; ".join([*mismatches.values(), why])

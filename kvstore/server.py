@@ -22,6 +22,7 @@ from kvstore.config import Config, ConfigError
 from kvstore.dashboard import Dashboard
 from kvstore.discovery import PeerDirectory
 from kvstore.replication import Replication
+from kvstore.replication.versions import HEADER, REFUSAL
 from kvstore.metrics import Metrics
 from kvstore.replica import Replica
 from kvstore.storage import Store, StorageError
@@ -48,12 +49,26 @@ def make_peer_handler(replica: Replica, token: str, in_flight: routing.InFlight 
         given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         # Constant-time so the token cannot be guessed byte by byte.
         if token and hmac.compare_digest(given, expected):
-            return None
+            return check_version(request)
         replica.metrics.peer_auth_failures.inc()
         log.warning("peer call refused: missing or wrong token from %s for %s",
                     request.remote, request.rel_url.path)
         return routing.error_response(401, "unauthorized",
                                       "the peer port needs the cluster token (Authorization: Bearer)")
+
+    versions = replica.replication.client.versions if replica.replication is not None else None
+
+    def check_version(request: web.BaseRequest) -> web.Response | None:
+        """Refuse a peer that speaks no peer protocol version this pod speaks (see replication/versions.py)."""
+        if versions is None:
+            return None
+        try:
+            refused = versions.check_call(request.headers, request.remote)
+        except ValueError as exc:
+            return routing.error_response(400, "bad_request", str(exc))
+        if refused is None:
+            return None
+        return routing.error_response(409, REFUSAL, refused, headers={"X-Kv-Error": REFUSAL, HEADER: versions.text})
 
     async def peer_status(request: web.BaseRequest) -> web.Response:
         return web.json_response(replica.local_status())

@@ -274,14 +274,13 @@ class Pod:
                 async with self.session.get(url, timeout=timeout) as response:
                     ready = response.status == 200
                     body = await response.json(content_type=None)
-                self.reason = str(body.get("reason") or body.get("message") or "")[:300] \
-                    if isinstance(body, dict) else ""
+                # Why it is not Ready, as it says (a Ready pod's reason changes with its lag: not kept).
+                reason = "" if ready or not isinstance(body, dict) else str(body.get("message", ""))[:300]
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
-                ready = False
-                self.reason = ""
+                ready, reason = False, ""
             if ready and not self.ready:
                 self.ready_at = time.time()
-            self._set(ready=ready)
+            self._set(ready=ready, reason=reason)
             await asyncio.sleep(PROBE_PERIOD)
 
     def kill(self) -> bool:
@@ -524,10 +523,16 @@ class StatefulSet:
         self._wake.set()  # a pod became Ready or died: ordering may allow the next step
 
     async def _reconcile_loop(self) -> None:
+        shown = None
         while not self.stopping:
             self._wake.clear()
             try:
                 self._reconcile()
+                # A rollout can halt with no pod changing (one not Ready for too long): say so.
+                message = self.rollout_status().get("message")
+                if message != shown:
+                    shown = message
+                    self._changed(None)
             except Exception:
                 log.exception("reconcile failed")
             with contextlib.suppress(asyncio.TimeoutError):

@@ -30,6 +30,7 @@ from kvstore.replication.follower import Follower
 from kvstore.replication.log_server import LogServer
 from kvstore.replication.peer_client import PeerClient, PeerError, PromiseRefused
 from kvstore.replication.recovery import Recovery, quorum
+from kvstore.replication.versions import PEER_VERSIONS, Versions
 from kvstore.routing import Router, error_response
 from kvstore.storage import Store
 
@@ -52,7 +53,7 @@ class Replication:
         self.metrics = metrics
         self.directory = directory
         self.acks = AckTable()
-        self.client = PeerClient(token)
+        self.client = PeerClient(token, Versions(config.pod_name, config.test_peer_protocol or PEER_VERSIONS))
         # Followers, besides kv-0, that make a majority: what a confirmation round needs.
         self.fencing = Fencing(lambda: self.configured_replicas() // 2, lambda: quorum(self.configured_replicas()))
         self.server = LogServer(config, store, self.acks, metrics, self.fencing, self._committed_to_tell)

@@ -14,6 +14,7 @@ from kvstore.client import never_resend
 from kvstore.discovery import Peer
 from kvstore.lineage import Lineage, Promise
 from kvstore.replication import protocol
+from kvstore.replication.versions import PeerProtocolMismatch, Versions
 
 
 class PeerError(Exception):
@@ -63,10 +64,12 @@ class PeerPosition:
 
 
 class PeerClient:
-    """HTTP to other replicas' peer ports, with the cluster token, on kept-alive connections."""
+    """HTTP to other replicas' peer ports, with the cluster token and this pod's peer protocol
+    versions (:mod:`~kvstore.replication.versions`), on kept-alive connections."""
 
-    def __init__(self, token: str) -> None:
-        self._headers = {"Authorization": f"Bearer {token}"}
+    def __init__(self, token: str, versions: Versions | None = None) -> None:
+        self.versions = versions or Versions("")
+        self._headers = {"Authorization": f"Bearer {token}", **self.versions.headers}
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -78,6 +81,13 @@ class PeerClient:
                 headers=self._headers, connector=aiohttp.TCPConnector(limit_per_host=8)))
         return self._session
 
+    def _check_version(self, peer: Peer, response: aiohttp.ClientResponse) -> None:
+        """PeerError saying so when ``peer`` refused this pod's peer protocol version."""
+        try:
+            self.versions.check_answer(peer.name, response.status, response.headers)
+        except PeerProtocolMismatch as exc:
+            raise PeerError(str(exc)) from None
+
     async def close(self) -> None:
         """Close every connection."""
         if self._session is not None:
@@ -87,6 +97,7 @@ class PeerClient:
         """A peer's /v1/peer/status as JSON."""
         async with self.session.get(peer.peer_url + "/v1/peer/status",
                                     timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            self._check_version(peer, response)
             if response.status != 200:
                 raise PeerError(f"{peer.name} answered its status with HTTP {response.status}")
             return await _bounded_json(response, peer)
@@ -103,6 +114,7 @@ class PeerClient:
         params = {"epoch": str(candidate.number), "id": candidate.id}
         async with self.session.post(peer.peer_url + "/v1/peer/promise", params=params,
                                      timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            self._check_version(peer, response)
             body = await _bounded_json(response, peer)
         if response.status == 409 and isinstance(body, dict) and body.get("error") == "promise_refused":
             try:
@@ -123,6 +135,10 @@ class PeerClient:
                 ws = await self.session.ws_connect(peer.peer_url + "/v1/peer/stream", params=params,
                                                    max_msg_size=max_msg_size, autoping=True)
         except aiohttp.WSServerHandshakeError as exc:
+            try:
+                self.versions.check_answer(peer.name, exc.status, exc.headers or {})
+            except PeerProtocolMismatch as mismatch:
+                raise PeerError(str(mismatch)) from None
             refusal = protocol.refusal_of(exc)
             if refusal is not None:
                 raise refusal from None
@@ -138,6 +154,7 @@ class PeerClient:
         response = await self.session.get(peer.peer_url + "/v1/peer/snapshot",
                                           timeout=aiohttp.ClientTimeout(total=None, sock_read=30, connect=2))
         try:
+            self._check_version(peer, response)
             if response.status != 200:
                 raise PeerError(f"{peer.name} answered a snapshot request with HTTP {response.status}")
             kind, payload = await protocol.read_frame(response.content, max_frame)
