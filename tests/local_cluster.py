@@ -16,9 +16,11 @@ class LocalCluster(handle.LocalCluster):
     """One detached local StatefulSet in its own temp dir and loopback range."""
 
     def __init__(self, base_address: str, dns_address: str, replicas: int = 3,
-                 env: dict[str, str] | None = None, parallel: bool = False) -> None:
+                 env: dict[str, str] | None = None, parallel: bool = False,
+                 update_strategy: str | None = None) -> None:
         super().__init__(replicas=replicas, base_address=base_address, dns_address=dns_address,
-                         parallel=parallel, env=env, grace=5.0, ready_timeout=90.0)
+                         parallel=parallel, env=env, grace=5.0, ready_timeout=90.0,
+                         update_strategy=update_strategy)
 
     def up(self) -> "LocalCluster":  # type: ignore[override]
         """Start the controller and wait until every pod is Ready; on failure stop it and show the logs."""
