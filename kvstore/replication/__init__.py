@@ -7,6 +7,7 @@ One concept per module:
 - ``acks``: the primary's table of follower positions write concerns wait on;
 - ``log_server``: the upstream side (serve the stream and snapshots);
 - ``peer_client``: HTTP to other replicas' peer ports;
+- ``versions``: the peer protocol versions every peer call names, and the peers met that speak none;
 - ``follower``: the follower side (compare lineages, stream, snapshot, divergence);
 - ``recovery``: kv-0's start-up check before it serves;
 - ``coordinator``: :class:`Replication`, which wires them for one replica.
