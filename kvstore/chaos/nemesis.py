@@ -30,6 +30,11 @@ Faults:
   followers and forwarded requests find it) for a few seconds; then the real
   kv-0's again for a few seconds; then the zombie is SIGKILLed and its copy
   removed. The checker judges its answers like any pod's.
+- ``rolling-restart``: ``kvstore cluster rollout restart`` while the
+  workload runs: every pod replaced from a new template revision, highest
+  ordinal first, each once the one before is Ready; about half of the time a
+  pod is killed midway (one already replaced, or the one being waited on),
+  and the rollout must still complete.
 
 Backends: the local cluster (``process`` and ``docker`` runtimes; the last
 five faults with ``process`` only) and Kubernetes (``kubectl``: kill only).
@@ -65,7 +70,9 @@ log = logging.getLogger("kvstore.chaos")
 SIGNAL_FAULTS = ("kill", "pause", "partition")
 # Faults the local controller injects (hold, full stop, DNS, a second kv-0), process runtime only.
 CONTROLLER_FAULTS = ("volume-loss", "volume-rollback", "dns", "restart-all", "zombie-primary")
-FAULTS = SIGNAL_FAULTS + CONTROLLER_FAULTS
+# Faults through the StatefulSet's rollout (its template and revisions), process runtime only.
+ROLLOUT_FAULTS = ("rolling-restart",)
+FAULTS = SIGNAL_FAULTS + CONTROLLER_FAULTS + ROLLOUT_FAULTS
 NET_CLS_ROOT = Path("/sys/fs/cgroup/net_cls")
 CLASSID_MAJOR = 0x4B56  # "KV": our net_cls class ids are 4b56:xxxx
 
@@ -153,6 +160,12 @@ class ControllerBackend(Backend, Protocol):
     async def zombie(self, action: str) -> dict[str, Any]:
         """Drive the zombie of kv-0: ``start``, ``takeover``, ``giveback`` or ``stop``; returns it
         (``address``, ``url``, ``pid``, ``exit_code``…)."""
+
+    async def rollout_restart(self) -> str:
+        """``rollout restart``: a new template revision the pods are replaced with; returns its name."""
+
+    def rollout(self) -> dict[str, Any]:
+        """Where the rollout stands (``state``, ``updated``, ``update_revision``, ``message``…)."""
 
 
 def run_command(argv: list[str], timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -391,6 +404,16 @@ class LocalBackend:
             self._zombie = False
         return dict(answer["zombie"])
 
+    async def rollout_restart(self) -> str:
+        answer = await self._control("/v1/rollout", {"action": "restart"})
+        return str(answer["revision"]["name"])
+
+    def rollout(self) -> dict[str, Any]:
+        try:
+            return dict(read_state(self.directory).get("rollout") or {})
+        except ClusterError as exc:
+            raise FaultFailed(str(exc)) from None
+
     def _stopped_volume(self, pod: str) -> Path:
         """The pod's data dir, after checking that no container of the pod runs (never touch a live LevelDB)."""
         try:
@@ -592,6 +615,7 @@ class NemesisConfig:
     zombie_seconds: tuple[float, float] = (3.0, 6.0)  # each phase: beside kv-0, in its place, beside it again
     zombie_share: float = 1 / 3    # of the operations, sent to the zombie while it runs
     restart_wait: float = 30.0     # after a kill or a hold, wait at most this long for the pod to come back
+    rollout_kill_chance: float = 0.5  # a rolling restart interrupted by a kill
     ready_wait: float = 90.0       # after a full stop, wait at most this long for every pod to be Ready
     seed: int | None = None
 
@@ -720,6 +744,8 @@ class Nemesis:
             primary = next((p for p in pods if p.ordinal == 0), None)
             if primary is not None:
                 await self.zombie_primary(primary, deadline)
+        elif fault == "rolling-restart":
+            await self.rolling_restart(len(pods))
         else:
             raise ValueError(f"unknown fault {fault!r}")
 
@@ -885,6 +911,30 @@ class Nemesis:
             self.zombie_target = None
             stopped = await self.controller.zombie("stop")
             self._record("zombie-stop", primary.name, pid=stopped.get("pid"), exit_code=stopped.get("exit_code"))
+
+    async def rolling_restart(self, replicas: int) -> None:
+        """``rollout restart``, then wait (bounded by ``ready_wait``) until every pod has the new revision
+        and is Ready. With ``rollout_kill_chance``, once a random number of pods has been replaced, a
+        pod is killed (like ``kubectl delete pod``): the rollout must go on from there."""
+        revision = await self.controller.rollout_restart()
+        self._record("rolling-restart", "", revision=revision)
+        kill_after = self.rng.randint(1, max(1, replicas)) if self.rng.random() < self.config.rollout_kill_chance \
+            else None
+        until = self.clock() + self.config.ready_wait
+        state: dict[str, Any] = {}
+        while self.clock() < until:
+            await asyncio.sleep(0.2)
+            state = self.controller.rollout()
+            if state.get("state") == "complete" and state.get("update_revision") == revision:
+                self._record("rolled", "", revision=revision)
+                return
+            if kill_after is not None and state.get("updated", 0) >= kill_after:
+                kill_after = None
+                running = [p for p in self.backend.pods() if p.pid]
+                victim = self._target("rolling-restart", running) if running else None
+                if victim is not None and await self.backend.kill(victim):
+                    self._record("rollout-kill", victim.name, pid=victim.pid, updated=state.get("updated"))
+        self._record("not-rolled", "", waited=self.config.ready_wait, rollout=state.get("message"))
 
     async def _lsn(self, pod: PodInfo) -> int | None:
         """The pod's LSN from ``/v1/status`` (None when it does not answer): for the log only."""

@@ -24,6 +24,7 @@ import yaml
 from kvstore import config as config_mod
 from kvstore import discovery
 from kvstore.local import image as image_mod
+from kvstore.server import SHUTDOWN_GRACE
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -212,7 +213,8 @@ def test_statefulset_shape(sts: dict[str, Any]) -> None:
     spec = sts["spec"]
     assert spec["replicas"] == 3
     assert spec["podManagementPolicy"] == "OrderedReady"
-    assert spec["updateStrategy"]["type"] == "RollingUpdate"
+    # Rolling updates replace kv-2, kv-1, then kv-0; partition 0 unless an operator stages one.
+    assert spec["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}
     assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
     [claim] = spec["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data"
@@ -220,7 +222,9 @@ def test_statefulset_shape(sts: dict[str, Any]) -> None:
     assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
     assert "storageClassName" not in claim["spec"]  # the cluster's default StorageClass
     pod = spec["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] >= 10
+    # A stop lets in-flight requests finish (SHUTDOWN_GRACE; a w=majority write among them waits up to
+    # KV_WRITE_TIMEOUT) and the primary's switchover is bounded by KV_WRITE_TIMEOUT too: twice both, at least.
+    assert pod["terminationGracePeriodSeconds"] >= 2 * (SHUTDOWN_GRACE + config_mod.Config().write_timeout)
     assert pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert "requiredDuringSchedulingIgnoredDuringExecution" not in pod["affinity"]["podAntiAffinity"]
 

@@ -90,7 +90,7 @@ def test_kubectl_failure_is_a_one_line_error() -> None:
 
 # ------------------------------------------------------------------ choosing faults
 def test_nemesis_flag_takes_every_fault_and_rejects_others_in_one_line() -> None:
-    every = "kill,pause,partition,volume-loss,volume-rollback,dns,restart-all,zombie-primary"
+    every = "kill,pause,partition,volume-loss,volume-rollback,dns,restart-all,zombie-primary,rolling-restart"
     assert _nemesis(every) == FAULTS
     assert _nemesis(" dns , restart-all,dns") == ("dns", "restart-all")
     assert _nemesis("none") == ()
@@ -166,6 +166,18 @@ class Recorder:
         self.calls.append(("zombie", action))
         return {"address": "127.0.100.249", "url": "http://127.0.100.249:1", "pid": 4242,
                 "exit_code": -9 if action == "stop" else None}
+
+    async def rollout_restart(self) -> str:
+        self.calls.append(("rollout_restart",))
+        self.rollout_polls = 0
+        return "kv-new"
+
+    def rollout(self) -> dict[str, Any]:
+        """One more pod updated per poll; complete once all are."""
+        self.rollout_polls += 1
+        updated = min(self.rollout_polls, self.replicas)
+        return {"state": "complete" if updated == self.replicas else "progressing", "updated": updated,
+                "update_revision": "kv-new", "message": f"{updated} updated"}
 
     def cleanup(self) -> None:
         self.calls.append(("cleanup",))
@@ -372,3 +384,15 @@ def test_the_report_counts_what_the_zombie_answered() -> None:
     faults = [{"fault": "zombie-primary", "pod": "kv-0", "time": 0}]
     text = summary(args, 1, history, faults, checker.Report(), {}, True, 1.0)
     assert "faults: zombie-primary 1\n" in text and "operations sent to a zombie kv-0: 4 (ok 1," in text
+
+
+async def test_rolling_restart_waits_for_the_rollout_and_sometimes_kills_a_pod_midway() -> None:
+    backend = Recorder()
+    n = nemesis(backend, ("rolling-restart",), rollout_kill_chance=1.0)
+    await n._inject("rolling-restart", backend.pods(), deadline=60)
+    assert backend.calls[0] == ("rollout_restart",) and backend.calls[1][0] == "kill"
+    assert [e["fault"] for e in n.log] == ["rolling-restart", "rollout-kill", "rolled"]
+    backend = Recorder()
+    n = nemesis(backend, ("rolling-restart",), rollout_kill_chance=0.0)
+    await n._inject("rolling-restart", backend.pods(), deadline=60)
+    assert backend.calls == [("rollout_restart",)] and n.log[-1]["fault"] == "rolled"
