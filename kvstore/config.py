@@ -169,6 +169,9 @@ class Config:
         "KV_TEST_HOLD_COMMIT", "--test-hold-commit", _lsn_at_epoch,
         "tests only: kv-0 sends the batch holding LSN@EPOCH but never writes it (a crash before its fsync)",
         None)
+    pod_revision: str = _setting("KV_POD_REVISION", "--pod-revision", _nonempty,
+                                 "the pod's controller-revision-hash (the dashboard shows it; set by the "
+                                 "StatefulSet)", "")
     test_peer_protocol: tuple[int, int] | None = _setting(
         "KV_TEST_PEER_PROTOCOL", "--test-peer-protocol", _versions,
         "tests only: the peer protocol versions this pod claims to speak (N or N-M)", None)

@@ -217,7 +217,7 @@ def _row(name: str, ordinal: int, answer: dict[str, Any], client_host: str) -> d
         "state": pod_state(bool(answer.get("ready")), answer.get("reason", ""), ordinal == 0,
                            status.get("writable"), status.get("state")),
         "restarts": answer.get("restarts", 0), "uptime_seconds": status.get("uptime_seconds"),
-        "lsn": status.get("lsn"), "history_id": status.get("history_id"),
+        "lsn": status.get("lsn"), "history_id": status.get("history_id"), "revision": status.get("revision"),
         "follows": following.get("upstream"), "upstream_connected": following.get("connected"),
         "samples": answer.get("samples", []),
     }
@@ -257,7 +257,16 @@ def assemble(me: dict[str, Any], peers: Iterable[PeerState], cluster_events: lis
         row["lag"] = max(0, reference - lsn) if known_now else None
     timeline = sorted(cluster_events, key=lambda e: (e.get("time", 0), e.get("pod", ""), e.get("seq", 0)))
     return {"served_by": me["name"], "time": round(time.time(), 3), "primary_lsn": reference,
-            "pods": rows, "events": timeline[-VIEW_EVENTS:][::-1]}
+            "pods": rows, "events": timeline[-VIEW_EVENTS:][::-1], "rollout": rollout_of(rows)}
+
+
+def rollout_of(rows: list[dict[str, Any]]) -> dict[str, list[str]] | None:
+    """Revision -> its pods, when the pods run more than one template revision (a rollout in progress)."""
+    by_revision: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("revision"):
+            by_revision.setdefault(row["revision"], []).append(row["name"])
+    return by_revision if len(by_revision) > 1 else None
 
 
 class Dashboard:

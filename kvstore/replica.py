@@ -328,6 +328,7 @@ class Replica:
             "replicas": self.config.replicas,
             "replicate_from": self.config.replicate_from,
             "uptime_seconds": round(time.time() - self.started, 3),
+            "revision": self.config.pod_revision or None,
             "primary_lsn": self.primary_lsn(),
             "peers": [],
         }

@@ -213,7 +213,8 @@ def next_step(pods: list[PodView], strategy: str, partition: int, update: str) -
 
 
 # Set by the controller per pod (identity, addresses): not part of the template the user edits.
-CONTROLLER_ENV = frozenset({"POD_NAME", "POD_NAMESPACE", "KV_SERVICE", "KV_CLUSTER_DOMAIN", "KV_DATA_DIR",
+CONTROLLER_ENV = frozenset({"POD_NAME", "POD_NAMESPACE", "KV_POD_REVISION", "KV_SERVICE", "KV_CLUSTER_DOMAIN",
+                            "KV_DATA_DIR",
                             "KV_BIND_ADDRESS", "KV_HTTP_PORT", "KV_PEER_PORT", "KV_DNS_SERVER", "KV_REPLICAS",
                             "KV_CLUSTER_TOKEN", "KV_CLUSTER_TOKEN_FILE"})
 

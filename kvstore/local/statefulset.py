@@ -609,6 +609,8 @@ class StatefulSet:
         if s.token_path is not None:
             env["KV_CLUSTER_TOKEN_FILE"] = str(s.token_path)
         env.update(revision.template.env_dict if revision is not None else s.extra_env)
+        if revision is not None:  # like the controller-revision-hash label, through the downward API
+            env["KV_POD_REVISION"] = revision.name
         return PodSpec(name=name, ordinal=ordinal, address=address, http_port=s.http_port,
                        peer_port=s.peer_port, data_dir=data_dir,
                        log_path=s.directory / LOG_DIR / f"{name}.log", env=env)

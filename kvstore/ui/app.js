@@ -77,6 +77,7 @@ function renderPods(view) {
     status.appendChild(el("span", pod.reason, "reason"));
     cell(tr, pod.restarts, "restarts");
     cell(tr, pod.role, "role");
+    cell(tr, pod.revision ?? "—", "revision mono");
     cell(tr, historyText(pod), "history mono");
     cell(tr, pod.lsn ?? "—", "lsn mono");
     const lag = cell(tr, null, "lag");
@@ -153,6 +154,9 @@ function render(view) {
   const primaryUp = view.pods.some((p) => p.ordinal === 0 && p.up);
   $("primary-lsn").textContent = view.primary_lsn === null ? ""
     : primaryUp ? `primary LSN ${view.primary_lsn}` : `primary down · highest LSN known ${view.primary_lsn}`;
+  // Pods of more than one template revision: a rolling update is under way (or halted).
+  $("rollout").textContent = view.rollout ? "· rollout in progress: " + Object.entries(view.rollout)
+    .map(([revision, pods]) => `${pods.join(", ")} at ${revision}`).join("; ") : "";
   renderPods(view);
   renderTopology(view);
   renderEvents(view);

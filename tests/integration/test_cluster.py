@@ -118,8 +118,15 @@ def test_status_prints_a_kubectl_like_table(cluster: Path) -> None:
     result = kvstore("cluster", "status", "--dir", str(cluster))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "ADDRESS", "ROLE", "LSN"]
-    rows = [line.split() for line in lines[1:]]
+    assert lines[0].split() == ["STATEFULSET", "READY", "POLICY", "UPDATE-STRATEGY", "CURRENT-REVISION",
+                                "UPDATE-REVISION", "ROLLOUT"]
+    revision = read_state(cluster)["rollout"]["update_revision"]
+    assert lines[1].split() == ["kv", "3/3", "OrderedReady", "RollingUpdate", revision, "(1)", revision, "(1)",
+                                "complete"]
+    assert lines[2] == ""
+    assert lines[3].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "ADDRESS", "ROLE", "LSN", "REVISION"]
+    rows = [line.split() for line in lines[4:]]
+    assert [r[8] for r in rows] == [revision] * 3
     assert [r[0] for r in rows] == ["kv-0", "kv-1", "kv-2"]
     assert [r[1:3] for r in rows] == [["1/1", "Running"]] * 3
     assert [r[5] for r in rows] == ["127.0.3.10:8080", "127.0.3.11:8080", "127.0.3.12:8080"]

@@ -296,6 +296,7 @@ def test_env_is_accepted_by_config(sts: dict[str, Any], container: dict[str, Any
     env = env_of(container)
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["KV_POD_REVISION"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['controller-revision-hash']"
     plain = {name: e["value"] for name, e in env.items() if "value" in e}
     token_file = plain.pop("KV_CLUSTER_TOKEN_FILE")  # read at load; checked against the Secret below
     config = config_mod.load({**plain, "POD_NAME": "kv-2", "POD_NAMESPACE": "default"})

@@ -76,3 +76,19 @@ def test_pod_state_reads_the_pods_own_state_word_first() -> None:
     assert pod_state(True, "following", False, None, state="stalled") == "Stalled"
     assert pod_state(False, "installing a snapshot", False, None, state="installing_snapshot") == "Recovering"
     assert pod_state(False, "something else", False, None) == "NotReady"
+
+
+def test_the_view_shows_each_pods_revision_and_a_rollout_in_progress() -> None:
+    def revised(lsn: int, revision: str, upstream: str | None = None) -> dict:
+        body = answer(lsn, upstream)
+        body["status"]["revision"] = revision
+        return body
+    me = {**revised(40, "kv-new", "kv-0"), "name": "kv-2", "ordinal": 2, "host": "10.0.0.3"}
+    primary, middle = PeerState(Peer("kv-0", 0, "10.0.0.1", 8081)), PeerState(Peer("kv-1", 1, "10.0.0.2", 8081))
+    primary.answer, primary.last_ok = revised(100, "kv-old"), 9.0
+    middle.answer, middle.last_ok = revised(90, "kv-old", "kv-0"), 9.0
+    view = assemble(me, [middle, primary], [], now=10.0)
+    assert [r["revision"] for r in view["pods"]] == ["kv-old", "kv-old", "kv-new"]
+    assert view["rollout"] == {"kv-old": ["kv-0", "kv-1"], "kv-new": ["kv-2"]}
+    me["status"]["revision"] = "kv-old"
+    assert assemble(me, [middle, primary], [], now=10.0)["rollout"] is None  # one revision: no rollout
