@@ -52,7 +52,7 @@ import aiohttp
 from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
 from kvstore.local.dns import DnsServer, Endpoint, HeadlessService
-from kvstore.local.rollout import ON_DELETE, PodView, Revision, Rollout, Template, next_step, stale
+from kvstore.local.rollout import ON_DELETE, ROLLING_UPDATE, PodView, Revision, Rollout, Template, next_step, stale
 from kvstore.local.runtime import PodProcess, PodRuntime, PodSpec
 from kvstore.local.state import LOG_DIR
 
@@ -99,7 +99,7 @@ class ClusterSpec:
     grace: float = GRACE_PERIOD
     token_path: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # the template's env at `up`
-    update_strategy: str = "RollingUpdate"
+    update_strategy: str = ROLLING_UPDATE
     network: str = "127.0.0.0/8"  # where pod addresses live; the docker runtime sets its subnet
 
     @property

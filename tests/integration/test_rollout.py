@@ -56,8 +56,10 @@ def one_line(result: Any, code: int, text: str) -> None:
     assert len([line for line in lines if not line.startswith(("usage:", " "))]) == 1, lines
 
 
-@pytest.mark.parametrize("cluster", [(23, {})], indirect=True)
+@pytest.mark.parametrize("cluster", [(23, {}), (29, {"parallel": True})], indirect=True,
+                         ids=["OrderedReady", "Parallel"])
 def test_rollout_restart_replaces_highest_first_each_once_the_previous_is_ready(cluster: LocalCluster) -> None:
+    """The same order under Parallel pod management, as in Kubernetes without maxUnavailable."""
     assert http("PUT", cluster.url("kv-0") + "/v1/kv/kept?w=all", b"on the volume")[0] == 200
     before = state(cluster)
     old_revision = before["rollout"]["update_revision"]
