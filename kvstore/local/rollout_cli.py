@@ -162,8 +162,10 @@ def _history(directory: Path, args: argparse.Namespace) -> int:
         print(f"  image: {found['image']}")
         for key, value in sorted(found["annotations"].items()):
             print(f"  annotation {key}: {value}")
-        for key, value in sorted(found["env"].items()) or [("(no env)", "")]:
-            print(f"  env {key}={value}" if value or key != "(no env)" else "  env: none set")
+        for key, value in sorted(found["env"].items()):
+            print(f"  env {key}={value}")
+        if not found["env"]:
+            print("  env: none set")
         return 0
     rows = [("REVISION", "NAME", "PODS", "CHANGE-CAUSE")]
     pods = state.get("pods") or []
