@@ -43,7 +43,8 @@ ON_DELETE = "OnDelete"
 STRATEGIES = (ROLLING_UPDATE, ON_DELETE)
 HISTORY_LIMIT = 10  # revisionHistoryLimit's default
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
-# A pod that crashed after it was created, or is not Ready this long after, halts the rollout.
+# A pod that crashed after it was created, or is not Ready this long after (and not copying data), halts
+# the rollout.
 PROGRESS_SECONDS = 60.0
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENV_VALUE_MAX = 4096
@@ -178,6 +179,7 @@ class PodView:
     crashed: bool = False  # its container exited since the pod was created
     age: float = 0.0  # seconds since the pod was created
     why: str = ""  # why it is not Ready: its status, last exit, log line or readiness reason
+    copying: bool = False  # its /readyz says it is catching up or installing a snapshot: slow, not stuck
 
 
 def created_revision(ordinal: int, strategy: str, partition: int, current: str, update: str) -> str:
@@ -319,7 +321,7 @@ class Rollout:
 
         ``state``: ``complete``, ``partitioned`` (every pod from the partition up is updated),
         ``progressing``, ``halted`` (the pod waited on crashed or was not Ready within
-        :data:`PROGRESS_SECONDS`), or ``waiting`` (OnDelete: pods to be deleted).
+        :data:`PROGRESS_SECONDS` while not copying data), or ``waiting`` (OnDelete: pods to be deleted).
         """
         update = self.update.name
         updated = [p for p in pods if p.revision == update]
@@ -356,7 +358,7 @@ class Rollout:
             out.update(state="progressing", message=f"Waiting for {replicas - len(ready)} pods to be ready...")
             return out
         halted = pod.revision == update and not pod.healthy and not pod.terminating and (
-            pod.crashed or pod.age > PROGRESS_SECONDS)
+            pod.crashed or (pod.age > PROGRESS_SECONDS and not pod.copying))
         out.update(pod=pod.name, reason=pod.why or None)
         if halted:
             out.update(state="halted", message=f"rollout halted at {pod.name}: {pod.why or 'not Ready'}; fix the "

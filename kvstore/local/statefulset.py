@@ -74,6 +74,7 @@ TERMINATING = "Terminating"
 HELD = "NodeLost"  # held down by hold(): what kubectl shows for a pod on a node that is gone
 ZOMBIE_SUFFIX = "-zombie"  # the zombie of kv-0 is "kv-0-zombie" in logs and file names
 ZOMBIE_WAIT = 10.0  # seconds for a SIGKILLed zombie to be reaped
+COPYING = ("catching up", "installing a snapshot")  # a /readyz reason of a pod making progress
 
 
 class Conflict(Exception):
@@ -643,7 +644,7 @@ class StatefulSet:
         # Crashed: its container exited since the pod was created, not by a kill (that is a delete).
         return [PodView(o, p.revision, p.healthy, p.deleting, p.name,
                         p.restarts > 0 and p.last_exit not in (None, -signal.SIGKILL, 128 + signal.SIGKILL),
-                        now - p.created_at, self._why(p))
+                        now - p.created_at, self._why(p), p.reason.startswith(COPYING))
                 for o, p in sorted(self.pods.items()) if o < self.replicas]
 
     @staticmethod

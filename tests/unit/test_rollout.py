@@ -77,6 +77,10 @@ def test_rollout_status_says_halted_with_the_reason() -> None:
     views[2] = PodView(2, update.name, False, False, "kv-2", crashed=True, age=2.0, why="CrashLoopBackOff: bogus")
     status = rollout.status(views, 3)
     assert status["state"] == "halted" and status["pod"] == "kv-2" and "bogus" in status["message"]
+    views[2] = PodView(2, update.name, False, False, "kv-2", age=90.0, why="Running: not following")
+    assert rollout.status(views, 3)["state"] == "halted"  # not Ready for too long
+    views[2] = PodView(2, update.name, False, False, "kv-2", age=90.0, copying=True)
+    assert rollout.status(views, 3)["state"] == "progressing"  # slow, copying a snapshot: not halted
     views[2] = PodView(2, update.name, True, False, "kv-2")
     assert rollout.status(views, 3)["state"] == "progressing"
     assert rollout.status(pods(update.name, update.name, update.name), 3)["state"] == "complete"
