@@ -641,18 +641,21 @@ class StatefulSet:
 
     def _views(self) -> list[PodView]:
         now = time.time()
-        # Crashed: its container exited since the pod was created, not by a kill (that is a delete).
-        return [PodView(o, p.revision, p.healthy, p.deleting, p.name,
-                        p.restarts > 0 and p.last_exit not in (None, -signal.SIGKILL, 128 + signal.SIGKILL),
+        return [PodView(o, p.revision, p.healthy, p.deleting, p.name, self._crashed(p),
                         now - p.created_at, self._why(p), p.reason.startswith(COPYING))
                 for o, p in sorted(self.pods.items()) if o < self.replicas]
 
     @staticmethod
-    def _why(pod: Pod) -> str:
+    def _crashed(pod: Pod) -> bool:
+        """Whether its container exited since the pod was created, not by a kill (that is a delete)."""
+        return (pod.restarts > 0 or pod.status == BACKOFF) and \
+            pod.last_exit not in (None, -signal.SIGKILL, 128 + signal.SIGKILL)
+
+    def _why(self, pod: Pod) -> str:
         """Why a pod is not Ready, in one line: its state, its last exit and log line, or its probe's answer."""
         if pod.healthy:
             return ""
-        if pod.last_exit is not None and pod.restarts > 0:  # it crashed: what it said last tells why
+        if self._crashed(pod):  # what it said last tells why
             return (f"{pod.status}, {pod.restarts} restart(s), last exit status {pod.last_exit}: "
                     f"{last_log_line(pod.spec.log_path)}")
         return f"{pod.status}: {pod.reason}" if pod.reason else pod.status
