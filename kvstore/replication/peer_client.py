@@ -81,10 +81,10 @@ class PeerClient:
                 headers=self._headers, connector=aiohttp.TCPConnector(limit_per_host=8)))
         return self._session
 
-    def _check_version(self, peer: Peer, response: aiohttp.ClientResponse) -> None:
+    def _check_version(self, peer: Peer, status: int, headers: Any) -> None:
         """PeerError saying so when ``peer`` refused this pod's peer protocol version."""
         try:
-            self.versions.check_answer(peer.name, response.status, response.headers)
+            self.versions.check_answer(peer.name, status, headers or {})
         except PeerProtocolMismatch as exc:
             raise PeerError(str(exc)) from None
 
@@ -97,7 +97,7 @@ class PeerClient:
         """A peer's /v1/peer/status as JSON."""
         async with self.session.get(peer.peer_url + "/v1/peer/status",
                                     timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            self._check_version(peer, response)
+            self._check_version(peer, response.status, response.headers)
             if response.status != 200:
                 raise PeerError(f"{peer.name} answered its status with HTTP {response.status}")
             return await _bounded_json(response, peer)
@@ -114,7 +114,7 @@ class PeerClient:
         params = {"epoch": str(candidate.number), "id": candidate.id}
         async with self.session.post(peer.peer_url + "/v1/peer/promise", params=params,
                                      timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            self._check_version(peer, response)
+            self._check_version(peer, response.status, response.headers)
             body = await _bounded_json(response, peer)
         if response.status == 409 and isinstance(body, dict) and body.get("error") == "promise_refused":
             try:
@@ -135,10 +135,7 @@ class PeerClient:
                 ws = await self.session.ws_connect(peer.peer_url + "/v1/peer/stream", params=params,
                                                    max_msg_size=max_msg_size, autoping=True)
         except aiohttp.WSServerHandshakeError as exc:
-            try:
-                self.versions.check_answer(peer.name, exc.status, exc.headers or {})
-            except PeerProtocolMismatch as mismatch:
-                raise PeerError(str(mismatch)) from None
+            self._check_version(peer, exc.status, exc.headers)
             refusal = protocol.refusal_of(exc)
             if refusal is not None:
                 raise refusal from None
@@ -154,7 +151,7 @@ class PeerClient:
         response = await self.session.get(peer.peer_url + "/v1/peer/snapshot",
                                           timeout=aiohttp.ClientTimeout(total=None, sock_read=30, connect=2))
         try:
-            self._check_version(peer, response)
+            self._check_version(peer, response.status, response.headers)
             if response.status != 200:
                 raise PeerError(f"{peer.name} answered a snapshot request with HTTP {response.status}")
             kind, payload = await protocol.read_frame(response.content, max_frame)
