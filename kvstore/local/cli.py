@@ -5,6 +5,8 @@ background, logging to ``logs/controller.log``). The other commands find it
 through the cluster dir: ``controller.lock`` says whether it runs,
 ``cluster.json`` holds its state, ``control.sock`` takes scale/kill/down.
 Every failure is one line on stderr and exit status 1 (2 for bad flags).
+``set env`` and ``rollout …`` (the pod template and its rolling update) are
+in :mod:`kvstore.local.rollout_cli`.
 """
 
 from __future__ import annotations
