@@ -523,14 +523,15 @@ class Follower:
         self.installing_snapshot = True
         started = time.monotonic()
         try:
-            lsn, lineage, chunks, response = await self.client.snapshot(upstream, self.max_frame)
+            lsn, lineage, chunks, response, membership = await self.client.snapshot(upstream, self.max_frame)
             try:
                 if not force:
                     self._check_snapshot(upstream, lsn, lineage, allowed_fork)
                 log.info("installing a snapshot from %s at lsn %d (%s)", upstream.name, lsn, reason)
                 events.record("snapshot_installing", f"copying {upstream.name} at lsn {lsn} ({reason})",
                               upstream=upstream.name, lsn=lsn)
-                count = await self.store.install_snapshot(lineage, lsn, logging_progress(chunks, upstream.name))
+                count = await self.store.install_snapshot(lineage, lsn, logging_progress(chunks, upstream.name),
+                                                          membership)
                 self._forget_unconfirmed()
             finally:
                 response.release()

@@ -171,8 +171,7 @@ class LogServer:
                     # it serves, which promised it too) still follows us as of these rounds.
                     self.fencing.echo(follower, round_)
                     for name, (_, relayed_round) in relayed.items():
-                        if name not in self.acks.departed:
-                            self.fencing.echo(name, relayed_round)
+                        self.fencing.echo(name, relayed_round)
                 lag.set(self.store.lsn - lsn)
         except asyncio.TimeoutError:
             log.info("%s went silent for %.0fs: dropping its stream", follower, protocol.SILENCE_SECONDS)
@@ -236,7 +235,9 @@ class LogServer:
         try:
             await response.prepare(request)
             await response.write(protocol.json_frame(protocol.FRAME_HEADER,
-                                                     {"lsn": snap.lsn, "lineage": snap.lineage.to_json()}))
+                                                     {"lsn": snap.lsn, "lineage": snap.lineage.to_json(),
+                                                      "membership": None if snap.membership is None
+                                                      else snap.membership.to_json()}))
             while True:
                 chunk = await self.store.run_blocking(snap.next_chunk, protocol.SNAPSHOT_CHUNK_RECORDS,
                                                       protocol.SNAPSHOT_CHUNK_BYTES)
