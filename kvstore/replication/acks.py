@@ -44,9 +44,11 @@ class AckTable:
         current = self.positions.get(name)
         if current is None:
             self.membership += 1
-        if current is None or lsn >= current.lsn or via == name:
+        if current is None or lsn > current.lsn or via == name:
             # A direct ack replaces (a follower restored from a snapshot may go
-            # back); a relayed one only moves forward.
+            # back); a relayed one only moves forward, and one that did not move
+            # says nothing new (a cascade may pass on a pod's last position after it
+            # was deleted: it must not look alive).
             self.positions[name] = FollowerPosition(lsn, time.monotonic(), via)
             try:
                 self.by_ordinal[parse_ordinal(name)] = lsn

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
-from kvstore.discovery import PeerDirectory
+from kvstore.discovery import MembershipChange, PeerDirectory
 from kvstore.identity import PRIMARY, parse_ordinal
 from kvstore.membership import Configuration, agreed, all_hold, majority
 from kvstore.metrics import Metrics
@@ -57,8 +57,10 @@ class Replication:
         # from then on only the newer one counts (membership.py). Per process: a new kv-0
         # counts both again until it sees the change held.
         self._settled = 0
+        self._initial = Configuration.initial(config.replicas)
         self.fencing = Fencing(self.groups)
         self.server = LogServer(config, store, self.acks, metrics, self.fencing, self._committed_to_tell)
+        directory.subscribe(self._dns_changed)
         self.reconfigurer = Reconfigurer(config, store, directory, self.acks, self.configuration,
                                          self.settled, self.committed_lsn)
         # The primary uses a Follower only to copy a snapshot while it recovers.
@@ -173,6 +175,12 @@ class Replication:
             await self.follower.stop()
         await self.client.close()
 
+    def _dns_changed(self, change: MembershipChange) -> None:
+        # A pod DNS no longer lists was deleted (or is hidden): its last position is not passed
+        # on (cascade) and no longer looks like a live pod; a live one acks again at once.
+        for peer in change.left:
+            self.acks.forget(peer.name)
+
     # ------------------------------------------------------------ the primary
     @property
     def writable(self) -> bool:
@@ -189,7 +197,7 @@ class Replication:
     # ------------------------------------------------------- the configuration
     def configuration(self) -> Configuration:
         """The voters as this replica's log records them (``KV_REPLICAS`` while it records none)."""
-        return self.store.membership or Configuration.initial(self.config.replicas)
+        return self.store.membership or self._initial
 
     def settled(self) -> bool:
         """Whether the newest configuration change is held by a majority of both configurations."""
@@ -205,8 +213,16 @@ class Replication:
         return agreed(self.groups(), self.acks.by_ordinal, _ANY)
 
     def _all_met(self) -> int:
-        """The highest LSN every voter holds, kv-0's own write assumed durable."""
-        return all_hold(self.groups(), self.acks.by_ordinal, _ANY)
+        """The highest LSN every voter and every pod DNS lists hold, kv-0's own write assumed durable.
+
+        ``w=all`` means every replica that exists: a new pod counts from its
+        creation, as a learner, though it is no voter yet.
+        """
+        held = all_hold(self.groups(), self.acks.by_ordinal, _ANY)
+        for ordinal in self.directory.peers:
+            if ordinal != 0:
+                held = min(held, self.acks.by_ordinal.get(ordinal, 0))
+        return held
 
     def concern_met(self, lsn: int, w: str) -> bool:
         """Whether the replicas write concern ``w`` needs hold ``lsn`` already (kv-0 holds it)."""
@@ -216,10 +232,12 @@ class Replication:
         """Wait until the voters write concern ``w`` needs hold ``lsn``: (met, voters holding it, voters needed).
 
         Counts come from the configuration the log holds: a majority of its
-        voters (of both while a change is not settled), or every voter for
-        ``w=all``; learners never count.
+        voters (of both while a change is not settled); ``w=all`` also waits
+        for every pod DNS lists (learners included), as "every replica" says.
         """
         voters = self.configuration().voters
+        if w == "all":
+            voters = tuple(sorted({*voters, *self.directory.peers}))
         required = 1 if w == "1" else len(voters) if w == "all" else majority(len(voters))
         if w == "1":
             return True, 1, 1
@@ -236,12 +254,12 @@ class Replication:
         """The configuration and each member's kind (voter, learner, leaving), for /v1/status."""
         configuration = self.configuration()
         kinds = {self.directory.pod_name(o): "voter" for o in configuration.voters}
-        for ordinal in configuration.members():
-            if ordinal not in configuration.voters:
-                kinds[self.directory.pod_name(ordinal)] = "leaving"
-        for ordinal in self.reconfigurer.leaving:
+        counted = set(configuration.voters)
+        if self.recovery is not None and not self.settled():
+            counted |= set(configuration.previous or ())  # kv-0: removed, but still counted until settled
+        for ordinal in [*(counted - set(configuration.voters)), *self.reconfigurer.leaving]:
             kinds[self.directory.pod_name(ordinal)] = "leaving"
-        for ordinal in sorted({*self.directory.peers, self.config.ordinal} - set(configuration.members())):
+        for ordinal in sorted({*self.directory.peers, self.config.ordinal} - counted):
             kinds[self.directory.pod_name(ordinal)] = "learner"
         return {"lsn": configuration.lsn, "voters": [self.directory.pod_name(o) for o in configuration.voters],
                 "previous": None if configuration.previous is None

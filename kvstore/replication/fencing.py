@@ -153,9 +153,9 @@ class Fencing:
         return all(group == (0,) for group in self.groups())
 
     def _quorum_echoed(self) -> bool:
-        """Whether a recovery quorum of the newest configuration's followers echoed this epoch."""
-        voters = self.groups()[0]
-        return sum(1 for o in voters if o in self._by_ordinal) >= recovery_quorum(len(voters))
+        """Whether a recovery quorum of the followers of every counted configuration echoed this epoch."""
+        return all(sum(1 for o in voters if o in self._by_ordinal) >= recovery_quorum(len(voters))
+                   for voters in self.groups())
 
     def _confirmed_round(self) -> int:
         """The newest round a majority of every voter set echoed (a quorum while older kv-0s are not fenced off)."""

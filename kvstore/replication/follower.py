@@ -30,6 +30,7 @@ from kvstore import events
 from kvstore.aio import Watermark, cancel_and_wait
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
+from kvstore.identity import INCARNATION
 from kvstore.lineage import BEHIND, DROPPABLE, PREFIX, Lineage, Promise, compare
 from kvstore.metrics import Metrics
 from kvstore.replication import protocol
@@ -420,7 +421,7 @@ class Follower:
         LSN and takes no part in fencing (its rounds and acks are its own).
         """
         store = self.store
-        params = protocol.stream_params(store.lsn, store.lineage, self.config.pod_name)
+        params = protocol.stream_params(store.lsn, store.lineage, self.config.pod_name, INCARNATION)
         last = store.lineage.last
         assert last is not None
         self._streaming, self.round = (last.number, last.id), 0

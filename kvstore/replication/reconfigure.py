@@ -34,7 +34,7 @@ log = logging.getLogger("kvstore.replication")
 
 LEARNER_MAX_LAG = 1000  # entries behind the committed LSN a learner may be and still become a voter
 LEARNER_HEARD_SECONDS = 2.0  # a learner must have acknowledged this recently (it streams from kv-0)
-REMOVE_AFTER = 10.0  # seconds a voter must be gone from DNS, and silent, before kv-0 removes it
+REMOVE_AFTER = 5.0  # seconds a voter must be gone from DNS, and silent, before kv-0 removes it
 STEP_SECONDS = 1.0  # how often kv-0 looks
 
 

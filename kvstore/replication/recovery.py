@@ -233,8 +233,8 @@ class Recovery:
         if best is not None and not best.empty and best.lineage.up_to_date_key(best.lsn) > mine:
             source = best.name
         how = "every follower" if all_heard else (
-            f"a quorum ({voters_heard} of {followers} voting followers)" if have_quorum
-            else f"only {voters_heard} of {followers} voting followers, after {self.config.recovery_wait:.0f}s; "
+            f"a quorum ({voters_heard} of {followers} followers)" if have_quorum
+            else f"only {voters_heard} of {followers} followers, after {self.config.recovery_wait:.0f}s; "
                  "trusting this disk (unverified)")
         what = f"copying {source}, the most up-to-date" if source else "this replica is the most up-to-date"
         return Decision(source, all_heard, all_heard or have_quorum, f"heard {how}: {what}")

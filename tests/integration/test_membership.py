@@ -140,3 +140,21 @@ def test_scaling_up_and_down_changes_the_voters_one_at_a_time(workdir: Path) -> 
         status, _, body = c.put(0, "three", b"3", w="all")  # every voter: kv-3 no longer counts
         assert status == 200, body
         assert "kv-3 is gone" in c.log(0)
+
+
+def test_a_second_process_with_a_followers_name_is_refused_while_the_first_streams(workdir: Path) -> None:
+    """An old kv-1 that outlived a force delete, on a copy of its volume: its acks must not count as kv-1's."""
+    with Cluster(workdir, 94, env=ENV) as c:
+        start_all(c)
+        acknowledged = write_many(c, "before", 5)
+        os.kill(c.pods[1].proc.pid, signal.SIGSTOP)  # a consistent copy of kv-1's volume
+        copy = workdir / "copy-of-kv-1"
+        shutil.copytree(c.data_dir(1), copy)
+        os.kill(c.pods[1].proc.pid, signal.SIGCONT)
+        wait_for("kv-1 to stream again", lambda: c.status(0).get("followers", {}).get("kv-1") == 5, 30)
+        c.start_claimant(1, "127.0.94.31", copy, wait=False)
+        wait_for("kv-0 to refuse the second kv-1", lambda: "another process named kv-1" in c.log(0), 30)
+        acknowledged |= write_many(c, "after", 5)
+        assert_all_readable(c, 1, acknowledged)
+        c.stop(1)  # the first one dies: its stream ends and the other may take its place
+        wait_for("the second kv-1 to stream", lambda: c.status(0).get("followers", {}).get("kv-1") == 10, 30)
