@@ -2,8 +2,9 @@
 
 Two kv-0 processes can run at once: a force-deleted pod whose process lives on
 behind a partition, or a copy of kv-0's volume started by hand. With M the
-majority of N replicas, three rules make the one that is no longer kv-0
-harmless:
+majority of the N voters (the configuration the log holds, membership.py;
+"M-1 followers" below means a majority of every voter set counted), three
+rules make the one that is no longer kv-0 harmless:
 
 1. **Promises** (follower.py, recovery.py). A recovering kv-0 publishes a
    *candidate* epoch. A follower promises it, durably, only to the kv-0 its

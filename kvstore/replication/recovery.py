@@ -3,9 +3,9 @@
 On *every* start, kv-0 asks each follower it knows of (the members of every
 configuration its own log and the followers heard so far record, or
 kv-1 .. kv-(KV_REPLICAS-1) when none records one, and every pod DNS lists;
-each found by SRV or by its stable per-pod name) to promise its *candidate* epoch and to tell its position
-as of that promise (see fencing.py: a follower promises only the kv-0 its DNS
-lists). A position counts as *heard* only with that promise. A timeout, an
+each found by SRV or by its stable per-pod name) to promise its *candidate*
+epoch and to tell its position as of that promise (see fencing.py: a follower
+promises only the kv-0 its DNS lists). A position counts as *heard* only with that promise. A timeout, an
 NXDOMAIN, a refused connection or a refused promise is never "that follower is
 empty": it is simply not heard yet.
 
@@ -44,6 +44,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+
 import aiohttp
 
 from kvstore import events
