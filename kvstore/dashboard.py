@@ -220,6 +220,8 @@ def _row(name: str, ordinal: int, answer: dict[str, Any], client_host: str) -> d
         "lsn": status.get("lsn"), "history_id": status.get("history_id"), "revision": status.get("revision"),
         "follows": following.get("upstream"), "upstream_connected": following.get("connected"),
         "samples": answer.get("samples", []),
+        # voter, learner (a new pod catching up) or leaving (deleted, not yet removed): as the pod sees it
+        "member": (status.get("membership") or {}).get("members", {}).get(name),
     }
     for field in STATUS_FIELDS:
         if field in status:

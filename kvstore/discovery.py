@@ -184,6 +184,24 @@ class PeerDirectory:
         return Peer(name=self.pod_name(ordinal), ordinal=ordinal, host=sorted(hosts)[0],
                     peer_port=self.config.peer_port, target=target.to_text())
 
+    async def gone(self, ordinal: int) -> bool:
+        """Whether DNS says pod ``ordinal`` does not exist: not in the SRV answer, its per-pod name NXDOMAIN.
+
+        With ``publishNotReadyAddresses`` a pod's name resolves from its creation
+        until it is deleted, up or down; a timeout or a server failure is never
+        "gone".
+        """
+        if ordinal in self._peers:
+            return False
+        target = dns.name.from_text(self.pod_name(ordinal), self.domain)
+        try:
+            await self.resolver.resolve(target, dns.rdatatype.A, search=False)
+        except dns.resolver.NXDOMAIN:
+            return True
+        except (dns.exception.DNSException, OSError):
+            return False
+        return False
+
     def primary(self) -> Peer | None:
         """The peer with ordinal 0, when it is not this replica and DNS has it."""
         return self._peers.get(0)

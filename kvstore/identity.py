@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import functools
 import re
+import secrets
 
 PRIMARY = "primary"
 SECONDARY = "secondary"
+
+# This process, as opposed to another one started with the same pod name (a force-deleted pod's
+# process that lives on, a copy of a volume started by hand): peers tell the two apart by it.
+INCARNATION = secrets.token_hex(8)
 
 _ORDINAL = re.compile(r"^(?P<base>.+)-(?P<ordinal>0|[1-9][0-9]{0,8})$")
 

@@ -74,15 +74,6 @@ class WriteConcernTimeout(Exception):
         self.required = required
 
 
-def required_acks(w: str, replicas: int) -> int:
-    """Replicas (the primary included) that must hold a write for concern ``w``."""
-    if w == "1":
-        return 1
-    if w == "all":
-        return replicas
-    return replicas // 2 + 1
-
-
 class Replica:
     """This pod: its store, role, metrics and replication (None when it runs alone)."""
 
@@ -128,15 +119,10 @@ class Replica:
             raise
         if self.replication is None:
             return lsn
-        required = required_acks(w, self.replication.configured_replicas())
-        confirmed = await self.replication.wait_for_concern(lsn, required)
-        if confirmed < required:
+        met, confirmed, required = await self.replication.wait_for_concern(lsn, w)
+        if not met:
             raise WriteConcernTimeout(lsn, confirmed, required)
         return lsn
-
-    def _majority(self) -> int:
-        assert self.replication is not None
-        return required_acks("majority", self.replication.configured_replicas())
 
     def _check_contact(self, what: str = "writes") -> None:
         """Refuse a write (or a local read) before applying it when no majority followed this process lately.
@@ -187,10 +173,7 @@ class Replica:
 
     def committed(self, lsn: int) -> bool:
         """Whether a majority holds ``lsn`` already (the usual case; no await)."""
-        if self.replication is None:
-            return True
-        required = self._majority()
-        return required <= 1 or self.replication.acks.confirmed(lsn) >= required - 1
+        return self.replication is None or self.replication.concern_met(lsn, "majority")
 
     async def confirm_committed(self, lsn: int) -> None:
         """Return once a majority holds ``lsn`` (what a strong read or a refusal is based on).
@@ -202,9 +185,8 @@ class Replica:
         """
         if self.replication is None or self.committed(lsn):
             return
-        required = self._majority()
-        confirmed = await self.replication.wait_for_concern(lsn, required)
-        if confirmed < required:
+        met, confirmed, required = await self.replication.wait_for_concern(lsn, "majority")
+        if not met:
             raise NotConfirmed(f"only {confirmed} of the {required} replicas a majority needs confirmed lsn "
                                f"{lsn} in time; the answer would not be linearizable. Retry")
 
@@ -335,7 +317,7 @@ class Replica:
         r = self.replication
         if r is not None:
             status.update(r.position())
-            status["replicas"] = r.configured_replicas()
+            status["replicas"] = len(r.configuration().voters)
             status["writable"] = r.writable if self.role == PRIMARY else None
             status["peers"] = r.peers_status()
             status["followers"] = {name: p.lsn for name, p in sorted(r.acks.positions.items())}

@@ -36,6 +36,7 @@ import plyvel
 
 from kvstore.aio import Watermark, cancel_and_wait
 from kvstore.lineage import Lineage, LineageError, Promise
+from kvstore.membership import Configuration
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,13 @@ META_LOG_START = META + b"log_start"
 META_FORMAT = META + b"format"
 META_PROMISE = META + b"promise"
 META_COMMITTED = META + b"committed"  # a follower: the committed LSN its upstream last announced
+META_CONFIG = META + b"config"  # the newest configuration entry applied here (membership.py)
 META_OLD_HISTORY = META + b"history"  # format 1 (no epochs) kept its history id here
 FORMAT = b"2"  # entries carry their epoch
 
 PUT = 1
 DELETE = 2
+CONFIG = 3  # a configuration entry: no key, the voters as JSON (membership.py)
 
 _U64 = struct.Struct(">Q")
 _ENTRY_HEAD = struct.Struct(">QIBI")  # lsn, epoch, op, key length
@@ -88,7 +91,10 @@ class LogTruncated(Exception):
 
 @dataclass(frozen=True, slots=True)
 class LogEntry:
-    """One replicated write, stamped with the epoch of the primary that made it; ``value`` is None for a delete."""
+    """One replicated write, stamped with the epoch of the primary that made it; ``value`` is None for a delete.
+
+    A CONFIG entry has no key; its value names the voters from its LSN on.
+    """
 
     lsn: int
     epoch: int
@@ -107,10 +113,11 @@ class LogEntry:
             raise ValueError("log entry too short")
         lsn, epoch, op, key_len = _ENTRY_HEAD.unpack_from(data)
         start = _ENTRY_HEAD.size
-        if op not in (PUT, DELETE) or start + key_len > len(data) or (op == DELETE and start + key_len != len(data)):
+        if op not in (PUT, DELETE, CONFIG) or start + key_len > len(data) \
+                or (op == DELETE and start + key_len != len(data)) or (op == CONFIG and key_len):
             raise ValueError("malformed log entry")
         key = bytes(data[start:start + key_len])
-        value = bytes(data[start + key_len:]) if op == PUT else None
+        value = None if op == DELETE else bytes(data[start + key_len:])
         return cls(lsn, epoch, op, key, value)
 
 
@@ -159,6 +166,7 @@ class Snapshot:
         raw = snapshot.get(META_LSN)
         self.lsn = _unpack_version(raw) if raw else 0
         self.lineage = lineage
+        self.membership = _parse_membership(snapshot.get(META_CONFIG), "a snapshot")
         self._iterator = snapshot.iterator(prefix=DATA)
 
     def next_chunk(self, max_records: int, max_bytes: int) -> list[tuple[bytes, bytes]]:
@@ -211,6 +219,9 @@ class Store:
         self.committed_on_disk = self._meta_int(META_COMMITTED)
         self.lineage = _read_lineage(db, path)
         self.promise = _read_promise(db, path)
+        # The newest configuration this log holds (None: none recorded, KV_REPLICAS is the initial one).
+        self.membership = _parse_membership(db.get(META_CONFIG), path)
+        self._staged_membership: Configuration | None = None  # in the batch being written
         self.lineage_version = 0  # bumped on every change, so log streams notice
         self._queue: asyncio.Queue[_Job] | None = None
         self._committer: asyncio.Task[None] | None = None
@@ -494,7 +505,8 @@ class Store:
 
     # -------------------------------------------------------------- snapshots
     async def install_snapshot(self, lineage: Lineage, lsn: int,
-                               chunks: "AsyncIterator[list[tuple[bytes, bytes]]]") -> int:
+                               chunks: "AsyncIterator[list[tuple[bytes, bytes]]]",
+                               membership: Configuration | None = None) -> int:
         """Replace this replica's data with a snapshot, atomically.
 
         The records go into a new LevelDB next to the live one; only when the
@@ -525,6 +537,8 @@ class Store:
                     batch.put(META_LINEAGE, lineage.dumps())
                     batch.put(META_PROMISE, json.dumps(self.promise.to_json()).encode())
                     batch.put(META_FORMAT, FORMAT)
+                    if membership is not None:
+                        batch.put(META_CONFIG, membership.dumps())
                 staging.close()
                 fsync_tree(path)
             await loop.run_in_executor(None, seal)
@@ -560,6 +574,7 @@ class Store:
         remove_stale_dbs(self.data_dir, name, [old])
         self.lineage = _read_lineage(self._db, self.path)
         self.promise = _read_promise(self._db, self.path)
+        self.membership = _parse_membership(self._db.get(META_CONFIG), self.path)
         self.lineage_version += 1
         self._log_start = self._meta_int(META_LOG_START) or 1
         self.committed_on_disk = self._meta_int(META_COMMITTED)
@@ -647,6 +662,7 @@ class Store:
                         await self._maybe_hold(new_lsn - len(encoded) + 1, new_lsn)
                     await loop.run_in_executor(self._writer, batch.write)
             except Exception as exc:  # the disk refused: nobody is acknowledged
+                self._staged_membership = None
                 why = f"write failed: {exc}"
                 if published:
                     self._fail(exc)
@@ -659,6 +675,9 @@ class Store:
                 continue
             if self._on_commit is not None:
                 self._on_commit(count, time.perf_counter() - started)
+            if self._staged_membership is not None:
+                # In force once durable here (Raft: a server uses the newest configuration in its log).
+                self.membership, self._staged_membership = self._staged_membership, None
             if encoded and not published:
                 self._remember(encoded, new_lsn - len(encoded) + 1)
             if new_lsn != self._durable.value:
@@ -695,6 +714,7 @@ class Store:
         """
         lsn = self._durable.value
         epoch = self.lineage.number
+        self._staged_membership = None
         overlay: dict[bytes, int | None] = {}
         results: list[Any] = []
         encoded: list[bytes] = []
@@ -706,6 +726,8 @@ class Store:
                         continue  # already applied (a retried fetch)
                     encoded.append(self._put_entry(batch, entry))
                     lsn = entry.lsn
+                    if entry.op == CONFIG:
+                        self._staged_membership = Configuration.loads(entry.value or b"", entry.lsn)
                 results.append(None)
                 continue
             job_results: list[Any] = []
@@ -723,6 +745,10 @@ class Store:
                 lsn += 1
                 encoded.append(self._put_entry(batch, LogEntry(lsn, epoch, mutation.op, mutation.key,
                                                                mutation.value)))
+                if mutation.op == CONFIG:
+                    self._staged_membership = Configuration.loads(mutation.value or b"", lsn)
+                    job_results.append(lsn)
+                    continue
                 overlay[mutation.key] = lsn if mutation.op == PUT else None
                 job_results.append(lsn)
             results.append(job_results)
@@ -738,6 +764,9 @@ class Store:
     def _put_entry(batch: Any, entry: LogEntry) -> bytes:
         if entry.op == PUT:
             batch.put(DATA + entry.key, _pack_record(entry.lsn, entry.value or b""))
+        elif entry.op == CONFIG:
+            # ValueError on a malformed one: the stream that brought it is dropped, nothing written.
+            batch.put(META_CONFIG, Configuration.loads(entry.value or b"", entry.lsn).dumps())
         else:
             batch.delete(DATA + entry.key)
         raw = entry.encode()
@@ -795,7 +824,7 @@ def _bounded(raws: list[bytes], max_bytes: int) -> list[bytes]:
 def _needs_read(job: _Job) -> bool:
     """Whether the job's outcome depends on a key's current version (conditions, deletes)."""
     return job.mutations is not None and any(
-        m.op == DELETE or m.if_match is not None or m.if_none_match for m in job.mutations)
+        m.op != PUT or m.if_match is not None or m.if_none_match for m in job.mutations)
 
 
 def _check(mutation: Mutation, current: int | None) -> Exception | None:
@@ -819,6 +848,16 @@ def _read_lineage(db: plyvel.DB, path: str) -> Lineage:
         return Lineage.loads(raw)
     except LineageError as exc:
         raise StorageError(f"{path}: the stored lineage is corrupt ({exc})") from None
+
+
+def _parse_membership(raw: bytes | None, where: str) -> Configuration | None:
+    """The m/config record, or None when there is none; StorageError when it is unreadable."""
+    if raw is None:
+        return None
+    try:
+        return Configuration.loads(raw)
+    except ValueError as exc:
+        raise StorageError(f"{where}: the recorded configuration is unreadable ({exc})") from None
 
 
 def _read_promise(db: plyvel.DB, path: str) -> Promise:

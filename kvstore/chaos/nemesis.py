@@ -69,7 +69,7 @@ log = logging.getLogger("kvstore.chaos")
 
 SIGNAL_FAULTS = ("kill", "pause", "partition")
 # Faults the local controller injects (hold, full stop, DNS, a second kv-0), process runtime only.
-CONTROLLER_FAULTS = ("volume-loss", "volume-rollback", "dns", "restart-all", "zombie-primary")
+CONTROLLER_FAULTS = ("volume-loss", "volume-rollback", "dns", "restart-all", "zombie-primary", "scale")
 # Faults through the StatefulSet's rollout (its template and revisions), process runtime only.
 ROLLOUT_FAULTS = ("rolling-restart",)
 FAULTS = SIGNAL_FAULTS + CONTROLLER_FAULTS + ROLLOUT_FAULTS
@@ -160,6 +160,9 @@ class ControllerBackend(Backend, Protocol):
     async def zombie(self, action: str) -> dict[str, Any]:
         """Drive the zombie of kv-0: ``start``, ``takeover``, ``giveback`` or ``stop``; returns it
         (``address``, ``url``, ``pid``, ``exit_code``…)."""
+
+    async def scale(self, replicas: int) -> None:
+        """Set the StatefulSet's replica count (``kubectl scale``); the pod template stays as it is."""
 
     async def rollout_restart(self) -> str:
         """``rollout restart``: a new template revision the pods are replaced with; returns its name."""
@@ -404,6 +407,9 @@ class LocalBackend:
             self._zombie = False
         return dict(answer["zombie"])
 
+    async def scale(self, replicas: int) -> None:
+        await self._control("/v1/scale", {"replicas": replicas})
+
     async def rollout_restart(self) -> str:
         answer = await self._control("/v1/rollout", {"action": "restart"})
         return str(answer["revision"]["name"])
@@ -614,6 +620,8 @@ class NemesisConfig:
     dns_restart_chance: float = 0.5  # kv-0 restarted while DNS is broken
     zombie_seconds: tuple[float, float] = (3.0, 6.0)  # each phase: beside kv-0, in its place, beside it again
     zombie_share: float = 1 / 3    # of the operations, sent to the zombie while it runs
+    scale_range: tuple[int, int] = (3, 7)  # pods a scale chooses between (the template's KV_REPLICAS stays)
+    settle_wait: float = 45.0      # after a scale, wait at most this long for kv-0's voters to match the pods
     restart_wait: float = 30.0     # after a kill or a hold, wait at most this long for the pod to come back
     rollout_kill_chance: float = 0.5  # a rolling restart interrupted by a kill
     ready_wait: float = 90.0       # after a full stop, wait at most this long for every pod to be Ready
@@ -645,6 +653,7 @@ class Nemesis:
         self._aim_rng = random.Random(config.seed)  # the clients' draws leave the faults' sequence alone
         self._first = list(config.faults)
         self._targeted: set[str] = set()  # faults that already chose a pod (the first choice is kv-0)
+        self.most_pods = 0  # the most pods a scale asked for: the run ends with that many again
 
     @property
     def controller(self) -> ControllerBackend:
@@ -711,6 +720,7 @@ class Nemesis:
                 except FaultFailed as exc:  # the cluster was in the way this time: heal, go on
                     self._record("skipped", "", fault=fault, reason=str(exc))
                     self.heal_all()
+            await self._scale_back()
         finally:
             self.focus = self.zombie_target = None
             self.heal_all()
@@ -744,6 +754,8 @@ class Nemesis:
             primary = next((p for p in pods if p.ordinal == 0), None)
             if primary is not None:
                 await self.zombie_primary(primary, deadline)
+        elif fault == "scale":
+            await self.scale(pods)
         elif fault == "rolling-restart":
             await self.rolling_restart(len(pods))
         else:
@@ -911,6 +923,62 @@ class Nemesis:
             self.zombie_target = None
             stopped = await self.controller.zombie("stop")
             self._record("zombie-stop", primary.name, pid=stopped.get("pid"), exit_code=stopped.get("exit_code"))
+
+    async def scale(self, pods: list[PodInfo]) -> None:
+        """Scale the StatefulSet to another count within ``scale_range``, as ``kubectl scale`` does.
+
+        Down only once kv-0's voters match the pods (the removals of an earlier
+        scale-down are done) and to no fewer than a majority of them: a scale
+        that deletes more voters at once leaves too few to remove anyone
+        (docs/design.md, Membership). Then waits (bounded) for the pods, and
+        for kv-0's configuration to match them, and logs what it saw.
+        """
+        current = len(pods)
+        primary = next((p for p in pods if p.ordinal == 0), None)
+        voters = await self._voters(primary) if primary is not None else None
+        low, high = self.config.scale_range
+        options = [n for n in range(low, high + 1) if n > current
+                   or (n < current and voters == current and n >= current // 2 + 1)]
+        if not options:
+            self._record("skipped", "", fault="scale", reason=f"{current} pods, voters {voters}: no count to go to")
+            return
+        target = self.rng.choice(options)
+        self._record("scale", "", replicas=target, pods=current, voters=voters)
+        await self.controller.scale(target)
+        self.most_pods = max(self.most_pods, target, current)
+        await self._settle_scale(target)
+
+    async def _settle_scale(self, target: int) -> None:
+        """Wait (bounded) until ``target`` pods are Ready and kv-0 counts as many voters; log it."""
+        ready = await self._wait_for(lambda ps: len(ps) == target and all(p.ready for p in ps),
+                                     self.config.ready_wait)
+        until = self.clock() + self.config.settle_wait
+        voters = None
+        while self.clock() < until:
+            primary = next((p for p in self.backend.pods() if p.ordinal == 0), None)
+            voters = await self._voters(primary) if primary is not None else None
+            if voters == target:
+                break
+            await asyncio.sleep(0.5)
+        self._record("scaled" if ready and voters == target else "scale-unsettled", "", replicas=target,
+                     voters=voters, ready=ready)
+
+    async def _scale_back(self) -> None:
+        """End the run with as many pods as it ever had, so every pod a client used has a final view."""
+        if self.most_pods > len(self.backend.pods()):
+            self._record("scale", "", replicas=self.most_pods, reason="end of run")
+            await self.controller.scale(self.most_pods)
+            await self._settle_scale(self.most_pods)
+
+    async def _voters(self, primary: PodInfo) -> int | None:
+        """How many voters kv-0's configuration has (None when it does not say)."""
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+                async with session.get(f"{primary.url}/v1/status") as response:
+                    voters = (await response.json()).get("membership", {}).get("voters")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, AttributeError):
+            return None
+        return len(voters) if isinstance(voters, list) else None
 
     async def rolling_restart(self, replicas: int) -> None:
         """``rollout restart``, then wait (bounded by ``ready_wait``) until every pod has the new revision

@@ -378,12 +378,17 @@ def _print_status(directory: Path, state: dict[str, Any]) -> int:
     pods = sorted(state["pods"], key=lambda p: p["ordinal"])
     live = asyncio.run(_pod_statuses(pods)) if pods else []
     rows = [COLUMNS]
+    # Who votes is kv-0's configuration; a pod's own view stands in while kv-0 does not answer.
+    decided = next((s.get("membership", {}).get("members") for p, s in zip(pods, live) if p["ordinal"] == 0),
+                   None) or {}
     for pod, status in zip(pods, live):
         lsn = status.get("lsn")
+        kind = decided.get(pod["name"]) or status.get("membership", {}).get("members", {}).get(pod["name"])
+        role = str(status.get("role") or "-") + (f"/{kind}" if kind and kind != "voter" else "")
         rows.append((
             pod["name"], "1/1" if pod.get("ready") else "0/1", pod["status"], str(pod["restarts"]),
             format_age(time.time() - pod["created_at"]), f"{pod['address']}:{pod['http_port']}",
-            str(status.get("role") or "-"), "-" if lsn is None else str(lsn), str(pod.get("revision") or "-"),
+            role, "-" if lsn is None else str(lsn), str(pod.get("revision") or "-"),
         ))
     _print_table([statefulset_row(state)[0], statefulset_row(state)[1]])
     print()

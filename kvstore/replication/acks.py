@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Iterable, Mapping
 
 from kvstore.aio import wake
+from kvstore.identity import parse_ordinal
 from kvstore.replication.protocol import ACK_PARAM_LIMIT
 
 
@@ -21,78 +23,77 @@ class FollowerPosition:
 
 
 class AckTable:
-    """Followers' acknowledged LSNs; write concerns wait on it."""
+    """Followers' acknowledged LSNs; write concerns wait on it.
+
+    Which acks count, and how many, is the configuration's business
+    (membership.py): a waiter brings a function that says up to which LSN its
+    concern is met with the positions recorded so far.
+    """
 
     def __init__(self) -> None:
         self.positions: dict[str, FollowerPosition] = {}
+        self.by_ordinal: dict[int, int] = {}  # the same LSNs by ordinal: what the configuration counts
         self._changed = asyncio.Event()
-        # Writes waiting for their concern: future -> (lsn, followers needed). Woken by
-        # record() itself; a wait_for per write cost the primary ~7% of its CPU.
-        self._waiters: dict[asyncio.Future[None], tuple[int, int]] = {}
-        # Pods DNS stopped listing (scaled away): their acks, direct or relayed by a
-        # cascade, must not keep them counted among the replicas after they left.
-        # Not "only pods in DNS": a new pod may ack before the next refresh lists it.
-        self.departed: set[str] = set()
+        # Writes waiting for their concern: future -> (lsn, met). Woken by record() itself;
+        # a wait_for per write cost the primary ~7% of its CPU.
+        self._waiters: dict[asyncio.Future[None], tuple[int, Callable[[], int]]] = {}
         self.membership = 0  # bumped whenever the set of followers known here changes
-
-    def left(self, name: str) -> None:
-        """``name`` left DNS: forget its position and ignore its acks until it is back."""
-        self.positions.pop(name, None)
-        self.departed.add(name)
-        self.membership += 1
-
-    def joined(self, name: str) -> None:
-        """``name`` is in DNS (again): its acks count."""
-        self.departed.discard(name)
-        self.membership += 1
 
     def record(self, name: str, lsn: int, via: str) -> None:
         """Note that ``name`` holds everything up to ``lsn`` durably."""
-        if name in self.departed:
-            return
         current = self.positions.get(name)
         if current is None:
             self.membership += 1
-        if current is None or lsn >= current.lsn or via == name:
+        if current is None or lsn > current.lsn or via == name:
             # A direct ack replaces (a follower restored from a snapshot may go
-            # back); a relayed one only moves forward.
+            # back); a relayed one only moves forward, and one that did not move
+            # says nothing new (a cascade may pass on a pod's last position after it
+            # was deleted: it must not look alive).
             self.positions[name] = FollowerPosition(lsn, time.monotonic(), via)
+            try:
+                self.by_ordinal[parse_ordinal(name)] = lsn
+            except ValueError:
+                pass  # not a pod of this StatefulSet: counts for nothing
             event, self._changed = self._changed, asyncio.Event()
             event.set()
             if self._waiters:
                 self._wake_waiters()
 
+    def forget(self, name: str) -> None:
+        """Drop ``name``'s position (a pod removed from the configuration and gone)."""
+        if self.positions.pop(name, None) is not None:
+            self.membership += 1
+        with contextlib.suppress(ValueError):
+            self.by_ordinal.pop(parse_ordinal(name), None)
+
     def _wake_waiters(self) -> None:
-        held = sorted((p.lsn for p in self.positions.values()), reverse=True)
-        for future, (lsn, followers) in list(self._waiters.items()):
-            if followers <= len(held) and held[followers - 1] >= lsn:
+        values: dict[Callable[[], int], int] = {}  # one count per kind of concern, not per write
+        for future, (lsn, met) in list(self._waiters.items()):
+            if met not in values:
+                values[met] = met()
+            if values[met] >= lsn:
                 del self._waiters[future]
                 if not future.done():
                     future.set_result(None)
 
-    def held_by(self, followers: int) -> int:
-        """The highest LSN at least ``followers`` followers hold (0 when fewer have acknowledged)."""
-        held = sorted((p.lsn for p in self.positions.values()), reverse=True)
-        return held[followers - 1] if 0 < followers <= len(held) else 0
+    def holders(self, lsn: int, ordinals: Iterable[int]) -> int:
+        """How many of ``ordinals`` (followers) hold ``lsn``."""
+        return sum(1 for o in ordinals if self.by_ordinal.get(o, 0) >= lsn)
 
-    def confirmed(self, lsn: int, exclude: str = "") -> int:
-        """How many followers hold ``lsn``."""
-        return sum(1 for name, p in self.positions.items() if p.lsn >= lsn and name != exclude)
-
-    async def wait(self, lsn: int, followers: int, timeout: float) -> int:
-        """Wait until ``followers`` followers hold ``lsn``; returns how many do."""
-        if (count := self.confirmed(lsn)) >= followers:
-            return count
+    async def wait(self, lsn: int, met: Callable[[], int], timeout: float) -> bool:
+        """Wait until ``met()`` (the highest LSN a concern is met for) reaches ``lsn``; whether it did."""
+        if met() >= lsn:
+            return True
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._waiters[future] = (lsn, followers)
+        self._waiters[future] = (lsn, met)
         timer = loop.call_later(timeout, wake, future)
         try:
             await future
         finally:
             timer.cancel()
             self._waiters.pop(future, None)
-        return self.confirmed(lsn)
+        return met() >= lsn
 
     async def wait_change(self) -> None:
         """Return after the next recorded ack."""

@@ -1,4 +1,4 @@
-"""One replica's replication, wired together: log server, follower or recovery, acks, replica count.
+"""One replica's replication, wired together: log server, follower or recovery, acks, the configuration.
 
 ``replica.py`` asks this for what it needs (may the primary write, how many
 replicas a write concern counts, this replica's position and state); nothing
@@ -20,6 +20,7 @@ from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
 from kvstore.discovery import MembershipChange, PeerDirectory
 from kvstore.identity import PRIMARY, parse_ordinal
+from kvstore.membership import Configuration, agreed, all_hold, majority
 from kvstore.metrics import Metrics
 from kvstore.replication import protocol
 from kvstore import events
@@ -29,7 +30,8 @@ from kvstore.replication.fencing import HEARTBEAT_SECONDS, Fencing
 from kvstore.replication.follower import Follower
 from kvstore.replication.log_server import LogServer
 from kvstore.replication.peer_client import PeerClient, PeerError, PromiseRefused
-from kvstore.replication.recovery import Recovery, quorum
+from kvstore.replication.reconfigure import Reconfigurer
+from kvstore.replication.recovery import Recovery
 from kvstore.replication.versions import PEER_VERSIONS, Versions
 from kvstore.routing import Router, error_response
 from kvstore.storage import Store
@@ -37,8 +39,6 @@ from kvstore.storage import Store
 log = logging.getLogger("kvstore.replication")
 
 READY_MAX_LAG = 1000  # entries a secondary may trail and still be Ready
-RECENT_ACK_SECONDS = 30.0  # a follower that acknowledged this recently exists
-REPLICAS_CACHE_SECONDS = 1.0  # how long configured_replicas is reused while membership is unchanged
 WATCH_SECONDS = 1.0  # how often kv-0 checks, when out of contact, whether it was replaced
 _EPOCH_ID = re.compile(r"^[0-9a-f]{1,32}$")
 
@@ -54,18 +54,22 @@ class Replication:
         self.directory = directory
         self.acks = AckTable()
         self.client = PeerClient(token, Versions(config.pod_name, config.test_peer_protocol or PEER_VERSIONS))
-        # Followers, besides kv-0, that make a majority: what a confirmation round needs.
-        self.fencing = Fencing(lambda: self.configured_replicas() // 2, lambda: quorum(self.configured_replicas()))
+        # The highest configuration LSN that a majority of both it and the one before it held:
+        # from then on only the newer one counts (membership.py). Per process: a new kv-0
+        # counts both again until it sees the change held.
+        self._settled = 0
+        self._initial = Configuration.initial(config.replicas)
+        self.fencing = Fencing(self.groups)
         self.server = LogServer(config, store, self.acks, metrics, self.fencing, self._committed_to_tell)
-        directory.subscribe(self._membership_changed)
+        directory.subscribe(self._dns_changed)
+        self.reconfigurer = Reconfigurer(config, store, directory, self.acks, self.configuration,
+                                         self.settled, self.committed_lsn)
         # The primary uses a Follower only to copy a snapshot while it recovers.
         self._follower = Follower(config, store, directory, self.client, self.acks, metrics, self.fencing,
                                   self.server.notify_commit)
         self.follower: Follower | None = None
         self.recovery: Recovery | None = None
         self.fenced: str | None = None  # why this kv-0 last found itself replaced (it then recovers again)
-        self._membership = 0  # bumped on every change of the pods DNS lists
-        self._replicas: tuple[tuple[int, int], float, int] | None = None  # (membership, when, count)
         self._task: asyncio.Task[None] | None = None
         if config.role == PRIMARY:
             self.recovery = self._new_recovery()
@@ -84,14 +88,14 @@ class Replication:
             self.follower.start()
 
     def _new_recovery(self) -> Recovery:
-        return Recovery(self.config, self.store, self.directory, self.client, self._follower, self.metrics,
-                        self.configured_replicas)
+        return Recovery(self.config, self.store, self.directory, self.client, self._follower, self.metrics)
 
     async def _recover(self) -> None:
         """Recover, serve; recover again whenever this process finds it was replaced."""
         while True:
             assert self.recovery is not None
             self.fencing.reset()
+            self._settled = 0
             await self.recovery.run()
             decision = self.recovery.decision
             self.fencing.begin(decision is not None and decision.verified)
@@ -106,6 +110,8 @@ class Replication:
         while True:
             self.fencing.tick()  # the heartbeat round: followers' echoes renew kv-0's lease and contact
             await asyncio.sleep(HEARTBEAT_SECONDS)
+            if self.fencing.in_contact():
+                await self.reconfigurer.step()  # a learner to promote, a deleted pod to remove
             if self.fencing.in_contact() or time.monotonic() - last_check < WATCH_SECONDS:
                 continue
             last_check = time.monotonic()
@@ -137,8 +143,8 @@ class Replication:
             return (f"{peer.name} promised epoch {position.promised.number} ({position.promised.id}) to "
                     f"another kv-0; this process is in epoch {mine.number} ({mine.id})")
         # An unexpected error from one peer must not end the watch (kv-0 would never find out).
-        answers = await asyncio.gather(*(ask(i) for i in range(1, self.configured_replicas())),
-                                       return_exceptions=True)
+        ordinals = set(self.configuration().members()) | set(self.directory.peers)
+        answers = await asyncio.gather(*(ask(i) for i in sorted(ordinals - {0})), return_exceptions=True)
         return next((reason for reason in answers if isinstance(reason, str)), None)
 
     # -------------------------------------------------------------- followers
@@ -170,14 +176,11 @@ class Replication:
             await self.follower.stop()
         await self.client.close()
 
-    def _membership_changed(self, change: MembershipChange) -> None:
-        self._membership += 1
-        # A pod DNS no longer lists was scaled away: its old acks must not
-        # make the cluster look bigger than it is.
+    def _dns_changed(self, change: MembershipChange) -> None:
+        # A pod DNS no longer lists was deleted (or is hidden): its last position is not passed
+        # on (cascade) and no longer looks like a live pod; a live one acks again at once.
         for peer in change.left:
-            self.acks.left(peer.name)
-        for peer in change.joined:
-            self.acks.joined(peer.name)
+            self.acks.forget(peer.name)
 
     # ------------------------------------------------------------ the primary
     @property
@@ -192,58 +195,79 @@ class Replication:
         return (f"kv-0 is recovering: before it serves it must hear from {waiting} (it proves it holds "
                 "every acknowledged write); retry shortly")
 
-    def configured_replicas(self) -> int:
-        """How many replicas write concerns count: never fewer than the cluster has.
+    # ------------------------------------------------------- the configuration
+    def configuration(self) -> Configuration:
+        """The voters as this replica's log records them (``KV_REPLICAS`` while it records none)."""
+        return self.store.membership or self._initial
 
-        The largest of KV_REPLICAS (the manifest's count), the pods DNS lists
-        (highest ordinal + 1: with publishNotReadyAddresses a pod that exists
-        is listed, up or not, so a `kubectl scale` up counts at once), and
-        the followers that acknowledged lately (DNS may lag by a refresh).
-        Counting too many only delays an answer (504, the write stays);
-        counting too few would acknowledge a write held by too few replicas.
-        Shrinking below KV_REPLICAS therefore needs KV_REPLICAS lowered.
+    def settled(self) -> bool:
+        """Whether the newest configuration change is held by a majority of both configurations."""
+        return self.configuration().lsn <= self._settled
 
-        Every strong read and write asks, so the count is reused until DNS or
-        the set of followers changes (either can only raise it at once) or a
-        second passes (an ack growing old can only lower it: counting one
-        replica too many for a second is the safe side).
+    def groups(self) -> tuple[tuple[int, ...], ...]:
+        """The voter sets every count needs a majority of (two while a change is not settled)."""
+        configuration = self.configuration()
+        return configuration.groups(configuration.lsn <= self._settled)
+
+    def _majority_met(self) -> int:
+        """The highest LSN a majority of every voter set holds, kv-0's own write assumed durable."""
+        return agreed(self.groups(), self.acks.by_ordinal, _ANY)
+
+    def _all_met(self) -> int:
+        """The highest LSN every voter and every pod DNS lists hold, kv-0's own write assumed durable.
+
+        ``w=all`` means every replica that exists: a new pod counts from its
+        creation, as a learner, though it is no voter yet.
         """
-        key = (self._membership, self.acks.membership)
-        now = time.monotonic()
-        cached = self._replicas
-        if cached is not None and cached[0] == key and now - cached[1] < REPLICAS_CACHE_SECONDS:
-            return cached[2]
-        count = self._count_replicas(now)
-        self._replicas = (key, now, count)
-        return count
+        held = all_hold(self.groups(), self.acks.by_ordinal, _ANY)
+        for ordinal in self.directory.peers:
+            if ordinal != 0:
+                held = min(held, self.acks.by_ordinal.get(ordinal, 0))
+        return held
 
-    def _count_replicas(self, now: float) -> int:
-        listed = self.directory.peers.keys()
-        ordinals = [self.config.ordinal, *listed]
-        for name, position in self.acks.positions.items():
-            if now - position.seen < RECENT_ACK_SECONDS:
-                try:
-                    ordinals.append(ordinal := parse_ordinal(name))
-                except ValueError:
-                    continue
-                if ordinal not in listed:
-                    # Ask DNS now rather than at the next interval: a pod that is gone
-                    # again before DNS was asked never "leaves", and its last ack
-                    # would keep it counted (w=all answering 504) for RECENT_ACK_SECONDS.
-                    self.directory.request_refresh()
-        return max(self.config.replicas, max(ordinals) + 1)
+    def concern_met(self, lsn: int, w: str) -> bool:
+        """Whether the replicas write concern ``w`` needs hold ``lsn`` already (kv-0 holds it)."""
+        return w == "1" or (self._all_met() if w == "all" else self._majority_met()) >= lsn
 
-    async def wait_for_concern(self, lsn: int, required: int) -> int:
-        """Wait until ``required`` replicas (the primary included) hold ``lsn``; returns how many do."""
-        if required <= 1:
-            return 1
+    async def wait_for_concern(self, lsn: int, w: str) -> tuple[bool, int, int]:
+        """Wait until the voters write concern ``w`` needs hold ``lsn``: (met, voters holding it, voters needed).
+
+        Counts come from the configuration the log holds: a majority of its
+        voters (of both while a change is not settled); ``w=all`` also waits
+        for every pod DNS lists (learners included), as "every replica" says.
+        """
+        voters = self.configuration().voters
+        if w == "all":
+            voters = tuple(sorted({*voters, *self.directory.peers}))
+        required = 1 if w == "1" else len(voters) if w == "all" else majority(len(voters))
+        if w == "1":
+            return True, 1, 1
         version = self.store.lineage_version
-        followers = await self.acks.wait(lsn, required - 1, self.config.write_timeout)
+        met = await self.acks.wait(lsn, self._all_met if w == "all" else self._majority_met,
+                                   self.config.write_timeout)
         if self.store.lineage_version != version:
             # A new epoch (this kv-0 found it was replaced and recovered): LSN ``lsn`` may now
             # name another write, and acks of it say nothing of this one.
-            return 1
-        return followers + 1
+            return False, 1, required
+        return met, 1 + self.acks.holders(lsn, (o for o in voters if o != 0)), required
+
+    def membership_status(self) -> dict[str, Any]:
+        """The configuration and each member's kind (voter, learner, leaving), for /v1/status."""
+        configuration = self.configuration()
+        kinds = {self.directory.pod_name(o): "voter" for o in configuration.voters}
+        counted = set(configuration.voters)
+        if self.recovery is not None and not self.settled():
+            counted |= set(configuration.previous or ())  # kv-0: removed, but still counted until settled
+        for ordinal in [*(counted - set(configuration.voters)), *self.reconfigurer.leaving]:
+            kinds[self.directory.pod_name(ordinal)] = "leaving"
+        for ordinal in sorted({*self.directory.peers, self.config.ordinal} - counted):
+            kinds[self.directory.pod_name(ordinal)] = "learner"
+        return {"lsn": configuration.lsn, "voters": [self.directory.pod_name(o) for o in configuration.voters],
+                "previous": None if configuration.previous is None
+                else [self.directory.pod_name(o) for o in configuration.previous],
+                "settled": self.settled() if self.recovery is not None else None,
+                "recorded": None if self.store.membership is None else self.store.membership.to_json(),
+                "members": dict(sorted(kinds.items(), key=lambda kv: _ordinal_of(kv[0])))}
 
     # --------------------------------------------------------------- operator
     def recover(self, action: str, peer: str | None) -> str:
@@ -281,9 +305,12 @@ class Replication:
         """
         if self.recovery is None:
             return None
-        replicas = self.configured_replicas()
-        needed = replicas // 2  # followers, besides the primary, that make a majority
-        return self.store.lsn if needed == 0 else min(self.store.lsn, self.acks.held_by(needed))
+        configuration = self.configuration()
+        committed = agreed(configuration.groups(configuration.lsn <= self._settled), self.acks.by_ordinal,
+                           self.store.lsn)
+        if committed >= configuration.lsn > self._settled:
+            self._settled = configuration.lsn  # a majority of both holds the change: the new one alone counts
+        return committed
 
     def committed_known(self) -> int | None:
         """The committed LSN as this replica knows it: kv-0's own, or the one a secondary was told."""
@@ -308,7 +335,8 @@ class Replication:
         position = {"state": self.state(), "lsn": self.store.lsn, "appended": self.store.appended,
                     "committed_lsn": self.committed_known(),
                     "log_start": self.store.log_start, "history_id": lineage.history, "epoch": lineage.number,
-                    "fork": lineage.fork(), "lineage": lineage.to_json(), "promised": self.store.promise.to_json()}
+                    "fork": lineage.fork(), "lineage": lineage.to_json(), "promised": self.store.promise.to_json(),
+                    "membership": self.membership_status()}
         if self.recovery is not None and not self.writable:
             position["candidate"] = self.recovery.candidate.to_json()
         return position
@@ -372,3 +400,13 @@ class Replication:
             row["lag"] = (reference - row["lsn"]) if reference is not None and row["lsn"] is not None else None
             out.append(row)
         return out
+
+
+_ANY = 2**63  # kv-0's own position when a write concern waits: it has written the entry already
+
+
+def _ordinal_of(name: str) -> int:
+    try:
+        return parse_ordinal(name)
+    except ValueError:
+        return 2**31

@@ -2,8 +2,9 @@
 
 Two kv-0 processes can run at once: a force-deleted pod whose process lives on
 behind a partition, or a copy of kv-0's volume started by hand. With M the
-majority of N replicas, three rules make the one that is no longer kv-0
-harmless:
+majority of the N voters (the configuration the log holds, membership.py;
+"M-1 followers" below means a majority of every voter set counted), three
+rules make the one that is no longer kv-0 harmless:
 
 1. **Promises** (follower.py, recovery.py). A recovering kv-0 publishes a
    *candidate* epoch. A follower promises it, durably, only to the kv-0 its
@@ -39,6 +40,8 @@ import time
 from typing import Callable
 
 from kvstore.aio import Watermark
+from kvstore.identity import parse_ordinal
+from kvstore.membership import agreed, recovery_quorum
 from kvstore.replication.protocol import KEEPALIVE_SECONDS
 
 # Heartbeat rounds come every 0.25 s; a window of several missed ones and a margin.
@@ -62,10 +65,11 @@ class Fencing:
     which the secondary relays upstream with their acks.
     """
 
-    def __init__(self, majority: Callable[[], int], quorum: Callable[[], int] | None = None,
+    def __init__(self, groups: Callable[[], tuple[tuple[int, ...], ...]],
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.majority = majority  # followers, besides kv-0, that make a majority
-        self.quorum = quorum or majority  # followers whose promises fence every older kv-0
+        # The voter sets (ordinals) a round needs a majority of: the configuration the log holds,
+        # and the previous one while a change is not settled (membership.py).
+        self.groups = groups
         self.clock = clock
         self.round = 0  # the newest round started (kv-0) or passed down (a secondary)
         self._scheduled = False  # a round is started and will be sent at the next loop turn
@@ -75,6 +79,7 @@ class Fencing:
         self._senders: dict[int, Callable[[int], None]] = {}
         self._next_sender = 0
         self._echoed: dict[str, int] = {}  # follower -> newest round it echoed
+        self._by_ordinal: dict[int, int] = {}  # the same by ordinal: what the configuration counts
         self._started: collections.deque[tuple[int, float]] = collections.deque(maxlen=MAX_OPEN_ROUNDS)
         self._contact: float | None = None  # when the newest round a majority echoed was started
         self._confirmed = Watermark(0)  # the newest round a majority echoed, which confirm() waits on
@@ -96,6 +101,7 @@ class Fencing:
         self._confirmed.release_all()
         self._confirmed.set(0)
         self._echoed.clear()
+        self._by_ordinal.clear()
         self._started.clear()
         self._contact = None
         self.began = None
@@ -117,9 +123,13 @@ class Fencing:
         if round_ <= self._echoed.get(follower, 0):
             return
         self._echoed[follower] = round_
-        if not self.fenced_off and len(self._echoed) >= self.quorum():
+        try:
+            self._by_ordinal[parse_ordinal(follower)] = round_
+        except ValueError:
+            pass  # not a pod of this StatefulSet: nothing to count
+        if not self.fenced_off and self._quorum_echoed():
             self.fenced_off = True
-        confirmed = self._confirmed_round(self.needed())
+        confirmed = self._confirmed_round()
         while self._started and self._started[0][0] <= confirmed:
             self._contact = self._started.popleft()[1]
         if self._out and confirmed >= self._out:
@@ -139,15 +149,18 @@ class Fencing:
             self.began = self.clock()
             self.fenced_off = True
 
-    def needed(self) -> int:
-        """Followers whose echo confirms a round: a majority, or the quorum while older kv-0s are not fenced off."""
-        return self.majority() if self.fenced_off else max(self.majority(), self.quorum())
+    def solo(self) -> bool:
+        """Whether kv-0 is the only voter: no follower's echo is needed for anything."""
+        return all(group == (0,) for group in self.groups())
 
-    def _confirmed_round(self, needed: int) -> int:
-        """The newest round at least ``needed`` followers echoed."""
-        if len(self._echoed) < needed or needed <= 0:
-            return 0 if needed > 0 else self.round
-        return sorted(self._echoed.values(), reverse=True)[needed - 1]
+    def _quorum_echoed(self) -> bool:
+        """Whether a recovery quorum of the followers of every counted configuration echoed this epoch."""
+        return all(sum(1 for o in voters if o in self._by_ordinal) >= recovery_quorum(len(voters))
+                   for voters in self.groups())
+
+    def _confirmed_round(self) -> int:
+        """The newest round a majority of every voter set echoed (a quorum while older kv-0s are not fenced off)."""
+        return agreed(self.groups(), self._by_ordinal, self.round, quorum=not self.fenced_off)
 
     def relay(self, round_: int) -> None:
         """A secondary got round ``round_`` from its upstream: pass it to its own followers now."""
@@ -210,7 +223,7 @@ class Fencing:
 
     def confirmed_by_lease(self) -> bool:
         """Whether a majority follows this process with no round needed (its lease, or no followers to ask)."""
-        if self.needed() <= 0 or self.leased():
+        if self.solo() or self.leased():
             self.leased_reads += 1
             return True
         return False
@@ -219,11 +232,10 @@ class Fencing:
         """Whether a majority still follows this process: its lease, else a round started now."""
         if self.confirmed_by_lease():
             return True
-        needed = self.needed()
         target = self._begin_round()
         generation = self.generation
         await self._confirmed.wait_for(target, timeout)  # or a reset, or the timeout: look again
-        if self.generation == generation and self._confirmed_round(needed) >= target:
+        if self.generation == generation and self._confirmed_round() >= target:
             self.rounds += 1
             return True
         self.failed += 1
@@ -232,7 +244,7 @@ class Fencing:
     # ------------------------------------------------------------- contact
     def last_contact(self) -> float | None:
         """When a majority was last known to follow (monotonic): the epoch's start, or the newest confirmed round's."""
-        if self.needed() <= 0:
+        if self.solo():
             return self.clock()
         times = [t for t in (self.began, self._contact) if t is not None]
         return max(times) if times else None

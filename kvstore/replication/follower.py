@@ -30,6 +30,7 @@ from kvstore import events
 from kvstore.aio import Watermark, cancel_and_wait
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
+from kvstore.identity import INCARNATION
 from kvstore.lineage import BEHIND, DROPPABLE, PREFIX, Lineage, Promise, compare
 from kvstore.metrics import Metrics
 from kvstore.replication import protocol
@@ -420,7 +421,7 @@ class Follower:
         LSN and takes no part in fencing (its rounds and acks are its own).
         """
         store = self.store
-        params = protocol.stream_params(store.lsn, store.lineage, self.config.pod_name)
+        params = protocol.stream_params(store.lsn, store.lineage, self.config.pod_name, INCARNATION)
         last = store.lineage.last
         assert last is not None
         self._streaming, self.round = (last.number, last.id), 0
@@ -523,14 +524,15 @@ class Follower:
         self.installing_snapshot = True
         started = time.monotonic()
         try:
-            lsn, lineage, chunks, response = await self.client.snapshot(upstream, self.max_frame)
+            lsn, lineage, chunks, response, membership = await self.client.snapshot(upstream, self.max_frame)
             try:
                 if not force:
                     self._check_snapshot(upstream, lsn, lineage, allowed_fork)
                 log.info("installing a snapshot from %s at lsn %d (%s)", upstream.name, lsn, reason)
                 events.record("snapshot_installing", f"copying {upstream.name} at lsn {lsn} ({reason})",
                               upstream=upstream.name, lsn=lsn)
-                count = await self.store.install_snapshot(lineage, lsn, logging_progress(chunks, upstream.name))
+                count = await self.store.install_snapshot(lineage, lsn, logging_progress(chunks, upstream.name),
+                                                          membership)
                 self._forget_unconfirmed()
             finally:
                 response.release()

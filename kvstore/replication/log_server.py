@@ -53,6 +53,11 @@ class LogServer:
         # which answer no read from an entry past it (with pipelining kv-0 may not hold it yet).
         self.committed = committed
         self._outboxes: set[_Outbox] = set()
+        # Which process streams under each pod name, and how many of its streams are open: a
+        # second process with the same name (an old kv-1 that outlived a force delete, a copy of
+        # its volume) is refused while the first streams, so acks never mix two processes' logs.
+        self._holders: dict[str, tuple[str, int]] = {}
+        self.duplicates_refused = 0
         self._watcher: asyncio.Task[None] | None = None
         # False while a primary recovers: its disk may be behind or empty, so
         # nobody may follow it or copy it until it has proved it is current.
@@ -135,14 +140,39 @@ class LogServer:
     async def stream(self, request: web.BaseRequest) -> web.StreamResponse:
         """Push the log after ``after`` to a follower as it grows; read its acks."""
         try:
-            after, epoch, epoch_id, follower = protocol.parse_stream_params(request.rel_url.query)
+            after, epoch, epoch_id, follower, incarnation = protocol.parse_stream_params(request.rel_url.query)
         except ValueError:
-            return error_response(400, "bad_parameter",
-                                  "need after=<lsn>, epoch=<n>, epoch_id=<id>, follower=<name>")
-        refusal = self._refusal(after, epoch, epoch_id)
+            return error_response(400, "bad_parameter", "need after=<lsn>, epoch=<n>, epoch_id=<id>, "
+                                  "follower=<name>, incarnation=<up to 32 hex digits>")
+        refusal = self._refusal(after, epoch, epoch_id) or self._duplicate(follower, incarnation)
         if refusal is not None:
             return refusal
         ws = web.WebSocketResponse(autoping=True, max_msg_size=protocol.ACK_TEXT_MAX + 64)
+        holder = self._holders.get(follower, (incarnation, 0))
+        self._holders[follower] = (incarnation, holder[1] + 1)
+        try:
+            return await self._serve_stream(request, ws, after, follower)
+        finally:
+            current = self._holders.get(follower)
+            if current is not None and current[1] <= 1:
+                del self._holders[follower]
+            elif current is not None:
+                self._holders[follower] = (current[0], current[1] - 1)
+
+    def _duplicate(self, follower: str, incarnation: str) -> web.Response | None:
+        """A refusal when another process named ``follower`` streams from here now (None: it may stream)."""
+        holder = self._holders.get(follower)
+        if holder is None or holder[0] == incarnation:
+            return None
+        self.duplicates_refused += 1
+        message = (f"another process named {follower} (incarnation {holder[0] or '?'}) streams from this "
+                   f"replica; this one ({incarnation or '?'}) is refused until that stream ends")
+        log.warning("refused a stream: %s", message)
+        events.record("duplicate_refused", message, follower=follower)
+        return self._refuse(409, protocol.DUPLICATE, message)
+
+    async def _serve_stream(self, request: web.BaseRequest, ws: web.WebSocketResponse, after: int,
+                            follower: str) -> web.WebSocketResponse:
         await ws.prepare(request)
         self.acks.record(follower, after, follower)  # asking for after=N acknowledges N
         version = self.store.lineage_version
@@ -171,8 +201,7 @@ class LogServer:
                     # it serves, which promised it too) still follows us as of these rounds.
                     self.fencing.echo(follower, round_)
                     for name, (_, relayed_round) in relayed.items():
-                        if name not in self.acks.departed:
-                            self.fencing.echo(name, relayed_round)
+                        self.fencing.echo(name, relayed_round)
                 lag.set(self.store.lsn - lsn)
         except asyncio.TimeoutError:
             log.info("%s went silent for %.0fs: dropping its stream", follower, protocol.SILENCE_SECONDS)
@@ -236,7 +265,9 @@ class LogServer:
         try:
             await response.prepare(request)
             await response.write(protocol.json_frame(protocol.FRAME_HEADER,
-                                                     {"lsn": snap.lsn, "lineage": snap.lineage.to_json()}))
+                                                     {"lsn": snap.lsn, "lineage": snap.lineage.to_json(),
+                                                      "membership": None if snap.membership is None
+                                                      else snap.membership.to_json()}))
             while True:
                 chunk = await self.store.run_blocking(snap.next_chunk, protocol.SNAPSHOT_CHUNK_RECORDS,
                                                       protocol.SNAPSHOT_CHUNK_BYTES)

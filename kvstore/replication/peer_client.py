@@ -13,6 +13,7 @@ import aiohttp
 from kvstore.client import never_resend
 from kvstore.discovery import Peer
 from kvstore.lineage import Lineage, Promise
+from kvstore.membership import Configuration
 from kvstore.replication import protocol
 from kvstore.replication.versions import PeerProtocolMismatch, Versions
 
@@ -40,6 +41,7 @@ class PeerPosition:
     lineage: Lineage
     promised: Promise = Promise()  # the newest epoch this peer promised to follow
     candidate: Promise | None = None  # a recovering kv-0's epoch-to-be, which followers promise
+    membership: Configuration | None = None  # the newest configuration its log holds (None: none recorded)
 
     @property
     def empty(self) -> bool:
@@ -55,10 +57,12 @@ class PeerPosition:
             lsn, log_start = body["lsn"], body["log_start"]
             if not isinstance(lsn, int) or not isinstance(log_start, int) or lsn < 0 or log_start < 1:
                 raise ValueError("bad lsn or log_start")
-            candidate = body.get("candidate")
+            candidate, membership = body.get("candidate"), body.get("membership")
             return cls(str(body.get("name", "")), str(body.get("state", "")), lsn, log_start,
                        Lineage.from_json(body.get("lineage", [])), Promise.from_json(body.get("promised")),
-                       Promise.from_json(candidate) if candidate is not None else None)
+                       Promise.from_json(candidate) if candidate is not None else None,
+                       Configuration.from_json(membership["recorded"]) if isinstance(membership, dict)
+                       and membership.get("recorded") is not None else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise PeerError(f"malformed peer status: {exc}") from None
 
@@ -146,8 +150,8 @@ class PeerClient:
             await ws.close()
 
     async def snapshot(self, peer: Peer, max_frame: int) -> tuple[int, Lineage, AsyncIterator[list[tuple[bytes, bytes]]],
-                                                                  aiohttp.ClientResponse]:
-        """Open a snapshot stream: (lsn, lineage, chunk iterator, response to release)."""
+                                                                  aiohttp.ClientResponse, Configuration | None]:
+        """Open a snapshot stream: (lsn, lineage, chunk iterator, response to release, configuration)."""
         response = await self.session.get(peer.peer_url + "/v1/peer/snapshot",
                                           timeout=aiohttp.ClientTimeout(total=None, sock_read=30, connect=2))
         try:
@@ -162,6 +166,8 @@ class PeerClient:
             if not isinstance(lsn, int) or lsn < 0:
                 raise PeerError("snapshot header has no LSN")
             lineage = Lineage.from_json(header.get("lineage"))
+            raw_membership = header.get("membership")
+            membership = None if raw_membership is None else Configuration.from_json(raw_membership)
         except BaseException:
             response.release()
             raise
@@ -181,7 +187,7 @@ class PeerClient:
                 else:
                     raise ValueError(f"unexpected snapshot frame {kind}")
 
-        return lsn, lineage, chunks(), response
+        return lsn, lineage, chunks(), response, membership
 
 
 async def _bounded_json(response: aiohttp.ClientResponse, peer: Peer) -> Any:

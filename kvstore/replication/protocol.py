@@ -7,7 +7,7 @@ takes. The full description is in docs/design.md ("The peer protocol").
 
 - ``GET /v1/peer/status``: a replica's position as JSON: ``lsn``,
   ``log_start``, ``lineage`` (its epochs), ``state``.
-- ``GET /v1/peer/stream?after=N&epoch=E&epoch_id=I&follower=kv-2``
+- ``GET /v1/peer/stream?after=N&epoch=E&epoch_id=I&follower=kv-2&incarnation=X``
   (WebSocket). ``after`` is the follower's LSN, ``E``/``I`` the epoch of its
   entry ``after`` (0 and empty for none); the upstream accepts only when its
   own entry ``after`` has that epoch (log matching). Refused before the
@@ -20,7 +20,7 @@ takes. The full description is in docs/design.md ("The peer protocol").
   :data:`CLOSE_LOG_TRUNCATED`; either side drops a stream silent for
   :data:`SILENCE_SECONDS`.
 - ``GET /v1/peer/snapshot``: frames ``u8 kind + u32 length + payload``: one
-  header (JSON: lsn, lineage), record chunks (each record ``u32 key length,
+  header (JSON: lsn, lineage, membership), record chunks (each record ``u32 key length,
   key, u32 raw length, raw``), one end frame (JSON: count).
 """
 
@@ -58,7 +58,8 @@ LOG_MISMATCH = "log_mismatch"  # our entry `after` is not the upstream's: compar
 FOLLOWER_AHEAD = "follower_ahead"  # the upstream has less on our line: do not follow it
 LOG_TRUNCATED = "log_truncated"  # our position left the upstream's retained log: snapshot
 RECOVERING = "recovering"  # the upstream is not serving its log yet: retry later
-REFUSALS = (LOG_MISMATCH, FOLLOWER_AHEAD, LOG_TRUNCATED, RECOVERING)
+DUPLICATE = "duplicate_follower"  # another process with our pod name streams: retry (it may be dead)
+REFUSALS = (LOG_MISMATCH, FOLLOWER_AHEAD, LOG_TRUNCATED, RECOVERING, DUPLICATE)
 
 
 class Refused(Exception):
@@ -128,22 +129,24 @@ def last_lsn(raws: list[bytes]) -> int:
     return _U64.unpack_from(raws[-1])[0]
 
 
-def stream_params(after: int, lineage: Lineage, follower: str) -> dict[str, str]:
-    """The query of a stream request from position ``after``."""
+def stream_params(after: int, lineage: Lineage, follower: str, incarnation: str = "") -> dict[str, str]:
+    """The query of a stream request from position ``after`` (with the epoch of that entry)."""
     epoch = lineage.at(after) if after else None
     return {"after": str(after), "epoch": str(epoch.number if epoch else 0),
-            "epoch_id": epoch.id if epoch else "", "follower": follower}
+            "epoch_id": epoch.id if epoch else "", "follower": follower, "incarnation": incarnation}
 
 
-def parse_stream_params(query: Any) -> tuple[int, int, str, str]:
-    """(after, epoch, epoch id, follower) of a stream request; ValueError if malformed."""
+def parse_stream_params(query: Any) -> tuple[int, int, str, str, str]:
+    """(after, epoch, epoch id, follower, incarnation) of a stream request; ValueError if malformed."""
     after = int(query.get("after", ""))
     epoch = int(query.get("epoch", ""))
     epoch_id = query.get("epoch_id", "")
     follower = query.get("follower", "")
-    if after < 0 or epoch < 0 or len(epoch_id) > 32 or not follower or len(follower) > 253:
+    incarnation = query.get("incarnation", "")
+    if after < 0 or epoch < 0 or len(epoch_id) > 32 or not follower or len(follower) > 253 \
+            or len(incarnation) > 32 or not all(c in "0123456789abcdef" for c in incarnation):
         raise ValueError("bad stream parameters")
-    return after, epoch, epoch_id, follower
+    return after, epoch, epoch_id, follower, incarnation
 
 
 def parse_ack(text: str) -> tuple[int, int, dict[str, tuple[int, int]]]:

@@ -1,16 +1,20 @@
 """kv-0's start-up: prove it holds every acknowledged write before it serves, then begin an epoch.
 
-On *every* start, kv-0 asks each configured follower (kv-1 .. kv-(N-1), N the
-largest of ``KV_REPLICAS`` and what DNS lists; each found by SRV or by its
-stable per-pod name) to promise its *candidate* epoch and to tell its position
-as of that promise (see fencing.py: a follower promises only the kv-0 its DNS
-lists). A position counts as *heard* only with that promise. A timeout, an
+On *every* start, kv-0 asks each follower it knows of (the members of every
+configuration its own log and the followers heard so far record, or
+kv-1 .. kv-(KV_REPLICAS-1) when none records one, and every pod DNS lists;
+each found by SRV or by its stable per-pod name) to promise its *candidate*
+epoch and to tell its position as of that promise (see fencing.py: a follower
+promises only the kv-0 its DNS lists). A position counts as *heard* only with that promise. A timeout, an
 NXDOMAIN, a refused connection or a refused promise is never "that follower is
 empty": it is simply not heard yet.
 
-A write acknowledged with ``w=majority`` of N replicas (M = N//2+1) is on kv-0
-and M-1 followers, so any N-M+1 followers hold it at least once: that is the
-*quorum* kv-0 must hear before it may decide without its own disk.
+The configuration that counts is the one the most up-to-date log heard (or
+kv-0's own) records: it holds every configuration a majority acknowledged
+(membership.py). A write acknowledged with ``w=majority`` of its N voters
+(M = N//2+1) is on kv-0 and M-1 followers, so any N-M+1 of its followers
+hold it at least once: that is the *quorum* kv-0 must hear before it may
+decide without its own disk.
 
 - Every follower heard: decide now. No follower can hold entries kv-0 does
   not know of, so the history goes on (the new epoch keeps its id).
@@ -40,7 +44,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import aiohttp
 
@@ -48,6 +51,7 @@ from kvstore import events
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
 from kvstore.lineage import Promise, new_id
+from kvstore.membership import Configuration, recovery_quorum
 from kvstore.metrics import Metrics
 from kvstore.replication.follower import Follower
 from kvstore.replication.peer_client import PeerClient, PeerError, PeerPosition, PromiseRefused
@@ -57,12 +61,6 @@ log = logging.getLogger("kvstore.replication")
 
 ASK_INTERVAL = 0.5  # seconds between rounds of asking the followers not heard yet
 LOG_INTERVAL = 5.0  # seconds between "still waiting" lines
-
-
-def quorum(replicas: int) -> int:
-    """Followers that together hold every ``w=majority`` write of ``replicas`` replicas."""
-    majority = replicas // 2 + 1
-    return min(replicas - 1, replicas - majority + 1)
 
 
 @dataclass(frozen=True)
@@ -79,14 +77,13 @@ class Recovery:
     """The start-up check of kv-0; ``done`` once it may serve."""
 
     def __init__(self, config: Config, store: Store, directory: PeerDirectory, client: PeerClient,
-                 follower: Follower, metrics: Metrics, replicas: Callable[[], int]) -> None:
+                 follower: Follower, metrics: Metrics) -> None:
         self.config = config
         self.store = store
         self.directory = directory
         self.client = client
         self.follower = follower  # used only to copy a snapshot from the chosen follower
         self.metrics = metrics
-        self.replicas = replicas
         self.done = asyncio.Event()
         self.waiting_for: list[str] = []
         self.unheard_reasons: dict[str, str] = {}
@@ -151,22 +148,41 @@ class Recovery:
         self.metrics.recovering.set(0)
         self.done.set()
 
+    def configuration(self) -> Configuration:
+        """The configuration that counts: the one the most up-to-date log among ours and those heard records."""
+        store = self.store
+        best, best_key = store.membership, store.lineage.up_to_date_key(store.lsn) if store.lsn else (-1, -1)
+        for position in self.heard.values():
+            key = position.lineage.up_to_date_key(position.lsn)
+            if key > best_key:
+                best, best_key = position.membership, key
+        return best or Configuration.initial(self.config.replicas)
+
+    def _to_ask(self) -> list[str]:
+        """Every follower that may count: members of each configuration known here, and every pod in DNS."""
+        ordinals = set(self.configuration().members()) | set(self.directory.peers)
+        for configuration in [self.store.membership, *(p.membership for p in self.heard.values())]:
+            if configuration is not None:
+                ordinals |= set(configuration.members())
+        return [self.directory.pod_name(o) for o in sorted(ordinals - {0})]
+
+    def _needed(self) -> list[str]:
+        """The followers "every follower" means: the counting configuration's voters and every pod in DNS."""
+        ordinals = set(self.configuration().voters) | set(self.directory.peers)
+        return [self.directory.pod_name(o) for o in sorted(ordinals - {0})]
+
     async def _ask_and_decide(self, elapsed: float) -> Decision | None:
-        followers = [self.directory.pod_name(i) for i in range(1, self.replicas())]
-        for name in list(self.heard):
-            if name not in followers:
-                del self.heard[name]
-        for _ in range(3):  # again at once when a follower's answer raised the candidate
-            candidate = self.candidate
-            missing = [name for name in followers if name not in self.heard]
+        for _ in range(3):  # again at once when an answer raised the candidate or named more members
+            candidate, asked = self.candidate, self._to_ask()
+            missing = [name for name in asked if name not in self.heard]
             self.waiting_for = missing
             await asyncio.gather(*(self._ask(name) for name in missing))
             # A position counts only with a promise of the current candidate (it may have risen meanwhile).
             self.heard = {name: p for name, p in self.heard.items() if p.promised == self.candidate}
-            if self.candidate == candidate:
+            if self.candidate == candidate and self._to_ask() == asked:
                 break
-        self.waiting_for = [name for name in followers if name not in self.heard]
-        return self.decide(len(followers), elapsed)
+        self.waiting_for = [name for name in self._needed() if name not in self.heard]
+        return self.decide(elapsed)
 
     async def _ask(self, name: str) -> None:
         ordinal = int(name.rsplit("-", 1)[1])
@@ -194,11 +210,15 @@ class Recovery:
         self.heard.clear()
         log.info("recovery: a follower holds to epoch %d; asking for epoch %d", above, self.candidate.number)
 
-    def decide(self, followers: int, elapsed: float) -> Decision | None:
+    def decide(self, elapsed: float) -> Decision | None:
         """The decision for what has been heard so far, or None to keep waiting."""
         heard = self.heard
-        all_heard = len(heard) >= followers
-        have_quorum = len(heard) >= quorum(followers + 1)
+        configuration = self.configuration()
+        voters = [self.directory.pod_name(o) for o in configuration.voters if o != 0]
+        voters_heard = sum(1 for name in voters if name in heard)
+        all_heard = all(name in heard for name in self._needed())
+        have_quorum = voters_heard >= recovery_quorum(len(configuration.voters))
+        followers = len(voters)
         waited = elapsed >= self.config.recovery_wait
         store = self.store
         empty = store.lsn == 0 and not store.lineage.epochs
@@ -214,8 +234,8 @@ class Recovery:
         if best is not None and not best.empty and best.lineage.up_to_date_key(best.lsn) > mine:
             source = best.name
         how = "every follower" if all_heard else (
-            f"a quorum ({len(heard)} of {followers} followers)" if have_quorum
-            else f"only {len(heard)} of {followers} followers, after {self.config.recovery_wait:.0f}s; "
+            f"a quorum ({voters_heard} of {followers} followers)" if have_quorum
+            else f"only {voters_heard} of {followers} followers, after {self.config.recovery_wait:.0f}s; "
                  "trusting this disk (unverified)")
         what = f"copying {source}, the most up-to-date" if source else "this replica is the most up-to-date"
         return Decision(source, all_heard, all_heard or have_quorum, f"heard {how}: {what}")

@@ -76,7 +76,7 @@ function renderPods(view) {
     status.dataset.state = pod.state;
     status.appendChild(el("span", pod.reason, "reason"));
     cell(tr, pod.restarts, "restarts");
-    cell(tr, pod.role, "role");
+    cell(tr, pod.member && pod.member !== "voter" ? `${pod.role} (${pod.member})` : pod.role, "role");
     cell(tr, pod.revision ?? "—", "revision mono");
     cell(tr, historyText(pod), "history mono");
     cell(tr, pod.lsn ?? "—", "lsn mono");

@@ -417,6 +417,36 @@ def test_restart_all_stops_every_pod_and_starts_them_in_order(cluster: LocalClus
     assert ["kv-0"] in aimed and sorted(n.aim({"kv-0": "0", "kv-1": "1"})) == ["kv-0", "kv-1"]
 
 
+def voters(cluster: LocalCluster) -> list[str]:
+    """kv-0's voters ([] while it does not answer)."""
+    try:
+        status = json.loads(http("GET", f"{cluster.url('kv-0')}/v1/status", timeout=5)[2])
+    except OSError:
+        return []
+    return list(status.get("membership", {}).get("voters", []))
+
+
+def test_scale_changes_the_pods_and_kv0_follows_with_its_voters(cluster: LocalCluster, backend: Observed) -> None:
+    n = Nemesis(backend, NemesisConfig(faults=("scale",), scale_range=(3, 5), ready_wait=60, settle_wait=45,
+                                       seed=3), clock=time.monotonic)
+    try:
+        asyncio.run(n.scale(backend.pods()))  # from 3 pods: only up
+        up = len(backend.pods())
+        assert up in (4, 5) and [e["fault"] for e in n.log] == ["scale", "scaled"], n.log
+        assert voters(cluster) == [f"kv-{i}" for i in range(up)]
+        put(cluster, "after-scale-up", b"held by every voter")  # w=all: every voter, kv-3 included
+        asyncio.run(n.scale(backend.pods()))
+        assert n.log[-1]["fault"] == "scaled", n.log
+        now = len(backend.pods())
+        assert now != up and now >= up // 2 + 1 and voters(cluster) == [f"kv-{i}" for i in range(now)]
+    finally:
+        controller(cluster, "/v1/scale", {"replicas": 3})
+        wait_for_voters = time.monotonic() + 60
+        while voters(cluster) != ALL and time.monotonic() < wait_for_voters:
+            time.sleep(0.5)
+    assert voters(cluster) == ALL
+
+
 def test_a_full_stop_interrupted_before_the_start_is_healed(cluster: LocalCluster, backend: Observed) -> None:
     before = cluster.pods()
     n = nemesis(backend)

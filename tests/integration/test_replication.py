@@ -192,10 +192,13 @@ def test_scale_up_replica_gets_everything(cluster: LocalCluster) -> None:
         assert get(cluster, "kv-3", "scale/after")[2] == b"a"
     finally:
         cluster.scale(3)
-    # Scaled back: once DNS drops kv-3 its last acks (direct, or relayed in cascade)
-    # must not keep it counted, or w=all would wait for a pod that is gone.
-    wait_for("kv-0 to count 3 replicas again", lambda: json.loads(
-        http("GET", cluster.url("kv-0") + "/v1/status")[2])["replicas"] == 3, timeout=30)
+    # Scaled back: kv-0 removes kv-3 from the voters once it left DNS (had kv-3 become
+    # one); until then w=all waits for it. Then w=all means kv-0, kv-1 and kv-2 again.
+    def three_voters() -> bool:
+        membership = json.loads(http("GET", cluster.url("kv-0") + "/v1/status")[2])["membership"]
+        return membership["voters"] == ["kv-0", "kv-1", "kv-2"] and membership["settled"] \
+            and "kv-3" not in membership["members"]
+    wait_for("kv-0 to count 3 voters again", three_voters, timeout=30)
     assert put(cluster, "kv-0", "scale/back", b"c", w="all")[0] == 200
 
 

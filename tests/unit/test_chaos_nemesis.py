@@ -90,7 +90,7 @@ def test_kubectl_failure_is_a_one_line_error() -> None:
 
 # ------------------------------------------------------------------ choosing faults
 def test_nemesis_flag_takes_every_fault_and_rejects_others_in_one_line() -> None:
-    every = "kill,pause,partition,volume-loss,volume-rollback,dns,restart-all,zombie-primary,rolling-restart"
+    every = "kill,pause,partition,volume-loss,volume-rollback,dns,restart-all,zombie-primary,scale,rolling-restart"
     assert _nemesis(every) == FAULTS
     assert _nemesis(" dns , restart-all,dns") == ("dns", "restart-all")
     assert _nemesis("none") == ()
@@ -178,6 +178,11 @@ class Recorder:
         updated = min(self.rollout_polls, self.replicas)
         return {"state": "complete" if updated == self.replicas else "progressing", "updated": updated,
                 "update_revision": "kv-new", "message": f"{updated} updated"}
+
+    async def scale(self, replicas: int) -> None:
+        self.calls.append(("scale", replicas))
+        self.replicas = replicas
+        self._pods = self._fresh()
 
     def cleanup(self) -> None:
         self.calls.append(("cleanup",))
@@ -396,3 +401,25 @@ async def test_rolling_restart_waits_for_the_rollout_and_sometimes_kills_a_pod_m
     n = nemesis(backend, ("rolling-restart",), rollout_kill_chance=0.0)
     await n._inject("rolling-restart", backend.pods(), deadline=60)
     assert backend.calls == [("rollout_restart",)] and n.log[-1]["fault"] == "rolled"
+
+async def test_a_scale_keeps_a_majority_of_the_voters_and_the_run_ends_with_the_most_pods() -> None:
+    backend = Recorder(replicas=5)
+    n = nemesis(backend, ("scale",), settle_wait=0.01, ready_wait=1.0)
+    voters = {"count": 5}
+    n._voters = lambda primary: asyncio.sleep(0, result=voters["count"])  # type: ignore[method-assign]
+    for _ in range(40):
+        before = backend.replicas
+        await n.scale(backend.pods())
+        after = backend.replicas
+        assert 3 <= after <= 7 and after != before
+        assert after > before or after >= before // 2 + 1, (before, after)  # a majority of 5 is 3
+        voters["count"] = after  # kv-0 caught up with the pods
+    voters["count"] = None  # kv-0 does not say: only up
+    before = backend.replicas
+    if before < 7:
+        await n.scale(backend.pods())
+        assert backend.replicas > before
+    n.most_pods = 7
+    await backend.scale(3)
+    await n._scale_back()
+    assert backend.replicas == 7 and n.log[-1]["fault"] == "scale-unsettled"

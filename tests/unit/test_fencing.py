@@ -24,9 +24,14 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+def voters(needed: int) -> tuple[tuple[int, ...], ...]:
+    """The configuration in which ``needed`` followers besides kv-0 make a majority: 2 * needed + 1 voters."""
+    return (tuple(range(2 * needed + 1)),)
+
+
 def fencing_with(needed: int, clock: Clock | None = None) -> tuple[Fencing, list[int]]:
     """A Fencing with one attached stream that records the rounds pushed to it."""
-    f = Fencing(lambda: needed, clock=clock or Clock())
+    f = Fencing(lambda: voters(needed), clock=clock or Clock())
     f.fenced_off = True  # an epoch begun with a quorum of promises
     sent: list[int] = []
     f.attach(sent.append)
@@ -86,12 +91,12 @@ async def test_a_round_left_unconfirmed_does_not_hold_back_the_next() -> None:
 
 
 async def test_a_detached_stream_gets_no_rounds_and_one_replica_needs_none() -> None:
-    f = Fencing(lambda: 1)
+    f = Fencing(lambda: voters(1))
     sent: list[int] = []
     detach = f.attach(sent.append)
     detach()
     assert await f.confirm(timeout=0.01) is False and sent == []
-    assert await Fencing(lambda: 0).confirm(timeout=0.01) is True
+    assert await Fencing(lambda: voters(0)).confirm(timeout=0.01) is True
 
 
 async def test_contact_is_the_start_of_the_newest_round_a_majority_echoed() -> None:
@@ -122,14 +127,14 @@ async def test_a_secondary_passes_its_upstream_rounds_down_once() -> None:
 
 
 async def test_an_unverified_epoch_needs_a_quorum_until_one_has_followed_it() -> None:
-    f = Fencing(lambda: 1, lambda: 2)  # 3 replicas: the quorum is both followers
+    f = Fencing(lambda: voters(1))  # 3 replicas: the quorum is both followers
     f.begin(verified=False)
     read = asyncio.ensure_future(f.confirm(timeout=0.05))
     await settle()
     f.echo("kv-1", 1)  # a majority, but kv-2 may still follow an older kv-0
     assert await read is False
     f.echo("kv-2", 1)  # now both followed this epoch: no older kv-0 can gather a majority
-    assert f.fenced_off and f.needed() == 1
+    assert f.fenced_off
     read = asyncio.ensure_future(f.confirm(timeout=5))
     await settle()
     f.echo("kv-1", 2)

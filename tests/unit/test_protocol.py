@@ -104,12 +104,13 @@ def test_acks_parse_and_refuse_garbage() -> None:
 
 def test_stream_params_name_the_epoch_of_the_last_entry() -> None:
     lineage = Lineage().begin(1, 1, "a" * 32, True).begin(4, 11, "a" * 32, True)
-    params = protocol.stream_params(15, lineage, "kv-1")
+    params = protocol.stream_params(15, lineage, "kv-1", "0af3")
     assert params["after"] == "15" and params["epoch"] == "4" and params["epoch_id"] == lineage.last.id
     assert protocol.stream_params(0, Lineage(), "kv-1") == {"after": "0", "epoch": "0", "epoch_id": "",
-                                                            "follower": "kv-1"}
-    assert protocol.parse_stream_params(params) == (15, 4, lineage.last.id, "kv-1")
+                                                            "follower": "kv-1", "incarnation": ""}
+    assert protocol.parse_stream_params(params) == (15, 4, lineage.last.id, "kv-1", "0af3")
     for bad in ({}, {**params, "after": "-1"}, {**params, "epoch": "x"}, {**params, "follower": ""},
-                {**params, "epoch_id": "f" * 33}):
+                {**params, "epoch_id": "f" * 33}, {**params, "incarnation": "f" * 33},
+                {**params, "incarnation": "not hex"}):
         with pytest.raises(ValueError):
             protocol.parse_stream_params(bad)

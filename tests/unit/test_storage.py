@@ -9,6 +9,7 @@ import pytest
 
 from kvstore import storage
 from kvstore.lineage import Lineage, Promise
+from kvstore.membership import Configuration
 from kvstore.storage import LogEntry, Mutation, Store
 
 
@@ -473,5 +474,51 @@ async def test_a_follower_keeps_the_committed_lsn_it_heard_with_its_entries(tmp_
     s = Store.open(str(tmp_path / "data"))
     try:
         assert (s.lsn, s.committed_on_disk) == (2, 1)
+    finally:
+        await s.close()
+
+
+async def test_a_configuration_entry_takes_an_lsn_and_is_in_force_once_durable(tmp_path: Path) -> None:
+    """kv-0's change of voters, and a follower applying one: recorded in m/config, across a reopen."""
+    four = Configuration(0, (0, 1, 2, 3), (0, 1, 2))
+    s = await started(Store.open(str(tmp_path / "primary")))
+    try:
+        assert s.membership is None  # KV_REPLICAS stands for the voters until a change
+        assert await s.write(put("k")) == 1
+        assert await s.write(Mutation(storage.CONFIG, b"", four.dumps())) == 2
+        assert s.membership == Configuration(2, (0, 1, 2, 3), (0, 1, 2))
+        assert await s.get(b"") is None  # no key was written
+        entries = decoded(await s.log_after(0, 10, 1 << 20))
+    finally:
+        await s.close()
+    s = await started(Store.open(str(tmp_path / "primary")))
+    try:
+        assert s.membership == Configuration(2, (0, 1, 2, 3), (0, 1, 2))
+        snap = await s.run_blocking(s.open_snapshot)
+        assert snap.membership == s.membership
+        await s.run_blocking(snap.close)
+    finally:
+        await s.close()
+    f = Store.open(str(tmp_path / "follower"))
+    await f.start()
+    await f.set_lineage(lineage_of("a" * 32))
+    try:
+        await f.apply_nowait(entries)
+        assert f.membership == Configuration(2, (0, 1, 2, 3), (0, 1, 2)) and f.lsn == 2
+        with pytest.raises(storage.StorageError):  # a malformed one is never written
+            await f.apply_nowait([LogEntry(3, 1, storage.CONFIG, b"", b'{"voters": [1]}')])
+        assert f.lsn == 2 and f.membership.voters == (0, 1, 2, 3)
+    finally:
+        await f.close()
+    with pytest.raises(ValueError):
+        LogEntry.decode(LogEntry(3, 1, storage.CONFIG, b"key", b"{}").encode())  # a configuration has no key
+
+
+async def test_a_snapshot_installs_the_configuration_it_was_taken_with(tmp_path: Path) -> None:
+    s = await started(Store.open(str(tmp_path / "data")))
+    try:
+        four = Configuration(9, (0, 1, 2, 3), (0, 1, 2))
+        await s.install_snapshot(lineage_of("f" * 32), 12, _chunks([[(b"a", _record(3, b"A"))]]), four)
+        assert s.membership == four and s.lsn == 12
     finally:
         await s.close()
