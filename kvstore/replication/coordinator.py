@@ -59,11 +59,12 @@ class Replication:
         # counts both again until it sees the change held.
         self._settled = 0
         self._initial = Configuration.initial(config.replicas)
+        self._groups: tuple[object, tuple[tuple[int, ...], ...]] = (None, ())
         self.fencing = Fencing(self.groups)
         self.server = LogServer(config, store, self.acks, metrics, self.fencing, self._committed_to_tell)
         directory.subscribe(self._dns_changed)
         self.reconfigurer = Reconfigurer(config, store, directory, self.acks, self.configuration,
-                                         self.settled, self.committed_lsn)
+                                         self.settled, self.committed_lsn, self.client.versions.older_peers)
         # The primary uses a Follower only to copy a snapshot while it recovers.
         self._follower = Follower(config, store, directory, self.client, self.acks, metrics, self.fencing,
                                   self.server.notify_commit)
@@ -207,7 +208,10 @@ class Replication:
     def groups(self) -> tuple[tuple[int, ...], ...]:
         """The voter sets every count needs a majority of (two while a change is not settled)."""
         configuration = self.configuration()
-        return configuration.groups(configuration.lsn <= self._settled)
+        key = (configuration, self._settled)
+        if self._groups[0] != key:  # every write and strong read asks: reuse until either changes
+            self._groups = (key, configuration.groups(configuration.lsn <= self._settled))
+        return self._groups[1]
 
     def _majority_met(self) -> int:
         """The highest LSN a majority of every voter set holds, kv-0's own write assumed durable."""
@@ -266,6 +270,7 @@ class Replication:
                 "previous": None if configuration.previous is None
                 else [self.directory.pod_name(o) for o in configuration.previous],
                 "settled": self.settled() if self.recovery is not None else None,
+                "changes_held_back": self.reconfigurer.held_back,
                 "recorded": None if self.store.membership is None else self.store.membership.to_json(),
                 "members": dict(sorted(kinds.items(), key=lambda kv: _ordinal_of(kv[0])))}
 
@@ -306,8 +311,7 @@ class Replication:
         if self.recovery is None:
             return None
         configuration = self.configuration()
-        committed = agreed(configuration.groups(configuration.lsn <= self._settled), self.acks.by_ordinal,
-                           self.store.lsn)
+        committed = agreed(self.groups(), self.acks.by_ordinal, self.store.lsn)
         if committed >= configuration.lsn > self._settled:
             self._settled = configuration.lsn  # a majority of both holds the change: the new one alone counts
         return committed

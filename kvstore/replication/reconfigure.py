@@ -43,7 +43,7 @@ class Reconfigurer:
 
     def __init__(self, config: Config, store: Store, directory: PeerDirectory, acks: AckTable,
                  configuration: Callable[[], Configuration], settled: Callable[[], bool],
-                 committed: Callable[[], int | None]) -> None:
+                 committed: Callable[[], int | None], older_peers: Callable[[], list[str]] = list) -> None:
         self.config = config
         self.store = store
         self.directory = directory
@@ -51,6 +51,8 @@ class Reconfigurer:
         self.configuration = configuration
         self.settled = settled
         self.committed = committed
+        self.older_peers = older_peers  # peers of an older build, which could not read a change
+        self.held_back: str | None = None  # why no change is written now (an update under way)
         self.leaving: set[int] = set()  # voters gone from DNS, not yet removed
         self._gone_since: dict[int, float] = {}
         self._last = 0.0
@@ -66,6 +68,14 @@ class Reconfigurer:
         await self._note_gone(current, now)
         if not self.settled() or self.store.failed is not None:
             return  # one change at a time: the previous one must be held by a majority of both first
+        older = self.older_peers()
+        held_back = (f"{', '.join(older)} run an older build that cannot read a configuration entry; "
+                     "the voters change once the update is done") if older else None
+        if held_back != self.held_back and held_back is not None:
+            log.warning("configuration changes wait: %s", held_back)
+        self.held_back = held_back
+        if held_back is not None:
+            return
         removable = [o for o in sorted(self.leaving, reverse=True) if now - self._gone_since[o] >= REMOVE_AFTER
                      and self._silent_for(o, REMOVE_AFTER)]
         if removable:

@@ -21,8 +21,11 @@ from typing import Mapping
 
 log = logging.getLogger("kvstore.replication")
 
-PEER_PROTOCOL = 2  # the stream header since pipelining: upstream LSN, committed LSN, round
+# 2: the stream header since pipelining (upstream LSN, committed LSN, round).
+# 3: configuration entries in the log (membership.py) and the follower's incarnation in a stream request.
+PEER_PROTOCOL = 3
 OLDEST_PEER_PROTOCOL = 2  # the oldest version this build still speaks
+CONFIG_PROTOCOL = 3  # a peer speaking less cannot read a configuration entry: kv-0 writes none meanwhile
 PEER_VERSIONS = (OLDEST_PEER_PROTOCOL, PEER_PROTOCOL)
 # A call without the header comes from a build older than the header, which spoke version 2.
 UNNAMED = (2, 2)
@@ -68,6 +71,7 @@ class Versions:
         self.text = format_range(versions)
         self.headers = {HEADER: self.text, FROM_HEADER: pod}
         self._seen: dict[str, _Seen] = {}
+        self._older: dict[str, float] = {}  # peers met lately that speak only versions below CONFIG_PROTOCOL
 
     def compatible(self, theirs: tuple[int, int]) -> bool:
         """Whether a peer speaking ``theirs`` and this pod share a version."""
@@ -83,6 +87,10 @@ class Versions:
             return None
         theirs = UNNAMED if given is None else parse_range(given)
         if self.compatible(theirs):
+            if theirs[1] < CONFIG_PROTOCOL:
+                self._older[(headers.get(FROM_HEADER) or remote or "a peer")[:253]] = time.monotonic()
+                if len(self._older) > 64:
+                    del self._older[min(self._older, key=self._older.__getitem__)]
             return None
         return self.note(headers.get(FROM_HEADER) or remote or "a peer", format_range(theirs))
 
@@ -109,6 +117,11 @@ class Versions:
         now = time.monotonic()
         return {name: f"{name} speaks peer protocol {seen.theirs}, this pod {self.text}"
                 for name, seen in sorted(self._seen.items()) if now - seen.when <= MISMATCH_SECONDS}
+
+    def older_peers(self) -> list[str]:
+        """Peers met within :data:`MISMATCH_SECONDS` that cannot read a configuration entry (an update under way)."""
+        now = time.monotonic()
+        return sorted(name for name, when in self._older.items() if now - when <= MISMATCH_SECONDS)
 
     def status(self) -> dict[str, object]:
         """For /v1/status."""

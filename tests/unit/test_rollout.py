@@ -8,7 +8,7 @@ from kvstore.local.rollout import (
     HISTORY_LIMIT, ON_DELETE, ROLLING_UPDATE, History, PodView, Rollout, Template, created_revision, next_step,
     parse_env_changes, stale, undo_target,
 )
-from kvstore.replication.versions import PeerProtocolMismatch, Versions, parse_range
+from kvstore.replication.versions import FROM_HEADER, HEADER, PeerProtocolMismatch, Versions, parse_range
 
 
 def pods(*revisions: str, healthy: bool = True) -> list[PodView]:
@@ -121,3 +121,14 @@ def test_peer_protocol_versions() -> None:
     with pytest.raises(PeerProtocolMismatch, match="kv-0 speaks peer protocol 2, this pod 3"):
         new.check_answer("kv-0", 409, {"X-Kv-Error": "peer_protocol", "X-Kv-Peer-Protocol": "2"})
     new.check_answer("kv-0", 409, {"X-Kv-Error": "log_mismatch"})  # another refusal: not ours to judge
+
+
+def test_a_peer_that_cannot_read_a_configuration_entry_is_noted_for_kv0_to_wait() -> None:
+    kv0 = Versions("kv-0", (2, 3))
+    assert kv0.older_peers() == []
+    assert kv0.check_call({HEADER: "3", FROM_HEADER: "kv-1"}, None) is None
+    assert kv0.check_call(Versions("kv-1", (2, 3)).headers, None) is None
+    assert kv0.older_peers() == []  # both read configuration entries
+    assert kv0.check_call({HEADER: "2", FROM_HEADER: "kv-2"}, None) is None  # accepted, but noted
+    assert kv0.check_call({}, "127.0.0.13") is None  # a build older than the header
+    assert kv0.older_peers() == ["127.0.0.13", "kv-2"]
