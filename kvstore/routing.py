@@ -1,16 +1,19 @@
 """HTTP plumbing both ports share, on aiohttp's low-level server.
 
-Routing, JSON errors for everything (no HTML page, plain-text parser message
-or traceback reaches a client), request metrics and the in-flight count a
-stopping replica waits on.
+Routing, strict parsing of the query string and path components, JSON errors
+for everything (no HTML page, plain-text parser message or traceback reaches
+a client), request metrics and the in-flight count a stopping replica waits
+on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any, Awaitable, Callable, Mapping
+from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
@@ -46,6 +49,57 @@ def error_response(status: int, code: str, message: str,
     """The JSON error body every endpoint uses."""
     body = {"error": code, "message": message, **extra}
     return web.json_response(body, status=status, headers=dict(headers or {}))
+
+
+# -- request parsing: the query string and path components, strictly --------------------
+
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def decode_component(raw: str, what: str) -> str:
+    """Strictly percent-decode ``raw`` to UTF-8 text; ApiError 400 if malformed."""
+    if _BAD_PERCENT.search(raw):
+        raise ApiError(400, "bad_encoding", f"{what} has invalid percent-encoding: "
+                       "every % must be followed by two hex digits")
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_encoding", f"{what} is not valid UTF-8 once percent-decoded") from None
+
+
+def parse_query(request: web.BaseRequest, allowed: tuple[str, ...]) -> dict[str, str]:
+    """Decode the query string; unknown or repeated parameters are a 400."""
+    raw = request.rel_url.raw_query_string
+    params: dict[str, str] = {}
+    if not raw:
+        return params
+    for part in raw.split("&"):
+        if not part:
+            continue
+        name_raw, _, value_raw = part.partition("=")
+        name = decode_component(name_raw.replace("+", " "), "a query parameter name")
+        value = decode_component(value_raw.replace("+", " "), f"query parameter {name!r}")
+        if name not in allowed:
+            accepted = ", ".join(allowed) or "none"
+            raise ApiError(400, "unknown_parameter",
+                           f"unknown query parameter {name!r}; this call accepts: {accepted}")
+        if name in params:
+            raise ApiError(400, "bad_parameter", f"query parameter {name!r} given twice")
+        params[name] = value
+    return params
+
+
+def parse_int(params: Mapping[str, str], name: str, low: int, high: int, default: int) -> int:
+    """An integer parameter within bounds, else ApiError 400 naming it."""
+    text = params.get(name)
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        raise ApiError(400, "bad_parameter", f"{name} must be an integer from {low} to {high}")
+    value = int(text)
+    if not low <= value <= high:
+        raise ApiError(400, "bad_parameter", f"{name} must be an integer from {low} to {high}")
+    return value
 
 
 def request_line_limit(max_key_bytes: int) -> int:
