@@ -30,6 +30,10 @@ MIN_REQUEST_LINE = 16384
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
+# The error codes of aiohttp's own refusals (an HTTPException a handler let out), by status.
+AIOHTTP_CODES = {400: "bad_request", 413: "too_large"}
+AIOHTTP_OTHER = "http_error"
+
 
 class ApiError(Exception):
     """An error the client caused or must react to, rendered as JSON."""
@@ -302,7 +306,7 @@ def make_handler(router: Router, metrics: Any, in_flight: InFlight | None = None
             except ApiError as exc:
                 response = error_response(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
             except web.HTTPException as exc:  # from aiohttp itself, e.g. a refused WebSocket handshake
-                code = {400: "bad_request", 413: "too_large"}.get(exc.status, "http_error")
+                code = AIOHTTP_CODES.get(exc.status, AIOHTTP_OTHER)
                 response = error_response(exc.status, code, exc.text or exc.reason)
             except web.RequestPayloadError as exc:  # a body the parser refused while the handler read it
                 response = error_response(400, "bad_body", f"the request body is malformed: {one_line(str(exc))}")
