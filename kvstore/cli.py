@@ -15,7 +15,7 @@ from kvstore import config as config_mod
 from kvstore import operator
 from kvstore.chaos import cli as chaos_cli
 from kvstore.client import Client, Reply
-from kvstore.cmdline import DEFAULT_CLUSTER_DIR, Parser
+from kvstore.cmdline import DEFAULT_CLUSTER_DIR, Parser, hint
 from kvstore.local import cli as local_cli
 from kvstore.local.state import read_client_url
 
@@ -88,7 +88,7 @@ def resolve_url(args: argparse.Namespace) -> str:
     except (OSError, ValueError):
         pass
     raise CliError(f"no running cluster found in {args.dir!r}: start one with "
-                   "`kvstore cluster up`, or pass --url http://host:8080")
+                   f"{hint('cluster up', args.dir)}, or pass --url http://host:8080")
 
 
 def _print_error(command: str, reply: Reply) -> int:

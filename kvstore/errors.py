@@ -39,7 +39,7 @@ ERRORS: tuple[ErrorCode, ...] = (
               "a body shorter than its `Content-Length`, malformed chunking, or a connection closed mid-body"),
     ErrorCode("bad_request", "400", BOTH,
               "a request aiohttp's HTTP parser refuses (a malformed request line or header), or a malformed "
-              "`kvstore recover` body"),
+              "`POST /v1/peer/recover` body"),
     ErrorCode("unauthorized", "401", PEER, "no or a wrong `Authorization: Bearer <cluster token>`"),
     ErrorCode("not_found", "404", BOTH,
               "no such key (a GET, or a DELETE of an absent key), endpoint or dashboard file"),
@@ -49,7 +49,7 @@ ERRORS: tuple[ErrorCode, ...] = (
               "the candidate epoch is not newer than the follower's, or the kv-0 its DNS lists is not "
               "recovering with it (with `promised`)"),
     ErrorCode("not_applicable", "409", PEER,
-              "a `kvstore recover` decision the replica has nothing to decide for"),
+              "an operator's decision (`POST /v1/peer/recover`) the replica has nothing to decide for"),
     ErrorCode("log_mismatch", "409", PEER,
               "a log stream asked from an entry that is not the upstream's (`X-Kv-Error`)"),
     ErrorCode("follower_ahead", "409", PEER,
