@@ -233,9 +233,9 @@ class Pod:
             if time.monotonic() - started > BACKOFF_RESET or self._killed:
                 # `kubectl delete pod` gets a new pod, not CrashLoopBackOff: so does kill().
                 backoff = BACKOFF_INITIAL
-                self._killed = False
             log.warning("%s exited with status %s; restarting in %.0fs", self.name, code, backoff)
-            self._set(status=BACKOFF, ready=False)
+            self._set(status=PENDING if self._killed else BACKOFF, ready=False)
+            self._killed = False
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), backoff)  # delete() and hold() cut the wait short
             backoff = min(backoff * 2, BACKOFF_MAX)

@@ -141,8 +141,16 @@ def test_killed_pod_comes_back_with_its_name_and_data(cluster: Path) -> None:
     assert status == 200
     result = kvstore("cluster", "kill", "kv-0", "--dir", str(cluster))
     assert result.returncode == 0, result.stderr
-    after = wait_for("kv-0 to restart and be Ready", lambda: (
-        p if (p := pods(cluster)["kv-0"])["restarts"] > before["restarts"] and p["ready"] else None))
+    seen = set()
+
+    def restarted() -> dict[str, Any] | None:
+        pod = pods(cluster)["kv-0"]
+        seen.add(pod["status"])
+        return pod if pod["restarts"] > before["restarts"] and pod["ready"] else None
+
+    after = wait_for("kv-0 to restart and be Ready", restarted, interval=0.02)
+    # Like `kubectl delete pod`: a new pod (Pending), not a crash loop.
+    assert "CrashLoopBackOff" not in seen and "Pending" in seen, seen
     assert after["pid"] != before["pid"]
     assert after["last_exit"] == -signal.SIGKILL
     assert (after["address"], after["data_dir"]) == (before["address"], before["data_dir"])
