@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,18 @@ def running_pid(directory: str | os.PathLike[str]) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def copy_logs(directory: str | os.PathLike[str], to: Path) -> bool:
+    """Copy the cluster's logs (every pod's and the controller's) into ``to``; False when it has none.
+
+    A running cluster's logs are copied as far as they are written.
+    """
+    logs = Path(directory) / LOG_DIR
+    if not logs.is_dir():
+        return False
+    shutil.copytree(logs, to, dirs_exist_ok=True)
+    return True
 
 
 def write_state(directory: Path, state: dict[str, Any]) -> None:

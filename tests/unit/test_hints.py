@@ -46,7 +46,7 @@ def test_a_second_cluster_up_says_how_to_stop_the_first(tmp_path: Path) -> None:
     lock = ControllerLock(directory)  # held here as a running controller holds it
     lock.acquire()
     try:
-        result = run("cluster", "up", "--dir", str(directory), "--base-address", "127.0.88.10", cwd=tmp_path)
+        result = run("cluster", "up", "--dir", str(directory), "--base-address", "127.0.93.10", cwd=tmp_path)
     finally:
         lock.release()
     assert result.returncode == 1, result.stderr
