@@ -209,8 +209,10 @@ def _shown(value: Any) -> str:
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting, its variable and default in its help; each flag defaults to None so the
-    environment shows through."""
+    """Add one flag per setting, its help naming the variable and the default.
+
+    Each flag defaults to None so the environment shows through.
+    """
     for field_ in dataclasses.fields(Config):
         setting = field_.metadata["setting"]
         default = "" if field_.default in ("", None) else f", default {_shown(field_.default)}"

@@ -228,8 +228,8 @@ def progress_text(elapsed: float, duration: float, history: list[Any], faults: l
                   kinds: tuple[str, ...]) -> str:
     """The status line during a run: time, finished operations by outcome, then the faults of ``kinds`` so far.
 
-    The most telling first: a terminal narrower than the line cuts its end, the
-    faults injected so far (only those that were, after their total).
+    Time and outcomes come first, so a terminal narrower than the line cuts
+    only the faults (their total, then each kind injected so far).
     """
     elapsed = min(elapsed, duration)  # operations in flight at the end still finish
     counts = checker.fault_counts(faults)
