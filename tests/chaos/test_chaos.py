@@ -212,12 +212,12 @@ def check_partition(cluster: LocalCluster, partitioner: LoopbackPartitioner) -> 
 
 def test_a_run_against_a_running_cluster_keeps_its_pod_logs_and_leaves_it_running(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    with LocalCluster("127.0.94.10", "127.0.94.2", replicas=3) as cluster:
-        result = chaos(out, "--dir", str(cluster.directory), "--nemesis", "none", "--duration", "3",
+    with LocalCluster("127.0.94.10", "127.0.94.2", replicas=1) as cluster:  # one pod: the quickest to start
+        result = chaos(out, "--dir", str(cluster.directory), "--nemesis", "none", "--duration", "2",
                        "--clients", "2", timeout=240)
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"the pod logs in {out / 'logs'}" in result.stderr
-        for name in ("kv-0", "kv-1", "kv-2", "controller"):
+        for name in ("kv-0", "controller"):
             assert (out / "logs" / f"{name}.log").stat().st_size > 0, name
         assert all(pod["ready"] for pod in cluster.pods().values())  # left running
 
