@@ -7,22 +7,35 @@ After the Quick start ``kvstore`` is not on the PATH: a hint that says
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
-import sys
+import contextlib
+import io
 from pathlib import Path
 
+import pytest
+
 import kvstore
+from kvstore import cli
 from kvstore.local.state import ControllerLock
 
 PACKAGE = Path(kvstore.__file__).resolve().parent
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KVSTORE_COMMAND": "./kv"}
-    env.pop("KV_URL", None)
-    return subprocess.run([sys.executable, "-m", "kvstore", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=60, stdin=subprocess.DEVNULL)
+def run(*args: str) -> tuple[int, str]:
+    """``kvstore ARGS`` in this process: (exit status, what it printed on stderr)."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            status = cli.main(list(args))
+        except SystemExit as exc:  # argparse refusing a flag
+            status = int(exc.code or 0)
+    return status, stderr.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def through_the_launcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVSTORE_COMMAND", "./kv")  # what ./kv sets
+    monkeypatch.delenv("KV_URL", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./kvstore-cluster here
 
 
 def test_hints_name_the_launcher(tmp_path: Path) -> None:
@@ -35,9 +48,9 @@ def test_hints_name_the_launcher(tmp_path: Path) -> None:
         ("recover", "from"): "`./kv recover from kv-2`",
     }
     for args, hint in expected.items():
-        result = run(*args, cwd=tmp_path)
-        assert result.returncode in (1, 2) and hint in result.stderr, (args, result.stderr)
-        assert "`kvstore " not in result.stderr, (args, result.stderr)
+        status, stderr = run(*args)
+        assert status in (1, 2) and hint in stderr, (args, stderr)
+        assert "`kvstore " not in stderr, (args, stderr)
 
 
 def test_a_second_cluster_up_says_how_to_stop_the_first(tmp_path: Path) -> None:
@@ -46,12 +59,12 @@ def test_a_second_cluster_up_says_how_to_stop_the_first(tmp_path: Path) -> None:
     lock = ControllerLock(directory)  # held here as a running controller holds it
     lock.acquire()
     try:
-        result = run("cluster", "up", "--dir", str(directory), "--base-address", "127.0.93.10", cwd=tmp_path)
+        status, stderr = run("cluster", "up", "--dir", str(directory), "--base-address", "127.0.93.10")
     finally:
         lock.release()
-    assert result.returncode == 1, result.stderr
-    assert "already running" in result.stderr and f"`./kv cluster down --dir {directory}`" in result.stderr
-    assert "Ctrl-C" in result.stderr
+    assert status == 1, stderr
+    assert "already running" in stderr and f"`./kv cluster down --dir {directory}`" in stderr
+    assert "Ctrl-C" in stderr
 
 
 def test_no_message_hard_codes_the_command_name() -> None:
