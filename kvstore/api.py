@@ -13,14 +13,15 @@ import logging
 import re
 from importlib import resources
 from typing import Callable, Mapping
-from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
 from kvstore import storage
 from kvstore.config import WRITE_CONCERNS
 from kvstore.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from kvstore.routing import ApiError, Handler, InFlight, Router, make_handler
+from kvstore.routing import (
+    ApiError, Handler, InFlight, Router, decode_component, make_handler, parse_int, parse_query,
+)
 from kvstore.replica import (
     LsnAhead, NoPrimary, NotConfirmed, PrimaryTimeout, ReadTimeout, Replica, WriteConcernTimeout,
 )
@@ -31,9 +32,9 @@ KV_PREFIX = "/v1/kv/"
 MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100
 
-_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Strong ETags are quoted ("42"); a bare 42 is accepted too, as curl users type it.
 _ETAG = re.compile(r'^("?)(0|[1-9][0-9]{0,17})\1$')
+
 
 def unavailable(exc: NoPrimary) -> ApiError:
     """503 for no primary or a recovering one: retry after a second."""
@@ -41,52 +42,6 @@ def unavailable(exc: NoPrimary) -> ApiError:
 
 
 # ------------------------------------------------------------------ parsing
-def decode_component(raw: str, what: str) -> str:
-    """Strictly percent-decode ``raw`` to UTF-8 text; ApiError 400 if malformed."""
-    if _BAD_PERCENT.search(raw):
-        raise ApiError(400, "bad_encoding", f"{what} has invalid percent-encoding: "
-                       "every % must be followed by two hex digits")
-    try:
-        return unquote_to_bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ApiError(400, "bad_encoding", f"{what} is not valid UTF-8 once percent-decoded") from None
-
-
-def parse_query(request: web.BaseRequest, allowed: tuple[str, ...]) -> dict[str, str]:
-    """Decode the query string; unknown or repeated parameters are a 400."""
-    raw = request.rel_url.raw_query_string
-    params: dict[str, str] = {}
-    if not raw:
-        return params
-    for part in raw.split("&"):
-        if not part:
-            continue
-        name_raw, _, value_raw = part.partition("=")
-        name = decode_component(name_raw.replace("+", " "), "a query parameter name")
-        value = decode_component(value_raw.replace("+", " "), f"query parameter {name!r}")
-        if name not in allowed:
-            accepted = ", ".join(allowed) or "none"
-            raise ApiError(400, "unknown_parameter",
-                           f"unknown query parameter {name!r}; this call accepts: {accepted}")
-        if name in params:
-            raise ApiError(400, "bad_parameter", f"query parameter {name!r} given twice")
-        params[name] = value
-    return params
-
-
-def parse_int(params: Mapping[str, str], name: str, low: int, high: int, default: int) -> int:
-    """An integer parameter within bounds, else ApiError 400 naming it."""
-    text = params.get(name)
-    if text is None:
-        return default
-    if not text.isascii() or not text.isdigit() or len(text) > 19:
-        raise ApiError(400, "bad_parameter", f"{name} must be an integer from {low} to {high}")
-    value = int(text)
-    if not low <= value <= high:
-        raise ApiError(400, "bad_parameter", f"{name} must be an integer from {low} to {high}")
-    return value
-
-
 def parse_etags(header: str, name: str) -> tuple[int, ...] | str:
     """``*`` or a list of strong ETags ``"N"``; ApiError 400 otherwise."""
     header = header.strip()

@@ -14,8 +14,8 @@ import aiohttp
 from kvstore import config as config_mod
 from kvstore import operator
 from kvstore.chaos import cli as chaos_cli
-from kvstore.client import Client, Reply
-from kvstore.cmdline import DEFAULT_CLUSTER_DIR, Parser
+from kvstore.client import Client, Reply, why_unanswered
+from kvstore.cmdline import DEFAULT_CLUSTER_DIR, Parser, hint
 from kvstore.local import cli as local_cli
 from kvstore.local.state import read_client_url
 
@@ -88,7 +88,7 @@ def resolve_url(args: argparse.Namespace) -> str:
     except (OSError, ValueError):
         pass
     raise CliError(f"no running cluster found in {args.dir!r}: start one with "
-                   "`kvstore cluster up`, or pass --url http://host:8080")
+                   f"{hint('cluster up', args.dir)}, or pass --url http://host:8080")
 
 
 def _print_error(command: str, reply: Reply) -> int:
@@ -102,6 +102,15 @@ def _print_error(command: str, reply: Reply) -> int:
 
 async def _client_command(args: argparse.Namespace) -> int:
     url = resolve_url(args)
+    try:
+        return await _call(args, url)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        where = "" if args.url or os.environ.get("KV_URL") else f"; is it up? {hint('cluster status', args.dir)}"
+        raise CliError(f"cannot reach the replica at {url} ({why_unanswered(exc)}){where}") from None
+
+
+async def _call(args: argparse.Namespace, url: str) -> int:
+    """Send the command's request to ``url`` and print the answer; the exit status."""
     async with Client(url, timeout=args.timeout) as client:
         if args.command == "get":
             reply = await client.get(args.key, consistency=args.consistency, min_lsn=args.min_lsn)
@@ -153,9 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"kvstore {args.command}: {exc}", file=sys.stderr)
         return 2
-    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-        print(f"kvstore {args.command}: cannot reach the replica: {exc or type(exc).__name__}",
-              file=sys.stderr)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        print(f"kvstore {args.command}: cannot reach the replica ({why_unanswered(exc)})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

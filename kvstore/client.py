@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -43,6 +44,31 @@ def never_resend(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
     """
     session._retry_connection = False  # type: ignore[attr-defined]
     return session
+
+
+def why_unanswered(exc: BaseException) -> str:
+    """What went wrong with a call, in a few words a user can act on (not aiohttp's internals).
+
+    ``Cannot connect to host 127.0.0.10:8081 ssl:default [Connect call failed
+    ('127.0.0.10', 8081)]`` becomes ``connection refused``.
+    """
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "its host name does not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        exc = exc.os_error
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return "no answer in time"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "it closed the connection without answering"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "its answer was cut off"
+    if isinstance(exc, ConnectionResetError):
+        return "the connection was reset"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return type(exc).__name__
 
 
 def key_path(key: str) -> str:

@@ -80,3 +80,9 @@ def dir_flag(directory: str | os.PathLike[str]) -> str:
     if Path(directory).absolute() == Path(DEFAULT_CLUSTER_DIR).absolute():
         return ""
     return f" --dir {directory}"
+
+
+def hint(arguments: str, directory: str | os.PathLike[str] | None = None) -> str:
+    """A command to type next, quoted: ```./kv cluster up --dir X``` (``--dir`` only when not the default)."""
+    where = dir_flag(directory) if directory is not None else ""
+    return f"`{command_name()} {arguments}{where}`"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
@@ -58,11 +59,14 @@ def _domain(text: str) -> str:
     return text.lower()
 
 
-def _host_port(text: str) -> str:
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host:
-        raise ValueError("expected host:port, like 10.96.0.10:53")
-    int_range(1, 65535)(port)
+def _ip_port(text: str) -> str:
+    host, _, port = text.strip().rpartition(":")
+    expected = "expected an IP address and port, like 10.96.0.10:53"
+    try:
+        ipaddress.ip_address(host.strip("[]"))  # the resolver asks an address, it looks no name up
+        int_range(1, 65535)(port)
+    except ValueError:
+        raise ValueError(expected) from None
     return f"{host.strip('[]')}:{int(port)}"
 
 
@@ -130,8 +134,8 @@ class Config:
                               "client port", 8080)
     peer_port: int = _setting("KV_PEER_PORT", "--peer-port", int_range(1, 65535),
                               "peer (replication) port", 8081)
-    dns_server: str = _setting("KV_DNS_SERVER", "--dns-server", _host_port,
-                               "DNS server host:port (default: the system resolver)", "")
+    dns_server: str = _setting("KV_DNS_SERVER", "--dns-server", _ip_port,
+                               "DNS server address:port (default: the system resolver)", "")
     cluster_token: str = _setting("KV_CLUSTER_TOKEN", "--cluster-token", _nonempty,
                                   "shared secret for the peer port", "")
     cluster_token_file: str = _setting("KV_CLUSTER_TOKEN_FILE", "--cluster-token-file",
@@ -210,11 +214,23 @@ def _settings() -> list[tuple[str, Setting]]:
     return [(f.name, f.metadata["setting"]) for f in dataclasses.fields(Config)]
 
 
+def _shown(value: Any) -> str:
+    """A default as its variable would spell it (``true``, ``2``, ``majority``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting; each defaults to None so the environment shows through."""
-    for name, setting in _settings():
-        parser.add_argument(setting.flag, dest=name, default=None, metavar="VALUE",
-                            help=f"{setting.help} [env {setting.env}]")
+    """Add one flag per setting, its help naming the variable and the default.
+
+    Each flag defaults to None so the environment shows through.
+    """
+    for field_ in dataclasses.fields(Config):
+        setting = field_.metadata["setting"]
+        default = "" if field_.default in ("", None) else f", default {_shown(field_.default)}"
+        parser.add_argument(setting.flag, dest=field_.name, default=None, metavar="VALUE",
+                            help=f"{setting.help} [env {setting.env}{default}]")
 
 
 def load(env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None) -> Config:

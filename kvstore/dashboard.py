@@ -30,12 +30,11 @@ import aiohttp
 from aiohttp import web
 
 from kvstore import events
-from kvstore.api import parse_int, parse_query
 from kvstore.discovery import MembershipChange, Peer
 from kvstore.identity import parse_ordinal, role_of
 from kvstore.metrics import Metrics
 from kvstore.replica import Replica
-from kvstore.routing import ApiError, Router
+from kvstore.routing import ApiError, Router, parse_int, parse_query
 
 log = logging.getLogger("kvstore.dashboard")
 

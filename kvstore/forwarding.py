@@ -8,6 +8,7 @@ import aiohttp
 import yarl
 from aiohttp import web
 
+from kvstore.client import why_unanswered
 from kvstore.discovery import Peer
 from kvstore.replication.peer_client import PeerClient
 
@@ -21,7 +22,9 @@ class ForwardTimeout(Exception):
 
 
 FORWARDED_HEADERS = ("If-Match", "If-None-Match", "Content-Type")
-RETURNED_HEADERS = ("ETag", "Content-Type", "Retry-After", "X-Kv-Lsn", "X-Kv-Primary-Lsn")
+# The answer's headers passed back: kv-0's pod and role say who answered, as on any answer.
+RETURNED_HEADERS = ("ETag", "Content-Type", "Retry-After", "X-Kv-Lsn", "X-Kv-Primary-Lsn", "X-Kv-Pod", "X-Kv-Role")
+CONNECT_TIMEOUT = 1.0
 
 
 async def forward(client: PeerClient, peer: Peer, request: web.BaseRequest, body: bytes | None,
@@ -33,17 +36,21 @@ async def forward(client: PeerClient, peer: Peer, request: web.BaseRequest, body
     try:
         async with client.session.request(
                 request.method, yarl_url(url), data=body, headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout, connect=1.0)) as response:
+                timeout=aiohttp.ClientTimeout(total=timeout, connect=CONNECT_TIMEOUT)) as response:
             payload = await response.read()
             out = {name: response.headers[name] for name in RETURNED_HEADERS if name in response.headers}
             out["X-Kv-Answered-By"] = response.headers.get("X-Kv-Pod", peer.name)
             return web.Response(status=response.status, body=payload, headers=out)
     except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
-        raise ForwardFailed(f"{peer.name} is unreachable: {exc}") from None
-    except (asyncio.TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-        raise ForwardTimeout(f"{peer.name} did not answer in time ({type(exc).__name__})") from None
+        raise ForwardFailed(f"{peer.name} does not answer on its peer port ({peer.address}: "
+                            f"{why_unanswered(exc)})") from None
+    except aiohttp.ConnectionTimeoutError:
+        raise ForwardTimeout(f"{peer.name} did not accept a connection on its peer port within "
+                             f"{CONNECT_TIMEOUT:g}s") from None
+    except asyncio.TimeoutError:
+        raise ForwardTimeout(f"{peer.name} took the request but did not answer within {timeout:g}s") from None
     except aiohttp.ClientError as exc:
-        raise ForwardTimeout(f"{peer.name} failed mid-request: {exc}") from None
+        raise ForwardTimeout(f"{peer.name} took the request, then {why_unanswered(exc)}") from None
 
 
 def yarl_url(url: str) -> yarl.URL:

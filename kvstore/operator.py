@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 
 from kvstore import config as config_mod
-from kvstore.cmdline import DEFAULT_CLUSTER_DIR
+from kvstore.cmdline import DEFAULT_CLUSTER_DIR, hint
 from kvstore.local.state import ClusterError, read_state
 
 ACTIONS = ("fresh", "from", "resync")
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     """Send the decision; print the replica's answer."""
     try:
         if args.action == "from" and not args.peer:
-            raise RecoverError("from needs the pod to copy: kvstore recover from kv-2")
+            raise RecoverError(f"from needs the pod to copy: {hint('recover from kv-2')}")
         if args.action != "from" and args.peer:
             raise RecoverError(f"{args.action} takes no pod name (use --pod to choose whom to tell)")
         url, token = _target(args)

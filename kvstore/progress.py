@@ -32,8 +32,8 @@ class ProgressLine:
     def show(self, text: str) -> None:
         """Make ``text`` the current status."""
         if self.tty:
-            width = shutil.get_terminal_size().columns - 1
-            self._shown = text[:width]
+            width = shutil.get_terminal_size().columns - 1  # the last column would wrap on some terminals
+            self._shown = text if len(text) <= width else text[:max(0, width - 3)] + "..."
             self.stream.write("\r" + self._shown + "\x1b[K")  # \x1b[K: clear what a longer line left
             self.stream.flush()
             return

@@ -1,16 +1,19 @@
 """HTTP plumbing both ports share, on aiohttp's low-level server.
 
-Routing, JSON errors for everything (no HTML page, plain-text parser message
-or traceback reaches a client), request metrics and the in-flight count a
-stopping replica waits on.
+Routing, strict parsing of the query string and path components, JSON errors
+for everything (no HTML page, plain-text parser message or traceback reaches
+a client), request metrics and the in-flight count a stopping replica waits
+on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any, Awaitable, Callable, Mapping
+from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
@@ -26,6 +29,10 @@ MAX_HEADER_LINE = 8190
 MIN_REQUEST_LINE = 16384
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+# The error codes of aiohttp's own refusals (an HTTPException a handler let out), by status.
+AIOHTTP_CODES = {400: "bad_request", 413: "too_large"}
+AIOHTTP_OTHER = "http_error"
 
 
 class ApiError(Exception):
@@ -46,6 +53,57 @@ def error_response(status: int, code: str, message: str,
     """The JSON error body every endpoint uses."""
     body = {"error": code, "message": message, **extra}
     return web.json_response(body, status=status, headers=dict(headers or {}))
+
+
+# -- request parsing: the query string and path components, strictly --------------------
+
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def decode_component(raw: str, what: str) -> str:
+    """Strictly percent-decode ``raw`` to UTF-8 text; ApiError 400 if malformed."""
+    if _BAD_PERCENT.search(raw):
+        raise ApiError(400, "bad_encoding", f"{what} has invalid percent-encoding: "
+                       "every % must be followed by two hex digits")
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_encoding", f"{what} is not valid UTF-8 once percent-decoded") from None
+
+
+def parse_query(request: web.BaseRequest, allowed: tuple[str, ...]) -> dict[str, str]:
+    """Decode the query string; unknown or repeated parameters are a 400."""
+    raw = request.rel_url.raw_query_string
+    params: dict[str, str] = {}
+    if not raw:
+        return params
+    for part in raw.split("&"):
+        if not part:
+            continue
+        name_raw, _, value_raw = part.partition("=")
+        name = decode_component(name_raw.replace("+", " "), "a query parameter name")
+        value = decode_component(value_raw.replace("+", " "), f"query parameter {name!r}")
+        if name not in allowed:
+            accepted = ", ".join(allowed) or "none"
+            raise ApiError(400, "unknown_parameter",
+                           f"unknown query parameter {name!r}; this call accepts: {accepted}")
+        if name in params:
+            raise ApiError(400, "bad_parameter", f"query parameter {name!r} given twice")
+        params[name] = value
+    return params
+
+
+def parse_int(params: Mapping[str, str], name: str, low: int, high: int, default: int) -> int:
+    """An integer parameter within bounds, else ApiError 400 naming it."""
+    text = params.get(name)
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        raise ApiError(400, "bad_parameter", f"{name} must be an integer from {low} to {high}")
+    value = int(text)
+    if not low <= value <= high:
+        raise ApiError(400, "bad_parameter", f"{name} must be an integer from {low} to {high}")
+    return value
 
 
 def request_line_limit(max_key_bytes: int) -> int:
@@ -248,7 +306,7 @@ def make_handler(router: Router, metrics: Any, in_flight: InFlight | None = None
             except ApiError as exc:
                 response = error_response(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
             except web.HTTPException as exc:  # from aiohttp itself, e.g. a refused WebSocket handshake
-                code = {400: "bad_request", 413: "too_large"}.get(exc.status, "http_error")
+                code = AIOHTTP_CODES.get(exc.status, AIOHTTP_OTHER)
                 response = error_response(exc.status, code, exc.text or exc.reason)
             except web.RequestPayloadError as exc:  # a body the parser refused while the handler read it
                 response = error_response(400, "bad_body", f"the request body is malformed: {one_line(str(exc))}")

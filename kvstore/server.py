@@ -129,7 +129,11 @@ async def serve(config: Config) -> None:
         raise StartupError(str(exc)) from None
     await store.start()
     # Always on, even for KV_REPLICAS=1: a StatefulSet may be scaled up later.
-    directory = PeerDirectory(config)
+    try:
+        directory = PeerDirectory(config)
+    except ValueError as exc:  # no resolver to be had (KV_DNS_SERVER unset, no /etc/resolv.conf)
+        await store.close()
+        raise StartupError(str(exc)) from None
     replication = Replication(config, store, metrics, directory, token)
     replica = Replica(config, store, metrics, replication)
     dashboard = Dashboard(replica)

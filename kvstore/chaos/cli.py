@@ -3,7 +3,9 @@
 With the ``process`` or ``docker`` runtime and no ``--dir``, it starts its own
 local cluster in a temporary directory on a free loopback range and stops it
 afterwards. Results go to ``--out``: ``history.jsonl`` (one operation a line),
-``faults.jsonl``, ``report.json``, and the pod logs of a cluster it created.
+``faults.jsonl``, ``final.json``, ``report.json``, and ``logs/`` with the pod
+logs (a cluster it created: all of them; a ``--dir`` cluster, left running:
+as far as written when the run ends).
 
 Exit status: 0 pass, 1 a violation, 2 bad flags or a cluster that cannot be
 set up, 3 nothing violated but some key's linearizability was not decided.
@@ -40,7 +42,7 @@ from kvstore.chaos.nemesis import (
 from kvstore.chaos.workload import Workload, WorkloadConfig
 from kvstore.cmdline import flag, float_range, int_range
 from kvstore.local.handle import LocalCluster
-from kvstore.local.state import ClusterError, read_state
+from kvstore.local.state import ClusterError, copy_logs, read_state
 from kvstore.progress import ProgressLine
 
 RUNTIMES = ("process", "docker", "kubernetes")
@@ -224,15 +226,22 @@ async def heal_and_read(backend: Backend, replicas: int, timeout: float,
 # ------------------------------------------------------------------------- summary
 def progress_text(elapsed: float, duration: float, history: list[Any], faults: list[dict[str, Any]],
                   kinds: tuple[str, ...]) -> str:
-    """The status line during a run: time, the faults of ``kinds`` so far, finished operations by outcome."""
+    """The status line during a run: time, finished operations by outcome, then the faults of ``kinds`` so far.
+
+    Time and outcomes come first, so a terminal narrower than the line cuts
+    only the faults (their total, then each kind injected so far).
+    """
     elapsed = min(elapsed, duration)  # operations in flight at the end still finish
     counts = checker.fault_counts(faults)
     outcomes: Counter[str] = Counter()
     for row in checker.outcome_table(op for op in history if op.ret is not None).values():
         outcomes.update(row)  # the summary table's outcomes
-    return (f"chaos {elapsed:.0f}s/{duration:g}s ({duration - elapsed:.0f}s left) | "
-            + " ".join(f"{kind} {counts[kind]}" for kind in kinds) + (" | " if kinds else "")
-            + " ".join(f"{name} {outcomes[name]}" for name in ("ok", "rejected", "failed", "unknown")))
+    text = f"chaos {elapsed:.0f}s/{duration:g}s | " + " ".join(
+        f"{name} {outcomes[name]}" for name in ("ok", "rejected", "failed", "unknown"))
+    if kinds:
+        injected = [f"{kind} {counts[kind]}" for kind in kinds if counts[kind]]
+        text += f" | faults {sum(counts[kind] for kind in kinds)}" + (": " + " ".join(injected) if injected else "")
+    return text
 
 
 def summary(args: argparse.Namespace, seed: int, history: list[Any], faults: list[dict[str, Any]],
@@ -363,6 +372,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ChaosError(f"--out {args.out}: {exc.strerror or exc}") from None
 
     own: LocalCluster | None = None
+    given: Path | None = None  # a running cluster's dir (--dir): left running, its logs copied
     backend: Backend | None = None
     client_address: str | None = None  # the process runtime binds the workload here (partitions spare it)
     nemesis: Nemesis | None = None
@@ -373,7 +383,7 @@ def _run(args: argparse.Namespace) -> int:
             backend = KubernetesBackend(args.kubectl, args.namespace, args.context, args.selector)
         else:
             if args.dir:
-                directory = Path(args.dir)
+                directory = given = Path(args.dir)
             else:
                 own = own_cluster(args.runtime, args.replicas, rng)
                 _say(f"starting a {args.replicas}-pod cluster ({args.runtime}) in {own.directory}")
@@ -446,7 +456,8 @@ def _run(args: argparse.Namespace) -> int:
             "final": {pod: {"lsn": v.lsn, "keys": len(v.contents)} for pod, v in views.items()},
         }, indent=2) + "\n")
         print(text, flush=True)
-        _say(f"history, faults and report in {out}")
+        logs = f" and the pod logs in {out / 'logs'}" if args.runtime != "kubernetes" else ""
+        _say(f"history, faults and report in {out}{logs}")
         if report.verdict == "FAIL":
             return EXIT_VIOLATION
         return EXIT_UNDECIDED if report.verdict == "UNKNOWN" else 0
@@ -465,6 +476,8 @@ def _run(args: argparse.Namespace) -> int:
             backend.cleanup()
         if own is not None:
             own.down(timeout=60, keep_logs=out / "logs")
+        elif given is not None:
+            copy_logs(given, out / "logs")
 
 
 __all__ = ["register", "handle", "OK"]

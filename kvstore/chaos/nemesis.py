@@ -701,7 +701,7 @@ class Nemesis:
     async def run(self, deadline: float) -> list[dict[str, Any]]:
         """Inject faults until ``deadline``; everything is healed when this returns or raises."""
         try:
-            while self.clock() < deadline:
+            while self.config.faults and self.clock() < deadline:  # --nemesis none: the workload alone
                 await self._sleep_until(min(deadline, self.clock() + self.rng.uniform(0.5, 1.5) * self.config.interval))
                 if self.clock() >= deadline:
                     break

@@ -29,13 +29,12 @@ from typing import Any, Callable
 
 import aiohttp
 
-from kvstore.cmdline import DEFAULT_CLUSTER_DIR, command_name, dir_flag, flag, float_range, int_range
-from kvstore.config import Config
+from kvstore.cmdline import DEFAULT_CLUSTER_DIR, flag, float_range, hint, int_range
 from kvstore.local import control, rollout, rollout_cli
 from kvstore.local.runtime import PodRuntime, ProcessRuntime, RuntimeUnavailable
 from kvstore.local.state import (
-    LOG_DIR, ClusterError, ControllerLock, client_url, ensure_token, prepare_dir, read_state,
-    remove_state, running_pid, write_state,
+    LOG_DIR, ClusterError, ControllerLock, already_running, client_url, ensure_token, no_cluster, prepare_dir,
+    read_state, remove_state, running_pid, write_state,
 )
 from kvstore.local.statefulset import (
     DEFAULTS, GRACE_PERIOD, MAX_REPLICAS, ClusterSpec, Pod, StatefulSet, check_replicas, format_age,
@@ -67,7 +66,7 @@ def _env_var(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     try:
         if not sep:
-            raise ValueError("expected NAME=VALUE with NAME one of the KV_* settings (see `kvstore serve --help`)")
+            raise ValueError(f"expected NAME=VALUE with NAME one of the KV_* settings (see {hint('serve --help')})")
         rollout.check_env_name(name)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
@@ -177,8 +176,7 @@ def _up(args: argparse.Namespace) -> int:
         raise ClusterError(str(exc)) from None
     pid = running_pid(directory)
     if pid is not None:
-        raise ClusterError(f"a cluster is already running in {directory} (controller pid {pid}); "
-                           "stop it with `kvstore cluster down` or choose another --dir")
+        raise already_running(Path(args.dir), pid)
     if args.runtime == "process":
         _check_ports(spec)
     if args.detach:
@@ -203,9 +201,9 @@ def _check_ports(spec: ClusterSpec) -> None:
 
 def next_steps(directory: Path, kv0_address: str, detached: bool) -> str:
     """What to do once every pod is Ready: two lines to print."""
-    kv, where = command_name(), dir_flag(directory)
-    stop = f"`{kv} cluster down{where}`" if detached else "Ctrl-C"
-    return (f"next: `{kv} put greeting hello{where}`, then `{kv} get greeting{where}`; stop with {stop}\n"
+    stop = hint("cluster down", directory) if detached else "Ctrl-C"
+    return (f"next: {hint('put greeting hello', directory)}, then {hint('get greeting', directory)}; "
+            f"stop with {stop}\n"
             f"dashboard: http://{kv0_address}:{DEFAULTS.http_port}/ui/")
 
 
@@ -335,7 +333,7 @@ def _detach(args: argparse.Namespace, directory: Path) -> int:
                 return 0
         time.sleep(0.2)
     raise ClusterError(f"not all pods Ready after {args.timeout:g}s; the controller (pid {proc.pid}) "
-                       f"keeps trying: see `kvstore cluster status --dir {args.dir}` and {directory / LOG_DIR}")
+                       f"keeps trying: see {hint('cluster status', args.dir)} and {directory / LOG_DIR}")
 
 
 def _primary_writable(state: dict[str, Any]) -> bool:
@@ -423,7 +421,7 @@ def statefulset_row(state: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, 
 def _require_running(directory: Path) -> int:
     pid = running_pid(directory)
     if pid is None:
-        raise ClusterError(f"no cluster is running in {directory}: start one with `kvstore cluster up`")
+        raise no_cluster(directory)
     return pid
 
 
@@ -448,7 +446,7 @@ def _scale(args: argparse.Namespace) -> int:
     finally:
         line.close()
     raise ClusterError(f"{args.replicas} pods not all Ready after {args.timeout:g}s; "
-                       "see `kvstore cluster status`")
+                       f"see {hint('cluster status', directory)}")
 
 
 def scale_progress(directory: Path, replicas: int, pods: list[dict[str, Any]]) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, TypeVar
 
-from kvstore.local.state import LOG_DIR, ClusterError, client_url, read_state, running_pid
+from kvstore.local.state import LOG_DIR, ClusterError, client_url, copy_logs, read_state, running_pid
 
 
 T = TypeVar("T")
@@ -111,8 +111,8 @@ class LocalCluster:
             pass
         finally:
             self._kill_controller()
-            if keep_logs is not None and (self.directory / LOG_DIR).is_dir():
-                shutil.copytree(self.directory / LOG_DIR, keep_logs, dirs_exist_ok=True)
+            if keep_logs is not None:
+                copy_logs(self.directory, keep_logs)
             if self.owns_directory:
                 shutil.rmtree(self.directory, ignore_errors=True)
 

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvstore.cmdline import hint
 from kvstore.config import Config, Setting
 
 ROLLING_UPDATE = "RollingUpdate"
@@ -229,7 +230,7 @@ def settings() -> dict[str, Setting]:
 def check_env_name(name: str) -> None:
     """ValueError unless ``name`` is a KV_* setting the template may set."""
     if name not in settings():
-        raise ValueError(f"{name[:60]!r} is not one of the KV_* settings (see `kvstore serve --help`)")
+        raise ValueError(f"{name[:60]!r} is not one of the KV_* settings (see {hint('serve --help')})")
     if name in CONTROLLER_ENV:
         raise ValueError(f"{name} is set by the controller for each pod")
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from kvstore.cmdline import flag, float_range, int_range
+from kvstore.cmdline import hint, flag, float_range, int_range
 from kvstore.local import control, rollout
 from kvstore.local.state import ClusterError, read_state, running_pid
 from kvstore.local.statefulset import MAX_REPLICAS
@@ -64,7 +64,7 @@ def handle(args: argparse.Namespace) -> int:
     """Run ``set env`` or one ``rollout`` action; bad input that only the controller can judge exits 2."""
     directory = Path(args.dir)
     if running_pid(directory) is None:
-        raise ClusterError(f"no cluster is running in {directory}: start one with `kvstore cluster up`")
+        raise ClusterError(f"no cluster is running in {directory}: start one with {hint('cluster up', directory)}")
     try:
         if args.cluster_command == "set":
             return _set_env(directory, args.items)
@@ -82,7 +82,7 @@ def _call(directory: Path, path: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rolling(directory: Path) -> str:
-    return f"see `kvstore cluster rollout status --dir {directory}`"
+    return f"see {hint('cluster rollout status', directory)}"
 
 
 def _set_env(directory: Path, items: list[str]) -> int:
@@ -95,7 +95,7 @@ def _set_env(directory: Path, items: list[str]) -> int:
         problem = rollout.value_problem(name, value)
         if problem is not None:
             print(f"warning: {problem}: pods given it will not start, so the rollout halts at the first one "
-                  "(go back with `kvstore cluster rollout undo`)", file=sys.stderr)
+                  f"(go back with {hint('cluster rollout undo')})", file=sys.stderr)
     answer = _call(directory, "/v1/template", {"set": changes, "remove": remove})
     revision = answer["revision"]
     if not answer["changed"]:

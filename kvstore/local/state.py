@@ -21,8 +21,11 @@ import fcntl
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
+
+from kvstore.cmdline import hint
 
 STATE_FILE = "cluster.json"
 LOCK_FILE = "controller.lock"
@@ -89,11 +92,7 @@ class ControllerLock:
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                pid = running_pid(self.path.parent)
-                raise ClusterError(
-                    f"a cluster is already running in {self.path.parent} (controller pid {pid}); "
-                    "stop it with `kvstore cluster down` or choose another --dir"
-                ) from None
+                raise already_running(self.path.parent, running_pid(self.path.parent)) from None
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -104,6 +103,18 @@ class ControllerLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def already_running(directory: Path, pid: int | None) -> ClusterError:
+    """The error of a second ``cluster up`` in a directory whose controller runs."""
+    return ClusterError(f"a cluster is already running in {directory} (controller pid {pid}); stop it with "
+                        f"{hint('cluster down', directory)} (or Ctrl-C where it runs in the foreground), "
+                        "or choose another --dir")
+
+
+def no_cluster(directory: str | os.PathLike[str]) -> ClusterError:
+    """The error of a command that needs a running cluster in ``directory``."""
+    return ClusterError(f"no cluster is running in {directory}: start one with {hint('cluster up', directory)}")
 
 
 def running_pid(directory: str | os.PathLike[str]) -> int | None:
@@ -125,6 +136,18 @@ def running_pid(directory: str | os.PathLike[str]) -> int | None:
         os.close(fd)
 
 
+def copy_logs(directory: str | os.PathLike[str], to: Path) -> bool:
+    """Copy the cluster's logs (every pod's and the controller's) into ``to``; False when it has none.
+
+    A running cluster's logs are copied as far as they are written.
+    """
+    logs = Path(directory) / LOG_DIR
+    if not logs.is_dir():
+        return False
+    shutil.copytree(logs, to, dirs_exist_ok=True)
+    return True
+
+
 def write_state(directory: Path, state: dict[str, Any]) -> None:
     """Replace ``cluster.json`` atomically so readers never see half a file."""
     tmp = directory / f".{STATE_FILE}.{os.getpid()}.tmp"
@@ -144,10 +167,8 @@ def remove_state(directory: Path) -> None:
 def read_state(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """The state of the cluster running in ``directory``; ClusterError if none is running."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise ClusterError(f"no cluster in {directory}: start one with `kvstore cluster up`")
-    if running_pid(directory) is None:
-        raise ClusterError(f"no cluster is running in {directory}: start one with `kvstore cluster up`")
+    if not directory.is_dir() or running_pid(directory) is None:
+        raise no_cluster(directory)
     try:
         state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -258,9 +258,9 @@ class Pod:
                 backoff = BACKOFF_INITIAL
                 if self._killed and self.renew is not None:
                     self.renew(self)
-                self._killed = False
             log.warning("%s exited with status %s; restarting in %.0fs", self.name, code, backoff)
-            self._set(status=BACKOFF, ready=False)
+            self._set(status=PENDING if self._killed else BACKOFF, ready=False)
+            self._killed = False
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), backoff)  # delete() and hold() cut the wait short
             backoff = min(backoff * 2, BACKOFF_MAX)

@@ -253,7 +253,7 @@ class Follower:
     def _failed(self, kind: str, reason: str, upstream: Peer | None = None) -> None:
         """Note why we are not following; log once per change of kind."""
         if kind != self._last_kind:
-            events.record("stalled", reason, upstream=upstream.name if upstream else None)
+            events.record("waiting" if kind == "upstream_recovering" else "stalled", reason, upstream=upstream and upstream.name)
             log.warning("following %s failed: %s; retrying", upstream.name if upstream else "kv-0", reason)
             self._last_kind = kind
         self.last_error = reason

@@ -1,9 +1,17 @@
 """The peer wire protocol: stream messages, acks, snapshot frames, refusals, close codes.
 
-Everything a follower and its upstream say to each other is built and parsed
-here, and every size a receiver accepts is computed here from the same limits
-the sender obeys, so no message a sender builds can exceed what its receiver
-takes. The full description is in docs/design.md ("The peer protocol").
+The log stream (its request parameters, messages and acks), the snapshot
+frames and the refusal codes are built and parsed here, and every size a
+receiver accepts is computed here from the same limits the sender obeys, so
+no message a sender builds can exceed what its receiver takes. The rest of
+what peers say is built where it is served: the position JSON by
+``Replication.position`` (coordinator.py; parsed by ``PeerPosition`` in
+peer_client.py), the refusal headers by ``LogServer`` (log_server.py), the
+promise call by ``Replication.promise`` and ``PeerClient.promise``, the
+``kvstore recover`` body by operator.py and server.py, the lineage and
+promise JSON by lineage.py, and a log entry's bytes by ``LogEntry``
+(storage.py). The full description is in docs/design.md ("The peer
+protocol").
 
 - ``GET /v1/peer/status``: a replica's position as JSON: ``lsn``,
   ``log_start``, ``lineage`` (its epochs), ``state``.
@@ -15,7 +23,8 @@ takes. The full description is in docs/design.md ("The peer protocol").
   (one of :data:`REFUSALS`). Upstream to follower, binary: ``u64 upstream
   LSN, u64 committed LSN, u64 round`` then entries, each ``u32 length +
   LogEntry`` (none: a keepalive, a round or a new committed LSN).
-  Follower to upstream, text: ``<durable lsn>[ <name>:<lsn>,...]``. The
+  Follower to upstream, text: ``<durable lsn>/<round>``, then in cascade
+  mode a space and ``<name>:<lsn>/<round>,...`` of its own followers. The
   upstream closes with :data:`CLOSE_LINEAGE_CHANGED` or
   :data:`CLOSE_LOG_TRUNCATED`; either side drops a stream silent for
   :data:`SILENCE_SECONDS`.

@@ -210,6 +210,18 @@ def check_partition(cluster: LocalCluster, partitioner: LoopbackPartitioner) -> 
              lambda: http("GET", cluster.url("kv-2") + "/v1/kv/cut", timeout=2)[2] == b"while-cut", 30)
 
 
+def test_a_run_against_a_running_cluster_keeps_its_pod_logs_and_leaves_it_running(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with LocalCluster("127.0.94.10", "127.0.94.2", replicas=1) as cluster:  # one pod: the quickest to start
+        result = chaos(out, "--dir", str(cluster.directory), "--nemesis", "none", "--duration", "2",
+                       "--clients", "2", timeout=240)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"the pod logs in {out / 'logs'}" in result.stderr
+        for name in ("kv-0", "controller"):
+            assert (out / "logs" / f"{name}.log").stat().st_size > 0, name
+        assert all(pod["ready"] for pod in cluster.pods().values())  # left running
+
+
 def test_bad_flags_are_one_line_errors_with_status_2(tmp_path: Path) -> None:
     for args in (["--duration", "soon"], ["--nemesis", "kill,flood"], ["--runtime", "vm"]):
         result = chaos(tmp_path, *args, timeout=60)

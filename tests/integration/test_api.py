@@ -318,6 +318,7 @@ def _base_env(tmp_path: Path) -> dict[str, str]:
     ({"KV_DATA_DIR": "/proc/kvstore/data"}, "data dir"),
     ({"KV_BIND_ADDRESS": "192.0.2.1"}, "not an address of this machine"),
     ({"KV_CLUSTER_TOKEN_FILE": "/nonexistent/token"}, "KV_CLUSTER_TOKEN_FILE"),
+    ({"KV_DNS_SERVER": "dns.example:53"}, "KV_DNS_SERVER"),  # a name, not an address
 ])
 def test_bad_configuration_stops_with_one_line(tmp_path: Path, override: dict[str, str], needle: str) -> None:
     _one_line_exit_2(run_serve({**_base_env(tmp_path), **override}), needle)

@@ -128,6 +128,8 @@ def test_w_all_is_readable_on_every_replica_at_once(cluster: LocalCluster) -> No
     # Through a secondary: forwarded to kv-0, the answer comes back as is.
     status, headers, body = put(cluster, "kv-2", "all/forwarded", b"two", w="all")
     assert status == 200 and headers.get("X-Kv-Answered-By") == "kv-0", (status, headers, body)
+    # The headers every answer carries say who answered: kv-0, the primary.
+    assert (headers.get("X-Kv-Pod"), headers.get("X-Kv-Role")) == ("kv-0", "primary"), headers
     for pod in ("kv-0", "kv-1", "kv-2"):
         assert get(cluster, pod, "all/forwarded")[2] == b"two"
 
@@ -221,6 +223,10 @@ def test_primary_down_reads_go_on_writes_get_503_then_nothing_is_lost(cluster: L
             status, headers, body = http("PUT", f"{cluster.url(pod)}/v1/kv/failover-during", b"x", timeout=1)
             assert status == 503, body
             assert headers.get("Retry-After") and json.loads(body)["error"] == "no_primary"
+            # In the project's words, not aiohttp's ("Cannot connect to host … ssl:default").
+            message = json.loads(body)["message"]
+            assert "kv-0 does not answer on its peer port" in message and "connection refused" in message, message
+            assert "ssl" not in message and "Connect call failed" not in message, message
     cluster.wait_restarted("kv-0", killed)
     for key, value in acknowledged.items():
         for pod in ("kv-0", "kv-1", "kv-2"):

@@ -70,6 +70,14 @@ def test_kubernetes_supports_kill_only() -> None:
     Nemesis(backend, NemesisConfig(faults=("kill",)), clock=lambda: 0.0)
 
 
+def test_no_faults_leave_the_workload_alone_until_the_deadline() -> None:
+    # --nemesis none: nothing to choose from, nothing injected (not an IndexError from choices()).
+    now = [0.0]
+    backend = KubernetesBackend(runner=lambda argv: subprocess.CompletedProcess(argv, 0, "{}", ""))
+    nemesis = Nemesis(backend, NemesisConfig(faults=()), clock=lambda: now[0])
+    assert asyncio.run(nemesis.run(deadline=0.5)) == []
+
+
 def test_partition_rules_are_tagged_and_spare_the_chaos_client() -> None:
     p = LoopbackPartitioner("123-4", "127.0.150.250", 7)
     rules = p.rules("127.0.150.11")

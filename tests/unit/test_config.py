@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from kvstore import config
@@ -25,6 +27,11 @@ def test_flags_override_environment() -> None:
     assert cfg.ordinal == 2 and cfg.role == "secondary"
 
 
+def test_dns_server_takes_an_address_and_port() -> None:
+    assert config.load(env={"POD_NAME": "kv-0", "KV_DNS_SERVER": "127.0.0.2:5353"}).dns_server == "127.0.0.2:5353"
+    assert config.load(env={"POD_NAME": "kv-0", "KV_DNS_SERVER": "[::1]:53"}).dns_server == "::1:53"
+
+
 def test_empty_variable_keeps_the_default() -> None:
     assert config.load(env={"POD_NAME": "kv-1", "KV_DNS_SERVER": ""}).dns_server == ""
 
@@ -38,6 +45,8 @@ def test_empty_variable_keeps_the_default() -> None:
     ({"KV_WRITE_CONCERN": "two"}, "KV_WRITE_CONCERN"),
     ({"KV_DNS_SERVER": "10.0.0.1"}, "KV_DNS_SERVER"),
     ({"KV_DNS_SERVER": "host:port"}, "KV_DNS_SERVER"),
+    ({"KV_DNS_SERVER": "dns.example:53"}, "KV_DNS_SERVER"),  # a name: the resolver needs an address
+    ({"KV_DNS_SERVER": "10.0.0.1:0"}, "KV_DNS_SERVER"),
     ({"KV_FSYNC": "maybe"}, "KV_FSYNC"),
     ({"KV_REFRESH_INTERVAL": "nan"}, "KV_REFRESH_INTERVAL"),
     ({"POD_NAMESPACE": "bad_ns!"}, "POD_NAMESPACE"),
@@ -87,3 +96,14 @@ def test_names_without_ordinal(name: str) -> None:
 
 def test_roles() -> None:
     assert role_of(0) == "primary" and role_of(1) == "secondary"
+
+
+def test_serve_help_shows_each_variable_and_its_default() -> None:
+    parser = argparse.ArgumentParser()
+    config.add_flags(parser)
+    text = " ".join(parser.format_help().split())  # argparse wraps lines at the terminal's width
+    for shown in ("[env KV_HTTP_PORT, default 8080]", "[env KV_WRITE_CONCERN, default majority]",
+                  "[env KV_FSYNC, default true]", "[env KV_WRITE_TIMEOUT, default 5]",
+                  "[env KV_MAX_VALUE_BYTES, default 1048576]", "(default: the hostname) [env POD_NAME]"):
+        assert shown in text, shown
+    assert "default None" not in text and "default ]" not in text

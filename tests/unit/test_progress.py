@@ -7,7 +7,10 @@ import os
 import select
 import pty
 
+import pytest
+
 from kvstore.chaos.cli import progress_text
+from kvstore.chaos.nemesis import FAULTS
 from kvstore.chaos.history import FAILED, OK, UNKNOWN, Op
 from kvstore.progress import ProgressLine
 
@@ -55,6 +58,21 @@ def test_a_terminal_gets_one_line_rewritten_in_place() -> None:
     assert written == ("\rfirst, longer\x1b[K" "\rsecond\x1b[K" "\r\x1b[Ka result\r\nsecond" "\r\n")
 
 
+def test_a_line_wider_than_the_terminal_is_cut_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "21")  # what shutil.get_terminal_size() reads first
+    master, slave = pty.openpty()
+    try:
+        with os.fdopen(slave, "w", closefd=False) as terminal:
+            line = ProgressLine(terminal)
+            line.show("0123456789" * 5)
+            assert line._shown == "01234567890123456..."  # 20 columns: the last one would wrap
+            line.show("fits")
+            assert line._shown == "fits"
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
 def _op(n: int, f: str, outcome: str, status: int | None = 200, done: bool = True) -> Op:
     return Op(id=n, process=0, key="k", f=f, pod="kv-0", call=float(n), ret=float(n) + 0.1 if done else None,
               outcome=outcome, status=status)
@@ -65,6 +83,11 @@ def test_the_chaos_line_counts_finished_operations_and_faults() -> None:
                _op(4, "put", FAILED, 503), _op(5, "put", UNKNOWN, None), _op(6, "put", UNKNOWN, None, done=False)]
     faults = [{"fault": "kill", "pod": "kv-0"}, {"fault": "kill", "pod": "kv-2"}, {"fault": "pause", "pod": "kv-1"}]
     text = progress_text(12.4, 60.0, history, faults, ("kill", "pause"))
-    # The operation in flight is not counted; a 412 is rejected, as in the summary table.
-    assert text == "chaos 12s/60s (48s left) | kill 2 pause 1 | ok 2 rejected 1 failed 1 unknown 1"
-    assert progress_text(61.0, 60.0, [], [], ()).startswith("chaos 60s/60s (0s left) | ok 0")
+    # The operation in flight is not counted; a 412 is rejected, as in the summary table. The
+    # outcomes come before the faults, so an 80-column terminal that cuts the line keeps them.
+    assert text == "chaos 12s/60s | ok 2 rejected 1 failed 1 unknown 1 | faults 3: kill 2 pause 1"
+    assert progress_text(61.0, 60.0, [], [], ()) == "chaos 60s/60s | ok 0 rejected 0 failed 0 unknown 0"
+    assert progress_text(5.0, 60.0, [], [], ("kill",)).endswith("unknown 0 | faults 0")
+    every = [{"fault": kind, "pod": "kv-1"} for kind in FAULTS]
+    busy = progress_text(599.0, 600.0, [_op(n, "put", OK) for n in range(99999)], every, FAULTS)
+    assert busy.index("unknown 0") < 80, busy
