@@ -31,6 +31,7 @@ class GatedBatch:
         return getattr(self._batch, name)
 
     def write(self) -> None:
+        self._db.threads.add(threading.current_thread().name)
         self._db.writing.set()
         assert self._db.gate.wait(10), "the test never opened the gate"
         if self._db.fail:
@@ -49,6 +50,7 @@ class GatedDB:
         self.fail = False
         self.synced: list[bool] = []  # each batch's sync flag, in the order they were written
         self.puts: list[tuple[bytes, bool]] = []
+        self.threads: set[str] = set()  # the threads every write ran on
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._db, name)
@@ -57,6 +59,7 @@ class GatedDB:
         return GatedBatch(self, self._db.write_batch(sync=sync), sync)
 
     def put(self, key: bytes, value: bytes, sync: bool = False) -> None:
+        self.threads.add(threading.current_thread().name)
         self.puts.append((key, sync))
         self._db.put(key, value, sync=sync)
 
@@ -100,10 +103,12 @@ async def test_a_write_is_acknowledged_only_after_its_batch_is_synced(gated: tup
     assert not write.done() and store.lsn == 0 and await store.get(b"a") is None
     assert not await store.wait_for_lsn(1, 0.01)
     # Pipelining sends a plain batch to followers before it is durable here; never anything else.
-    assert store.appended == (1 if pipeline and not conditional else 0)
+    sent = pipeline and not conditional
+    assert store.appended == (1 if sent else 0) and await store.wait_for_lsn(1, 0.01, appended=True) == sent
     db.gate.set()
     assert await write == 1
     assert store.lsn == 1 and db.synced == [True]
+    assert db.threads == {"kv-commit_0"}  # one thread writes everything, so batches stay in order
 
 
 async def test_replicated_entries_are_acknowledged_only_after_their_sync(gated: tuple[Store, GatedDB]) -> None:
@@ -111,10 +116,17 @@ async def test_replicated_entries_are_acknowledged_only_after_their_sync(gated: 
     applied = store.apply_nowait([LogEntry(1, 1, storage.PUT, b"k", b"v"), LogEntry(2, 1, storage.PUT, b"j", b"w")],
                                  committed=1)
     await held(db)
+    # Queued meanwhile: one batch, one sync; an entry already held (a retried fetch) is not applied twice.
+    again = store.apply_nowait([LogEntry(2, 1, storage.PUT, b"j", b"w"), LogEntry(3, 1, storage.DELETE, b"k", None)])
+    later = store.apply_nowait([LogEntry(4, 1, storage.PUT, b"i", b"x")])
     assert not applied.done() and store.lsn == 0 and store.appended == 0
     db.gate.set()
     await applied
     assert store.lsn == 2 and store.committed_on_disk == 1 and db.synced == [True]
+    await asyncio.wait_for(asyncio.gather(again, later), 5)
+    assert store.lsn == store.appended == 4 and db.synced == [True, True]
+    assert store.committed_on_disk == 1  # entries that came without a committed LSN do not lower or raise it
+    assert [e.lsn for e in map(LogEntry.decode, await store.log_after(0, 10, 1 << 20))] == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("pipeline", [False, True])
@@ -125,26 +137,47 @@ async def test_a_batch_the_disk_refused_acknowledges_nothing(gated: tuple[Store,
     await held(db)
     db.fail = True
     db.gate.set()
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageError) as refused:
         await write
     assert store.lsn == 0 and await store.get(b"a") is None
+    assert ("followers were sent it first" in str(refused.value)) == pipeline
     db.fail = False
     if pipeline:
         # Followers were sent LSN 1: giving it to another write would make it name two writes.
         assert store.failed is not None
-        with pytest.raises(StorageError):
+        with pytest.raises(StorageError, match="restart the pod"):
             await store.write(put("b"))
     else:
         assert store.failed is None and await store.write(put("b")) == 1
 
 
-async def test_lineage_and_promises_are_synced_before_they_count(gated: tuple[Store, GatedDB]) -> None:
+async def test_lineage_and_promises_are_synced_before_they_count(gated: tuple[Store, GatedDB],
+                                                                 tmp_path: Path) -> None:
     store, db = gated
     db.gate.set()
+    version = store.lineage_version
     await store.set_promise(Promise(2, "cd"))
     await store.set_lineage(EPOCH.begin(2, 1, "1" * 32, True, "cd"))
-    assert [sync for _, sync in db.puts] == [True, True, True]  # the fixture's lineage too
-    assert store.promise == Promise(2, "cd") and store.lineage.number == 2
+    assert store.lineage_version == version + 1  # log streams notice the new epoch
+    await store.set_lineage(EPOCH.begin(3, 1, "1" * 32, True, "ef"))
+    assert store.lineage_version == version + 2
+    assert [sync for _, sync in db.puts] == [True, True, True, True]  # the fixture's lineage too
+    assert db.threads == {"kv-commit_0"}
+    assert store.promise == Promise(2, "cd") and store.lineage.number == 3
+    await store.close()
+    reopened = Store.open(str(tmp_path / "data"))  # what was promised holds after a restart
+    try:
+        assert reopened.promise == Promise(2, "cd") and reopened.lineage.number == 3
+    finally:
+        await reopened.close()
+
+
+async def test_a_closed_store_takes_nothing(gated: tuple[Store, GatedDB]) -> None:
+    store, db = gated
+    db.gate.set()
+    await store.close()
+    with pytest.raises(StorageError, match="shutting down"):
+        await store.write(put("a"))
 
 
 async def test_without_fsync_batches_are_not_synced(tmp_path: Path) -> None:

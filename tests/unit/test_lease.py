@@ -172,3 +172,95 @@ async def test_a_follower_never_promises_an_epoch_its_log_already_holds(follower
             await ask(follower, number, ident)
         assert refused.value.promised == Promise(4, "dd")
     assert await ask(follower, 5, "ee") == Promise(5, "ee")
+
+
+# ------------------------------------------------------------- counting echoes
+async def settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_contact_comes_from_the_round_the_needed_follower_echoed() -> None:
+    """With echoes of rounds 4, 3, 2, 1: one follower needed confirms round 4, two round 3."""
+    for needed, confirmed in ((1, 4), (2, 3), (4, 1)):
+        clock = Clock()
+        f = Fencing(lambda: needed, clock=clock)
+        f.fenced_off = True
+        for _ in range(4):  # rounds 1..4, started at 101, 102, 103, 104
+            clock.now += 1
+            f.tick()
+            await settle()
+        for follower, round_ in (("kv-1", 4), ("kv-2", 3), ("kv-3", 2), ("kv-4", 1)):
+            f.echo(follower, round_)
+        assert f.last_contact() == 100 + confirmed, needed
+        f.echo("kv-1", 2)  # an older echo, relayed late, takes nothing back
+        assert f.echoed()["kv-1"] == 4 and f.last_contact() == 100 + confirmed
+
+
+async def test_an_unverified_epoch_is_fenced_off_only_once_a_quorum_followed_it() -> None:
+    f = Fencing(lambda: 2, lambda: 3)  # 5 replicas: a majority is 2 followers, the quorum 3
+    assert f.needed() == 3  # before any epoch began, as after an unverified one
+    f.begin(verified=False)
+    f.echo("kv-1", 1)
+    f.echo("kv-2", 1)
+    assert not f.fenced_off and f.needed() == 3
+    f.echo("kv-3", 1)
+    assert f.fenced_off and f.needed() == 2
+    f.begin(verified=True)
+    assert f.fenced_off and f.needed() == 2 and f.began is not None
+    f.reset()
+    assert not f.fenced_off and f.began is None and f.needed() == 3
+
+
+async def test_status_counts_rounds_leases_and_failures() -> None:
+    clock = Clock()
+    f = Fencing(lambda: 1, clock=clock)
+    f.begin(verified=True)
+    sent: list[int] = []
+    f.attach(sent.append)
+    failed = asyncio.ensure_future(f.confirm(timeout=0.01))
+    await settle()
+    assert await failed is False
+    clock.now += 0.5
+    read = asyncio.ensure_future(f.confirm(timeout=5))
+    await asyncio.sleep(0.1)  # round 1 was out a moment ago: round 2 goes once RESEND_AFTER passed
+    assert sent == [1, 2]
+    f.echo("kv-1", 2)
+    assert await read is True
+    assert f.confirmed_by_lease() and f.confirmed_by_lease()
+    assert f.status() == {"rounds_confirmed": 1, "rounds_failed": 1, "leased": True, "in_contact": True,
+                          "confirmed_by_lease": 2, "majority_heard_seconds_ago": 0.0,
+                          "contact_window_seconds": CONTACT_SECONDS}
+    assert Fencing(lambda: 0).confirmed_by_lease()  # one replica: nobody to ask
+    assert Fencing(lambda: 0, clock=clock).last_contact() == clock.now
+
+
+async def test_a_round_waited_across_any_reset_proves_nothing() -> None:
+    f = Fencing(lambda: 1)
+    f.reset()  # the generation moves on every reset, not to a fixed value
+    f.fenced_off = True
+    sent: list[int] = []
+    f.attach(sent.append)
+    read = asyncio.ensure_future(f.confirm(timeout=5))
+    await settle()
+    f.reset()
+    f.fenced_off = True
+    f.echo("kv-1", sent[-1])
+    assert await read is False
+
+
+async def test_streams_each_get_every_round_until_detached() -> None:
+    f = Fencing(lambda: 1)
+    f.fenced_off = True
+    first: list[int] = []
+    second: list[int] = []
+    f.attach(first.append)
+    detach_second = f.attach(second.append)
+    f.tick()
+    f.tick()  # a round is already scheduled in this loop turn: no second one
+    await settle()
+    detach_second()
+    f.echo("kv-1", 1)
+    f.tick()
+    await settle()
+    assert first == [1, 2] and second == [1]

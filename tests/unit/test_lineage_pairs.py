@@ -12,7 +12,9 @@ from itertools import combinations
 
 import pytest
 
-from kvstore.lineage import BEHIND, DIVERGED, DROPPABLE, PREFIX, Epoch, Lineage, common_point, compare
+from kvstore.lineage import (
+    BEHIND, DIVERGED, DROPPABLE, MAX_EPOCHS, PREFIX, Epoch, Lineage, LineageError, Promise, common_point, compare,
+)
 
 H = "1" * 32
 # Every epoch a lineage below may contain (number, start, history, id, verified).
@@ -88,3 +90,52 @@ def test_up_to_date_is_the_last_entrys_epoch_then_the_lsn() -> None:
     for lineage, lsn in ALL:
         last = writer(lineage, lsn) if lsn else None
         assert lineage.up_to_date_key(lsn) == (last[0] if last else 0, lsn)
+
+
+# ------------------------------------------------------------- the edges of the wire form
+def entry(number: int, start: int, ident: object = "a", history: object = H) -> dict[str, object]:
+    return {"epoch": number, "start": start, "history": history, "id": ident, "verified": True}
+
+
+@pytest.mark.parametrize("bad", [
+    [entry(1, 1), entry(1, 5, "b")],          # two epochs with one number: numbers must rise
+    [entry(1, 1, ident=5)], [entry(1, 1, ident="XYZ")], [entry(1, 1, history=5)],
+    [entry(2**63, 1)], [entry(1, 2**63)],
+])
+def test_more_malformed_lineages_are_refused(bad: object) -> None:
+    with pytest.raises(LineageError):
+        Lineage.from_json(bad)
+
+
+def test_the_largest_lineage_and_numbers_a_peer_may_send_are_taken() -> None:
+    longest = [entry(i + 1, i + 1) for i in range(MAX_EPOCHS)]
+    assert len(Lineage.from_json(longest).epochs) == MAX_EPOCHS
+    assert Lineage.from_json([entry(2**63 - 1, 2**63 - 1)]).number == 2**63 - 1
+    # An epoch that wrote nothing is kept until the next one begins at the same LSN (starts never go down).
+    assert [e.number for e in Lineage.from_json([entry(1, 3), entry(2, 3, "b")]).epochs] == [1, 2]
+
+
+@pytest.mark.parametrize("good, expected", [
+    (None, Promise()), ({"epoch": 0, "id": ""}, Promise()), ({"epoch": 1, "id": "ab"}, Promise(1, "ab")),
+    ({"epoch": 2**63 - 1, "id": "ab"}, Promise(2**63 - 1, "ab")),
+])
+def test_promises_a_peer_may_send(good: object, expected: Promise) -> None:
+    assert Promise.from_json(good) == expected
+
+
+@pytest.mark.parametrize("bad", [{"epoch": 1, "id": ""}, {"epoch": 0, "id": "ab"}, {"epoch": 2**63, "id": "ab"},
+                                 {"epoch": 1, "id": 7}, "ab"])
+def test_promises_a_peer_may_not_send(bad: object) -> None:
+    with pytest.raises(LineageError):
+        Promise.from_json(bad)
+
+
+def test_an_empty_lineage_and_the_fork_of_a_long_one() -> None:
+    assert Lineage().max_number() == 0 and Lineage().number == 0 and Lineage().last is None
+    h2, h3 = "2" * 32, "3" * 32
+    one = Lineage().begin(1, 1, H, True, "a")
+    assert one.begin(2, 5, h2, True, "b").fork() == {"parent": H, "lsn": 4}  # the fork right after the first
+    three = one.begin(2, 5, h2, True, "b").begin(3, 9, h2, True, "c").begin(4, 12, h3, True, "d")
+    assert three.fork() == {"parent": h2, "lsn": 11}
+    assert one.begin(2, 5, h2, True, "b").begin(3, 9, h2, True, "c").fork() == {"parent": H, "lsn": 4}
+    assert three.max_number() == 4

@@ -130,3 +130,29 @@ def test_a_majority_write_is_acknowledged_exactly_when_its_majority_holds_it(
         assert await table.wait(lsn, replicas, timeout=0.001) == holders  # w=all needs one more than exist
 
     asyncio.run(run())
+
+
+def test_membership_moves_on_every_change_of_the_followers_known_and_only_then() -> None:
+    """Who counts is cached until this number moves: it must never come back to an earlier value."""
+    table = AckTable()
+    seen = [table.membership]
+    for change in (lambda: table.record("kv-1", 1, "kv-1"), lambda: table.record("kv-2", 1, "kv-1"),
+                   lambda: table.left("kv-1"), lambda: table.joined("kv-1"), lambda: table.record("kv-1", 2, "kv-1")):
+        change()
+        assert table.membership not in seen
+        seen.append(table.membership)
+    table.record("kv-1", 3, "kv-1")  # a known follower moving on changes nobody's count
+    table.record("kv-2", 2, "kv-2")
+    assert table.membership == seen[-1]
+
+
+async def test_an_ack_records_when_and_through_whom_and_a_timed_out_wait_leaves_nothing_behind() -> None:
+    table = AckTable()
+    table.record("kv-2", 4, via="kv-1")
+    first = table.positions["kv-2"].seen
+    table.record("kv-2", 4, via="kv-3")  # the same LSN again, relayed by another: still heard, now
+    position = table.positions["kv-2"]
+    assert (position.lsn, position.via) == (4, "kv-3") and position.seen >= first > 0
+    assert table.downstream_of("kv-9", {"kv-2": 7}) == "kv-2:4/7"
+    assert await table.wait(5, 1, timeout=0.01) == 0
+    assert not table._waiters  # a write that timed out is not woken, nor kept, later

@@ -19,7 +19,7 @@ TWO = ONE.begin(2, 4, H, True, "b2")           # epoch 2 from LSN 4 on
 TWO_OTHER = ONE.begin(2, 3, H, False, "c2")    # another process's epoch 2, from LSN 3
 THREE = TWO.begin(3, 6, H, True, "d3")
 # (lineage, lsn) a replica may hold; () with 0: it never held data.
-LOGS = [(Lineage(), 0), (ONE, 2), (ONE, 5), (TWO, 3), (TWO, 4), (TWO, 7), (TWO_OTHER, 3), (TWO_OTHER, 9),
+LOGS = [(Lineage(), 0), (ONE, 0), (ONE, 2), (ONE, 5), (TWO, 3), (TWO, 4), (TWO, 7), (TWO_OTHER, 3), (TWO_OTHER, 9),
         (THREE, 5), (THREE, 6)]
 WAIT = 10.0
 
@@ -63,6 +63,7 @@ def test_the_decision_needs_a_quorum_and_takes_the_most_up_to_date_log(
     data_heard = [log for log in heard.values() if log[1] or log[0].epochs]
     if own_empty and all_heard and not data_heard:
         assert decision is not None and decision.source is None and decision.verified
+        assert not decision.continue_history and "no replica ever held data" in decision.why
         return
     may_decide = all_heard or (waited and (have_quorum or not own_empty))
     if not may_decide or (own_empty and not data_heard):
@@ -75,8 +76,13 @@ def test_the_decision_needs_a_quorum_and_takes_the_most_up_to_date_log(
     mine = most_up_to_date(own) if not own_empty else (-1, -1)
     if best is not None and best > mine:
         assert decision.source is not None and most_up_to_date(heard[decision.source]) == best
+        assert f"copying {decision.source}, the most up-to-date" in decision.why
     else:
         assert decision.source is None, "copied a follower whose log is not more up to date than kv-0's"
+        assert "this replica is the most up-to-date" in decision.why
+    # The reason an operator reads says how much was heard.
+    assert ("heard every follower" if all_heard else f"a quorum ({len(heard)} of {followers} followers)"
+            if have_quorum else "trusting this disk (unverified)") in decision.why
 
 
 def test_the_quorum_decides_for_four_and_five_replicas() -> None:
