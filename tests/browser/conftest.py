@@ -37,8 +37,10 @@ def ensure_chromium() -> tuple[str, str]:
 def chrome() -> Iterator[Any]:
     """One headless chromium for the session (a few seconds to start on a busy machine)."""
     browser, driver_path = ensure_chromium()
-    webdriver = pytest.importorskip("selenium.webdriver",
-                                    reason="selenium is in the test extra: pip install -e .[test]")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        needs.missing("selenium is in the test extra: pip install -e .[test]")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
