@@ -17,7 +17,8 @@ coverage excludes. The arguments after NAME go to mutmut::
     .venv/bin/python tests/mutate.py safety results
     .venv/bin/python tests/mutate.py safety show kvstore.lineage.x_common_point__mutmut_3
 
-``run`` starts from scratch each time (the set's old mutants are removed).
+``run`` starts from scratch (the set's old mutants are removed), unless it
+names mutants (``run 'kvstore.storage.*'``): then only those run again.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[0] in ("-h", "--help"):
         raise SystemExit(__doc__)
     name, args = argv[0], argv[1:]
-    workdir = prepare(name, fresh=args[0] == "run")
+    workdir = prepare(name, fresh=args[0] == "run" and not [a for a in args[1:] if not a.startswith("-")])
     mutmut = Path(sys.executable).parent / "mutmut"
     if not mutmut.exists():
         raise SystemExit(f"mutate.py: {mutmut} not found; run ./kv test once to install the test extra")

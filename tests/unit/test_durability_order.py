@@ -140,6 +140,7 @@ async def test_a_batch_the_disk_refused_acknowledges_nothing(gated: tuple[Store,
     with pytest.raises(StorageError) as refused:
         await write
     assert store.lsn == 0 and await store.get(b"a") is None
+    assert "write failed: [Errno 28] No space left on device" in str(refused.value)
     assert ("followers were sent it first" in str(refused.value)) == pipeline
     db.fail = False
     if pipeline:
@@ -192,3 +193,28 @@ async def test_without_fsync_batches_are_not_synced(tmp_path: Path) -> None:
         assert await store.write(put("a")) == 1 and db.synced == [False]
     finally:
         await store.close()
+
+
+async def test_conditions_within_one_batch_see_the_writes_before_them(gated: tuple[Store, GatedDB]) -> None:
+    """Writes queued while a batch is synced share the next one: each is checked against those before it."""
+    store, db = gated
+    first = asyncio.ensure_future(store.write(put("other")))
+    await held(db)
+    queued = [store.write(put("k", if_none_match=True)), store.write(put("k", if_none_match=True)),
+              store.write(put("k", if_match=(2,))), store.write(Mutation(storage.DELETE, b"k")),
+              store.write(put("k", if_match="*")), store.write(put("k", if_none_match=True))]
+    answers = asyncio.ensure_future(asyncio.gather(*queued, return_exceptions=True))
+    await asyncio.sleep(0)
+    db.gate.set()
+    assert await first == 1
+    results = await answers
+    assert results[0] == 2 and isinstance(results[1], storage.PreconditionFailed)
+    assert results[2:4] == [3, 4] and isinstance(results[4], storage.PreconditionFailed) and results[5] == 5
+    assert db.synced == [True, True]  # the six in one batch
+
+
+async def test_entries_without_a_committed_lsn_leave_it_alone(gated: tuple[Store, GatedDB]) -> None:
+    store, db = gated
+    db.gate.set()
+    await store.apply_nowait([LogEntry(1, 1, storage.PUT, b"k", b"v")])
+    assert store.lsn == 1 and store.committed_on_disk == 0

@@ -218,18 +218,27 @@ async def test_status_counts_rounds_leases_and_failures() -> None:
     f.begin(verified=True)
     sent: list[int] = []
     f.attach(sent.append)
-    failed = asyncio.ensure_future(f.confirm(timeout=0.01))
-    await settle()
-    assert await failed is False
+    assert f.status()["majority_heard_seconds_ago"] == 0.0  # the epoch began with a quorum of promises
+    f.reset()
+    assert f.status()["majority_heard_seconds_ago"] is None and not f.status()["in_contact"]
+    f.begin(verified=True)
+    for _ in range(2):
+        failed = asyncio.ensure_future(f.confirm(timeout=0.01))
+        await settle()
+        assert await failed is False
+        await asyncio.sleep(0.06)  # past RESEND_AFTER: the next read starts its own round
     clock.now += 0.5
-    read = asyncio.ensure_future(f.confirm(timeout=5))
-    await asyncio.sleep(0.1)  # round 1 was out a moment ago: round 2 goes once RESEND_AFTER passed
-    assert sent == [1, 2]
-    f.echo("kv-1", 2)
-    assert await read is True
+    for expected in (3, 4):
+        read = asyncio.ensure_future(f.confirm(timeout=5))
+        await asyncio.sleep(0.06)
+        assert sent[-1] == expected
+        f.echo("kv-1", expected)
+        assert await read is True
+        clock.now += LEASE_SECONDS  # the lease ran out: the next read needs a round again
+    clock.now -= 0.123  # 0.877 s after round 4 started: still leased (0.9 s)
     assert f.confirmed_by_lease() and f.confirmed_by_lease()
-    assert f.status() == {"rounds_confirmed": 1, "rounds_failed": 1, "leased": True, "in_contact": True,
-                          "confirmed_by_lease": 2, "majority_heard_seconds_ago": 0.0,
+    assert f.status() == {"rounds_confirmed": 2, "rounds_failed": 2, "leased": True, "in_contact": True,
+                          "confirmed_by_lease": 2, "majority_heard_seconds_ago": 0.877,
                           "contact_window_seconds": CONTACT_SECONDS}
     assert Fencing(lambda: 0).confirmed_by_lease()  # one replica: nobody to ask
     assert Fencing(lambda: 0, clock=clock).last_contact() == clock.now
@@ -254,13 +263,16 @@ async def test_streams_each_get_every_round_until_detached() -> None:
     f.fenced_off = True
     first: list[int] = []
     second: list[int] = []
+    third: list[int] = []
     f.attach(first.append)
     detach_second = f.attach(second.append)
+    f.attach(third.append)
     f.tick()
     f.tick()  # a round is already scheduled in this loop turn: no second one
     await settle()
     detach_second()
+    detach_second()  # a stream that ends twice (an error, then its cleanup)
     f.echo("kv-1", 1)
     f.tick()
     await settle()
-    assert first == [1, 2] and second == [1]
+    assert first == [1, 2] and second == [1] and third == [1, 2]

@@ -153,6 +153,10 @@ async def test_an_ack_records_when_and_through_whom_and_a_timed_out_wait_leaves_
     table.record("kv-2", 4, via="kv-3")  # the same LSN again, relayed by another: still heard, now
     position = table.positions["kv-2"]
     assert (position.lsn, position.via) == (4, "kv-3") and position.seen >= first > 0
-    assert table.downstream_of("kv-9", {"kv-2": 7}) == "kv-2:4/7"
-    assert await table.wait(5, 1, timeout=0.01) == 0
+    table.record("kv-3", 2, via="kv-3")
+    table.record("kv-9", 5, via="kv-9")
+    # What a cascade relays upstream: every follower but itself, with the newest round each echoed (0: none).
+    assert table.downstream_of("kv-9", {"kv-2": 7}) == "kv-2:4/7,kv-3:2/0"
+    table.left("kv-7")  # one that never acked leaves: nothing to forget, nothing fails
+    assert await table.wait(6, 1, timeout=0.01) == 0
     assert not table._waiters  # a write that timed out is not woken, nor kept, later

@@ -85,6 +85,17 @@ def test_the_decision_needs_a_quorum_and_takes_the_most_up_to_date_log(
             if have_quorum else "trusting this disk (unverified)") in decision.why
 
 
+def test_an_empty_kv0_copies_a_follower_that_began_an_epoch_even_before_it_wrote() -> None:
+    """A lineage is data too: an epoch a follower adopted, with no entry yet, is more than nothing."""
+    config = kvconfig.load({"POD_NAME": "kv-0", "KV_CLUSTER_TOKEN": "t"})
+    recovery = Recovery(config, Disk(0, Lineage()), None, None, None, Metrics(),  # type: ignore[arg-type]
+                        lambda: 3)
+    recovery.heard = {"kv-1": PeerPosition("kv-1", "following", 0, 1, ONE),
+                      "kv-2": PeerPosition("kv-2", "following", 0, 1, Lineage())}
+    decision = recovery.decide(2, 0.0)
+    assert decision is not None and decision.source == "kv-1" and decision.verified
+
+
 def test_the_quorum_decides_for_four_and_five_replicas() -> None:
     """The cases where three replicas' numbers would be wrong: 4 needs 2 of 3 followers, 5 needs 3 of 4."""
     config = kvconfig.load({"POD_NAME": "kv-0", "KV_CLUSTER_TOKEN": "t", "KV_RECOVERY_WAIT": "0"})
