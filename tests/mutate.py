@@ -118,7 +118,8 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[0] in ("-h", "--help"):
         raise SystemExit(__doc__)
     name, args = argv[0], argv[1:]
-    workdir = prepare(name, fresh=args[0] == "run" and not [a for a in args[1:] if not a.startswith("-")])
+    names = [a for a in args[1:] if a.startswith("kvstore.")]  # mutant names or globs, as mutmut shows them
+    workdir = prepare(name, fresh=args[0] == "run" and not names)
     mutmut = Path(sys.executable).parent / "mutmut"
     if not mutmut.exists():
         raise SystemExit(f"mutate.py: {mutmut} not found; run ./kv test once to install the test extra")
