@@ -276,3 +276,33 @@ async def test_streams_each_get_every_round_until_detached() -> None:
     f.tick()
     await settle()
     assert first == [1, 2] and second == [1] and third == [1, 2]
+
+
+async def test_one_round_per_round_trip_and_none_held_back() -> None:
+    """A read while a round is out waits for the next one, sent RESEND_AFTER after it; after a confirmed
+    round the next read's round goes at once; and no round is sent that nobody asked for."""
+    clock = Clock()
+    f = Fencing(lambda: 1, clock=clock)
+    f.fenced_off = True
+    sent: list[int] = []
+    f.attach(sent.append)
+    first = asyncio.ensure_future(f.confirm(timeout=5))
+    await settle()
+    second = asyncio.ensure_future(f.confirm(timeout=5))
+    for _ in range(10):  # loop turns, not time: RESEND_AFTER is 50 ms away
+        await asyncio.sleep(0)
+    assert sent == [1]  # round 1 is out: round 2 waits for its echo, or for RESEND_AFTER
+    f.echo("kv-1", 1)
+    assert await first is True
+    await settle()
+    assert sent == [1, 2]  # round 1 confirmed: the waiting read's round goes now
+    f.echo("kv-1", 2)
+    assert await second is True
+    clock.now += LEASE_SECONDS  # past the lease round 2 gave
+    third = asyncio.ensure_future(f.confirm(timeout=5))
+    await settle()
+    assert sent == [1, 2, 3]  # round 2, sent a moment ago, was confirmed: no wait
+    f.echo("kv-1", 3)
+    assert await third is True
+    await asyncio.sleep(0.08)
+    assert sent == [1, 2, 3]  # nothing else was asked for
