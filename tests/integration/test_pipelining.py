@@ -26,8 +26,6 @@ import subprocess
 import threading
 from pathlib import Path
 
-import pytest
-
 import needs
 from dns_cluster import Cluster, assert_all_readable, start_all, write_many
 from local_cluster import http, wait_for

@@ -10,7 +10,6 @@ pod addresses are looked up through the same resolver.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 from pathlib import Path
