@@ -231,10 +231,9 @@ def test_a_follower_that_cannot_follow_says_it_is_stalled_and_how_far_behind(wor
         # the last writes reach kv-0, and it asks again on each retry (backoff at most a few seconds).
         expected = f"stalled: {behind} entries behind"
 
-        def stalled() -> str:
-            status, _, body = http("GET", c.url(2) + "/readyz")
-            message = json.loads(body)["message"]
-            return message if status == 503 and expected in message else ""
+        def stalled() -> bool:
+            status, _, body = http("GET", c.url(2) + "/readyz")  # Ready (200) has no message
+            return status == 503 and expected in json.loads(body)["message"]
         wait_for(f"kv-2 to say {expected!r}", stalled, 30)
         read = http("GET", c.url(2) + "/v1/kv/small")
         assert read[0] == 200 and read[1]["X-Kv-Primary-Lsn"] == str(primary_lsn)  # a stale read, and says so
