@@ -26,8 +26,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-import pytest
-
+import needs
 from dns_cluster import Cluster, assert_all_readable, start_all, write_many
 from local_cluster import http, wait_for
 
@@ -156,8 +155,7 @@ def test_a_disk_that_refuses_a_sent_batch_stops_kv0_until_restarted_and_loses_no
     Restarted with room, it recovers what the followers hold; nothing acknowledged is lost and
     every replica ends with the same data.
     """
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs as kv-0's volume needs root")
+    needs.root("mounting a small tmpfs as kv-0's volume")
     disk = workdir / "data-kv-0"  # kv-0's volume: a 16 MiB tmpfs the test can fill
     disk.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], check=True)
