@@ -13,18 +13,22 @@ from hypothesis import strategies as st
 from kvstore import config as kvconfig
 from kvstore.discovery import Peer
 from kvstore.lineage import Lineage, Promise
+from kvstore.membership import Configuration, majority, recovery_quorum
 from kvstore.metrics import Metrics
-from kvstore.replica import required_acks
 from kvstore.replication.acks import AckTable
 from kvstore.replication.fencing import (
     CONTACT_SECONDS, HEARTBEAT_SECONDS, LEASE_SECONDS, LEASE_SHARE, Fencing,
 )
 from kvstore.replication.follower import Follower
 from kvstore.replication.peer_client import PeerPosition, PromiseRefused
-from kvstore.replication.recovery import quorum
 from kvstore.storage import Store
 
 DESIGN = Path(__file__).resolve().parents[2] / "docs" / "design.md"
+
+
+def replicas(count: int) -> tuple[tuple[int, ...], ...]:
+    """The voter sets of a settled configuration of ``count`` replicas (what Fencing counts echoes against)."""
+    return Configuration.initial(count).groups(True)
 
 
 class Clock:
@@ -55,7 +59,7 @@ async def test_the_lease_ends_before_any_follower_may_promise_again_at_the_state
     follower_free_at = LEASE_SECONDS / (1 + drift)  # kv-0's time, from the round's start
     assert LEASE_SECONDS * LEASE_SHARE <= follower_free_at
     clock = Clock()
-    f = Fencing(lambda: 1, clock=clock)
+    f = Fencing(lambda: replicas(3), clock=clock)
     f.fenced_off = True
     f.tick()
     f.echo("kv-1", 1)
@@ -74,7 +78,7 @@ def test_the_numbers_are_the_ones_the_design_page_states() -> None:
 
 async def test_the_lease_and_the_contact_window_at_their_exact_ends() -> None:
     clock = Clock()
-    f = Fencing(lambda: 2, clock=clock)
+    f = Fencing(lambda: replicas(5), clock=clock)
     f.fenced_off = True
     f.tick()
     clock.now = 100.5
@@ -96,13 +100,12 @@ async def test_the_lease_and_the_contact_window_at_their_exact_ends() -> None:
 @settings(max_examples=120, deadline=None)
 @given(st.integers(1, 9), st.booleans(), st.sets(st.integers(1, 8)))
 def test_a_round_is_confirmed_by_a_majority_or_while_unfenced_a_quorum(
-        replicas: int, verified: bool, echoing: set[int]) -> None:
-    followers = {f"kv-{i}" for i in echoing if i < replicas}
-    majority = required_acks("majority", replicas) - 1  # followers besides kv-0
-    needed = majority if verified else max(majority, quorum(replicas))
+        count: int, verified: bool, echoing: set[int]) -> None:
+    followers = {f"kv-{i}" for i in echoing if i < count}
+    needed = majority(count) - 1 if verified else recovery_quorum(count)  # followers besides kv-0
 
     async def run() -> bool:
-        f = Fencing(lambda: majority, lambda: quorum(replicas))
+        f = Fencing(lambda: replicas(count))
         f.begin(verified)
         sent: list[int] = []
         f.attach(sent.append)
@@ -139,7 +142,7 @@ async def follower(tmp_path: Path):
     await store.start()
     kv0 = KvZeroListed()
     config = kvconfig.load({"POD_NAME": "kv-1", "KV_CLUSTER_TOKEN": "t", "KV_DATA_DIR": str(tmp_path)})
-    f = Follower(config, store, kv0, kv0, AckTable(), Metrics(), Fencing(lambda: 0))  # type: ignore[arg-type]
+    f = Follower(config, store, kv0, kv0, AckTable(), Metrics(), Fencing(lambda: replicas(1)))  # type: ignore[arg-type]
     f.kv0 = kv0  # type: ignore[attr-defined]
     try:
         yield f
@@ -184,7 +187,7 @@ async def test_contact_comes_from_the_round_the_needed_follower_echoed() -> None
     """With echoes of rounds 4, 3, 2, 1: one follower needed confirms round 4, two round 3."""
     for needed, confirmed in ((1, 4), (2, 3), (4, 1)):
         clock = Clock()
-        f = Fencing(lambda: needed, clock=clock)
+        f = Fencing(lambda: replicas(2 * needed + 1), clock=clock)
         f.fenced_off = True
         for _ in range(4):  # rounds 1..4, started at 101, 102, 103, 104
             clock.now += 1
@@ -198,23 +201,26 @@ async def test_contact_comes_from_the_round_the_needed_follower_echoed() -> None
 
 
 async def test_an_unverified_epoch_is_fenced_off_only_once_a_quorum_followed_it() -> None:
-    f = Fencing(lambda: 2, lambda: 3)  # 5 replicas: a majority is 2 followers, the quorum 3
-    assert f.needed() == 3  # before any epoch began, as after an unverified one
+    f = Fencing(lambda: replicas(5))  # 5 replicas: a majority is 2 followers, the quorum 3
+    f.round = 1
     f.begin(verified=False)
     f.echo("kv-1", 1)
     f.echo("kv-2", 1)
-    assert not f.fenced_off and f.needed() == 3
+    # A majority echoed, not a quorum: round 1 is not confirmed before any epoch is fenced off.
+    assert not f.fenced_off and not f._quorum_echoed() and f._confirmed_round() == 0
+    f.echo("kv-7", 1)  # no voter: counts for nothing
+    assert not f.fenced_off
     f.echo("kv-3", 1)
-    assert f.fenced_off and f.needed() == 2
+    assert f.fenced_off and f._confirmed_round() == 1
     f.begin(verified=True)
-    assert f.fenced_off and f.needed() == 2 and f.began is not None
+    assert f.fenced_off and f.began is not None
     f.reset()
-    assert not f.fenced_off and f.began is None and f.needed() == 3
+    assert not f.fenced_off and f.began is None and f._confirmed_round() == 0
 
 
 async def test_status_counts_rounds_leases_and_failures() -> None:
     clock = Clock()
-    f = Fencing(lambda: 1, clock=clock)
+    f = Fencing(lambda: replicas(3), clock=clock)
     f.begin(verified=True)
     sent: list[int] = []
     f.attach(sent.append)
@@ -240,12 +246,12 @@ async def test_status_counts_rounds_leases_and_failures() -> None:
     assert f.status() == {"rounds_confirmed": 2, "rounds_failed": 2, "leased": True, "in_contact": True,
                           "confirmed_by_lease": 2, "majority_heard_seconds_ago": 0.877,
                           "contact_window_seconds": CONTACT_SECONDS}
-    assert Fencing(lambda: 0).confirmed_by_lease()  # one replica: nobody to ask
-    assert Fencing(lambda: 0, clock=clock).last_contact() == clock.now
+    assert Fencing(lambda: replicas(1)).confirmed_by_lease()  # one replica: nobody to ask
+    assert Fencing(lambda: replicas(1), clock=clock).last_contact() == clock.now
 
 
 async def test_a_round_waited_across_any_reset_proves_nothing() -> None:
-    f = Fencing(lambda: 1)
+    f = Fencing(lambda: replicas(3))
     f.reset()  # the generation moves on every reset, not to a fixed value
     f.fenced_off = True
     sent: list[int] = []
@@ -259,7 +265,7 @@ async def test_a_round_waited_across_any_reset_proves_nothing() -> None:
 
 
 async def test_streams_each_get_every_round_until_detached() -> None:
-    f = Fencing(lambda: 1)
+    f = Fencing(lambda: replicas(3))
     f.fenced_off = True
     first: list[int] = []
     second: list[int] = []
@@ -282,7 +288,7 @@ async def test_one_round_per_round_trip_and_none_held_back() -> None:
     """A read while a round is out waits for the next one, sent RESEND_AFTER after it; after a confirmed
     round the next read's round goes at once; and no round is sent that nobody asked for."""
     clock = Clock()
-    f = Fencing(lambda: 1, clock=clock)
+    f = Fencing(lambda: replicas(3), clock=clock)
     f.fenced_off = True
     sent: list[int] = []
     f.attach(sent.append)
