@@ -162,6 +162,10 @@ class Config:
         "KV_TEST_HOLD_COMMIT", "--test-hold-commit", _lsn_at_epoch,
         "tests only: kv-0 sends the batch holding LSN@EPOCH but never writes it (a crash before its fsync)",
         None)
+    test_max_epochs: int = _setting(
+        "KV_TEST_MAX_EPOCHS", "--test-max-epochs", int_range(1, 1000),
+        "tests only: the newest epochs a lineage kv-0 begins keeps (1000), lowered to reach the cap quickly",
+        1000)
 
     # Cached: read on every request, and a frozen Config's pod name never changes.
     @functools.cached_property

@@ -30,7 +30,7 @@ from kvstore import events
 from kvstore.aio import Watermark, cancel_and_wait
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
-from kvstore.lineage import BEHIND, DROPPABLE, PREFIX, Lineage, Promise, compare
+from kvstore.lineage import BEHIND, DROPPABLE, PREFIX, UNKNOWN, Lineage, Promise, compare
 from kvstore.metrics import Metrics
 from kvstore.replication import protocol
 from kvstore.replication.acks import AckTable
@@ -295,6 +295,8 @@ class Follower:
                         my_lsn, replacing.number, upstream.name, upstream.name)
             await self.install_snapshot_from(upstream, "entries past the fork point", allowed_fork=True)
             return
+        if against.relation == UNKNOWN:
+            raise Diverged(self._unplaceable(upstream, position.lineage))
         if against.relation != PREFIX:
             raise Diverged(self._divergence(upstream, position, against.common))
         if my_lsn + 1 < position.log_start and my_lsn < position.lsn:
@@ -383,6 +385,12 @@ class Follower:
         return (f"entries {common + 1}..{self.store.lsn} (history {self.store.history_id}, epoch "
                 f"{self.store.epoch}) are not in {upstream.name}'s history {position.lineage.history} "
                 f"(lsn {position.lsn}), and nothing proves they were never acknowledged")
+
+    def _unplaceable(self, upstream: Peer, lineage: Lineage) -> str:
+        oldest = lineage.epochs[0]
+        return (f"{upstream.name}'s lineage keeps epochs from {oldest.number} (lsn {oldest.start}) on, and none of "
+                f"them is in this replica's (lsn {self.store.lsn}, epoch {self.store.epoch}): this replica missed "
+                "more epochs than a lineage keeps, and nothing tells whether its entries are in that history")
 
     def _heard(self, upstream: Peer, upstream_lsn: int) -> None:
         self.upstream_heard = time.monotonic()
@@ -548,6 +556,8 @@ class Follower:
         relation = compare(mine, my_lsn, lineage, lsn).relation
         if relation == PREFIX or (allowed_fork and relation == DROPPABLE):
             return  # it holds everything we have, or what it lacks was never acknowledged
+        if relation == UNKNOWN:
+            raise Diverged(f"a snapshot from {upstream.name} at lsn {lsn}: {self._unplaceable(upstream, lineage)}")
         if relation == BEHIND:
             raise Stalled("snapshot_behind", f"refusing a snapshot from {upstream.name} at lsn {lsn}: this "
                           f"replica holds more ({my_lsn}) on the same line")
