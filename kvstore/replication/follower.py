@@ -44,6 +44,7 @@ MAX_APPLYING = 8  # batches a follower has queued for its disk before it stops r
 MAX_BACKOFF = 2.0  # seconds between attempts, at most
 RECOVERING_RETRY = 0.2  # seconds between attempts while the upstream is recovering
 SNAPSHOT_PROGRESS_EVERY = 5.0  # seconds between "keys so far" log lines of a snapshot copy
+_BEFORE_START = (0, "")  # the epoch of "an echo our previous process may have sent" (no real epoch is 0)
 
 
 class Stalled(Exception):
@@ -111,7 +112,9 @@ class Follower:
         self._cascade_failed: dict[int, float] = {}
         self._promising = asyncio.Lock()
         self._retry_now = asyncio.Event()
-        self._last_echo: tuple[tuple[int, str] | None, float] = (None, 0.0)  # (epoch, when) of our last echo
+        # (epoch, when) of our last echo. A new process may have echoed, before it started, a round
+        # whose lease a kv-0 still relies on: it counts its own start as an echo of no epoch.
+        self._last_echo: tuple[tuple[int, str], float] = (_BEFORE_START, time.monotonic())
         self._streaming: tuple[int, str] | None = None  # (number, id) of the epoch we stream now
         self.round = 0  # the newest confirmation round the current upstream sent
         self._rounds_of: tuple[int, str] | None = None  # the epoch whose rounds self.fencing passes down
@@ -364,11 +367,24 @@ class Follower:
                 await self._restart()  # no ack of ours reaches the older epoch from here on
             # The lease our last echo gave an older epoch's kv-0 must run out before the
             # candidate counts this promise (and could commit what that kv-0 would not see).
-            echoed, when = self._last_echo
-            remaining = when + LEASE_SECONDS - time.monotonic()
-            if echoed is not None and echoed != (candidate.number, candidate.id) and remaining > 0:
+            # Within LEASE_SECONDS of our start, that echo may be our previous process's.
+            remaining = self.promise_hold(candidate)
+            if remaining > 0:
+                log.info("promising epoch %d in %.2fs, once the lease of our last echo ran out", candidate.number,
+                         remaining)
                 await asyncio.sleep(remaining)
             self._retry_now.set()
+
+    def promise_hold(self, candidate: Promise) -> float:
+        """Seconds before this follower may count as promised to ``candidate`` (0: now).
+
+        LEASE_SECONDS after our last echo of another epoch, or after this process started
+        (the previous one's last echo is not known).
+        """
+        echoed, when = self._last_echo
+        if echoed == (candidate.number, candidate.id):
+            return 0.0
+        return max(0.0, when + LEASE_SECONDS - time.monotonic())
 
     def _check_streaming(self) -> None:
         """Raise Stalled when a promise made meanwhile no longer covers the epoch we stream (no ack may go)."""
