@@ -43,6 +43,9 @@ log = logging.getLogger("kvstore.replication")
 MAX_APPLYING = 8  # batches a follower has queued for its disk before it stops reading
 MAX_BACKOFF = 2.0  # seconds between attempts, at most
 RECOVERING_RETRY = 0.2  # seconds between attempts while the upstream is recovering
+# A stream carries something at least every KEEPALIVE_SECONDS: silence twice that long means
+# the upstream's LSN as last heard may be old.
+HEARD_RECENTLY = 2 * protocol.KEEPALIVE_SECONDS
 SNAPSHOT_PROGRESS_EVERY = 5.0  # seconds between "keys so far" log lines of a snapshot copy
 _BEFORE_START = (0, "")  # the epoch of "an echo our previous process may have sent" (no real epoch is 0)
 
@@ -408,6 +411,13 @@ class Follower:
                 f"them is in this replica's (lsn {self.store.lsn}, epoch {self.store.epoch}): this replica missed "
                 "more epochs than a lineage keeps, and nothing tells whether its entries are in that history")
 
+    def heard_ago(self) -> float | None:
+        """Seconds since the upstream last answered, when longer than a live stream stays quiet (else None)."""
+        if self.upstream_heard is None:
+            return None
+        ago = time.monotonic() - self.upstream_heard
+        return ago if ago > HEARD_RECENTLY else None
+
     def _heard(self, upstream: Peer, upstream_lsn: int) -> None:
         self.upstream_heard = time.monotonic()
         self.upstream_lsn = upstream_lsn
@@ -460,6 +470,7 @@ class Follower:
             applying: collections.deque[asyncio.Future[Any]] = collections.deque()
             next_lsn = store.lsn + 1
             lineage = store.lineage
+            previous: float | None = None  # when this stream's last message came (our disk waits left out)
             try:
                 while not acker.done():
                     msg = await ws.receive(timeout=protocol.SILENCE_SECONDS)
@@ -467,13 +478,21 @@ class Follower:
                         if ws.close_code in (protocol.CLOSE_LOG_TRUNCATED, protocol.CLOSE_LINEAGE_CHANGED):
                             return  # the next attempt compares again and knows what to do
                         raise ConnectionError(f"stream closed ({msg.type.name}, code {ws.close_code})")
+                    now = time.monotonic()
+                    if previous is not None and now - previous > protocol.SILENCE_SECONDS:
+                        # Longer than receive() waits: only while this process was paused (SIGSTOP).
+                        # This may have waited in a socket buffer since, and so may all that follows
+                        # (the upstream drops a stream silent that long): ask where it is now.
+                        raise Stalled("stream_gap", f"nothing came from {upstream.name} for {now - previous:.1f}s; "
+                                      "asking it again where it is")
+                    previous = now
                     upstream_lsn, committed, round_, entries = protocol.decode_message(msg.data)
                     if round_ > self.round:
                         self.round = round_
                         wake.set()  # the upstream asks who still follows it: answer now, not after the disk
                         if until is None:
                             self.fencing.relay(round_)
-                    self.last_contact = time.monotonic()
+                    self.last_contact = now
                     self._heard(upstream, upstream_lsn)
                     self.stalled = self.last_error = None
                     self._last_kind = None
@@ -496,7 +515,9 @@ class Follower:
                     if upstream.ordinal == 0:
                         self.primary_lsn = max(upstream_lsn, next_lsn - 1)
                     while applying and (applying[0].done() or len(applying) > MAX_APPLYING):
+                        waited = time.monotonic()
                         await applying.popleft()  # raises if the disk refused the batch
+                        previous += time.monotonic() - waited  # our own disk's time is no gap of the upstream's
                     if until is not None:
                         if next_lsn > until:
                             while applying:

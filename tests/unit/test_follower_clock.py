@@ -1,4 +1,4 @@
-"""A follower's clock: the wait before it promises a new epoch."""
+"""A follower's two clocks: the wait before it promises a new epoch, and how long ago it heard its upstream."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from kvstore import config as config_mod
 from kvstore.discovery import PeerDirectory
 from kvstore.lineage import Promise
 from kvstore.metrics import Metrics
+from kvstore.replication import follower as follower_mod
 from kvstore.replication.acks import AckTable
 from kvstore.replication.fencing import LEASE_SECONDS, Fencing
 from kvstore.replication.follower import Follower
@@ -49,3 +50,12 @@ async def test_an_echo_holds_every_other_epoch_for_the_lease_time(new_follower: 
     new_follower._last_echo = ((6, "cd"), time.monotonic())
     assert new_follower.promise_hold(Promise(7, "ab")) > LEASE_SECONDS - 0.5
     assert new_follower.promise_hold(Promise(6, "cd")) == 0  # the epoch it echoed holds no lease against itself
+
+
+def test_heard_ago_is_said_only_once_a_live_stream_would_have_spoken(new_follower: Follower) -> None:
+    assert new_follower.heard_ago() is None  # never heard: nothing to qualify
+    new_follower.upstream_heard = time.monotonic()
+    assert new_follower.heard_ago() is None
+    new_follower.upstream_heard = time.monotonic() - follower_mod.HEARD_RECENTLY - 10
+    ago = new_follower.heard_ago()
+    assert ago is not None and ago >= follower_mod.HEARD_RECENTLY + 10
