@@ -33,7 +33,7 @@ from kvstore.replication.peer_client import PeerClient, PeerError, PromiseRefuse
 from kvstore.replication.reconfigure import Reconfigurer
 from kvstore.replication.recovery import Recovery
 from kvstore.routing import Router, error_response
-from kvstore.storage import Store
+from kvstore.storage import StorageError, Store
 
 log = logging.getLogger("kvstore.replication")
 
@@ -164,6 +164,8 @@ class Replication:
         except PromiseRefused as exc:
             return web.json_response({"error": "promise_refused", "message": str(exc),
                                       "promised": exc.promised.to_json()}, status=409)
+        except StorageError as exc:  # the promise must be on disk before it is answered
+            return error_response(503, "storage_unavailable", f"{exc}; retry later")
         return web.json_response({"name": self.config.pod_name, **self.position()})
     async def stop(self) -> None:
         """Stop background work and close peer connections."""
