@@ -74,7 +74,7 @@ def test_a_batch_kv0_sent_but_never_wrote_is_never_read_and_is_dropped(workdir: 
             c.wait_writable()
         finally:
             os.kill(kv1, signal.SIGCONT)
-        assert "heard a quorum (3 of 4 followers)" in c.log(0)
+        assert "heard a quorum (3 of 4 voting followers)" in c.log(0)
         acknowledged |= write_many(c, "after", 5)  # LSNs 6.. of the new epoch
 
         # kv-1 follows again: its LSN 6 is another epoch's, which a verified epoch replaced: dropped.
