@@ -179,6 +179,10 @@ class Config:
     test_peer_protocol: tuple[int, int] | None = _setting(
         "KV_TEST_PEER_PROTOCOL", "--test-peer-protocol", _versions,
         "tests only: the peer protocol versions this pod claims to speak (N or N-M)", None)
+    test_max_epochs: int = _setting(
+        "KV_TEST_MAX_EPOCHS", "--test-max-epochs", int_range(1, 1000),
+        "tests only: the newest epochs a lineage kv-0 begins keeps (1000), lowered to reach the cap quickly",
+        1000)
 
     # Cached: read on every request, and a frozen Config's pod name never changes.
     @functools.cached_property
