@@ -41,7 +41,7 @@ from kvstore.replica import NoPrimary, Replica
 from kvstore.replication import protocol
 from kvstore.replication.log_server import snapshot_frames
 from kvstore.routing import ApiError, Router
-from kvstore.storage import Store, StorageError
+from kvstore.storage import Snapshot, Store, StorageError
 
 log = logging.getLogger("kvstore.backup")
 
@@ -122,28 +122,31 @@ class Backups:
                                f"{wait:g}s (KV_READ_WAIT; kv-0 may be away); retry, or back up another pod")
             await asyncio.sleep(0.05)
 
-    async def _send(self, request: web.BaseRequest, snap: Any) -> web.StreamResponse:
-        node = self.node
-        pod = node.config.pod_name
-        header = {"format": FORMAT, "lsn": snap.lsn, "history": snap.lineage.history,
-                  "lineage": snap.lineage.to_json(), "pod": pod, "kvstore": __version__,
-                  "taken_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    async def _send(self, request: web.BaseRequest, snap: Snapshot) -> web.StreamResponse:
+        pod = self.node.config.pod_name
         response = web.StreamResponse(headers={
             "Content-Type": "application/octet-stream", "X-Kv-Pod": pod, "X-Kv-Lsn": str(snap.lsn),
             "X-Kv-History": snap.lineage.history,
             "Content-Disposition": f'attachment; filename="{pod}-lsn{snap.lsn}.kvbackup"'})
         await response.prepare(request)
-        digest = hashlib.sha256(MAGIC)
-        await response.write(MAGIC)
-        count = 0
-        async for data, records in snapshot_frames(node.store, snap, header):
-            digest.update(data)
-            count += records
+        async for data in backup_stream(self.node.store, snap, pod):
             await response.write(data)
-        await response.write(protocol.frame(FRAME_CHECKSUM, digest.digest()))
         await response.write_eof()
-        log.info("sent a backup of %d keys at lsn %d to %s", count, snap.lsn, request.remote)
+        log.info("sent a backup at lsn %d to %s", snap.lsn, request.remote)
         return response
+
+
+async def backup_stream(store: Store, snap: Snapshot, pod: str) -> AsyncIterator[bytes]:
+    """A backup file's bytes, from an open snapshot of ``store``: the magic, the frames, the checksum."""
+    header = {"format": FORMAT, "lsn": snap.lsn, "history": snap.lineage.history,
+              "lineage": snap.lineage.to_json(), "pod": pod, "kvstore": __version__,
+              "taken_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    digest = hashlib.sha256(MAGIC)
+    yield MAGIC
+    async for data, _ in snapshot_frames(store, snap, header):
+        digest.update(data)
+        yield data
+    yield protocol.frame(FRAME_CHECKSUM, digest.digest())
 
 
 # ------------------------------------------------------------------ reading a file

@@ -67,6 +67,7 @@ class LocalCluster:
         self.env = dict(env or {})
         self.grace = grace
         self.ready_timeout = ready_timeout
+        self.restore: str | None = None  # a backup file ``up`` seeds kv-0's volume from
 
     def __enter__(self) -> "LocalCluster":
         self.up()
@@ -87,6 +88,8 @@ class LocalCluster:
             args += ["--dns-address", self.dns_address]
         if self.parallel:
             args.append("--parallel")
+        if self.restore is not None:
+            args += ["--restore", self.restore]
         args += [f"--env={name}={value}" for name, value in self.env.items()]
         # Room beyond the readiness timeout for the controller's own start (an image build with docker).
         result = run_cli(*args, timeout=self.ready_timeout + 90)
