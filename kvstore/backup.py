@@ -104,11 +104,14 @@ class Backups:
             snap = await store.run_blocking(store.open_snapshot)
             try:
                 await self._wait_committed(snap.lsn)
-                return await self._send(request, snap)
+                response = await self._send(request, snap)
             finally:
                 await store.run_blocking(snap.close)
         finally:
             self.running = False
+        # Only now the end: a client that takes the next backup at once finds this one over.
+        await response.write_eof()
+        return response
 
     async def _wait_committed(self, lsn: int) -> None:
         """A backup never holds an entry a majority may not hold (what reads promise too)."""
@@ -123,6 +126,7 @@ class Backups:
             await asyncio.sleep(0.05)
 
     async def _send(self, request: web.BaseRequest, snap: Snapshot) -> web.StreamResponse:
+        """Every byte of the backup but the end of the HTTP answer."""
         pod = self.node.config.pod_name
         response = web.StreamResponse(headers={
             "Content-Type": "application/octet-stream", "X-Kv-Pod": pod, "X-Kv-Lsn": str(snap.lsn),
@@ -131,7 +135,6 @@ class Backups:
         await response.prepare(request)
         async for data in backup_stream(self.node.store, snap, pod):
             await response.write(data)
-        await response.write_eof()
         log.info("sent a backup at lsn %d to %s", snap.lsn, request.remote)
         return response
 

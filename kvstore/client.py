@@ -15,6 +15,10 @@ import aiohttp
 from multidict import CIMultiDict
 
 
+# The longest watch line: a put of the largest value a replica may allow, in base64, with its key.
+MAX_WATCH_LINE = 96 * 1024 * 1024
+
+
 @dataclass
 class Reply:
     """One answer: status, headers, raw body and the decoded JSON when it is JSON."""
@@ -148,7 +152,7 @@ class Client:
                                  data.get("message", f"HTTP {response.status}"),
                                  resumable=response.status == 503, lsn=data.get("lsn"),
                                  history=data.get("history"))
-            async for raw in response.content:
+            while raw := await response.content.readline(max_line_length=MAX_WATCH_LINE):
                 line = json.loads(raw)
                 if line.get("type") == "error":
                     raise WatchError(200, line["error"], line["message"], resumable=line.get("resumable", False),
