@@ -46,6 +46,7 @@ from kvstore.storage import Snapshot, Store, StorageError
 log = logging.getLogger("kvstore.backup")
 
 MAGIC = b"kvstore backup 1\n"
+SUFFIX = ".kvbackup"
 FORMAT = 1
 FRAME_CHECKSUM = 4
 _FRAME = struct.Struct(">BI")
@@ -277,9 +278,17 @@ def records(path: str) -> Iterator[list[tuple[bytes, bytes]]]:
 
 
 # ------------------------------------------------------------------ saving
-async def download(client: Client, path: str) -> BackupInfo:
-    """``GET /v1/backup`` into ``path``: written beside it, checked whole, fsynced, then renamed over it."""
-    directory = os.path.dirname(os.path.abspath(path))
+async def download(client: Client, path: str, keep: int | None = None) -> tuple[BackupInfo, str]:
+    """``GET /v1/backup`` into ``path``: written beside it, checked whole, fsynced, then renamed over it.
+
+    When ``path`` is a directory the file is named there after what it
+    holds (:func:`file_name`), and with ``keep`` only the newest ``keep``
+    such files stay. Returns what the file holds and its path.
+    """
+    into_dir = os.path.isdir(path)
+    if keep is not None and not into_dir:
+        raise BackupError(f"keeping the newest {keep} backups needs a directory, and {path} is not one")
+    directory = os.path.abspath(path) if into_dir else os.path.dirname(os.path.abspath(path))
     partial = os.path.join(directory, f".{os.path.basename(path)}.partial-{os.getpid()}")
     try:
         async with client.open_stream("/v1/backup", read_timeout=max(client.timeout, 60.0)) as response:
@@ -297,18 +306,36 @@ async def download(client: Client, path: str) -> BackupInfo:
                 handle.flush()
                 os.fsync(handle.fileno())
         info = await asyncio.to_thread(check, partial)
+        if into_dir:
+            path = os.path.join(directory, file_name(info))
         os.replace(partial, path)
         fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if keep is not None:
+            prune(directory, keep)
     except OSError as exc:
         raise BackupError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         if os.path.exists(partial):
             os.remove(partial)
-    return info
+    return info, path
+
+
+def file_name(info: BackupInfo) -> str:
+    """``kv-1-20261202T031700Z-lsn1234.kvbackup``: the pod, when, the LSN (names sort by time per pod)."""
+    taken = datetime.datetime.fromisoformat(info.taken_at).astimezone(datetime.timezone.utc)
+    return f"{info.pod}-{taken:%Y%m%dT%H%M%SZ}-lsn{info.lsn}{SUFFIX}"
+
+
+def prune(directory: str, keep: int) -> None:
+    """Remove all but the newest ``keep`` backups (by modification time) that ``download`` named here."""
+    names = [n for n in os.listdir(directory) if n.endswith(SUFFIX) and not n.startswith(".")]
+    names.sort(key=lambda n: os.stat(os.path.join(directory, n)).st_mtime, reverse=True)
+    for name in names[keep:]:
+        os.remove(os.path.join(directory, name))
 
 
 # ------------------------------------------------------------------ restoring

@@ -82,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_target(watch)
 
     backup = sub.add_parser("backup", help="save a consistent snapshot of one replica to a file")
-    backup.add_argument("file", metavar="FILE", help="where to write it (replaced only once the new one is whole)")
+    backup.add_argument("file", metavar="FILE",
+                        help="where to write it (replaced only once the new one is whole); a directory: a new "
+                             "file there named <pod>-<UTC time>-lsn<N>.kvbackup")
+    backup.add_argument("--keep", type=flag(int_range(1, 100_000)), default=None,
+                        help="with a directory: keep only the newest N backups there")
     _add_client_target(backup)
 
     restore = sub.add_parser("restore", help="seed a new cluster's kv-0 volume from a backup file")
@@ -188,10 +192,10 @@ async def _backup(args: argparse.Namespace) -> int:
 
     async with Client(resolve_url(args), timeout=args.timeout) as client:
         try:
-            info = await backup.download(client, args.file)
+            info, path = await backup.download(client, args.file, args.keep)
         except backup.BackupError as exc:
             raise CliError(str(exc)) from None
-    print(f"wrote {args.file}: {backup.describe(info)}")
+    print(f"wrote {path}: {backup.describe(info)}")
     return 0
 
 

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -259,6 +260,8 @@ async def test_the_cli_prints_changes_as_text_or_json(replica: ReplicaProcess) -
     (["restore", "/nonexistent.kvbackup", "--data-dir", "{tmp}/d"], "cannot read /nonexistent.kvbackup"),
     (["restore", "{tmp}/not-a-backup", "--data-dir", "{tmp}/d"], "is not a kvstore backup"),
     (["restore", "{tmp}/not-a-backup"], "the following arguments are required: --data-dir"),
+    (["backup", "{tmp}/file.kvbackup", "--keep", "2"], "needs a directory, and {tmp}/file.kvbackup is not one"),
+    (["backup", "{tmp}", "--keep", "0"], "expected an integer from 1"),
 ])
 def test_bad_cli_inputs_are_one_line_errors(replica: ReplicaProcess, tmp_path: Path, args: list[str],
                                             message: str) -> None:
@@ -267,7 +270,7 @@ def test_bad_cli_inputs_are_one_line_errors(replica: ReplicaProcess, tmp_path: P
     if args[0] != "restore":
         args += ["--url", replica.url]
     result = kvstore(*args)
-    assert result.returncode in (1, 2) and message in result.stderr, result
+    assert result.returncode in (1, 2) and message.replace("{tmp}", str(tmp_path)) in result.stderr, result
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "d").exists()
 
@@ -287,3 +290,16 @@ def test_backup_then_restore_with_the_cli(replica: ReplicaProcess, tmp_path: Pat
     target.write_bytes(target.read_bytes()[:-10])
     result = kvstore("restore", str(target), "--data-dir", str(tmp_path / "other"))
     assert result.returncode == 2 and "is truncated" in result.stderr and not (tmp_path / "other").exists()
+
+
+def test_backups_into_a_directory_are_named_by_what_they_hold_and_pruned(replica: ReplicaProcess,
+                                                                         tmp_path: Path) -> None:
+    names = []
+    for i in range(3):
+        http("PUT", f"{replica.url}/v1/kv/w6", body=b"%d" % i)
+        result = kvstore("backup", str(tmp_path), "--keep", "2", "--url", replica.url)
+        assert result.returncode == 0, result
+        names.append(Path(result.stdout.split(":", 1)[0].removeprefix("wrote ")).name)
+        time.sleep(1.1)  # the names hold the second they were taken
+    assert all(re.fullmatch(r"kv-0-\d{8}T\d{6}Z-lsn\d+\.kvbackup", name) for name in names), names
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
