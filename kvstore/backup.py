@@ -96,6 +96,9 @@ class Backups:
             self.node.check_local_read()
         except NoPrimary as exc:
             raise unavailable(exc) from None
+        if request.method == "HEAD":  # the checks, without reading the whole database
+            return web.Response(headers={"Content-Type": "application/octet-stream",
+                                         "X-Kv-Pod": self.node.config.pod_name})
         if self.running:  # one at a time: each holds a LevelDB snapshot and reads the whole database
             raise ApiError(503, "backup_in_progress", "this pod is already sending a backup; retry when it is done",
                            headers={"Retry-After": "10"})

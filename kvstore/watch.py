@@ -155,6 +155,8 @@ class Watches:
         headers = {"X-Kv-Pod": self.config.pod_name, "X-Kv-Role": self.node.role,
                    "X-Kv-Lsn": str(self.node.committed_limit()), "X-Kv-History": store.history_id,
                    "Content-Type": CONTENT_TYPE, "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":  # the checks above, without a stream that would never end
+            return web.Response(headers=headers)
         response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         self.count += 1

@@ -144,6 +144,12 @@ def test_new_endpoints_refuse_a_body_and_other_methods(replica: ReplicaProcess, 
     assert status == 405 and headers["Allow"] == "GET,HEAD" and json.loads(body)["error"] == "method_not_allowed"
 
 
+@pytest.mark.parametrize("path", ["/v1/watch?prefix=a", "/v1/backup"])
+def test_head_answers_at_once_without_a_body(replica: ReplicaProcess, path: str) -> None:
+    status, headers, body = http("HEAD", replica.url + path, timeout=5)
+    assert (status, body) == (200, b"") and headers["X-Kv-Pod"] == "kv-0"
+
+
 def test_bad_backup_parameters_are_400(replica: ReplicaProcess) -> None:
     status, _, body = http("GET", f"{replica.url}/v1/backup?lsn=3")
     assert status == 400 and json.loads(body)["error"] == "unknown_parameter"
