@@ -189,8 +189,8 @@ async def follow(urls: Sequence[str], prefix: str = "", *, from_lsn: int | None 
 
     After a dropped connection, a stopping pod or a slow-watcher cut-off it
     watches again, from the next pod in ``urls``, from the LSN after the
-    last one it saw (events or keepalives) with the history it was given,
-    so nothing is skipped or shown twice. Gives up (raising the last error)
+    last one it saw (events or keepalives) with that LSN's history, so
+    nothing is skipped or shown twice. Gives up (raising the last error)
     after ``give_up_after`` seconds without a connection; raises
     :class:`WatchError` at once when the watcher must re-read first.
     """
@@ -206,11 +206,10 @@ async def follow(urls: Sequence[str], prefix: str = "", *, from_lsn: int | None 
                                                history=history, values=values):
                     failing_since = None
                     kind = line["type"]
-                    if kind == "start":
-                        history = history or line["history"] or None
-                        position = line["lsn"] if position is None else position
-                    elif kind == "keepalive":
-                        position = max(position or 0, line["lsn"])
+                    if kind in ("start", "keepalive"):
+                        # The history of that position: the one to resume with (it changes past a fork).
+                        history = line.get("history") or history
+                        position = line["lsn"] if position is None else max(position, line["lsn"])
                     else:
                         position = line["version"]
                         yield line

@@ -7,11 +7,14 @@ batches, so a watcher holds at most one batch in memory; one that does not
 take its stream for ``KV_WATCH_SEND_TIMEOUT`` is cut off with a reason, and
 one that falls behind the retained log is told to re-read. Lines:
 
-- ``{"type": "start", "pod", "history", "lsn"}``: events follow from ``lsn + 1``;
+- ``{"type": "start", "pod", "history", "lsn"}``: events follow from ``lsn + 1``,
+  and ``history`` is the history of ``lsn`` (what to pass back when resuming);
 - ``{"type": "put", "key", "version", "value"}`` (base64; left out with
   ``values=false``) and ``{"type": "delete", "key", "version"}``;
-- ``{"type": "keepalive", "lsn"}`` after ``KV_WATCH_KEEPALIVE`` seconds
-  without a line: everything up to ``lsn`` was scanned;
+- ``{"type": "keepalive", "lsn", "history"}`` after ``KV_WATCH_KEEPALIVE``
+  seconds without a line, and at once when the stream passes into another
+  history (a fork): everything up to ``lsn`` was scanned, and ``lsn``
+  belongs to ``history``;
 - ``{"type": "error", "error", "message", "lsn"}``, the last line of a watch
   that ends: ``resumable`` says whether watching again from ``lsn + 1``
   (with the same history) loses nothing.
@@ -164,7 +167,7 @@ class Watches:
             self._durable = asyncio.create_task(self._follow_durable(), name="watch-durable")
         try:
             await response.write(json_line({"type": "start", "pod": self.config.pod_name,
-                                            "history": store.history_id, "lsn": position}))
+                                            "history": line or store.history_id, "lsn": position}))
             await self._stream(request, response, prefix, position, line, values)
         except (ConnectionError, RuntimeError):  # the watcher went away
             pass
@@ -225,6 +228,8 @@ class Watches:
                                          f"this watch fell behind the retained log (it starts at lsn "
                                          f"{store.log_start}): re-read the keys and watch again from the "
                                          "X-Kv-Lsn of that read plus one", False) from None
+                    if store.lineage_version != lineage_version:
+                        continue  # read while the log changed under us (a snapshot): checked again above
                     out = []
                     for raw in raws:
                         entry = storage.LogEntry.decode(raw)
@@ -233,13 +238,18 @@ class Watches:
                         position = entry.lsn
                         if is_data(entry) and entry.key.startswith(prefix):
                             out.append(event_line(entry, values))
+                    here = history_at(store.lineage, position)
+                    if here and here != line:
+                        # Past a fork (or the first data): the watcher resumes with this history from now on.
+                        line = here
+                        out.append(json_line({"type": "keepalive", "lsn": position, "history": line}))
                     if out:
                         await self._send(response, b"".join(out))
                         last_sent = loop.time()
                     continue
                 wait = self.config.watch_keepalive - (loop.time() - last_sent)
                 if wait <= 0:
-                    await self._send(response, json_line({"type": "keepalive", "lsn": position}))
+                    await self._send(response, json_line({"type": "keepalive", "lsn": position, "history": line}))
                     last_sent = loop.time()
                     continue
                 try:
