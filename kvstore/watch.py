@@ -103,6 +103,8 @@ class Watches:
 
     def signal(self) -> None:
         """The committed LSN or this pod's own may have moved: every watch looks again."""
+        if not self.count and not self._closing:  # called on every ack: nothing to do for nobody
+            return
         event, self._changed = self._changed, asyncio.Event()
         event.set()
 

@@ -208,6 +208,7 @@ async def test_a_watcher_that_does_not_read_is_cut_off_with_a_reason(tmp_path: P
                            1 + 60 - got[-1]["lsn"], keepalives=False)
         assert [e["version"] for e in rest[1:]] == list(range(got[-1]["lsn"] + 1, 61))
         assert "watch from 127.0.0.1 ended at lsn" in proc.log_tail(100)
+        assert "Traceback" not in proc.log_tail(1000)
 
 
 async def test_watches_are_bounded_per_pod(tmp_path: Path) -> None:
@@ -233,6 +234,7 @@ async def test_a_stopping_pod_ends_its_watches_with_a_resumable_line(tmp_path: P
                 got = await rest_of(response)
         assert got[-1]["error"] == "shutting_down" and got[-1]["resumable"] is True, got
         assert proc.proc.wait(10) == 0 and time.monotonic() - started < 4  # not held for the grace period
+        assert "Traceback" not in proc.log_tail(1000)
 
 
 async def test_the_cli_prints_changes_as_text_or_json(replica: ReplicaProcess) -> None:
