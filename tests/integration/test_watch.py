@@ -200,7 +200,7 @@ async def test_a_watcher_that_does_not_read_is_cut_off_with_a_reason(tmp_path: P
                 got = await rest_of(response)
         assert got[-1]["type"] == "error" and got[-1]["error"] == "slow_watcher", got[-1]
         assert got[-1]["resumable"] is True and "KV_WATCH_SEND_TIMEOUT" in got[-1]["message"]
-        events = got[:-1]
+        events = [line for line in got[:-1] if line["type"] == "put"]  # and the keepalive naming the history
         assert 0 < len(events) < 60 and [e["version"] for e in events] == list(range(1, len(events) + 1))
         assert got[-1]["lsn"] >= events[-1]["version"]
         # Nothing is lost: watching again from its position gives the rest.
