@@ -284,27 +284,27 @@ async function listKeys(startAfter, quiet = false) {
 
 // ------------------------------------------------------ following a prefix live
 // GET /v1/watch streams one JSON object a line; every change re-lists the page shown.
-const live = { controller: null };
+const watching = { controller: null };
 
 function stopFollowing(why = "") {
-  if (live.controller) live.controller.abort();
-  live.controller = null;
-  $("live").textContent = why;
+  if (watching.controller) watching.controller.abort();
+  watching.controller = null;
+  $("following").textContent = why;
 }
 
 function onWatchLine(line, relist) {
   if (line.type === "put" || line.type === "delete") {
-    $("live").textContent = `live: v${line.version} ${line.type} ${line.key}`;
+    $("following").textContent = `live: v${line.version} ${line.type} ${line.key}`;
     relist();
   } else if (line.type === "error") {
-    $("live").textContent = `the watch ended (${line.error}): ${line.message}; List again to follow`;
+    $("following").textContent = `the watch ended (${line.error}): ${line.message}; List again to follow`;
   }
 }
 
 async function follow(prefix, fromLsn, history) {
   stopFollowing("following…");
   const controller = new AbortController();
-  live.controller = controller;
+  watching.controller = controller;
   const params = { values: "false", from_lsn: String(fromLsn) };
   if (prefix) params.prefix = prefix;
   if (history) params.history = history;
@@ -330,11 +330,11 @@ async function follow(prefix, fromLsn, history) {
         buffered = buffered.slice(end + 1);
       }
     }
-    if (live.controller === controller && !$("live").textContent.startsWith("the watch ended")) {
-      $("live").textContent = "the watch ended (the pod went away?); List again to follow";
+    if (watching.controller === controller && !$("following").textContent.startsWith("the watch ended")) {
+      $("following").textContent = "the watch ended (the pod went away?); List again to follow";
     }
   } catch (err) {
-    if (err.name !== "AbortError") $("live").textContent = `not following: ${err.message}`;
+    if (err.name !== "AbortError") $("following").textContent = `not following: ${err.message}`;
   }
 }
 
