@@ -18,6 +18,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from kvstore import api, routing
+from kvstore.backup import Backups
 from kvstore.config import Config, ConfigError
 from kvstore.dashboard import Dashboard
 from kvstore.discovery import PeerDirectory
@@ -26,6 +27,7 @@ from kvstore.replication.versions import HEADER, REFUSAL
 from kvstore.metrics import Metrics
 from kvstore.replica import Replica
 from kvstore.storage import Store, StorageError
+from kvstore.watch import Watches
 
 log = logging.getLogger("kvstore")
 
@@ -148,11 +150,18 @@ async def serve(config: Config) -> int:
     replication = Replication(config, store, metrics, directory, token)
     replica = Replica(config, store, metrics, replication)
     dashboard = Dashboard(replica)
+    watches = Watches(replica)
+    backups = Backups(replica)
+
+    def client_routes(router: routing.Router) -> None:
+        dashboard.add_client_routes(router)
+        watches.add_client_routes(router)
+        backups.add_client_routes(router)
     in_flight = routing.InFlight()
     # aiohttp's low-level server: see routing.Router for why not an Application.
     # Both answer even what aiohttp's HTTP parser refuses in JSON (see routing.JsonErrorServer).
     client_runner = web.ServerRunner(
-        routing.JsonErrorServer(api.create_handler(replica, in_flight, dashboard.add_client_routes), max_key_bytes=config.max_key_bytes,
+        routing.JsonErrorServer(api.create_handler(replica, in_flight, client_routes), max_key_bytes=config.max_key_bytes,
                                 access_log=None),
         shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
     peer_runner = web.ServerRunner(
@@ -189,6 +198,7 @@ async def serve(config: Config) -> int:
         # shutdown stops reading at once, which would cut a half-sent body.
         replication.server.close()  # open log streams end now
         dashboard.close()  # and so do open dashboards' live feeds
+        watches.close()  # and watches, each with a line that says to watch again
         for site in [*client_runner.sites, *peer_runner.sites]:
             await site.stop()
         if not await in_flight.wait_idle(SHUTDOWN_GRACE):
@@ -196,6 +206,7 @@ async def serve(config: Config) -> int:
     finally:
         replication.server.close()
         dashboard.close()
+        await watches.stop()
         await directory.stop()
         await replication.stop()
         await client_runner.cleanup()
