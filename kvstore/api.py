@@ -98,7 +98,8 @@ class ClientApi:
         lands while the read runs may or may not be in what it returns.
         """
         out = {"X-Kv-Pod": self.config.pod_name, "X-Kv-Role": self.node.role,
-               "X-Kv-Lsn": str(self.node.store.lsn if lsn is None else lsn)}
+               "X-Kv-Lsn": str(self.node.store.lsn if lsn is None else lsn),
+               "X-Kv-History": self.node.store.history_id}
         primary_lsn = self.node.primary_lsn()
         if primary_lsn is not None:
             out["X-Kv-Primary-Lsn"] = str(primary_lsn)

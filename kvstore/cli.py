@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -14,8 +15,8 @@ import aiohttp
 from kvstore import config as config_mod
 from kvstore import operator
 from kvstore.chaos import cli as chaos_cli
-from kvstore.client import Client, Reply, why_unanswered
-from kvstore.cmdline import DEFAULT_CLUSTER_DIR, Parser, hint
+from kvstore.client import Client, Reply, WatchError, follow, why_unanswered
+from kvstore.cmdline import DEFAULT_CLUSTER_DIR, Parser, flag, hint, int_range
 from kvstore.local import cli as local_cli
 from kvstore.local.state import read_client_url
 
@@ -68,6 +69,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="a replica's status as JSON")
     _add_client_target(status)
+
+    watch = sub.add_parser("watch", help="print every change under a prefix as it is committed (Ctrl-C stops)")
+    watch.add_argument("prefix", nargs="?", default="", help="keys that start with this (default: every key)")
+    watch.add_argument("--from-lsn", type=flag(int_range(1, 2**63 - 1)), default=None,
+                       help="first LSN to show (default: changes from now on)")
+    watch.add_argument("--history", default=None,
+                       help="with --from-lsn: the history id (X-Kv-History) that LSN belongs to")
+    watch.add_argument("--no-values", action="store_true", help="leave the values out")
+    watch.add_argument("--json", action="store_true", help="one JSON object per line (values in base64)")
+    _add_client_target(watch)
+
+    backup = sub.add_parser("backup", help="save a consistent snapshot of one replica to a file")
+    backup.add_argument("file", metavar="FILE",
+                        help="where to write it (replaced only once the new one is whole); a directory: a new "
+                             "file there named <pod>-<UTC time>-lsn<N>.kvbackup")
+    backup.add_argument("--keep", type=flag(int_range(1, 100_000)), default=None,
+                        help="with a directory: keep only the newest N backups there")
+    _add_client_target(backup)
+
+    restore = sub.add_parser("restore", help="seed a new cluster's kv-0 volume from a backup file")
+    restore.add_argument("file", metavar="FILE", help="a file the backup command wrote")
+    restore.add_argument("--data-dir", required=True,
+                         help="kv-0's data dir (its volume's mount), empty; the file is checked before it is touched")
 
     # Sub-command groups that live with their own packages.
     local_cli.register(sub)
@@ -140,6 +164,60 @@ async def _call(args: argparse.Namespace, url: str) -> int:
         return 0
 
 
+def _printable(value: bytes) -> str:
+    """A value as text when it is printable UTF-8, else as ``base64:...``."""
+    try:
+        text = value.decode("utf-8")
+        if text.isprintable():
+            return text
+    except UnicodeDecodeError:
+        pass
+    return "base64:" + base64.b64encode(value).decode("ascii")
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    url = resolve_url(args)
+    if args.history is not None and args.from_lsn is None:
+        raise CliError("--history names the history of --from-lsn: give both")
+    try:
+        async for event in follow([url], args.prefix, from_lsn=args.from_lsn, history=args.history,
+                                  values=not args.no_values, timeout=args.timeout):
+            if args.json:
+                if "value" in event:
+                    event = {**event, "value": base64.b64encode(event["value"]).decode("ascii")}
+                print(json.dumps(event), flush=True)
+            else:
+                value = f" {_printable(event['value'])}" if "value" in event else ""
+                print(f"{event['version']} {event['type']} {event['key']}{value}", flush=True)
+    except WatchError as exc:
+        print(f"kvstore watch: {exc.status} {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _backup(args: argparse.Namespace) -> int:
+    from kvstore import backup  # LevelDB is loaded only by the commands that need it
+
+    async with Client(resolve_url(args), timeout=args.timeout) as client:
+        try:
+            info, path = await backup.download(client, args.file, args.keep)
+        except backup.BackupError as exc:
+            raise CliError(str(exc)) from None
+    print(f"wrote {path}: {backup.describe(info)}")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from kvstore import backup
+
+    try:
+        info = asyncio.run(backup.restore(args.file, args.data_dir))
+    except backup.BackupError as exc:
+        raise CliError(str(exc)) from None
+    print(f"restored {backup.describe(info)} into {args.data_dir}; start kv-0 on it, its followers copy it")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``kvstore`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -158,6 +236,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return server.run(cfg)
         if args.command in ("get", "put", "delete", "ls", "status"):
             return asyncio.run(_client_command(args))
+        if args.command == "watch":
+            return asyncio.run(_watch(args))
+        if args.command == "backup":
+            return asyncio.run(_backup(args))
+        if args.command == "restore":
+            return _restore(args)
         return args.handler(args)
     except CliError as exc:
         print(f"kvstore {args.command}: {exc}", file=sys.stderr)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
+import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, AsyncIterator, Mapping, Sequence
 from urllib.parse import quote
 
 import aiohttp
 from multidict import CIMultiDict
+
+
+# The longest watch line: a put of the largest value a replica may allow, in base64, with its key.
+MAX_WATCH_LINE = 96 * 1024 * 1024
 
 
 @dataclass
@@ -82,6 +89,7 @@ class Client:
     def __init__(self, base_url: str, timeout: float = 10.0,
                  session: aiohttp.ClientSession | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
         self._own_session = session is None
         self._session = session or never_resend(aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout)))
@@ -138,6 +146,109 @@ class Client:
     async def status(self) -> Reply:
         """This replica's status."""
         return await self.request("GET", "/v1/status")
+
+    @contextlib.asynccontextmanager
+    async def open_stream(self, path: str, params: Mapping[str, Any] | None = None,
+                          read_timeout: float | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A GET whose answer is read as it arrives (a watch, a backup): no total timeout, only
+        ``read_timeout`` (default: the client's) between two reads."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout,
+                                        sock_read=read_timeout or self.timeout)
+        async with self._session.get(self.base_url + path, params=params, timeout=timeout) as response:
+            yield response
+
+    async def watch(self, prefix: str = "", *, from_lsn: int | None = None, history: str | None = None,
+                    values: bool = True, read_timeout: float = 30.0) -> AsyncIterator[dict[str, Any]]:
+        """One watch connection: every line (start, put, delete, keepalive) as a dict, values decoded.
+
+        Raises :class:`WatchError` when the replica refuses the watch or ends
+        it with an error line; a dropped connection raises aiohttp's errors.
+        """
+        params = _params(prefix=prefix or None, from_lsn=from_lsn, history=history or None,
+                         values=None if values else "false")
+        async with self.open_stream("/v1/watch", params, read_timeout) as response:
+            if response.status != 200:
+                body = await response.read()
+                try:
+                    data = json.loads(body)
+                except ValueError:
+                    data = {}
+                raise WatchError(response.status, data.get("error", "http_error"),
+                                 data.get("message", f"HTTP {response.status}"),
+                                 resumable=response.status == 503, lsn=data.get("lsn"),
+                                 history=data.get("history"))
+            while raw := await response.content.readline(max_line_length=MAX_WATCH_LINE):
+                line = json.loads(raw)
+                if line.get("type") == "error":
+                    raise WatchError(200, line["error"], line["message"], resumable=line.get("resumable", False),
+                                     lsn=line.get("lsn"))
+                if "value" in line:
+                    line["value"] = base64.b64decode(line["value"])
+                yield line
+            raise WatchError(200, "ended", "the watch ended without a reason", resumable=True)
+
+
+class WatchError(Exception):
+    """A watch was refused (``status`` is its HTTP status) or ended with an error line (status 200).
+
+    ``resumable``: watching again from the last position loses nothing;
+    otherwise (``log_compacted``, ``history_changed``, a bad parameter) the
+    watcher must re-read the keys first.
+    """
+
+    def __init__(self, status: int, code: str, message: str, resumable: bool,
+                 lsn: int | None = None, history: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.resumable = resumable
+        self.lsn = lsn
+        self.history = history
+
+
+async def follow(urls: Sequence[str], prefix: str = "", *, from_lsn: int | None = None,
+                 history: str | None = None, values: bool = True, give_up_after: float = 60.0,
+                 timeout: float = 10.0) -> AsyncIterator[dict[str, Any]]:
+    """Watch ``prefix`` through any of ``urls``, reconnecting from the last position: yields puts and deletes.
+
+    After a dropped connection, a stopping pod or a slow-watcher cut-off it
+    watches again, from the next pod in ``urls``, from the LSN after the
+    last one it saw (events or keepalives) with that LSN's history, so
+    nothing is skipped or shown twice. Gives up (raising the last error)
+    after ``give_up_after`` seconds without a connection; raises
+    :class:`WatchError` at once when the watcher must re-read first.
+    """
+    position = None if from_lsn is None else from_lsn - 1
+    failing_since: float | None = None
+    attempt = 0
+    while True:
+        url = urls[attempt % len(urls)]
+        attempt += 1
+        try:
+            async with Client(url, timeout=timeout) as client:
+                async for line in client.watch(prefix, from_lsn=None if position is None else position + 1,
+                                               history=history, values=values):
+                    failing_since = None
+                    kind = line["type"]
+                    if kind in ("start", "keepalive"):
+                        # The history of that position: the one to resume with (it changes past a fork).
+                        history = line.get("history") or history
+                        position = line["lsn"] if position is None else max(position, line["lsn"])
+                    else:
+                        position = line["version"]
+                        yield line
+        except WatchError as exc:
+            if not exc.resumable:
+                raise
+            error: Exception = exc
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, ValueError) as exc:
+            error = exc
+        now = time.monotonic()
+        failing_since = failing_since or now
+        if now - failing_since > give_up_after:
+            raise error
+        await asyncio.sleep(min(1.0, 0.1 * attempt))
 
 
 def _params(**values: Any) -> dict[str, str]:

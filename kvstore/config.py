@@ -169,6 +169,13 @@ class Config:
                            "fsync before acknowledging (false is for benchmarks only)", True)
     pipeline: bool = _setting("KV_PIPELINE", "--pipeline", _bool,
                               "kv-0 sends a batch to its followers while it fsyncs it (false: after)", True)
+    watch_keepalive: float = _setting("KV_WATCH_KEEPALIVE", "--watch-keepalive", float_range(0.1, 3600),
+                                      "seconds an idle watch waits before it sends a keepalive line", 10.0)
+    watch_send_timeout: float = _setting("KV_WATCH_SEND_TIMEOUT", "--watch-send-timeout", float_range(0.1, 3600),
+                                         "seconds a watcher may take to accept more of its stream before it is "
+                                         "cut off as too slow", 10.0)
+    max_watchers: int = _setting("KV_MAX_WATCHERS", "--max-watchers", int_range(0, 100_000),
+                                 "open watches this pod serves at once (more answer 503)", 1000)
     test_hold_commit: tuple[int, int] | None = _setting(
         "KV_TEST_HOLD_COMMIT", "--test-hold-commit", _lsn_at_epoch,
         "tests only: kv-0 sends the batch holding LSN@EPOCH but never writes it (a crash before its fsync)",
@@ -179,6 +186,10 @@ class Config:
     test_peer_protocol: tuple[int, int] | None = _setting(
         "KV_TEST_PEER_PROTOCOL", "--test-peer-protocol", _versions,
         "tests only: the peer protocol versions this pod claims to speak (N or N-M)", None)
+    test_max_epochs: int = _setting(
+        "KV_TEST_MAX_EPOCHS", "--test-max-epochs", int_range(1, 1000),
+        "tests only: the newest epochs a lineage kv-0 begins keeps (1000), lowered to reach the cap quickly",
+        1000)
 
     # Cached: read on every request, and a frozen Config's pod name never changes.
     @functools.cached_property

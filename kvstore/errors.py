@@ -63,6 +63,12 @@ ERRORS: tuple[ErrorCode, ...] = (
     ErrorCode("log_truncated", "410", PEER,
               "a log stream asked from a position the upstream no longer retains: take a snapshot "
               "(`X-Kv-Error`)"),
+    ErrorCode("history_changed", "409", CLIENT,
+              "a watch's `from_lsn` or `history` is of another history than this pod's (after a fork): re-read, "
+              "then watch from the LSN the message gives (also a watch stream's last line)"),
+    ErrorCode("log_compacted", "410", CLIENT,
+              "a watch's `from_lsn` is older than this pod's retained log: re-read, then watch from the LSN the "
+              "message gives (also a watch stream's last line)"),
     ErrorCode("precondition_failed", "412", BOTH,
               "`If-Match` or `If-None-Match: *` does not hold (with `current_version`)"),
     ErrorCode("min_lsn_ahead", "412", BOTH,
@@ -88,6 +94,9 @@ ERRORS: tuple[ErrorCode, ...] = (
     ErrorCode("storage_unavailable", "503", BOTH,
               "kv-0's disk refused a write; it takes none until restarted (may have been applied: read before "
               "retrying)"),
+    ErrorCode("too_many_watchers", "503", CLIENT, "the pod serves `KV_MAX_WATCHERS` watches already"),
+    ErrorCode("shutting_down", "503", CLIENT, "the pod is stopping: watch another pod (also a watch's last line)"),
+    ErrorCode("backup_in_progress", "503", CLIENT, "the pod is sending a backup already; retry when it is done"),
     ErrorCode("not_ready", "503", CLIENT,
               "`/readyz` while the replica is not Ready (the reason in the message)"),
     ErrorCode("write_concern_timeout", "504", BOTH,

@@ -14,6 +14,13 @@ primary appends to one log, and a follower adopts a lineage only after its
 own log matched it). So comparing two lineages tells, without reading a
 single entry, where two logs part: :func:`common_point`.
 
+A lineage keeps only its newest ``MAX_EPOCHS`` epochs (a bound on what peers
+send and store). By log matching, an epoch both lineages hold vouches for every
+entry before it, so two lineages compare from the oldest epoch they share: cut
+ones that are identical, or one a prefix of the other, compare as if uncut. Only
+a log whose position no epoch the other still keeps covers (it missed more than
+``MAX_EPOCHS`` epochs) cannot be placed: :data:`UNKNOWN`.
+
 A history id names a line of LSNs that never names two different writes: a
 primary that begins an epoch without having heard from every follower starts
 a new history (a fork), because a follower it did not hear from may hold
@@ -23,6 +30,8 @@ epoch begins, its parent the history before it.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import json
 import re
 import uuid
@@ -118,14 +127,14 @@ class Lineage:
         """The history id in effect now ("" for a log that never held data)."""
         return self.epochs[-1].history if self.epochs else ""
 
+    @functools.cached_property
+    def _starts(self) -> list[int]:
+        return [e.start for e in self.epochs]
+
     def at(self, lsn: int) -> Epoch | None:
         """The epoch that wrote (or will write) LSN ``lsn``; None before the first known epoch."""
-        found = None
-        for epoch in self.epochs:
-            if epoch.start > lsn:
-                break
-            found = epoch
-        return found
+        i = bisect.bisect_right(self._starts, lsn)
+        return self.epochs[i - 1] if i else None
 
     def fork(self) -> dict[str, Any] | None:
         """Where the current history began from its parent: {parent, lsn}; None for an original one."""
@@ -147,13 +156,16 @@ class Lineage:
         return (epoch.number if epoch else 0, lsn)
 
     # ------------------------------------------------------------------ changing
-    def begin(self, number: int, start: int, history: str, verified: bool, ident: str | None = None) -> "Lineage":
+    def begin(self, number: int, start: int, history: str, verified: bool, ident: str | None = None,
+              keep: int = MAX_EPOCHS) -> "Lineage":
         """This lineage with a new epoch from ``start`` on (epochs that wrote nothing before it dropped).
 
         ``ident`` is the epoch's id (the one followers promised); a new random one when None.
+        Only the newest ``keep`` epochs stay (at most ``MAX_EPOCHS``; tests lower it).
         """
         kept = tuple(e for e in self.epochs if e.start < start)
-        return Lineage((kept + (Epoch(number, start, history, ident or new_id(), verified),))[-MAX_EPOCHS:])
+        keep = max(1, min(keep, MAX_EPOCHS))
+        return Lineage((kept + (Epoch(number, start, history, ident or new_id(), verified),))[-keep:])
 
     # ------------------------------------------------------------------ encoding
     def to_json(self) -> list[dict[str, Any]]:
@@ -205,23 +217,30 @@ def _boundaries(*lineages: Lineage) -> Iterable[int]:
 
 
 def common_point(mine: Lineage, my_lsn: int, theirs: Lineage, their_lsn: int) -> int:
-    """The highest LSN up to which both logs hold the same entries (0: none in common).
+    """The highest LSN up to which both logs hold the same entries (0: none in common, or unknown).
 
     Walks the ranges where neither lineage changes epoch; the common prefix
-    ends at the first range whose epochs differ (or that one side does not
-    describe).
+    ends at the first range whose epochs differ. Ranges that one side no
+    longer describes (its oldest epochs were dropped) come first and are
+    skipped: if the first range both describe is the same epoch in both, log
+    matching vouches for every entry before it. If it differs, nothing says
+    where before it the logs part: 0.
     """
     limit = min(my_lsn, their_lsn)
     if limit <= 0:
         return 0
     common = 0
     starts = [s for s in _boundaries(mine, theirs) if s <= limit]
-    if not starts or starts[0] > 1:
-        return 0  # the first entries are covered by no known epoch: cannot vouch for them
+    if not starts:
+        return 0
     for i, start in enumerate(starts):
         end = starts[i + 1] - 1 if i + 1 < len(starts) else limit
         a, b = mine.at(start), theirs.at(start)
-        if a is None or not a.same(b):
+        if a is None or b is None:
+            if common:
+                break  # cannot happen: a lineage describes every LSN from its first epoch on
+            continue  # before one side's oldest kept epoch
+        if not a.same(b):
             break
         common = end
     return common
@@ -232,6 +251,7 @@ PREFIX = "prefix"  # ours is a prefix of theirs: follow, or copy, freely
 BEHIND = "behind"  # they hold less on our own line: wait for them
 DROPPABLE = "droppable"  # our extra entries were replaced by a verified epoch: never majority-acknowledged
 DIVERGED = "diverged"  # nothing proves our extra entries were never acknowledged: keep them
+UNKNOWN = "unknown"  # one side no longer keeps the epochs that would place the other: keep ours
 
 
 @dataclass(frozen=True)
@@ -254,8 +274,12 @@ def compare(mine: Lineage, my_lsn: int, theirs: Lineage, their_lsn: int) -> Comp
     if common >= my_lsn:
         return Comparison(common, PREFIX, None)
     ours, replacing = mine.at(common + 1), theirs.at(common + 1)
-    if replacing is None or (ours is not None and ours.same(replacing)):
-        return Comparison(common, BEHIND, None)  # same epoch: they are behind, not forked
+    if not theirs.epochs or (ours is not None and ours.same(replacing)):
+        return Comparison(common, BEHIND, None)  # same epoch (or they hold nothing): behind, not forked
+    if ours is None or replacing is None:
+        # The epochs that wrote LSN common + 1 were dropped from one lineage (it keeps the
+        # newest MAX_EPOCHS): nothing tells whether, or where, the logs part.
+        return Comparison(common, UNKNOWN, None)
     relation = DROPPABLE if replacing.verified and common > 0 else DIVERGED
     return Comparison(common, relation, replacing)
 

@@ -220,6 +220,18 @@ class Replica:
             return committed if committed is not None else self.store.lsn
         return self.store.lsn
 
+    def committed_limit(self) -> int:
+        """The last LSN this pod holds and knows a majority holds: what a watch or a backup may show.
+
+        kv-0's committed LSN, or on a secondary the smaller of its own LSN and
+        the committed LSN kv-0 last told it (with pipelining it may hold
+        entries kv-0 never wrote). Alone: its own LSN.
+        """
+        r = self.replication
+        if r is None:
+            return self.store.lsn
+        return min(self.store.lsn, r.committed_known() or 0)
+
     async def _forward(self, request: web.BaseRequest, body: bytes | None, why: str) -> web.Response:
         if request.headers.get(FORWARDED_BY):
             raise NoPrimary(f"{self.config.pod_name} is not the primary and does not forward twice")

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from kvstore import api, routing
+from kvstore.backup import Backups
 from kvstore.config import Config, ConfigError
 from kvstore.dashboard import Dashboard
 from kvstore.discovery import PeerDirectory
@@ -26,6 +27,7 @@ from kvstore.replication.versions import HEADER, REFUSAL
 from kvstore.metrics import Metrics
 from kvstore.replica import Replica
 from kvstore.storage import Store, StorageError
+from kvstore.watch import Watches
 
 log = logging.getLogger("kvstore")
 
@@ -114,8 +116,19 @@ async def _start_site(runner: web.BaseRunner, host: str, port: int, what: str) -
         raise StartupError(f"cannot listen on {host}:{port} ({what}): {exc.strerror}") from None
 
 
-async def serve(config: Config) -> None:
-    """Run one replica until a stop signal; raise StartupError on a bad start."""
+async def _first_of(*waits: Any) -> None:
+    """Wait until one of the coroutines ``waits`` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def serve(config: Config) -> int:
+    """Run one replica until a stop signal (0) or until its store cannot go on (1); StartupError on a bad start."""
+    exit_status = 0
     metrics = Metrics()
     try:
         token = config.token()
@@ -137,11 +150,18 @@ async def serve(config: Config) -> None:
     replication = Replication(config, store, metrics, directory, token)
     replica = Replica(config, store, metrics, replication)
     dashboard = Dashboard(replica)
+    watches = Watches(replica)
+    backups = Backups(replica)
+
+    def client_routes(router: routing.Router) -> None:
+        dashboard.add_client_routes(router)
+        watches.add_client_routes(router)
+        backups.add_client_routes(router)
     in_flight = routing.InFlight()
     # aiohttp's low-level server: see routing.Router for why not an Application.
     # Both answer even what aiohttp's HTTP parser refuses in JSON (see routing.JsonErrorServer).
     client_runner = web.ServerRunner(
-        routing.JsonErrorServer(api.create_handler(replica, in_flight, dashboard.add_client_routes), max_key_bytes=config.max_key_bytes,
+        routing.JsonErrorServer(api.create_handler(replica, in_flight, client_routes), max_key_bytes=config.max_key_bytes,
                                 access_log=None),
         shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
     peer_runner = web.ServerRunner(
@@ -170,12 +190,15 @@ async def serve(config: Config) -> None:
         if not token:
             log.warning("no cluster token set (KV_CLUSTER_TOKEN / KV_CLUSTER_TOKEN_FILE): "
                         "the peer port refuses every call")
-        await stop.wait()
+        await _first_of(stop.wait(), store.fatal.wait())
+        if store.fatal.is_set():  # its database could not be reopened: a new process opens it again
+            exit_status = 1
         log.info("%s stopping: finishing %d in-flight request(s)", config.pod_name, in_flight.count)
         # Stop listening but keep open connections reading: aiohttp's own
         # shutdown stops reading at once, which would cut a half-sent body.
         replication.server.close()  # open log streams end now
         dashboard.close()  # and so do open dashboards' live feeds
+        watches.close()  # and watches, each with a line that says to watch again
         for site in [*client_runner.sites, *peer_runner.sites]:
             await site.stop()
         if not await in_flight.wait_idle(SHUTDOWN_GRACE):
@@ -183,19 +206,24 @@ async def serve(config: Config) -> None:
     finally:
         replication.server.close()
         dashboard.close()
+        await watches.stop()
         await directory.stop()
         await replication.stop()
         await client_runner.cleanup()
         await peer_runner.cleanup()
         await store.close()
-        if started:  # a failed start prints its one line and nothing else
+        if started and exit_status:
+            log.critical("%s stopped at lsn %d: %s", config.pod_name, store.lsn, store.failed)
+        elif started:  # a failed start prints its one line and nothing else
             if stop.is_set():
                 dashboard.stopped_cleanly()
             log.info("%s stopped cleanly at lsn %d", config.pod_name, store.lsn)
+    return exit_status
 
 
 def run(config: Config) -> int:
-    """Entry point of ``kvstore serve``: exit status 0, or 2 with one line on a bad start."""
+    """Entry point of ``kvstore serve``: exit status 0, 1 when its database could not be reopened (a
+    restart opens it again), or 2 with one line on a bad start."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s {config.pod_name} %(levelname)s %(name)s: %(message)s")
     try:
@@ -206,8 +234,7 @@ def run(config: Config) -> int:
     except ImportError:  # not built for this platform: asyncio's loop works too
         run_loop = asyncio.run
     try:
-        run_loop(serve(config))
+        return run_loop(serve(config))
     except StartupError as exc:
         print(f"kvstore serve: {exc}", file=sys.stderr)
         return 2
-    return 0

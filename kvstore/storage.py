@@ -67,6 +67,8 @@ MAX_BATCH = 1024  # mutations per group commit
 # are served without a LevelDB read or a thread.
 TAIL_ENTRIES = 20_000
 TAIL_BYTES = 16 * 1024 * 1024
+ROOM_PROBE = ".room-probe"  # written in the data dir to learn whether the disk has room again
+ROOM_MARGIN = 4 * 1024 * 1024  # besides LevelDB's log: its new log, manifest and table overhead
 
 
 class StorageError(Exception):
@@ -155,6 +157,7 @@ class _Job:
     entries: list[LogEntry] | None
     future: asyncio.Future[Any]
     swap_to: str | None = None
+    reopen: bool = False  # reopen LevelDB if a write failed (and nothing else)
     committed: int = 0  # replicated entries: the LSN a majority held as the upstream last said
 
 
@@ -211,6 +214,12 @@ class Store:
         self.pipeline = False
         self._hold_commit = hold_commit  # (lsn, epoch): a test's crash before that batch's fsync
         self.failed: str | None = None  # set when a published batch could not be written: no more writes
+        # Why the last write failed, until LevelDB is reopened. After a failed write LevelDB may
+        # refuse every write (its background error), or take them into a log it can no longer
+        # read back: measured, every write after an ENOSPC and before a reopen was gone after one.
+        self.write_error: str | None = None
+        self.fatal = asyncio.Event()  # LevelDB could not be reopened: the process must restart
+        self._last_failure: str | None = None  # the last failed commit's message (logged once)
         self.log_retention = log_retention
         self._on_commit = on_commit
         self._durable = Watermark(self._meta_int(META_LSN))
@@ -272,6 +281,7 @@ class Store:
             raise StorageError(f"cannot open LevelDB in {path}: {exc}") from None
         # Left by a snapshot install that was interrupted: the ACTIVE one is whole.
         remove_stale_dbs(data_dir, os.path.basename(path), os.listdir(data_dir))
+        _remove(os.path.join(data_dir, ROOM_PROBE))  # left by a crash while probing for room
         try:
             _check_format(db, path)
             return cls(db, path, **kwargs)
@@ -333,17 +343,25 @@ class Store:
     async def set_lineage(self, lineage: Lineage) -> None:
         """Persist a new lineage durably (a primary's new epoch, or a follower adopting its upstream's)."""
         raw = lineage.dumps()
-        await asyncio.get_running_loop().run_in_executor(
-            self._writer, lambda: self._db.put(META_LINEAGE, raw, sync=True))
+        await self._put_meta(META_LINEAGE, raw)
         self.lineage = lineage
         self.lineage_version += 1
 
     async def set_promise(self, promise: Promise) -> None:
         """Persist durably the newest epoch this follower promised to (it must survive a restart)."""
         raw = json.dumps(promise.to_json()).encode()
-        await asyncio.get_running_loop().run_in_executor(
-            self._writer, lambda: self._db.put(META_PROMISE, raw, sync=True))
+        await self._put_meta(META_PROMISE, raw)
         self.promise = promise
+
+    async def _put_meta(self, key: bytes, raw: bytes) -> None:
+        """One durable metadata write, on the writer thread; StorageError if the disk refuses it."""
+        if self.write_error is not None:
+            await self._through_committer(_Job(None, None, asyncio.get_running_loop().create_future(), reopen=True))
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._writer, lambda: self._db.put(key, raw, sync=True))
+        except plyvel.Error as exc:
+            self.write_error = str(exc)
+            raise StorageError(f"write failed: {exc}") from None
 
     async def wait_for_lsn(self, lsn: int, timeout: float, appended: bool = False) -> bool:
         """Wait until this replica has reached ``lsn`` (durable; or only ``appended``); False on timeout."""
@@ -552,18 +570,25 @@ class Store:
 
     async def _swap(self, name: str) -> None:
         """Point the data dir at database ``name`` and reopen, with no read or write running."""
-        assert self._queue is not None
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._swap_gate.clear()  # new reads wait
         try:
-            while self._reads:
-                self._reads_done.clear()
-                await self._reads_done.wait()
-            # Through the committer, so no batch is being written meanwhile.
-            self._queue.put_nowait(_Job(None, None, future, swap_to=name))
-            await future
+            await self._quiesce()
+            await self._through_committer(_Job(None, None, asyncio.get_running_loop().create_future(), swap_to=name))
         finally:
             self._swap_gate.set()
+
+    async def _quiesce(self) -> None:
+        """Hold new reads at the gate and wait until none runs inside LevelDB (closing under one crashes)."""
+        self._swap_gate.clear()
+        while self._reads:
+            self._reads_done.clear()
+            await self._reads_done.wait()
+
+    async def _through_committer(self, job: _Job) -> Any:
+        """Run a swap or a reopen in the committer, so no batch is being built or written meanwhile."""
+        if self._queue is None or self._closed:
+            raise StorageError("replica is shutting down")
+        self._queue.put_nowait(job)
+        return await job.future
 
     def _do_swap(self, name: str) -> int:
         old = os.path.basename(self.path)
@@ -572,10 +597,14 @@ class Store:
         self.path = os.path.join(self.data_dir, name)
         self._db = plyvel.DB(self.path)
         remove_stale_dbs(self.data_dir, name, [old])
+        self.lineage_version += 1
+        return self._load_meta()
+
+    def _load_meta(self) -> int:
+        """Read the metadata of the database just opened; its LSN (writer thread)."""
         self.lineage = _read_lineage(self._db, self.path)
         self.promise = _read_promise(self._db, self.path)
         self.membership = _parse_membership(self._db.get(META_CONFIG), self.path)
-        self.lineage_version += 1
         self._log_start = self._meta_int(META_LOG_START) or 1
         self.committed_on_disk = self._meta_int(META_COMMITTED)
         return self._meta_int(META_LSN)
@@ -618,6 +647,15 @@ class Store:
         carried: _Job | None = None
         while True:
             first, carried = carried or await self._queue.get(), None
+            if first.reopen:
+                try:
+                    if self.write_error is not None:
+                        await self._reopen()
+                except Exception as exc:
+                    first.future.set_exception(exc if isinstance(exc, StorageError) else StorageError(str(exc)))
+                else:
+                    first.future.set_result(None)
+                continue
             if first.swap_to is not None:
                 try:
                     new_lsn = await loop.run_in_executor(self._writer, self._do_swap, first.swap_to)
@@ -634,7 +672,7 @@ class Store:
             # Everything queued while the previous fsync ran shares this one.
             while not self._queue.empty() and count < MAX_BATCH:
                 job = self._queue.get_nowait()
-                if job.swap_to is not None:  # a swap never shares a batch: it goes next
+                if job.swap_to is not None or job.reopen:  # never shares a batch: it goes next
                     carried = job
                     break
                 jobs.append(job)
@@ -644,6 +682,8 @@ class Store:
             try:
                 if self.failed is not None:
                     raise StorageError(self.failed)
+                if self.write_error is not None:
+                    await self._reopen()
                 if any(_needs_read(job) for job in jobs):
                     new_lsn, results, encoded = await loop.run_in_executor(self._writer, self._commit, jobs)
                 else:
@@ -668,11 +708,16 @@ class Store:
                     self._fail(exc)
                     why += ("; followers were sent it first, so it may still survive kv-0's restart: "
                             "read it back before retrying")
-                log.error("commit failed: %s", exc)
+                elif self.failed is None and self.write_error is None:
+                    self.write_error = str(exc)  # reopened before the next write
+                if why != self._last_failure:  # once, not at every retry while the disk is full
+                    log.error("commit failed: %s", exc)
+                    self._last_failure = why
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(StorageError(why))
                 continue
+            self._last_failure = None
             if self._on_commit is not None:
                 self._on_commit(count, time.perf_counter() - started)
             if self._staged_membership is not None:
@@ -693,6 +738,67 @@ class Store:
             log.warning("KV_TEST_HOLD_COMMIT: entries %d..%d were sent to followers and are never written", first,
                         last)
             await asyncio.Event().wait()
+
+    async def _reopen(self) -> None:
+        """Reopen LevelDB after a failed write, once the disk has room again (StorageError until then).
+
+        In the committer, before the next write. Reads wait at the gate meanwhile. If LevelDB cannot
+        be opened even so, the process must restart (``fatal``): its handle is closed by then.
+        """
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._probe_room)
+        try:
+            await self._quiesce()
+            lsn = await loop.run_in_executor(self._writer, self._do_reopen)
+        except StorageError:
+            log.critical("%s", self.failed)
+            self.fatal.set()  # and the gate stays shut: there is no database to read
+            raise
+        finally:
+            if not self.fatal.is_set():
+                self._swap_gate.set()
+        log.warning("reopened the database after a failed write (%s): writes go on at lsn %d", self.write_error,
+                    lsn)
+        self.write_error = None
+        if lsn != self._durable.value:  # the failed batch was written after all (its fsync failed)
+            self._advance(lsn)
+            self._appended.set(max(lsn, self._appended.value))
+            self._tail, self._tail_first, self._tail_bytes = [], lsn + 1, 0
+
+    def _probe_room(self) -> None:
+        """StorageError unless the disk has room to reopen LevelDB (writer thread).
+
+        Opening replays LevelDB's write-ahead log into a new table: as much room as the
+        log files take, and a margin for the new log and manifest.
+        """
+        need = ROOM_MARGIN + sum(entry.stat().st_size for entry in os.scandir(self.path)
+                                 if entry.name.endswith(".log"))
+        probe = os.path.join(self.data_dir, ROOM_PROBE)
+        block = b"\0" * (1024 * 1024)
+        try:
+            with open(probe, "wb", buffering=0) as out:
+                for _ in range(0, need, len(block)):
+                    out.write(block)
+                os.fsync(out.fileno())
+        except OSError as exc:
+            raise StorageError(f"{self.write_error}; not reopening the database before {need // 2**20} MiB "
+                               f"are free on its disk ({exc.strerror})") from None
+        finally:
+            _remove(probe)
+
+    def _do_reopen(self) -> int:
+        lineage = self.lineage
+        self._db.close()
+        try:
+            self._db = plyvel.DB(self.path)
+        except plyvel.Error as exc:
+            self.failed = (f"the database could not be reopened after a failed write ({exc}); "
+                           "this process exits so that it restarts")
+            raise StorageError(self.failed) from None
+        lsn = self._load_meta()
+        if self.lineage != lineage:  # a lineage write whose fsync failed was written after all
+            self.lineage_version += 1
+        return lsn
 
     def _fail(self, exc: Exception) -> None:
         """A published batch was not written: its LSNs may be on followers, so none may be reused."""
@@ -806,6 +912,8 @@ class Store:
                 dropped = await self.truncate_log()
             except Exception as exc:  # keep serving; retry next round
                 log.warning("log truncation failed: %s", exc)
+                if isinstance(exc, plyvel.Error) and self.write_error is None:
+                    self.write_error = f"log truncation failed: {exc}"  # reopened before the next write
                 continue
             if dropped:
                 log.debug("truncated %d log entries", dropped)
@@ -882,6 +990,13 @@ def _check_format(db: plyvel.DB, path: str) -> None:
         raise StorageError(f"{path} was written by a kvstore without log epochs (format 1); "
                            "move it aside and let this replica copy its data from its peers")
     db.put(META_FORMAT, FORMAT, sync=True)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def fsync_tree(path: str) -> None:

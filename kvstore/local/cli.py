@@ -38,7 +38,7 @@ from kvstore.local.state import (
 )
 from kvstore.local.statefulset import (
     DEFAULTS, GRACE_PERIOD, MAX_REPLICAS, ClusterSpec, Pod, StatefulSet, check_replicas, format_age,
-    last_log_line,
+    last_log_line, volume_dir,
 )
 from kvstore.progress import ProgressLine
 
@@ -123,6 +123,9 @@ def register(subparsers: Any) -> None:
                     help="with --detach: seconds to wait for all pods to be Ready (default 120)")
     # The controller `--detach` starts in the background: it logs, and `up` prints the hints.
     up.add_argument("--controller-only", action="store_true", help=argparse.SUPPRESS)
+    up.add_argument("--restore", metavar="FILE", default=None,
+                    help="a new cluster only: seed kv-0's volume from this backup first (checked whole "
+                         "before anything is written); the followers copy kv-0 as usual")
     up.add_argument("--env", type=_env_var, action="append", default=[], metavar="NAME=VALUE",
                     help="extra pod environment, like env: in the pod template (repeatable), "
                          "e.g. --env KV_WRITE_CONCERN=all")
@@ -179,9 +182,22 @@ def _up(args: argparse.Namespace) -> int:
         raise already_running(Path(args.dir), pid)
     if args.runtime == "process":
         _check_ports(spec)
+    if args.restore is not None:
+        _restore(args.restore, volume_dir(directory, spec.pod_name(0)))
     if args.detach:
         return _detach(args, directory)
     return asyncio.run(_run_controller(spec, runtime, watch=True, hints=not args.controller_only))
+
+
+def _restore(path: str, data_dir: Path) -> None:
+    """Seed kv-0's volume from a backup before any pod starts; ClusterError (nothing written) if it cannot."""
+    from kvstore import backup  # LevelDB is loaded only when a restore needs it
+
+    try:
+        info = asyncio.run(backup.restore(path, str(data_dir)))
+    except backup.BackupError as exc:
+        raise ClusterError(f"--restore: {exc}") from None
+    print(f"restored {backup.describe(info)} into {data_dir}", flush=True)
 
 
 def _check_ports(spec: ClusterSpec) -> None:

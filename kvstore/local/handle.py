@@ -68,6 +68,7 @@ class LocalCluster:
         self.grace = grace
         self.ready_timeout = ready_timeout
         self.update_strategy = update_strategy
+        self.restore: str | None = None  # a backup file ``up`` seeds kv-0's volume from
 
     def __enter__(self) -> "LocalCluster":
         self.up()  # stops what it started when it fails: __exit__ does not run then
@@ -96,6 +97,8 @@ class LocalCluster:
             args.append("--parallel")
         if self.update_strategy is not None:
             args += ["--update-strategy", self.update_strategy]
+        if self.restore is not None:
+            args += ["--restore", self.restore]
         args += [f"--env={name}={value}" for name, value in self.env.items()]
         try:
             # Room beyond the readiness timeout for the controller's own start (an image build with docker).

@@ -34,7 +34,7 @@ from kvstore.replication.reconfigure import Reconfigurer
 from kvstore.replication.recovery import Recovery
 from kvstore.replication.versions import PEER_VERSIONS, Versions
 from kvstore.routing import Router, error_response
-from kvstore.storage import Store
+from kvstore.storage import StorageError, Store
 
 log = logging.getLogger("kvstore.replication")
 
@@ -168,6 +168,8 @@ class Replication:
         except PromiseRefused as exc:
             return web.json_response({"error": "promise_refused", "message": str(exc),
                                       "promised": exc.promised.to_json()}, status=409)
+        except StorageError as exc:  # the promise must be on disk before it is answered
+            return error_response(503, "storage_unavailable", f"{exc}; retry later")
         return web.json_response({"name": self.config.pod_name, **self.position()})
     async def stop(self) -> None:
         """Stop background work and close peer connections."""
@@ -378,14 +380,21 @@ class Replication:
         if known is None:
             return True, "no primary reachable yet; serving what this replica has"
         lag = max(0, known - self.store.lsn)
+        behind = f"{lag} entries behind"
+        quiet = f.heard_ago()  # the LSN we compare with may be long past (a pause, a partition)
+        name = f.upstream.name if f.upstream else "kv-0"
+        if quiet is not None:
+            behind += f" when {name} was last heard, {quiet:.1f}s ago"
         if f.upstream_recovering:
             # Ready, or OrderedReady would never create the pod kv-0 is waiting to hear from.
-            return True, f"kv-0 is recovering; serving what this replica has ({lag} entries behind)"
+            return True, f"kv-0 is recovering; serving what this replica has ({behind})"
         if f.stalled is not None and lag and self.primary_reachable():
-            return False, f"stalled: {lag} entries behind ({f.stalled})"
+            return False, f"stalled: {behind} ({f.stalled})"
         if lag > READY_MAX_LAG:
-            return False, f"catching up: {lag} entries behind"
-        return True, f"following, {lag} entries behind"
+            return False, f"catching up: {behind}"
+        if quiet is not None:
+            return True, f"not heard from {name} for {quiet:.1f}s; {lag} entries behind when it was last heard"
+        return True, f"following, {behind}"
 
     def peers_status(self) -> list[dict[str, Any]]:
         """Every peer with its LSN and lag as far as this replica knows."""

@@ -31,7 +31,7 @@ from kvstore.aio import Watermark, cancel_and_wait
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
 from kvstore.identity import INCARNATION
-from kvstore.lineage import BEHIND, DROPPABLE, PREFIX, Lineage, Promise, compare
+from kvstore.lineage import BEHIND, DROPPABLE, PREFIX, UNKNOWN, Lineage, Promise, compare
 from kvstore.metrics import Metrics
 from kvstore.replication import protocol
 from kvstore.replication.acks import AckTable
@@ -44,7 +44,11 @@ log = logging.getLogger("kvstore.replication")
 MAX_APPLYING = 8  # batches a follower has queued for its disk before it stops reading
 MAX_BACKOFF = 2.0  # seconds between attempts, at most
 RECOVERING_RETRY = 0.2  # seconds between attempts while the upstream is recovering
+# A stream carries something at least every KEEPALIVE_SECONDS: silence twice that long means
+# the upstream's LSN as last heard may be old.
+HEARD_RECENTLY = 2 * protocol.KEEPALIVE_SECONDS
 SNAPSHOT_PROGRESS_EVERY = 5.0  # seconds between "keys so far" log lines of a snapshot copy
+_BEFORE_START = (0, "")  # the epoch of "an echo our previous process may have sent" (no real epoch is 0)
 
 
 class Stalled(Exception):
@@ -112,7 +116,9 @@ class Follower:
         self._cascade_failed: dict[int, float] = {}
         self._promising = asyncio.Lock()
         self._retry_now = asyncio.Event()
-        self._last_echo: tuple[tuple[int, str] | None, float] = (None, 0.0)  # (epoch, when) of our last echo
+        # (epoch, when) of our last echo. A new process may have echoed, before it started, a round
+        # whose lease a kv-0 still relies on: it counts its own start as an echo of no epoch.
+        self._last_echo: tuple[tuple[int, str], float] = (_BEFORE_START, time.monotonic())
         self._streaming: tuple[int, str] | None = None  # (number, id) of the epoch we stream now
         self.round = 0  # the newest confirmation round the current upstream sent
         self._rounds_of: tuple[int, str] | None = None  # the epoch whose rounds self.fencing passes down
@@ -296,6 +302,8 @@ class Follower:
                         my_lsn, replacing.number, upstream.name, upstream.name)
             await self.install_snapshot_from(upstream, "entries past the fork point", allowed_fork=True)
             return
+        if against.relation == UNKNOWN:
+            raise Diverged(self._unplaceable(upstream, position.lineage))
         if against.relation != PREFIX:
             raise Diverged(self._divergence(upstream, position, against.common))
         if my_lsn + 1 < position.log_start and my_lsn < position.lsn:
@@ -363,11 +371,24 @@ class Follower:
                 await self._restart()  # no ack of ours reaches the older epoch from here on
             # The lease our last echo gave an older epoch's kv-0 must run out before the
             # candidate counts this promise (and could commit what that kv-0 would not see).
-            echoed, when = self._last_echo
-            remaining = when + LEASE_SECONDS - time.monotonic()
-            if echoed is not None and echoed != (candidate.number, candidate.id) and remaining > 0:
+            # Within LEASE_SECONDS of our start, that echo may be our previous process's.
+            remaining = self.promise_hold(candidate)
+            if remaining > 0:
+                log.info("promising epoch %d in %.2fs, once the lease of our last echo ran out", candidate.number,
+                         remaining)
                 await asyncio.sleep(remaining)
             self._retry_now.set()
+
+    def promise_hold(self, candidate: Promise) -> float:
+        """Seconds before this follower may count as promised to ``candidate`` (0: now).
+
+        LEASE_SECONDS after our last echo of another epoch, or after this process started
+        (the previous one's last echo is not known).
+        """
+        echoed, when = self._last_echo
+        if echoed == (candidate.number, candidate.id):
+            return 0.0
+        return max(0.0, when + LEASE_SECONDS - time.monotonic())
 
     def _check_streaming(self) -> None:
         """Raise Stalled when a promise made meanwhile no longer covers the epoch we stream (no ack may go)."""
@@ -384,6 +405,19 @@ class Follower:
         return (f"entries {common + 1}..{self.store.lsn} (history {self.store.history_id}, epoch "
                 f"{self.store.epoch}) are not in {upstream.name}'s history {position.lineage.history} "
                 f"(lsn {position.lsn}), and nothing proves they were never acknowledged")
+
+    def _unplaceable(self, upstream: Peer, lineage: Lineage) -> str:
+        oldest = lineage.epochs[0]
+        return (f"{upstream.name}'s lineage keeps epochs from {oldest.number} (lsn {oldest.start}) on, and none of "
+                f"them is in this replica's (lsn {self.store.lsn}, epoch {self.store.epoch}): this replica missed "
+                "more epochs than a lineage keeps, and nothing tells whether its entries are in that history")
+
+    def heard_ago(self) -> float | None:
+        """Seconds since the upstream last answered, when longer than a live stream stays quiet (else None)."""
+        if self.upstream_heard is None:
+            return None
+        ago = time.monotonic() - self.upstream_heard
+        return ago if ago > HEARD_RECENTLY else None
 
     def _heard(self, upstream: Peer, upstream_lsn: int) -> None:
         self.upstream_heard = time.monotonic()
@@ -437,6 +471,7 @@ class Follower:
             applying: collections.deque[asyncio.Future[Any]] = collections.deque()
             next_lsn = store.lsn + 1
             lineage = store.lineage
+            previous: float | None = None  # when this stream's last message came (our disk waits left out)
             try:
                 while not acker.done():
                     msg = await ws.receive(timeout=protocol.SILENCE_SECONDS)
@@ -444,13 +479,21 @@ class Follower:
                         if ws.close_code in (protocol.CLOSE_LOG_TRUNCATED, protocol.CLOSE_LINEAGE_CHANGED):
                             return  # the next attempt compares again and knows what to do
                         raise ConnectionError(f"stream closed ({msg.type.name}, code {ws.close_code})")
+                    now = time.monotonic()
+                    if previous is not None and now - previous > protocol.SILENCE_SECONDS:
+                        # Longer than receive() waits: only while this process was paused (SIGSTOP).
+                        # This may have waited in a socket buffer since, and so may all that follows
+                        # (the upstream drops a stream silent that long): ask where it is now.
+                        raise Stalled("stream_gap", f"nothing came from {upstream.name} for {now - previous:.1f}s; "
+                                      "asking it again where it is")
+                    previous = now
                     upstream_lsn, committed, round_, entries = protocol.decode_message(msg.data)
                     if round_ > self.round:
                         self.round = round_
                         wake.set()  # the upstream asks who still follows it: answer now, not after the disk
                         if until is None:
                             self.fencing.relay(round_)
-                    self.last_contact = time.monotonic()
+                    self.last_contact = now
                     self._heard(upstream, upstream_lsn)
                     self.stalled = self.last_error = None
                     self._last_kind = None
@@ -473,7 +516,9 @@ class Follower:
                     if upstream.ordinal == 0:
                         self.primary_lsn = max(upstream_lsn, next_lsn - 1)
                     while applying and (applying[0].done() or len(applying) > MAX_APPLYING):
+                        waited = time.monotonic()
                         await applying.popleft()  # raises if the disk refused the batch
+                        previous += time.monotonic() - waited  # our own disk's time is no gap of the upstream's
                     if until is not None:
                         if next_lsn > until:
                             while applying:
@@ -549,6 +594,8 @@ class Follower:
         relation = compare(mine, my_lsn, lineage, lsn).relation
         if relation == PREFIX or (allowed_fork and relation == DROPPABLE):
             return  # it holds everything we have, or what it lacks was never acknowledged
+        if relation == UNKNOWN:
+            raise Diverged(f"a snapshot from {upstream.name} at lsn {lsn}: {self._unplaceable(upstream, lineage)}")
         if relation == BEHIND:
             raise Stalled("snapshot_behind", f"refusing a snapshot from {upstream.name} at lsn {lsn}: this "
                           f"replica holds more ({my_lsn}) on the same line")

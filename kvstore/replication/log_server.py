@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -18,7 +18,7 @@ from kvstore.replication import protocol
 from kvstore.replication.acks import AckTable
 from kvstore.replication.fencing import Fencing
 from kvstore.routing import Router, error_response
-from kvstore.storage import LogTruncated, Store
+from kvstore.storage import LogTruncated, Snapshot, Store
 
 log = logging.getLogger("kvstore.replication")
 
@@ -37,6 +37,21 @@ def _drop(task: "asyncio.Future[None]") -> None:
     """A round pushed to a stream that closed meanwhile: the stream's own loop reports it."""
     if not task.cancelled():
         task.exception()
+
+
+async def snapshot_frames(store: Store, snap: Snapshot,
+                          header: dict[str, Any]) -> AsyncIterator[tuple[bytes, int]]:
+    """A snapshot as its frames (header, record chunks, end), each with how many records it holds."""
+    yield protocol.json_frame(protocol.FRAME_HEADER, header), 0
+    count = 0
+    while True:
+        chunk = await store.run_blocking(snap.next_chunk, protocol.SNAPSHOT_CHUNK_RECORDS,
+                                         protocol.SNAPSHOT_CHUNK_BYTES)
+        if not chunk:
+            break
+        count += len(chunk)
+        yield protocol.frame(protocol.FRAME_RECORDS, protocol.encode_records(chunk)), len(chunk)
+    yield protocol.json_frame(protocol.FRAME_END, {"count": count}), 0
 
 
 class LogServer:
@@ -58,6 +73,8 @@ class LogServer:
         # its volume) is refused while the first streams, so acks never mix two processes' logs.
         self._holders: dict[str, tuple[str, int]] = {}
         self.duplicates_refused = 0
+        # Called whenever the committed LSN may have moved (watches of the client port wait on it).
+        self.commit_listeners: list[Callable[[], None]] = []
         self._watcher: asyncio.Task[None] | None = None
         # False while a primary recovers: its disk may be behind or empty, so
         # nobody may follow it or copy it until it has proved it is current.
@@ -93,6 +110,8 @@ class LogServer:
         on its way, and its header carries the committed LSN instead (a
         moment later: reads of that write on the follower wait for it).
         """
+        for listener in self.commit_listeners:
+            listener()
         appended = self.store.appended
         # A stream with entries on their way gets the committed LSN with them (checked first:
         # under load that is nearly every stream, and the committed LSN is not even computed).
@@ -264,18 +283,11 @@ class LogServer:
         count = 0
         try:
             await response.prepare(request)
-            await response.write(protocol.json_frame(protocol.FRAME_HEADER,
-                                                     {"lsn": snap.lsn, "lineage": snap.lineage.to_json(),
-                                                      "membership": None if snap.membership is None
-                                                      else snap.membership.to_json()}))
-            while True:
-                chunk = await self.store.run_blocking(snap.next_chunk, protocol.SNAPSHOT_CHUNK_RECORDS,
-                                                      protocol.SNAPSHOT_CHUNK_BYTES)
-                if not chunk:
-                    break
-                count += len(chunk)
-                await response.write(protocol.frame(protocol.FRAME_RECORDS, protocol.encode_records(chunk)))
-            await response.write(protocol.json_frame(protocol.FRAME_END, {"count": count}))
+            header = {"lsn": snap.lsn, "lineage": snap.lineage.to_json(),
+                      "membership": None if snap.membership is None else snap.membership.to_json()}
+            async for data, records in snapshot_frames(self.store, snap, header):
+                count += records
+                await response.write(data)
             await response.write_eof()
         finally:
             await self.store.run_blocking(snap.close)

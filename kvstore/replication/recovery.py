@@ -255,7 +255,8 @@ class Recovery:
         # The candidate is above every epoch heard (a follower refuses to promise otherwise) and our own.
         number = max(self.candidate.number, store.lineage.max_number() + 1)
         history = store.history_id if decision.continue_history and store.history_id else new_id()
-        lineage = store.lineage.begin(number, store.lsn + 1, history, decision.verified, self.candidate.id)
+        lineage = store.lineage.begin(number, store.lsn + 1, history, decision.verified, self.candidate.id,
+                                      keep=self.config.test_max_epochs)
         await store.set_lineage(lineage)
         self.metrics.epoch.set(lineage.number)
         fork = lineage.fork()

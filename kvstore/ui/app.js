@@ -238,7 +238,7 @@ function showProblem(message) {
   $("answer").replaceChildren(el("dt", "error"), el("dd", message, "error"));
 }
 
-async function call(method, url, options) {
+async function call(method, url, options, quiet = false) {
   const started = performance.now();
   let response;
   try {
@@ -250,7 +250,7 @@ async function call(method, url, options) {
   const bytes = new Uint8Array(await response.arrayBuffer());
   const isJson = (response.headers.get("Content-Type") || "").startsWith("application/json");
   const text = isJson ? new TextDecoder().decode(bytes) : "";
-  showAnswer(method, url, response, text, performance.now() - started);
+  if (!quiet) showAnswer(method, url, response, text, performance.now() - started);
   return { response, bytes, json: isJson && text ? JSON.parse(text) : null };
 }
 
@@ -259,13 +259,17 @@ function versionFrom(etag) {
   return match ? match[1] : "";
 }
 
-async function listKeys(startAfter) {
+async function listKeys(startAfter, quiet = false) {
   const params = { limit: $("page-size").value };
   if ($("prefix").value) params.prefix = $("prefix").value;
   if (startAfter) params.start_after = startAfter;
   const url = `/v1/kv?${new URLSearchParams(params).toString()}`;
-  const result = await call("GET", url);
+  const result = await call("GET", url, {}, quiet);
   if (!result || !result.json || !result.response.ok) return;
+  if ($("follow").checked && !quiet) {  // watch from just after what this listing shows
+    const h = (name) => result.response.headers.get(name);
+    follow(params.prefix || "", Number(h("X-Kv-Lsn")) + 1, h("X-Kv-History"));
+  }
   pages.current = startAfter;
   pages.next = result.json.more ? result.json.next_start_after : null;
   const items = result.json.keys.map((key, i) => {
@@ -280,6 +284,62 @@ async function listKeys(startAfter) {
   $("next").disabled = pages.next === null;
   $("prev").disabled = pages.stack.length === 0;
   $("page-info").textContent = `page ${pages.stack.length + 1}`;
+}
+
+// ------------------------------------------------------ following a prefix live
+// GET /v1/watch streams one JSON object a line; every change re-lists the page shown.
+const watching = { controller: null };
+
+function stopFollowing(why = "") {
+  if (watching.controller) watching.controller.abort();
+  watching.controller = null;
+  $("following").textContent = why;
+}
+
+function onWatchLine(line, relist) {
+  if (line.type === "put" || line.type === "delete") {
+    $("following").textContent = `live: v${line.version} ${line.type} ${line.key}`;
+    relist();
+  } else if (line.type === "error") {
+    $("following").textContent = `the watch ended (${line.error}): ${line.message}; List again to follow`;
+  }
+}
+
+async function follow(prefix, fromLsn, history) {
+  stopFollowing("following…");
+  const controller = new AbortController();
+  watching.controller = controller;
+  const params = { values: "false", from_lsn: String(fromLsn) };
+  if (prefix) params.prefix = prefix;
+  if (history) params.history = history;
+  let pending = null;
+  const relist = () => {  // at most one listing per 300 ms, however fast the changes come
+    if (!pending) pending = setTimeout(() => { pending = null; listKeys(pages.current, true); }, 300);
+  };
+  try {
+    const response = await fetch(`/v1/watch?${new URLSearchParams(params)}`,
+                                 { cache: "no-store", signal: controller.signal });
+    if (!response.ok) {
+      const body = await response.json();
+      return stopFollowing(`not following: ${body.error}: ${body.message}`);
+    }
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffered = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffered += value;
+      for (let end = buffered.indexOf("\n"); end >= 0; end = buffered.indexOf("\n")) {
+        onWatchLine(JSON.parse(buffered.slice(0, end)), relist);
+        buffered = buffered.slice(end + 1);
+      }
+    }
+    if (watching.controller === controller && !$("following").textContent.startsWith("the watch ended")) {
+      $("following").textContent = "the watch ended (the pod went away?); List again to follow";
+    }
+  } catch (err) {
+    if (err.name !== "AbortError") $("following").textContent = `not following: ${err.message}`;
+  }
 }
 
 async function getKey() {
@@ -334,6 +394,10 @@ function start() {
   $("prefix").addEventListener("keydown", (e) => { if (e.key === "Enter") { pages.stack = []; listKeys(null); } });
   $("next").addEventListener("click", () => { pages.stack.push(pages.current); listKeys(pages.next); });
   $("prev").addEventListener("click", () => { listKeys(pages.stack.pop()); });
+  $("follow").addEventListener("change", () => {
+    if ($("follow").checked) listKeys(pages.current);
+    else stopFollowing();
+  });
   $("get").addEventListener("click", getKey);
   $("put").addEventListener("click", () => write("PUT"));
   $("delete").addEventListener("click", () => write("DELETE"));

@@ -177,6 +177,29 @@ def test_a_hostile_key_shows_as_text_and_runs_nothing(page: Any, cluster: LocalC
     assert (status, body) == (200, HOSTILE.encode())
 
 
+def test_the_key_browser_follows_a_prefix_live(page: Any, cluster: LocalCluster) -> None:
+    from selenium.webdriver.common.by import By
+
+    prefix = page.find_element(By.ID, "prefix")
+    prefix.clear()
+    prefix.send_keys("live/")
+    page.find_element(By.ID, "follow").click()  # lists the prefix, then watches it from that listing on
+    listed = "return Array.from(document.querySelectorAll('#keylist button')).map(b => b.textContent)"
+    wait_for("the empty listing", lambda: page.execute_script(listed) == [], 10)
+    wait_for("the watch to start", lambda: page.find_element(By.ID, "following").text == "following…", 10)
+    for name in ("a", "b"):  # written through another pod, never through the page
+        assert http("PUT", cluster.url("kv-2") + f"/v1/kv/live/{name}", b"x")[0] == 200
+    wait_for("both keys to appear without a click", lambda: page.execute_script(listed) == ["live/a", "live/b"], 10)
+    assert http("DELETE", cluster.url("kv-0") + "/v1/kv/live/a")[0] == 200
+    wait_for("the delete to show", lambda: page.execute_script(listed) == ["live/b"], 10)
+    assert page.find_element(By.ID, "following").text.startswith("live: v") and " delete live/a" in \
+        page.find_element(By.ID, "following").text
+    page.find_element(By.ID, "follow").click()
+    assert page.find_element(By.ID, "following").text == ""
+    assert page.find_element(By.ID, "live").text.startswith("live")  # the cluster feed's indicator, untouched
+    assert console_errors(page) == []
+
+
 def test_a_killed_primary_shows_down_then_back_without_a_reload(page: Any, cluster: LocalCluster) -> None:
     old_pid = cluster.pid("kv-0")
     with traffic(cluster):

@@ -18,17 +18,15 @@ stop kv-0 from giving that LSN to another write until it restarts.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
-import subprocess
 import threading
 from pathlib import Path
 
-import needs
 from dns_cluster import Cluster, assert_all_readable, start_all, write_many
 from local_cluster import http, wait_for
+from small_disk import fill, small_disk
 
 
 def test_a_batch_kv0_sent_but_never_wrote_is_never_read_and_is_dropped(workdir: Path) -> None:
@@ -131,22 +129,6 @@ def test_a_kv0_that_crashed_mid_batch_catches_up_from_a_followers_log(workdir: P
             assert_all_readable(c, ordinal, acknowledged)
 
 
-def _fill(disk: Path) -> Path:
-    """Write a file on ``disk`` until the filesystem has no room left (ENOSPC)."""
-    filler = disk / "filler"
-    with open(filler, "wb") as out:
-        for _ in range(100_000):  # bounded: the tmpfs holds far fewer 64 KiB blocks
-            try:
-                out.write(b"\0" * 65536)
-                out.flush()
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-                break
-        else:
-            raise AssertionError(f"{disk} never filled up")
-    return filler
-
-
 def test_a_disk_that_refuses_a_sent_batch_stops_kv0_until_restarted_and_loses_nothing(workdir: Path) -> None:
     """kv-0's disk fills between sending a batch to its followers and writing it.
 
@@ -155,33 +137,27 @@ def test_a_disk_that_refuses_a_sent_batch_stops_kv0_until_restarted_and_loses_no
     Restarted with room, it recovers what the followers hold; nothing acknowledged is lost and
     every replica ends with the same data.
     """
-    needs.root("mounting a small tmpfs as kv-0's volume")
-    disk = workdir / "data-kv-0"  # kv-0's volume: a 16 MiB tmpfs the test can fill
-    disk.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], check=True)
-    try:
-        with Cluster(workdir, 55) as c:
-            start_all(c)
-            acknowledged = write_many(c, "before", 10)
-            filler = _fill(disk)
-            status, _, body = c.put(0, "refused", b"x" * 8192)
-            assert status == 503 and json.loads(body)["error"] == "storage_unavailable", (status, body)
-            assert b"read it back" in body  # its batch went out first: it may survive
-            filler.unlink()  # room again, but the LSN may be on a follower: still no writes
-            status, _, body = c.put(0, "after-room", b"y")
-            assert status == 503 and b"restart the pod" in body, (status, body)
+    # kv-0's volume: a 16 MiB tmpfs the test can fill
+    with small_disk(workdir / "data-kv-0") as disk, Cluster(workdir, 55) as c:
+        start_all(c)
+        acknowledged = write_many(c, "before", 10)
+        filler = fill(disk)
+        status, _, body = c.put(0, "refused", b"x" * 8192)
+        assert status == 503 and json.loads(body)["error"] == "storage_unavailable", (status, body)
+        assert b"read it back" in body  # its batch went out first: it may survive
+        filler.unlink()  # room again, but the LSN may be on a follower: still no writes
+        status, _, body = c.put(0, "after-room", b"y")
+        assert status == 503 and b"restart the pod" in body, (status, body)
 
-            c.stop(0)
-            c.start(0)
-            c.wait_writable()
-            acknowledged |= write_many(c, "after", 5)
-            assert_all_readable(c, 0, acknowledged, strong=True)
-            lsn = c.status(0)["lsn"]
-            for ordinal in (1, 2):
-                wait_for(f"kv-{ordinal} to hold every write", lambda: c.status(ordinal).get("lsn") == lsn, 30)
-                assert_all_readable(c, ordinal, acknowledged)
-            # The refused write is in every replica or in none: never in some.
-            assert len({c.get(ordinal, "refused", strong=ordinal == 0) for ordinal in range(3)}) == 1
-            assert c.get(0, "after-room", strong=True)[0] == 404
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
+        c.stop(0)
+        c.start(0)
+        c.wait_writable()
+        acknowledged |= write_many(c, "after", 5)
+        assert_all_readable(c, 0, acknowledged, strong=True)
+        lsn = c.status(0)["lsn"]
+        for ordinal in (1, 2):
+            wait_for(f"kv-{ordinal} to hold every write", lambda: c.status(ordinal).get("lsn") == lsn, 30)
+            assert_all_readable(c, ordinal, acknowledged)
+        # The refused write is in every replica or in none: never in some.
+        assert len({c.get(ordinal, "refused", strong=ordinal == 0) for ordinal in range(3)}) == 1
+        assert c.get(0, "after-room", strong=True)[0] == 404

@@ -52,6 +52,12 @@ def test_empty_variable_keeps_the_default() -> None:
     ({"POD_NAMESPACE": "bad_ns!"}, "POD_NAMESPACE"),
     ({"KV_CLUSTER_DOMAIN": "a..b"}, "KV_CLUSTER_DOMAIN"),
     ({"KV_REPLICATE_FROM": "anyone"}, "KV_REPLICATE_FROM"),
+    ({"KV_TEST_MAX_EPOCHS": "0"}, "KV_TEST_MAX_EPOCHS"),
+    ({"KV_TEST_MAX_EPOCHS": "1001"}, "KV_TEST_MAX_EPOCHS"),
+    ({"KV_TEST_MAX_EPOCHS": "five"}, "KV_TEST_MAX_EPOCHS"),
+    ({"KV_WATCH_KEEPALIVE": "0"}, "KV_WATCH_KEEPALIVE"),
+    ({"KV_WATCH_SEND_TIMEOUT": "soon"}, "KV_WATCH_SEND_TIMEOUT"),
+    ({"KV_MAX_WATCHERS": "-1"}, "KV_MAX_WATCHERS"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigError) as exc:

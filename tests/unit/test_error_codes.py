@@ -29,7 +29,8 @@ PASSED_ON = {
     ("routing.py", "exc.code"): set(),  # an ApiError rendered (found where it is raised)
     ("routing.py", "code"): {*routing.AIOHTTP_CODES.values(), routing.AIOHTTP_OTHER},  # aiohttp's refusals
     ("replication/log_server.py", "code"): set(protocol.REFUSALS),  # a stream refusal
-    ("server.py", "REFUSAL"): {versions.REFUSAL},  # the peer guard's refusal of a peer protocol version
+    ("server.py", "REFUSAL"): {versions.REFUSAL},
+    ("watch.py", "code"): set(),  # _reread(): found where it is called  # the peer guard's refusal of a peer protocol version
 }
 
 
