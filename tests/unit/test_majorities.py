@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvstore.membership import Configuration, agreed, all_hold, majority, recovery_quorum
+from kvstore.membership import MAX_VOTERS, Configuration, agreed, all_hold, majority, recovery_quorum
 from kvstore.replication.acks import AckTable
 
 COUNTS = range(1, 10)
@@ -221,3 +221,15 @@ async def test_an_ack_records_when_and_through_whom_and_a_timed_out_wait_leaves_
     assert not await table.wait(6, lambda: max(table.by_ordinal.values()), timeout=0.01)
     assert not table._waiters  # a write that timed out is not woken, nor kept, later
     assert await table.wait(5, lambda: max(table.by_ordinal.values()), timeout=0.01)  # met already: no wait
+
+
+def test_the_edges_of_a_configuration_a_peer_may_send() -> None:
+    """What the wire form takes at its bounds (lsn 0, kv-0 alone, the largest ordinal and voter count)."""
+    assert Configuration.from_json({"lsn": 0, "voters": [0], "previous": None}) == Configuration(0, (0,))
+    assert Configuration.from_json({"lsn": 1, "voters": [0, 2**31 - 1]}).voters == (0, 2**31 - 1)
+    assert len(Configuration.from_json({"lsn": 1, "voters": list(range(MAX_VOTERS))}).voters) == MAX_VOTERS
+    for bad in ({"lsn": 1, "voters": [0, 2**31]}, {"lsn": 1, "voters": list(range(MAX_VOTERS + 1))},
+                {"lsn": 1, "voters": [0], "previous": []}, {"lsn": 1, "voters": [0], "previous": [1, 1]}):
+        with pytest.raises(ValueError):
+            Configuration.from_json(bad)
+    assert agreed((), {1: 3}, 5) == 5  # no voter set to count: kv-0's own

@@ -135,7 +135,13 @@ def test_the_quorum_counts_the_configuration_of_the_most_up_to_date_log_heard() 
         decision = recovery.decide(1.0)
         assert decision is not None and decision.verified == enough, count
         assert decision.source == "kv-1" and ("a quorum (3 of 4 followers)" in decision.why) == enough
-    # kv-0's own log counts when no log heard is more up to date; KV_REPLICAS when none records one.
+    # kv-0's own log counts when no log heard is more up to date, even one heard as up to date;
+    # KV_REPLICAS when none records one.
+    four = Configuration.initial(3).change(2, range(4))
+    recovery = recovery_for(3, Disk(9, TWO, membership=five))
+    recovery.heard = {"kv-1": PeerPosition("kv-1", "following", 8, 1, TWO, membership=four),
+                      "kv-2": PeerPosition("kv-2", "following", 9, 1, TWO, membership=four)}
+    assert recovery.configuration() == five
     assert recovery_for(3, Disk(9, TWO, membership=five)).configuration() == five
     assert recovery_for(4, Disk(9, TWO)).configuration() == Configuration.initial(4)
 
