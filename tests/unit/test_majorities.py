@@ -157,6 +157,8 @@ def test_a_relayed_ack_only_moves_forward_and_a_forgotten_follower_never_counts(
     assert table.holders(9, [2]) == 1
     table.record("witness", 9, via="witness")  # no ordinal in its name: known, counted for nothing
     assert "witness" in table.positions and table.by_ordinal == {2: 9}
+    table.forget("witness")
+    assert "witness" not in table.positions and table.by_ordinal == {2: 9}
 
 
 @settings(max_examples=60, deadline=None)
