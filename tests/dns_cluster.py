@@ -53,7 +53,13 @@ class Cluster:
 
     def __enter__(self) -> "Cluster":
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.dns.start(), self.loop).result(5)
+        try:
+            asyncio.run_coroutine_threadsafe(self.dns.start(), self.loop).result(5)
+        except BaseException:  # __exit__ does not run when __enter__ fails: stop the DNS thread here
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.loop.close()
+            raise
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:

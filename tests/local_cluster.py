@@ -23,13 +23,11 @@ class LocalCluster(handle.LocalCluster):
                          update_strategy=update_strategy)
 
     def up(self) -> "LocalCluster":  # type: ignore[override]
-        """Start the controller and wait until every pod is Ready; on failure stop it and show the logs."""
+        """Start the controller and wait until every pod is Ready; on failure (stopped by then) show the logs."""
         try:
             super().up()
         except handle.ClusterError as exc:
-            logs = self.logs()
-            self.down()
-            raise RuntimeError(f"{exc}\n{logs}") from None
+            raise RuntimeError("\n".join([str(exc), *getattr(exc, "__notes__", [])])) from None
         return self
 
     def pause(self, name: str) -> int:

@@ -72,7 +72,11 @@ class ReplicaProcess:
         finally:
             log.close()
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.kill()  # a replica that never got ready is not left running
+                raise
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:

@@ -31,7 +31,11 @@ class WrappedReplica(ReplicaProcess):
         finally:
             log.close()
         if wait:
-            self.wait_ready(timeout=self.ready_timeout)
+            try:
+                self.wait_ready(timeout=self.ready_timeout)
+            except BaseException:
+                self.kill()  # a replica that never got ready is not left running
+                raise
         return self
 
     def stop(self) -> None:

@@ -6,7 +6,9 @@ Outcomes follow the API's contract:
 - ``failed``: definitely not applied (503 ``no_primary``, ``recovering``
   or ``not_primary``: a kv-0 that its followers do not confirm refuses a
   write before applying it; a connection that was never made; a 412/404
-  that is itself an observation);
+  that is itself an observation; a 504 ``not_confirmed``: kv-0 refused a
+  conditional write, 412 or 404, and could not confirm in time that a
+  majority still follows it, so it answered neither);
 - ``unknown``: may or may not have applied (timeouts, a cut connection,
   504 ``primary_timeout``, 503 ``storage_unavailable``, a 500, and a 504
   ``write_concern_timeout``: durable on kv-0 but held by no majority, so
@@ -90,8 +92,9 @@ def classify_write(status: int, error: str | None) -> str:
     if status == 200:
         return OK
     if status == 504:
+        # not_confirmed: a refusal (412, 404) kv-0 could not confirm in time; nothing was written.
         # write_concern_timeout: durable on kv-0 only, so a lost volume can still undo it.
-        return UNKNOWN
+        return FAILED if error == "not_confirmed" else UNKNOWN
     if status == 503:
         return UNKNOWN if error == "storage_unavailable" else FAILED
     if status in (412, 404, 400, 413):

@@ -71,7 +71,7 @@ class LocalCluster:
         self.restore: str | None = None  # a backup file ``up`` seeds kv-0's volume from
 
     def __enter__(self) -> "LocalCluster":
-        self.up()
+        self.up()  # stops what it started when it fails: __exit__ does not run then
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -80,7 +80,13 @@ class LocalCluster:
 
     # ------------------------------------------------------------ lifecycle
     def up(self) -> subprocess.CompletedProcess[str]:
-        """``cluster up --detach``: returns once every pod is Ready; ClusterError (its last line) if not."""
+        """``cluster up --detach``: returns once every pod is Ready; ClusterError (its last line) if not.
+
+        ``up --detach`` leaves a controller that did not get Ready trying, for a
+        person to look at; a program driving this handle would leave it behind
+        (with its pods, parent 1). So a start that fails or is interrupted
+        stops the cluster first; the pods' logs are added to the error as a note.
+        """
         args = ["cluster", "up", "--detach", "--dir", str(self.directory), "--replicas", str(self.replicas),
                 "--runtime", self.runtime, "--grace", f"{self.grace:g}", "--timeout", f"{self.ready_timeout:g}"]
         if self.base_address is not None:
@@ -94,10 +100,15 @@ class LocalCluster:
         if self.restore is not None:
             args += ["--restore", self.restore]
         args += [f"--env={name}={value}" for name, value in self.env.items()]
-        # Room beyond the readiness timeout for the controller's own start (an image build with docker).
-        result = run_cli(*args, timeout=self.ready_timeout + 90)
-        if result.returncode != 0:
-            raise ClusterError(f"cluster up failed: {_last_line(result)}")
+        try:
+            # Room beyond the readiness timeout for the controller's own start (an image build with docker).
+            result = run_cli(*args, timeout=self.ready_timeout + 90)
+            if result.returncode != 0:
+                raise ClusterError(f"cluster up failed: {_last_line(result)}")
+        except BaseException as exc:
+            exc.add_note(self.logs())
+            self.down()
+            raise
         return result
 
     def down(self, timeout: float = 30.0, keep_logs: Path | None = None) -> None:

@@ -1,17 +1,17 @@
 """A real headless browser for the dashboard tests: Debian's chromium driven by Selenium.
 
 Installed with apt-get when the tests run as root and it is missing; skipped
-otherwise, with one line saying how to install it.
+otherwise, with one line saying how to install it (a failure in CI: tests/needs.py).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from typing import Any, Iterator
 
 import pytest
+
+import needs
 
 PACKAGES = ("chromium", "chromium-driver")
 HOW = "the dashboard tests need a browser: sudo apt-get install chromium chromium-driver"
@@ -22,19 +22,14 @@ def _binaries() -> tuple[str | None, str | None]:
 
 
 def ensure_chromium() -> tuple[str, str]:
-    """Paths to chromium and chromedriver, installing Debian's packages when root; else skip."""
+    """Paths to chromium and chromedriver, installing Debian's packages when root; else a skip (CI: a failure)."""
     browser, driver = _binaries()
-    if (browser is None or driver is None) and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        try:
-            subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-            subprocess.run(["apt-get", "install", "-y", "-qq", *PACKAGES],
-                           env=env, capture_output=True, timeout=900)
-        except subprocess.TimeoutExpired:
-            pass
+    why = None
+    if browser is None or driver is None:
+        why = needs.apt_install(*PACKAGES)
         browser, driver = _binaries()
     if browser is None or driver is None:
-        pytest.skip(HOW)
+        needs.missing(f"{HOW} ({why or 'apt-get did not provide them'})")
     return browser, driver
 
 
@@ -42,8 +37,10 @@ def ensure_chromium() -> tuple[str, str]:
 def chrome() -> Iterator[Any]:
     """One headless chromium for the session (a few seconds to start on a busy machine)."""
     browser, driver_path = ensure_chromium()
-    webdriver = pytest.importorskip("selenium.webdriver",
-                                    reason="selenium is in the test extra: pip install -e .[test]")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        needs.missing("selenium is in the test extra: pip install -e .[test]")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

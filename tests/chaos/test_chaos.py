@@ -20,11 +20,18 @@ from typing import Any
 
 import pytest
 
+import needs
 from local_cluster import LocalCluster, http, wait_for
 from kvstore.chaos.cli import free_loopback_range
 from kvstore.chaos.nemesis import LoopbackPartitioner
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="partitions need root (iptables, net_cls)")
+needs_root = pytest.mark.usefixtures("as_root")
+
+
+@pytest.fixture
+def as_root() -> None:
+    """Partitions need root (iptables, net_cls): a skip without it, a failure in CI."""
+    needs.root("a partition (iptables, net_cls)")
 ROOT = os.geteuid() == 0
 NET_CLS = Path("/sys/fs/cgroup/net_cls")
 

@@ -11,12 +11,17 @@ from docker_pods import connect_or_skip, engine_address
 from k8s.test_manifests import outcome
 
 
-def test_no_engine_configured_is_a_skip_that_says_so(tmp_path: Path) -> None:
+def test_no_engine_configured_is_a_skip_that_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
     missing = tmp_path / "docker.sock"
     assert engine_address({}, missing) is None
     skipped = outcome(lambda: connect_or_skip({}, missing))
     assert isinstance(skipped, pytest.skip.Exception), repr(skipped)
     assert f"DOCKER_HOST is unset and {missing} does not exist" in str(skipped)
+    monkeypatch.setenv("CI", "true")  # CI runs every test: there it fails, saying the same
+    failed = outcome(lambda: connect_or_skip({}, missing))
+    assert isinstance(failed, pytest.fail.Exception), repr(failed)
+    assert f"DOCKER_HOST is unset and {missing} does not exist" in str(failed)
 
 
 def test_configured_engine_that_does_not_answer_fails(tmp_path: Path) -> None:

@@ -8,12 +8,12 @@ sync of its own before its answer.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
+import needs
 from local_cluster import http
 from wrapped_replica import WrappedReplica
 
@@ -21,17 +21,20 @@ HOST = "127.0.63.10"
 WRITES = 20
 SYNC_CALLS = ("fdatasync", "fsync", "sync_file_range", "msync")
 
-STRACE = shutil.which("strace")
-pytestmark = pytest.mark.skipif(STRACE is None, reason="strace is not installed (apt-get install strace)")
+
+
+@pytest.fixture(scope="module")
+def strace() -> str:
+    """strace's path: installed with apt-get when root; else a skip (a failure in CI) saying so."""
+    return needs.tool("strace", "strace")
 
 
 class TracedReplica(WrappedReplica):
     """A replica run under ``strace -f``, logging only the calls that make data durable."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], strace: str) -> None:
         self.trace = workdir / "strace.log"
-        assert STRACE is not None
-        super().__init__(workdir, "kv-0", HOST, [STRACE, "-f", "-qq", "-e", f"trace={','.join(SYNC_CALLS)}",
+        super().__init__(workdir, "kv-0", HOST, [strace, "-f", "-qq", "-e", f"trace={','.join(SYNC_CALLS)}",
                                                   "-o", str(self.trace)], env=env)
 
     def syncs(self) -> int:
@@ -41,9 +44,9 @@ class TracedReplica(WrappedReplica):
                    if any(f"{call}(" in line for call in SYNC_CALLS) and "= 0" in line)
 
 
-def syncs_behind_sequential_writes(tmp_path: Path, env: dict[str, str]) -> int:
+def syncs_behind_sequential_writes(tmp_path: Path, env: dict[str, str], strace: str) -> int:
     """Sync calls the replica made while answering ``WRITES`` writes one after another."""
-    replica = TracedReplica(tmp_path, env)
+    replica = TracedReplica(tmp_path, env, strace)
     try:
         replica.start()
         assert http("PUT", f"{replica.url}/v1/kv/warm", b"x")[0] == 200
@@ -64,14 +67,14 @@ def syncs_behind_sequential_writes(tmp_path: Path, env: dict[str, str]) -> int:
             replica.kill()
 
 
-def test_each_acknowledged_write_is_synced(tmp_path: Path) -> None:
+def test_each_acknowledged_write_is_synced(tmp_path: Path, strace: str) -> None:
     # The default configuration (KV_FSYNC unset) must sync before every answer.
-    synced = syncs_behind_sequential_writes(tmp_path, {})
+    synced = syncs_behind_sequential_writes(tmp_path, {}, strace)
     assert synced >= WRITES, f"{synced} sync calls behind {WRITES} acknowledged writes"
 
 
-def test_the_count_tells_fsync_off_apart(tmp_path: Path) -> None:
+def test_the_count_tells_fsync_off_apart(tmp_path: Path, strace: str) -> None:
     # The control: with KV_FSYNC=false the same writes make (almost) no sync calls, so the
     # count above measures fsync and nothing else.
-    synced = syncs_behind_sequential_writes(tmp_path, {"KV_FSYNC": "false"})
+    synced = syncs_behind_sequential_writes(tmp_path, {"KV_FSYNC": "false"}, strace)
     assert synced < WRITES // 2, f"{synced} sync calls with KV_FSYNC=false"

@@ -10,13 +10,13 @@ pod addresses are looked up through the same resolver.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 from pathlib import Path
 
 import pytest
 
+import needs
 from dns_thread import DnsThread
 from local_cluster import http, wait_for
 from replica_process import ReplicaProcess
@@ -30,19 +30,22 @@ nameserver {DNS_HOST}
 options ndots:5
 """
 
-UNSHARE = shutil.which("unshare")
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or UNSHARE is None,
-                                reason="needs root and unshare (util-linux) for a private mount namespace")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def unshare() -> str:
+    """A private mount namespace needs root and unshare (util-linux); else a skip (CI: a failure)."""
+    needs.root("a private mount namespace (a pod's own /etc/resolv.conf)")
+    return needs.tool("unshare", "util-linux")
 
 
 class NamespacedReplica(WrappedReplica):
     """A replica whose /etc/resolv.conf is ``resolv_conf`` (bind-mounted in its own mount namespace)."""
 
     def __init__(self, workdir: Path, ordinal: int, resolv_conf: Path) -> None:
-        assert UNSHARE is not None
         mount = f'mount --bind {shlex.quote(str(resolv_conf))} /etc/resolv.conf && exec "$0" "$@"'
         super().__init__(workdir, f"kv-{ordinal}", f"{NET}.{10 + ordinal}",
-                         [UNSHARE, "-m", "--propagation", "private", "sh", "-c", mount],
+                         [shutil.which("unshare") or "unshare", "-m", "--propagation", "private", "sh", "-c", mount],
                          env={"KV_REPLICAS": "2", "KV_WRITE_CONCERN": "majority", "KV_REFRESH_INTERVAL": "0.3"},
                          ready_timeout=30)
         self.http_port, self.peer_port = 8080, 8081   # the Service's ports: the same on every pod

@@ -34,6 +34,11 @@ def put(url: str, key: str, value: bytes, w: str | None) -> tuple[int, dict[str,
     return status, headers, json.loads(body) if body else {}
 
 
+def lsn_of(url: str) -> int:
+    """The replica's durable LSN, from its status."""
+    return json.loads(http("GET", f"{url}/v1/status")[2])["lsn"]
+
+
 def assert_honest_504(status: int, headers: dict[str, str], body: dict, confirmed: int, required: int) -> None:
     """A 504 that says the write is durable on the primary, with its version and the counts."""
     assert status == 504, (status, body)
@@ -56,17 +61,27 @@ def cluster() -> Iterator[LocalCluster]:
 def test_with_both_followers_stopped_only_w1_succeeds_until_kv0_is_cut_off(cluster: LocalCluster) -> None:
     kv0 = cluster.url("kv-0")
     assert put(kv0, "wc/before", b"x", "all")[0] == 200   # every follower is caught up and acking
+    held = lsn_of(kv0)  # what both followers hold
     paused = [cluster.pause("kv-1"), cluster.pause("kv-2")]
     try:
-        # All sent at once, while kv-0 last heard its majority a moment ago.
+        # All sent while kv-0 last heard its majority a moment ago (each 504 takes the write timeout,
+        # one after another they would outlast the contact window), in a fixed order: each is sent
+        # once the one before has its LSN. The first lands right after what the followers hold,
+        # where a count off by one would wrongly take them as holding it.
+        writes = [("majority", "wc/majority", b"m", "majority"), ("default", "wc/default", b"d", None),
+                  ("all", "wc/all", b"a", "all"), ("one", "wc/one", b"1", "1")]
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            answers = dict(zip(("majority", "default", "all", "one"), pool.map(
-                lambda args: put(kv0, *args), [("wc/majority", b"m", "majority"), ("wc/default", b"d", None),
-                                               ("wc/all", b"a", "all"), ("wc/one", b"1", "1")])))
+            pending = {}
+            for lsn, (name, *args) in enumerate(writes, start=held + 1):
+                pending[name] = pool.submit(put, kv0, *args)
+                wait_for(f"the {name} write to get LSN {lsn}", lambda lsn=lsn: lsn_of(kv0) >= lsn, 5, 0.01)
+            answers = {name: future.result() for name, future in pending.items()}
         assert_honest_504(*answers["majority"], confirmed=1, required=2)
         assert_honest_504(*answers["default"], confirmed=1, required=2)  # KV_WRITE_CONCERN: majority
         assert_honest_504(*answers["all"], confirmed=1, required=3)
         assert answers["one"][0] == 200, answers["one"]
+        versions = [answers[name][2].get("version") for name in ("majority", "default", "all", "one")]
+        assert versions == [held + 1, held + 2, held + 3, held + 4], versions
         # Not rolled back: durable on the primary, readable there at the version the 504 named.
         for key, value in (("wc/majority", b"m"), ("wc/all", b"a"), ("wc/one", b"1")):
             s, h, got = http("GET", f"{kv0}/v1/kv/{urllib.parse.quote(key, safe='')}")

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+import needs
 from kvstore import config as config_mod
 from kvstore import discovery
 from kvstore.local import image as image_mod
@@ -35,7 +36,7 @@ SELECTOR = {"app.kubernetes.io/name": "kvstore", "app.kubernetes.io/instance": "
 def require_tool(name: str, path: str | None, *check: str) -> str:
     """``path`` if the tool there works; a skip when it is absent, a failure when it is there but broken."""
     if not path:
-        pytest.skip(f"{name} is not installed (the test extra installs it)")
+        needs.missing(f"{name} is not installed (the test extra installs it)")
     try:
         proc = subprocess.run([path, *check], capture_output=True, text=True, timeout=60)
     except OSError as exc:
@@ -60,7 +61,7 @@ def kubernetes_validate() -> Any:
     except ModuleNotFoundError as exc:
         if exc.name != "kubernetes_validate":
             raise  # installed, but something it needs is missing: broken
-        pytest.skip("kubernetes-validate is not installed (the test extra installs it)")
+        needs.missing("kubernetes-validate is not installed (the test extra installs it)")
     return module
 
 
@@ -445,10 +446,14 @@ def outcome(call: Any) -> BaseException:
     raise AssertionError("no outcome raised")
 
 
-def test_a_broken_tool_fails_and_only_an_absent_one_skips(tmp_path: Path) -> None:
-    """The manifest checks are skipped only when their tool is not there, never when it is broken."""
+def test_a_broken_tool_fails_and_only_an_absent_one_skips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest checks are skipped only when their tool is not there (in CI: fail), never when it is broken."""
+    monkeypatch.delenv("CI", raising=False)
     absent = outcome(lambda: require_tool("kubectl", None, "version", "--client"))
     assert isinstance(absent, pytest.skip.Exception) and "kubectl is not installed" in str(absent)
+    monkeypatch.setenv("CI", "true")
+    absent = outcome(lambda: require_tool("kubectl", None, "version", "--client"))
+    assert isinstance(absent, pytest.fail.Exception) and "kubectl is not installed" in str(absent)
     broken = tmp_path / "kubectl"
     broken.write_text("#!/bin/sh\necho 'cannot load plugin' >&2\nexit 3\n")
     broken.chmod(0o755)

@@ -226,6 +226,18 @@ def test_outcome_classification() -> None:
     assert classify_exception(TimeoutError()) == UNKNOWN
 
 
+def test_a_write_answered_504_not_confirmed_was_never_applied() -> None:
+    """not_confirmed: kv-0 refused a conditional write and could not confirm the refusal; it wrote nothing."""
+    h = H()
+    h.put("a", 1, 0, 1)
+    h.add("cas", 2, 3, classify_write(504, "not_confirmed"), value="b", expect_version=1, status=504,
+          error="not_confirmed")
+    h.read("b", 2, 4, 5)  # ...yet the value it would have written shows up
+    assert "failed_write_visible" in kinds(checker.check(h.ops, final("b", 2)))
+    h.ops[1].outcome = UNKNOWN  # counted as unknown, the write that should not exist would pass
+    assert checker.check(h.ops, final("b", 2)).verdict == "PASS"
+
+
 def test_failed_cas_against_a_value_whose_version_nobody_saw() -> None:
     # From a soak: an unknown put (its version never seen) is current; a cas expecting the
     # version of an earlier delete gets 412 with the current version. Legal.

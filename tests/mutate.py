@@ -1,0 +1,131 @@
+"""Run mutmut on a mutation set that pyproject.toml names ``[tool.kvstore.mutation.NAME]``.
+
+mutmut reads one ``[tool.mutmut]`` table, from the ``pyproject.toml`` of its
+working directory, and keeps its mutants in ``./mutants``. ``[tool.mutmut]``
+stays the chaos checker's (plain ``mutmut run``); every other set runs in its
+own directory, ``.mutation/NAME/``, holding links to ``kvstore/``, ``tests/``
+and ``docs/`` and a ``pyproject.toml`` with the set as its ``[tool.mutmut]`` and
+the project's pytest settings.
+
+A set may name, per file, the only functions to mutate in it
+(``[tool.kvstore.mutation.NAME.functions]``, ``"path" = ["Class.method", "function"]``):
+every other function of that file is excluded from coverage (by its ``def``
+line, which excludes its whole body), and mutmut mutates no code that
+coverage excludes. The arguments after NAME go to mutmut::
+
+    .venv/bin/python tests/mutate.py safety run --max-children 2
+    .venv/bin/python tests/mutate.py safety results
+    .venv/bin/python tests/mutate.py safety show kvstore.lineage.x_common_point__mutmut_3
+
+``run`` starts from scratch (the set's old mutants are removed), unless it
+names mutants (``run 'kvstore.storage.*'``): then only those run again.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+LINKED = ("kvstore", "tests", "docs")  # docs: tests check numbers the design page states
+
+
+def _toml_table(name: str, table: dict[str, Any]) -> str:
+    """A TOML table of strings, numbers, booleans and lists of them (JSON spells those as TOML does)."""
+    lines = [f"[{name}]"]
+    for key, value in table.items():
+        if isinstance(value, dict):
+            raise ValueError(f"{name}.{key}: nested tables are not supported here")
+        lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _defs(tree: ast.AST, prefix: str = "") -> list[tuple[str, int]]:
+    """Every function and method in ``tree`` as (qualified name, line of its ``def``)."""
+    found = []
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found.append((prefix + node.name, node.lineno))
+            found += _defs(node, f"{prefix}{node.name}.")
+        elif isinstance(node, ast.ClassDef):
+            found += _defs(node, f"{prefix}{node.name}.")
+    return found
+
+
+def excluded_defs(functions: dict[str, list[str]], mutated: list[str]) -> list[str]:
+    """Regexes matching the ``def`` line of every function of these files that is not named to be mutated.
+
+    Coverage applies them to every file: one that would also match a function
+    meant to be mutated (in any of the ``mutated`` files) is an error.
+    """
+    patterns, kept = set(), []
+    for path in mutated:
+        lines = (ROOT / path).read_text("utf-8").splitlines()
+        keep = functions.get(path)
+        defs = _defs(ast.parse("\n".join(lines)))
+        unknown = set(keep or ()) - {qualified for qualified, _ in defs}
+        if unknown:
+            raise SystemExit(f"mutate.py: {path} has no function {', '.join(sorted(unknown))}")
+        for qualified, line in defs:
+            text = lines[line - 1].strip()
+            if keep is None or qualified in keep:
+                kept.append(text)
+            else:
+                patterns.add(re.escape(text))
+    clash = [text for text in kept if any(re.search(p, text) for p in patterns)]
+    if clash:
+        raise SystemExit(f"mutate.py: excluding by def line would also exclude: {'; '.join(clash)}")
+    return sorted(patterns)
+
+
+def prepare(name: str, fresh: bool) -> Path:
+    """The set's working directory, ready for mutmut; SystemExit naming the sets when ``name`` is not one."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
+    sets = project.get("tool", {}).get("kvstore", {}).get("mutation", {})
+    if name not in sets:
+        raise SystemExit(f"mutate.py: no mutation set {name!r} in pyproject.toml; have: "
+                         f"{', '.join(sorted(sets)) or 'none'} (the chaos checker's is plain `mutmut run`)")
+    workdir = ROOT / ".mutation" / name
+    if fresh and workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    for linked in LINKED:
+        link = workdir / linked
+        if not link.is_symlink():
+            link.symlink_to(Path("..", "..", linked))
+    settings = dict(sets[name])
+    coverage = {"exclude_also": excluded_defs(settings.pop("functions", {}), settings.get("only_mutate", []))}
+    pytest_ini = dict(project["tool"]["pytest"]["ini_options"])
+    # The same examples for every mutant: a mutant is killed by the tests, not by the draw.
+    pytest_ini["addopts"] = f"{pytest_ini.get('addopts', '')} --hypothesis-seed=0".strip()
+    (workdir / "pyproject.toml").write_text(
+        f"# Generated by tests/mutate.py from [tool.kvstore.mutation.{name}] of the project's pyproject.toml.\n"
+        + _toml_table("tool.pytest.ini_options", pytest_ini) + "\n" + _toml_table("tool.mutmut", settings)
+        + "\n" + _toml_table("tool.coverage.report", coverage),
+        "utf-8")
+    return workdir
+
+
+def main(argv: list[str]) -> None:
+    """``mutate.py NAME MUTMUT-ARGS...``."""
+    if len(argv) < 2 or argv[0] in ("-h", "--help"):
+        raise SystemExit(__doc__)
+    name, args = argv[0], argv[1:]
+    names = [a for a in args[1:] if a.startswith("kvstore.")]  # mutant names or globs, as mutmut shows them
+    workdir = prepare(name, fresh=args[0] == "run" and not names)
+    mutmut = Path(sys.executable).parent / "mutmut"
+    if not mutmut.exists():
+        raise SystemExit(f"mutate.py: {mutmut} not found; run ./kv test once to install the test extra")
+    os.chdir(workdir)
+    os.execv(mutmut, [str(mutmut), *args])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
