@@ -341,7 +341,7 @@ class Rollout:
         if self.strategy == ON_DELETE:
             old = sorted(p.name for p in pods if p.revision != update)
             out.update(state="waiting", message=f"OnDelete: {len(updated)} of {replicas} pods at revision "
-                       f"{update}; pods take it when deleted (kvstore cluster kill): {', '.join(old) or 'none left'}")
+                       f"{update}; pods take it when deleted ({hint('cluster kill POD')}): {', '.join(old) or 'none left'}")
             return out
         action, ordinal = next_step(pods, self.strategy, self.partition, update)
         above = [p for p in pods if p.ordinal >= self.partition]

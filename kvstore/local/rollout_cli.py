@@ -113,7 +113,7 @@ def _set_name(answer: dict[str, Any]) -> str:
 def _order(answer: dict[str, Any]) -> str:
     state = answer["rollout"]
     if state["strategy"] == rollout.ON_DELETE:
-        return "when deleted (OnDelete: kvstore cluster kill POD)"
+        return f"when deleted (OnDelete: {hint('cluster kill POD')})"
     if state["partition"]:
         return f"from the highest ordinal down to {state['partition']} (partition)"
     return "from the highest ordinal down"

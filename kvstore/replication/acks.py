@@ -60,7 +60,7 @@ class AckTable:
                 self._wake_waiters()
 
     def forget(self, name: str) -> None:
-        """Drop ``name``'s position (a pod removed from the configuration and gone)."""
+        """Drop ``name``'s position: DNS no longer lists it (deleted, or hidden); a live pod acks again at once."""
         if self.positions.pop(name, None) is not None:
             self.membership += 1
         with contextlib.suppress(ValueError):

@@ -72,7 +72,6 @@ class LogServer:
         # second process with the same name (an old kv-1 that outlived a force delete, a copy of
         # its volume) is refused while the first streams, so acks never mix two processes' logs.
         self._holders: dict[str, tuple[str, int]] = {}
-        self.duplicates_refused = 0
         # Called whenever the committed LSN may have moved (watches of the client port wait on it).
         self.commit_listeners: list[Callable[[], None]] = []
         self._watcher: asyncio.Task[None] | None = None
@@ -183,7 +182,6 @@ class LogServer:
         holder = self._holders.get(follower)
         if holder is None or holder[0] == incarnation:
             return None
-        self.duplicates_refused += 1
         message = (f"another process named {follower} (incarnation {holder[0] or '?'}) streams from this "
                    f"replica; this one ({incarnation or '?'}) is refused until that stream ends")
         log.warning("refused a stream: %s", message)

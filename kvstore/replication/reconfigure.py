@@ -56,7 +56,6 @@ class Reconfigurer:
         self.leaving: set[int] = set()  # voters gone from DNS, not yet removed
         self._gone_since: dict[int, float] = {}
         self._last = 0.0
-        self.changes = 0
 
     async def step(self) -> None:
         """Look once (at most every :data:`STEP_SECONDS`); write at most one change."""
@@ -127,7 +126,6 @@ class Reconfigurer:
         except StorageError as exc:
             log.warning("configuration change not written (%s); trying again shortly", exc)
             return
-        self.changes += 1
         names = ", ".join(self.directory.pod_name(o) for o in new.voters)
         log.info("configuration at lsn %d: %s (voters %s)", lsn, why, names)
         events.record("configuration", f"{why}; voters {names}", lsn=lsn, voters=list(new.voters))
