@@ -16,7 +16,7 @@ from aiohttp import web
 
 from kvstore import storage
 from kvstore.config import Config
-from kvstore.identity import PRIMARY
+from kvstore.identity import PRIMARY, SECONDARY
 from kvstore.metrics import Metrics
 from kvstore.forwarding import ForwardFailed, ForwardTimeout, forward
 from kvstore.replication import Replication
@@ -89,8 +89,10 @@ class Replica:
 
     @property
     def role(self) -> str:
-        """``primary`` or ``secondary``, from the ordinal."""
-        return self.config.role
+        """``primary`` while this pod holds or asks for an epoch, else ``secondary`` (kv-0 alone: primary)."""
+        if self.replication is None:
+            return self.config.role
+        return PRIMARY if self.replication.is_primary() else SECONDARY
 
     def primary_lsn(self) -> int | None:
         """The primary's LSN when known (our own on the primary)."""
@@ -106,8 +108,12 @@ class Replica:
         Returns the LSN, or the primary's answer when forwarded. Raises the
         storage errors, NoPrimary, PrimaryTimeout or WriteConcernTimeout.
         """
+        held = self.replication is not None and await self.replication.admitted()
         if self.role != PRIMARY:
-            return await self._forward(request, body, "writes go to the primary")
+            # A write held while this primary handed over goes on to the new one, even if forwarded once.
+            return await self._forward(request, body, "writes go to the primary", again=held)
+        if self.replication is not None:
+            await self.replication.serving_soon()
         self._check_recovered()
         self._check_contact()
         version = self.store.lineage_version
@@ -232,12 +238,14 @@ class Replica:
             return self.store.lsn
         return min(self.store.lsn, r.committed_known() or 0)
 
-    async def _forward(self, request: web.BaseRequest, body: bytes | None, why: str) -> web.Response:
-        if request.headers.get(FORWARDED_BY):
+    async def _forward(self, request: web.BaseRequest, body: bytes | None, why: str,
+                       again: bool = False) -> web.Response:
+        if request.headers.get(FORWARDED_BY) and not again:
             raise NoPrimary(f"{self.config.pod_name} is not the primary and does not forward twice")
-        primary = self.replication.directory.primary() if self.replication else None
+        primary = self.replication.leader_peer() if self.replication else None
         if primary is None:
-            raise NoPrimary(f"{why}, and kv-0 is not known (not in DNS); retry shortly")
+            name = self.replication.directory.pod_name(self.replication.leader()) if self.replication else "kv-0"
+            raise NoPrimary(f"{why}, and {name} is not known (not in DNS); retry shortly")
         try:
             return await forward(self.replication.client, primary, request, body,
                                  self.config.write_timeout + 2.0, self.config.pod_name)
@@ -252,8 +260,11 @@ class Replica:
                            min_lsn: int) -> web.StreamResponse | None:
         """Wait for ``min_lsn``; a non-None answer was served by the primary (strong read)."""
         if consistency == "strong":
+            held = self.replication is not None and await self.replication.admitted()
             if self.role != PRIMARY:
-                return await self._forward(request, None, "strong reads are answered by the primary")
+                return await self._forward(request, None, "strong reads are answered by the primary", again=held)
+            if self.replication is not None:
+                await self.replication.serving_soon()
             self._check_recovered()
         else:
             self.check_local_read()  # a strong read is confirmed after it has read instead
@@ -332,6 +343,7 @@ class Replica:
             status["replicas"] = len(r.configuration().voters)
             status["writable"] = r.writable if self.role == PRIMARY else None
             status["peers"] = r.peers_status()
+            status["primary"] = r.primary_status()
             status["followers"] = {name: p.lsn for name, p in sorted(r.acks.positions.items())}
             status["discovery"] = r.directory.status()
             status["peer_protocol"] = r.client.versions.status()
@@ -363,7 +375,7 @@ class Replica:
         """GET /v1/status: our view, with the primary's follower positions on a secondary."""
         status = self.local_status()
         r = self.replication
-        primary = r.directory.primary() if r is not None and self.role != PRIMARY else None
+        primary = r.leader_peer() if r is not None and self.role != PRIMARY else None
         if primary is not None:
             try:
                 remote = await r.client.status(primary, timeout=0.5)
@@ -372,10 +384,10 @@ class Replica:
             known = remote.get("followers", {})
             reference = remote.get("lsn")
             for row in status["peers"]:
-                if row["name"] in known and row["ordinal"] != 0:
+                if row["name"] in known and row["name"] != primary.name:
                     row["lsn"] = known[row["name"]]
                     row["lag"] = reference - row["lsn"] if isinstance(reference, int) else None
-                elif row["ordinal"] == 0:
+                elif row["name"] == primary.name:
                     row["lsn"], row["lag"] = reference, 0
             status["primary_lsn"] = reference
         return status
