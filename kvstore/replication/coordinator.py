@@ -106,8 +106,9 @@ class Replication:
         self._task = asyncio.create_task(self._run(), name="roles")
         self.server.watch_commits()
 
-    def _new_recovery(self, mode: str) -> Recovery:
-        return Recovery(self.config, self.store, self.directory, self.client, self._follower, self.metrics, mode)
+    def _new_recovery(self, mode: str, unreachable: frozenset[int] = frozenset()) -> Recovery:
+        return Recovery(self.config, self.store, self.directory, self.client, self._follower, self.metrics, mode,
+                        unreachable)
 
     def _follower_usable(self) -> bool:
         return self._follower.diverged is None and not self._follower.installing_snapshot
@@ -126,6 +127,7 @@ class Replication:
         self.handing_over = None
         self._admit.set()  # writes held by a switchover go to the new primary now
         self._takeover.clear()
+        self._follower.started = time.monotonic()  # the primary counts as lost only from now on
         self._follower.start()
         stand = asyncio.create_task(self.elector.wait_to_stand(), name="elector")
         asked = asyncio.create_task(self._takeover.wait(), name="takeover")
@@ -146,7 +148,7 @@ class Replication:
 
     async def _lead(self, mode: str) -> str | None:
         """Ask for an epoch, serve it; the next role: START again (kv-0 replaced) or None (follow)."""
-        self.recovery = self._new_recovery(mode)
+        self.recovery = self._new_recovery(mode, self.elector.unreachable if mode == FAILOVER else frozenset())
         self.server.serving = False
         self.store.pipeline = self.config.pipeline
         self.fencing.reset()

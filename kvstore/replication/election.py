@@ -29,7 +29,7 @@ import aiohttp
 from kvstore.config import Config
 from kvstore.discovery import PeerDirectory
 from kvstore.lineage import Lineage, Promise
-from kvstore.membership import Configuration, recovery_quorum
+from kvstore.membership import Configuration, majority
 from kvstore.replication.peer_client import PeerClient, PeerError, PeerPosition
 from kvstore.storage import Store
 
@@ -99,6 +99,7 @@ class Elector:
         self.usable = usable  # False while this follower diverged or copies a snapshot
         self.hint: tuple[int, int] = (0, 0)  # (epoch, ordinal) of a serving primary a peer named
         self.why_not: str | None = None  # why it did not stand at its last look (for /v1/status)
+        self.unreachable: frozenset[int] = frozenset()  # pods that did not answer at the last look
 
     async def wait_to_stand(self) -> str:
         """Return the reason once this follower should ask for promises (runs until cancelled)."""
@@ -123,6 +124,7 @@ class Elector:
         others = sorted((set(configuration.voters) | set(self.directory.peers)) - {me})
         answers = await asyncio.gather(*(self._position(o) for o in others))
         heard = {o: p for o, p in zip(others, answers) if p is not None}
+        self.unreachable = frozenset(o for o in others if o not in heard)
         mine = key(self.store.lineage, self.store.lsn)
         for ordinal, position in heard.items():
             last = position.lineage.last
@@ -135,8 +137,8 @@ class Elector:
                 self.why_not = f"{position.name} is at least as up to date and comes first"
                 return None
         leader = self.leader()
-        counted = sum(1 for o in heard if o in configuration.voters and o != leader) + (me != leader)
-        needed = recovery_quorum(len(configuration.voters))
+        counted = 1 + sum(1 for o in heard if o in configuration.voters)
+        needed = majority(len(configuration.voters))
         if counted < needed:
             self.why_not = f"hears {counted} of the {needed} voters an election needs"
             return None
