@@ -272,9 +272,12 @@ class Replication:
         self.handing_over = target
         self._admit.clear()
         try:
-            lsn = self.store.appended  # what this primary sent: the target must hold all of it
+            lsn = self.store.appended  # what this primary sent: it and the target must hold all of it
             holds = lambda: self.acks.by_ordinal.get(target, 0)  # noqa: E731
-            if not await self.acks.wait(lsn, holds, timeout) or self.store.lsn < lsn:
+            if not await self.store.wait_for_lsn(lsn, timeout):
+                raise SwitchoverRefused(f"this primary did not write lsn {lsn} within {timeout:g}s")
+            left = max(0.1, timeout - (time.monotonic() - started))
+            if not await self.acks.wait(lsn, holds, left):
                 raise SwitchoverRefused(f"{name} did not acknowledge lsn {lsn} within {timeout:g}s")
             # From here no strong read is answered from the lease: the target's promises skip it.
             self.fencing.relinquish()
@@ -288,6 +291,9 @@ class Replication:
             except asyncio.TimeoutError:
                 raise SwitchoverRefused(f"{name} did not ask this primary for its promise within "
                                         f"{timeout:g}s") from None
+            # The followers confirm the handover with this pod: it answers until the target leads
+            # (a stopping primary closes its ports only then).
+            await self._until_leading(peer, max(0.1, timeout - (time.monotonic() - started)))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError) as exc:
             self._abort_switchover()
             raise SwitchoverRefused(f"{name} could not be asked to take over: {exc}") from None
@@ -298,6 +304,19 @@ class Replication:
         events.record("switchover", f"{self.config.pod_name} handed the primary's role to {name} ({why})",
                       to=name, why=why)
         return f"{name} takes over from {self.config.pod_name} in epoch {self.store.promise.number}"
+
+    async def _until_leading(self, peer: Peer, timeout: float) -> bool:
+        """Wait (bounded) until ``peer`` says it serves as primary; whether it did."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if (await self.client.position(peer, timeout=0.5)).state == "primary":
+                    return True
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError):
+                pass
+            await asyncio.sleep(0.02)
+        log.warning("%s did not say it leads within %.1fs of this primary's handover", peer.name, timeout)
+        return False
 
     def _abort_switchover(self) -> None:
         """The handover did not happen: lead on (unless the target already got this primary's promise)."""

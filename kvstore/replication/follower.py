@@ -333,8 +333,8 @@ class Follower:
             if not promise.covers(last.number, last.id):
                 raise Stalled("older_epoch",
                               f"{upstream.name} ({upstream.address}) is in epoch {last.number}, but this replica "
-                              f"promised epoch {promise.number} to a newer kv-0: it does not follow a replaced "
-                              "primary; waiting for DNS to list the current kv-0")
+                              f"promised epoch {promise.number} to {self.directory.pod_name(promise.leader)}: it "
+                              "does not follow a replaced primary; waiting for the current one")
             if last.number > promise.number:
                 await self.store.set_promise(Promise(last.number, last.id, last.leader))
 

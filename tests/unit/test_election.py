@@ -87,3 +87,31 @@ def test_counts_led_by_another_pod_count_kv0_as_a_follower() -> None:
     assert all_hold(voters, {0: 7, 2: 4}, 10, leader=1) == 4
     # A previous configuration the leader is not in needs a majority of its members alone.
     assert agreed(((1, 2, 3), (0, 2, 3)), {0: 9, 2: 8, 3: 6}, 10, leader=1) == 8
+
+
+def peer(name: str, lsn: int, state: str = "following", lineage: Lineage = LINEAGE) -> PeerPosition:
+    return PeerPosition(name, state, lsn, 1, lineage)
+
+
+def test_a_follower_less_up_to_date_than_another_never_stands() -> None:
+    voters = (0, 1, 2)
+    stand, why, _ = election.decide_to_stand(2, voters, (1, 10), 1, {1: peer("kv-1", 11)})
+    assert not stand and "kv-1" in why
+    # The most up-to-date one does; so does the lowest ordinal of equals, and only it.
+    assert election.decide_to_stand(1, voters, (1, 11), 1, {2: peer("kv-2", 10)})[0]
+    assert election.decide_to_stand(1, voters, (1, 10), 1, {2: peer("kv-2", 10)})[0]
+    assert not election.decide_to_stand(2, voters, (1, 10), 1, {1: peer("kv-1", 10)})[0]
+    # An older epoch's longer log is less up to date than a newer epoch's shorter one.
+    newer = LINEAGE.begin(2, 8, "a" * 32, True, "d" * 32, leader=1)
+    assert election.decide_to_stand(1, voters, (2, 8), 2, {2: peer("kv-2", 50)})[0]
+    assert not election.decide_to_stand(2, voters, (1, 50), 1, {1: peer("kv-1", 8, lineage=newer)})[0]
+
+
+def test_no_one_stands_beside_a_serving_primary_or_without_a_majority() -> None:
+    voters = (0, 1, 2)
+    stand, why, hint = election.decide_to_stand(2, voters, (1, 10), 1, {1: peer("kv-1", 5, "primary")})
+    assert not stand and hint == (1, 1) and "primary" in why
+    stand, why, _ = election.decide_to_stand(1, voters, (1, 10), 1, {})
+    assert not stand and "1 of the 2" in why
+    # A learner heard does not make the majority.
+    assert not election.decide_to_stand(1, (0, 1, 2, 3, 4), (1, 10), 1, {2: peer("kv-2", 1), 5: peer("kv-5", 1)})[0]
