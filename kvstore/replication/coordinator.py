@@ -84,6 +84,7 @@ class Replication:
         # holds, an epoch: the primary) or ``follower`` (it follows the primary). Never both.
         self.follower: Follower | None = None
         self.recovery: Recovery | None = None
+        self._asked_before = 0  # the epoch this pod's last candidacy asked for (the next asks above it)
         self.fenced: str | None = None  # why this primary last found itself replaced
         self.hint: tuple[int, int] = (0, 0)  # (epoch, ordinal) of a live primary a candidacy met
         self.handing_over: int | None = None  # the ordinal this primary hands its role to, while it does
@@ -108,7 +109,7 @@ class Replication:
 
     def _new_recovery(self, mode: str, unreachable: frozenset[int] = frozenset()) -> Recovery:
         return Recovery(self.config, self.store, self.directory, self.client, self._follower, self.metrics, mode,
-                        unreachable)
+                        unreachable, self._asked_before)
 
     def _follower_usable(self) -> bool:
         return self._follower.diverged is None and not self._follower.installing_snapshot
@@ -156,6 +157,7 @@ class Replication:
         self._stepped_down.clear()
         self._current_since = None
         await self.recovery.run()
+        self._asked_before = max(self._asked_before, self.recovery.candidate.number)
         if self.recovery.abandoned is not None:
             if self.recovery.live_leader is not None:
                 self.hint = max(self.hint, self.recovery.live_leader)
@@ -728,6 +730,7 @@ class Replication:
         out = []
         for ordinal, peer in sorted(self.directory.peers.items()):
             row = peer.to_dict()
+            row["role"] = "primary" if ordinal == self.leader() else "secondary"  # who leads now, not the ordinal
             position = self.acks.positions.get(peer.name)
             if ordinal == self.leader() and self.follower is not None:
                 row["lsn"] = self.follower.primary_lsn

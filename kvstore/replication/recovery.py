@@ -88,7 +88,7 @@ class Recovery:
 
     def __init__(self, config: Config, store: Store, directory: PeerDirectory, client: PeerClient,
                  follower: Follower, metrics: Metrics, mode: str = START,
-                 unreachable: frozenset[int] = frozenset()) -> None:
+                 unreachable: frozenset[int] = frozenset(), asked_before: int = 0) -> None:
         self.config = config
         self.store = store
         self.directory = directory
@@ -106,7 +106,9 @@ class Recovery:
         # Pods a standing follower just found unreachable (the lost primary): not waited for in the
         # first round, so a frozen one does not hold the election up for a timeout.
         self._skip = {directory.pod_name(o) for o in unreachable}
-        self.candidate = Promise(max(store.lineage.max_number(), store.promise.number) + 1, new_id(),
+        # Above every epoch this pod knows, and above its own earlier candidacies (``asked_before``):
+        # followers may still hold to one it gave up.
+        self.candidate = Promise(max(store.lineage.max_number(), store.promise.number, asked_before) + 1, new_id(),
                                  config.ordinal)
         # The pod that led the newest epoch this one knows: its followers are the ones to hear.
         self.previous_leader = election.newest_leader(store)
@@ -241,9 +243,9 @@ class Recovery:
             elif exc.kind == election.BEHIND:
                 self.abandoned = f"{name} holds a more up-to-date log ({exc})"
             elif exc.promised.number >= self.candidate.number:
-                if self.mode != START:
+                if self.mode != START and exc.promised.leader != self.config.ordinal:
                     self.abandoned = f"{name} promised epoch {exc.promised.number} to another candidate"
-                else:
+                else:  # kv-0's start-up, or a promise made to this pod's own earlier candidacy
                     self._raise_candidate(exc.promised.number)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError) as exc:
             self.unheard_reasons[name] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
