@@ -242,7 +242,7 @@ def watch_text(report: checker.Report) -> str:
         return "watch: no watchers"
     return (f"watch: {report.watchers} watchers, {report.watch_events} events checked, "
             f"{report.watch_covered} acknowledged writes in watched ranges, {report.watch_resyncs} re-syncs, "
-            f"{report.watch_reconnects} reconnects")
+            f"{report.watch_reconnects} cuts or refusals resumed")
 
 
 # ------------------------------------------------------------------------- summary

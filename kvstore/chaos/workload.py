@@ -23,6 +23,7 @@ from typing import Callable
 
 import aiohttp
 
+from kvstore.aio import cancel_and_wait
 from kvstore.chaos.history import (
     FAILED, OK, UNKNOWN, Op, WatchRecord, classify_exception, classify_read, classify_write,
 )
@@ -111,8 +112,11 @@ class Workload:
             limit=0, local_addr=(self.config.local_address, 0) if self.config.local_address else None)
         timeout = aiohttp.ClientTimeout(total=self.config.request_timeout, sock_connect=2.0)
         async with never_resend(aiohttp.ClientSession(connector=connector, timeout=timeout)) as session:
-            await asyncio.gather(self.watchers.run(session, deadline),
-                                 *(self._client(i, session, deadline) for i in range(self.config.clients)))
+            watching = asyncio.create_task(self.watchers.run(session, deadline), name="chaos-watchers")
+            try:
+                await asyncio.gather(*(self._client(i, session, deadline) for i in range(self.config.clients)))
+            finally:  # the watchers stop with the clients (at the deadline, or at max_ops)
+                await cancel_and_wait(watching)
         return self.history
 
     async def _client(self, process: int, session: aiohttp.ClientSession, deadline: float) -> None:
