@@ -1,4 +1,4 @@
-"""The history of a chaos run: one record per client operation, and how an answer is classified.
+"""The history of a chaos run: one record per client operation and per line a watcher read, and how an answer is classified.
 
 Outcomes follow the API's contract:
 
