@@ -48,25 +48,24 @@ class Watchers:
         """Every watcher until ``deadline`` (on ``clock``)."""
         await asyncio.gather(*(self._watch(i, session, deadline) for i in range(self.count)))
 
-    def _pick(self, turn: int) -> tuple[str, str] | None:
-        """The pod for the ``turn``-th connection: watcher ``i`` starts on the ``i``-th pod and moves on."""
-        urls = self.urls()
-        if not urls:
-            return None
-        names = sorted(urls)
-        name = names[turn % len(names)]
-        return name, urls[name]
+    async def _pick(self, turn: int, deadline: float) -> tuple[str, str] | None:
+        """The pod for the ``turn``-th connection (watcher ``i`` starts on the ``i``-th pod and moves on),
+        once there is one; None at the deadline."""
+        while self.clock() < deadline:
+            urls = self.urls()
+            if urls:
+                names = sorted(urls)
+                name = names[turn % len(names)]
+                return name, urls[name]
+            await asyncio.sleep(0.2)
+        return None
 
     async def _watch(self, index: int, session: aiohttp.ClientSession, deadline: float) -> None:
         position: int | None = None  # the last LSN the stream reached (None: start from now)
         history: str | None = None
         turn = index
-        while self.clock() < deadline:
-            picked = self._pick(turn)
+        while (picked := await self._pick(turn, deadline)) is not None:
             turn += 1
-            if picked is None:
-                await asyncio.sleep(0.2)
-                continue
             pod, url = picked
             from_lsn = None if position is None else position + 1
             try:
@@ -105,12 +104,8 @@ class Watchers:
     async def _resync(self, index: int, session: aiohttp.ClientSession, deadline: float, reason: str,
                       turn: int) -> tuple[int, str | None] | None:
         """Re-read the prefix on some pod: (the read's LSN, its history), or None at the deadline."""
-        while self.clock() < deadline:
-            picked = self._pick(turn)
+        while (picked := await self._pick(turn, deadline)) is not None:
             turn += 1
-            if picked is None:
-                await asyncio.sleep(0.2)
-                continue
             pod, url = picked
             client = Client(url, session=session)
             try:
