@@ -91,8 +91,9 @@ def register(subparsers: Any) -> None:
                     "removing or rolling back their volumes, breaking DNS, restarting every pod and running "
                     "a second kv-0 (zombie-primary: an old kv-0 process that outlived its pod, on a copy of "
                     "its volume, that some clients reach and that DNS lists for kv-0 for a while), "
-                    "then check that nothing acknowledged was lost, replicas converged, and strong reads "
-                    "and compare-and-set were linearizable.")
+                    "then check that nothing acknowledged was lost, replicas converged, strong reads "
+                    "and compare-and-set were linearizable, and watches showed every acknowledged write once, "
+                    "in order, and nothing else.")
     p.set_defaults(handler=handle)
     p.add_argument("--duration", type=_duration, default=60.0, help="seconds of workload and faults (default 60)")
     p.add_argument("--nemesis", type=_nemesis, default=None,
@@ -481,7 +482,7 @@ def _run(args: argparse.Namespace) -> int:
             "zombie": dict(zombie_counts(history)),
             "watch": {"watchers": report.watchers, "events": report.watch_events,
                       "covered_writes": report.watch_covered, "resyncs": report.watch_resyncs,
-                      "reconnects": report.watch_reconnects},
+                      "resumed": report.watch_reconnects},
             "final": {pod: {"lsn": v.lsn, "keys": len(v.contents)} for pod, v in views.items()},
         }, indent=2) + "\n")
         print(text, flush=True)

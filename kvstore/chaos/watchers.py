@@ -21,9 +21,9 @@ import aiohttp
 from kvstore.chaos.history import WatchRecord
 from kvstore.client import Client, WatchError
 
-# An idle stream sends a keepalive every KV_WATCH_KEEPALIVE seconds (the chaos cluster: 1 s);
-# a stream silent for this long is taken as cut (a paused pod) and watched again elsewhere.
-READ_TIMEOUT = 5.0
+# An idle stream sends a keepalive every KV_WATCH_KEEPALIVE seconds (default 10, a chaos cluster 1);
+# a stream silent for longer is taken as cut and watched again elsewhere.
+READ_TIMEOUT = 12.0
 LIST_PAGES = 100  # a re-read reads at most this many pages of 1000 keys
 
 
