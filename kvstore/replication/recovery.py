@@ -315,8 +315,9 @@ class Recovery:
         history = store.history_id if decision.continue_history and store.history_id else new_id()
         lineage = store.lineage.begin(number, store.lsn + 1, history, decision.verified, self.candidate.id,
                                       keep=self.config.test_max_epochs, leader=self.config.ordinal)
-        # This pod acks no older primary from here on (it counted itself among the promises).
-        await store.set_promise(Promise(number, self.candidate.id, self.config.ordinal))
+        if self.config.ordinal != self.previous_leader:
+            # It counted itself among the promises: it acks no older primary from here on.
+            await store.set_promise(Promise(number, self.candidate.id, self.config.ordinal))
         await store.set_lineage(lineage)
         self.metrics.epoch.set(lineage.number)
         fork = lineage.fork()
