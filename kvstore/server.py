@@ -23,7 +23,7 @@ from kvstore.config import Config, ConfigError
 from kvstore.dashboard import Dashboard
 from kvstore.discovery import PeerDirectory
 from kvstore.replication import Replication
-from kvstore.replication.coordinator import SwitchoverRefused
+from kvstore.replication.handover import SwitchoverRefused
 from kvstore.replication.versions import HEADER, REFUSAL
 from kvstore.metrics import Metrics
 from kvstore.replica import Replica
