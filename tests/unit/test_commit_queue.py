@@ -46,6 +46,7 @@ class Gate(CommitHook):
 class Parts:
     database: Database
     queue: CommitQueue
+    swap: SnapshotSwap
     gate: Gate
     retained: RetainedLog
     batches: list[int] = field(default_factory=list)  # each committed batch's size, in order
@@ -63,7 +64,7 @@ async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
     queue = CommitQueue(database, retained, swap, lambda n, _seconds: batches.append(n), gate)
     task = queue.start()
     try:
-        yield Parts(database, queue, gate, retained, batches)
+        yield Parts(database, queue, swap, gate, retained, batches)
     finally:
         gate.go.set()
         queue.closed = True
@@ -179,13 +180,14 @@ async def test_a_refused_batch_poisons_the_queue_only_if_it_was_sent(parts: Part
         assert parts.queue.failed is None and parts.database.write_error is not None
         assert await parts.queue.write(put("b")) == 1
         assert parts.database.write_error is None and isinstance(parts.database.db, plyvel.DB)
+        assert await asyncio.wait_for(parts.swap.get(b"b"), 5) is not None  # reads were let in again
 
 
 async def test_kv_test_hold_commit_holds_only_the_batch_of_its_lsn_and_epoch() -> None:
     hook = commit_hook((5, 2))
     assert isinstance(hook, HoldCommit) and type(commit_hook(None)) is CommitHook
     for first, last, epoch in ((1, 4, 2), (6, 9, 2), (4, 6, 1)):
-        await hook.published(first, last, epoch)  # not that batch: goes on at once
+        await asyncio.wait_for(hook.published(first, last, epoch), 5)  # not that batch: goes on at once
     held = asyncio.ensure_future(hook.published(4, 6, 2))
     for _ in range(5):
         await asyncio.sleep(0)
