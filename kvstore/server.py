@@ -27,7 +27,7 @@ from kvstore.replication.handover import SwitchoverRefused
 from kvstore.replication.versions import HEADER, REFUSAL
 from kvstore.metrics import Metrics
 from kvstore.replica import Replica
-from kvstore.storage import Store, StorageError
+from kvstore.storage import Store, StorageError, commit_hook
 from kvstore.watch import Watches
 
 log = logging.getLogger("kvstore")
@@ -138,7 +138,7 @@ async def serve(config: Config) -> int:
     try:
         store = Store.open(config.data_dir, fsync=config.fsync,
                            log_retention=config.log_retention, on_commit=metrics.observe_commit,
-                           hold_commit=config.test_hold_commit)
+                           commit_hook=commit_hook(config.test_hold_commit))
     except StorageError as exc:
         raise StartupError(str(exc)) from None
     await store.start()

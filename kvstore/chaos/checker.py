@@ -44,7 +44,7 @@ from typing import Any, Iterable
 from kvstore.chaos import linearizability as lin
 from kvstore.chaos.history import FAILED, OK, UNKNOWN, Op
 from kvstore.chaos.nemesis import FAULTS
-from kvstore.local.statefulset import ZOMBIE_SUFFIX
+from kvstore.local.zombie import ZOMBIE_SUFFIX
 
 
 # Every kind of violation, in the order the summary lists them.
