@@ -83,7 +83,7 @@ def make_peer_handler(replica: Replica, token: str, in_flight: routing.InFlight 
             action, peer = body["action"], body.get("peer")
             if not isinstance(action, str) or (peer is not None and not isinstance(peer, str)):
                 raise TypeError
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # nested past the parser
             return routing.error_response(400, "bad_request",
                                           'expected JSON {"action": "fresh" | "from" | "resync", "peer": "kv-N"}')
         assert replica.replication is not None

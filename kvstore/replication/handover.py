@@ -218,7 +218,7 @@ class Handover:
             target = None if to is None else parse_ordinal(to)
             if target is not None and to != self.directory.pod_name(target):
                 raise ValueError  # another StatefulSet's pod
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):  # RecursionError: nested past the parser
             return error_response(400, "bad_request", 'expected JSON {"to": "kv-N"} or {"to": null}')
         if self.recovery is None or not self.writable:
             primary = self.leader_peer()
