@@ -453,7 +453,8 @@ class Replication(Handover):
                     "log_start": self.store.log_start, "history_id": lineage.history, "epoch": lineage.number,
                     "fork": lineage.fork(), "lineage": lineage.to_json(), "promised": self.store.promise.to_json(),
                     "membership": self.membership_status(), "leader": self.leader(),
-                    "handover_to": self.handing_over}
+                    # Said only once the lease is given up: a follower that reads it skips its lease wait.
+                    "handover_to": self.handing_over if self.fencing.relinquished else None}
         if self.recovery is not None and not self.writable:
             position["candidate"] = self.recovery.candidate.to_json()
         return position

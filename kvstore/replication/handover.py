@@ -243,7 +243,7 @@ class Handover:
     async def _promise_as_primary(self, candidate: Promise) -> web.Response:
         """A primary promises only the pod it hands over to; a serving one tells others it is alive."""
         last = self.store.lineage.last
-        if (self.handing_over is not None and candidate.leader == self.handing_over
+        if (self.handing_over is not None and self.fencing.relinquished and candidate.leader == self.handing_over
                 and candidate.number > max(self.store.lineage.max_number(), self.store.promise.number)):
             try:
                 await self.store.set_promise(candidate)
