@@ -501,6 +501,9 @@ class Replication(Handover):
         if f.upstream_recovering:
             # Ready, or OrderedReady would never create the pod kv-0 is waiting to hear from.
             return True, f"{name} is recovering; serving what this replica has ({behind})"
+        if f.waiting_for_primary():
+            # Ready, or OrderedReady would never create the pods an election needs to hear from.
+            return True, f"waiting for a primary ({f.stalled}); serving what this replica has ({behind})"
         if f.stalled is not None and lag and self.primary_reachable():
             return False, f"stalled: {behind} ({f.stalled})"
         if lag > READY_MAX_LAG:

@@ -84,13 +84,19 @@ def promise_refusal(candidate: Promise, candidate_position: PeerPosition, mine: 
 
 
 def decide_to_stand(me: int, voters: tuple[int, ...], mine: tuple[int, int], epoch: int,
-                    heard: Mapping[int, PeerPosition]) -> tuple[bool, str, tuple[int, int] | None]:
+                    heard: Mapping[int, PeerPosition],
+                    leader: int | None = None) -> tuple[bool, str, tuple[int, int] | None]:
     """Whether a follower that lost its primary stands: (stand, why, a serving primary's (epoch, ordinal)).
 
-    It stands only if no pod it heard serves as primary in its epoch or a
-    newer one, no voter it heard is more up to date (ties: the lowest ordinal
-    stands), and the voters it hears make a majority with itself.
+    It stands only if the primary it knows (``leader``) does not answer as
+    primary or recovering (a kv-0 proving it is current is not lost), no pod
+    it heard serves as primary in its epoch or a newer one, no voter it heard
+    is more up to date (ties: the lowest ordinal stands), and the voters it
+    hears make a majority with itself.
     """
+    own = heard.get(leader) if leader is not None else None
+    if own is not None and own.state in ("primary", "recovering"):
+        return False, f"{own.name}, the primary, answers ({own.state})", None
     for ordinal, position in heard.items():
         last = position.lineage.last
         if position.state == "primary" and last is not None and last.number >= epoch:
@@ -148,7 +154,7 @@ class Elector:
         heard = {o: p for o, p in zip(others, answers) if p is not None}
         self.unreachable = frozenset(o for o in others if o not in heard)
         stand, why, hint = decide_to_stand(me, configuration.voters, key(self.store.lineage, self.store.lsn),
-                                           self.store.epoch, heard)
+                                           self.store.epoch, heard, self.leader())
         if hint is not None:
             self.hint = max(self.hint, hint)
         self.why_not = None if stand else why

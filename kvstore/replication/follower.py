@@ -205,6 +205,10 @@ class Follower:
                 return previous
         return peers.get(leader)
 
+    def waiting_for_primary(self) -> bool:
+        """Whether this follower waits for a primary to lead (none serves that it may follow), not for data."""
+        return self.stalled is not None and self._last_kind in ("older_epoch", "upstream_recovering", "no_upstream")
+
     def lost_for(self) -> float:
         """Seconds since the primary's last round reached this replica (or since this process started)."""
         return time.monotonic() - max(self.started, self.leader_heard or 0.0)
@@ -295,6 +299,8 @@ class Follower:
         position = await self.client.position(upstream)
         self._heard(upstream, position.lsn)
         self.upstream_recovering = position.state == "recovering"
+        if self.upstream_recovering and upstream.ordinal == self.leader():
+            self.leader_heard = time.monotonic()  # alive, proving it is current: not lost
         if self.upstream_recovering or not position.lineage.epochs:
             raise Stalled("upstream_recovering", f"{upstream.name} is recovering; waiting for it")
         await self._check_promise(upstream, position)

@@ -115,3 +115,13 @@ def test_no_one_stands_beside_a_serving_primary_or_without_a_majority() -> None:
     assert not stand and "1 of the 2" in why
     # A learner heard does not make the majority.
     assert not election.decide_to_stand(1, (0, 1, 2, 3, 4), (1, 10), 1, {2: peer("kv-2", 1), 5: peer("kv-5", 1)})[0]
+
+
+def test_no_one_stands_while_the_primary_answers_recovering() -> None:
+    voters = (0, 1, 2)
+    recovering = PeerPosition("kv-0", "recovering", 3, 1, LINEAGE)
+    stand, why, _ = election.decide_to_stand(1, voters, (1, 10), 1, {0: recovering, 2: peer("kv-2", 5)}, leader=0)
+    assert not stand and "kv-0, the primary, answers (recovering)" in why
+    # The same pod answering as a mere follower (it gave up leading) does not hold an election up.
+    following = PeerPosition("kv-0", "starting", 3, 1, LINEAGE)
+    assert election.decide_to_stand(1, voters, (1, 10), 1, {0: following, 2: peer("kv-2", 5)}, leader=0)[0]
