@@ -12,10 +12,6 @@ Faults:
   names) SIGSTOPped for longer than the followers' ``KV_FAILOVER_AFTER``,
   then SIGCONT: a partitioned node whose process lives on and wakes up
   believing it leads, after another pod took over.
-
-Kills, pauses and partitions aimed at "the primary" (``primary_bias``) aim
-at kv-0 or at the current primary, as often at one as at the other: once a
-failover or a switchover has happened, they are different pods.
 - ``volume-loss``: a pod's data dir removed while the pod is down: either
   held down by the controller (like a pod whose node is gone) and released
   with an empty volume, or during a full stop and start of every pod.
@@ -49,6 +45,10 @@ failover or a switchover has happened, they are different pods.
   over, and kv-0 takes the role back once it is current (failback).
 - ``switchover``: a planned handover, ``kvstore switchover`` to a random
   voter or to none (the primary picks the most up-to-date follower).
+
+Kills, pauses and partitions aimed at "the primary" (``primary_bias``) aim
+at kv-0 or at the current primary, as often at one as at the other: once a
+failover or a switchover has happened, they are different pods.
 
 Backends: the local cluster (``process`` and ``docker`` runtimes; the faults
 through the controller and the rollout with ``process`` only) and Kubernetes
@@ -920,7 +920,7 @@ class Nemesis:
         answered = [(p, s) for p, s in zip(pods, statuses) if isinstance(s, dict)]
         by_name = {p.name: p for p in pods}
         serving = sorted((s.get("epoch") or 0, p.ordinal, p, s) for p, s in answered
-                   if s.get("role") == "primary" and s.get("writable"))
+                         if s.get("role") == "primary" and s.get("writable"))
         named = Counter(str((s.get("primary") or {}).get("name")) for _, s in answered)
         primary, status = (serving[-1][2], serving[-1][3]) if serving else (None, None)
         if primary is None and named:
