@@ -272,7 +272,7 @@ def summary(args: argparse.Namespace, seed: int, history: list[Any], faults: lis
     gap, still_open = checker.longest_write_gap_after_primary_kill(history, faults, elapsed)
     lines.append("longest window without a successful write after a kv-0 kill: "
                  + (f"{'>' if still_open else ''}{gap:.1f}s" if counts["kill_primary"] else "- (no kv-0 kill)"))
-    lines.append(outage_text(longest_outages(history, faults, elapsed), shown))
+    lines.append(outage_text(longest_outages(history, faults), shown))
     concern = sum(1 for op in history if op.status == 504 and op.error == "write_concern_timeout")
     lines.append(f"writes durable on kv-0 but answered 504 write_concern_timeout: {concern}")
     if "zombie-primary" in args.nemesis or counts["zombie-primary"]:
@@ -458,7 +458,7 @@ def _run(args: argparse.Namespace) -> int:
             "outcomes": {k: dict(v) for k, v in checker.outcome_table(history).items()},
             "faults": dict(checker.fault_counts(nemesis.log)),
             "zombie": dict(zombie_counts(history)),
-            "outage": {kind: o._asdict() for kind, o in longest_outages(history, nemesis.log, elapsed).items()},
+            "outage": {kind: o._asdict() for kind, o in longest_outages(history, nemesis.log).items()},
             "final": {pod: {"lsn": v.lsn, "keys": len(v.contents)} for pod, v in views.items()},
         }, indent=2) + "\n")
         print(text, flush=True)

@@ -1,7 +1,8 @@
 """The longest write outage per fault kind: what a client of the store felt while each kind of fault ran.
 
 A write outage is a gap between two consecutive acknowledged writes (any
-client, any pod; the run's start and end bound the first and last gap). A
+client, any pod; the run's start and its last operation bound the first and
+last gap). A
 fault kind's outage is the longest such gap that overlaps one of its
 windows, from when a fault of that kind began to its ``end`` entry in the
 nemesis log (:class:`kvstore.chaos.nemesis.Nemesis`); ``none`` is the longest
@@ -38,12 +39,13 @@ def windows(faults: Iterable[dict[str, Any]]) -> dict[str, list[tuple[float, flo
     return out
 
 
-def _gaps(history: Iterable[Op], end: float) -> list[Outage]:
+def _gaps(history: list[Op]) -> list[Outage]:
+    """The gaps between acknowledged writes, from the run's start to its last operation's answer."""
     acks = sorted(op.ret for op in history if op.is_write and op.outcome == OK and op.ret is not None)
+    end = max((op.call if op.ret is None else op.ret for op in history), default=0.0)
     points = [0.0, *acks]
     gaps = [Outage(b - a, a, b, False) for a, b in zip(points, points[1:])]
-    last = points[-1]
-    return [*gaps, Outage(max(end, last) - last, last, max(end, last), True)]
+    return [*gaps, Outage(end - points[-1], points[-1], end, True)] if end > points[-1] else gaps
 
 
 def _overlap_test(spans: list[tuple[float, float]]) -> Callable[[Outage], bool]:
@@ -58,9 +60,13 @@ def _overlap_test(spans: list[tuple[float, float]]) -> Callable[[Outage], bool]:
     return overlaps
 
 
-def longest_outages(history: Iterable[Op], faults: Iterable[dict[str, Any]], end: float) -> dict[str, Outage]:
-    """Fault kind (and ``none``) -> the longest gap between acknowledged writes overlapping its windows."""
-    gaps = _gaps(history, end)
+def longest_outages(history: list[Op], faults: Iterable[dict[str, Any]]) -> dict[str, Outage]:
+    """Fault kind (and ``none``) -> the longest gap between acknowledged writes overlapping its windows.
+
+    The last gap runs to the last operation's answer (still open: no write was acknowledged after
+    it), not to the end of the run: the workload stops before the cluster heals.
+    """
+    gaps = _gaps(history)
     spans = windows(faults)
     nothing = Outage(0.0, 0.0, 0.0, False)
     out = {kind: max(filter(_overlap_test(kind_spans), gaps), default=nothing) for kind, kind_spans in spans.items()}

@@ -31,19 +31,20 @@ def test_each_kind_gets_the_longest_gap_between_acknowledged_writes_that_overlap
                write(3, 6.0), write(4, 14.0),                # node-loss: 8 s (6 -> 14), inside (5, 20)
                write(5, 14.5, FAILED), write(6, 15.0, UNKNOWN), write(7, 15.5, OK, "read"),  # not acknowledged
                write(8, 21.0), write(9, 21.5), write(10, 23.5), write(11, 30.0, OK, "delete")]
-    outages = longest_outages(history, FAULTS, end=31.0)
+    outages = longest_outages(history, FAULTS)
     assert outages["kill"] == Outage(2.0, 21.5, 23.5, False)
     assert outages["node-loss"] == Outage(8.0, 6.0, 14.0, False)  # 6 -> 14 beats 3 -> 6 and 14 -> 21
     assert outages["none"] == Outage(6.5, 23.5, 30.0, False)  # the longest gap overlapping no fault at all
 
 
-def test_an_outage_still_open_at_the_end_of_the_run_counts_up_to_the_end() -> None:
-    history = [write(0, 0.5), write(1, 4.0)]
+def test_an_outage_still_open_at_the_end_counts_up_to_the_last_answer_not_the_heal() -> None:
+    history = [write(0, 0.5), write(1, 4.0), write(2, 10.0, FAILED)]  # the workload's last answer: 10 s
     outages = longest_outages(history, [{"time": 5.0, "fault": "switchover", "pod": "kv-0"},
-                                        end("switchover", 5.0, 6.0)], end=10.0)
+                                        end("switchover", 5.0, 6.0), end("kill", 11.0, 14.0)])
     assert outages["switchover"] == Outage(6.0, 4.0, 10.0, True)
+    assert outages["kill"] == Outage(0.0, 0.0, 0.0, False)  # after the workload stopped: no outage seen
     assert outages["none"] == Outage(3.5, 0.5, 4.0, False)
-    assert longest_outages([], [end("kill", 1.0, 2.0)], end=3.0)["kill"] == Outage(3.0, 0.0, 3.0, True)
+    assert longest_outages([], [end("kill", 1.0, 2.0)])["kill"] == Outage(0.0, 0.0, 0.0, False)
 
 
 def test_the_report_line_lists_kinds_in_the_given_order() -> None:
