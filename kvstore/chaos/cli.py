@@ -35,11 +35,11 @@ from kvstore.aio import cancel_and_wait
 from kvstore.chaos import checker
 from kvstore.chaos.history import OK, read_history, write_jsonl
 from kvstore.chaos.linearizability import DEFAULT_MAX_STEPS
-from kvstore.chaos.outage import longest_outages, outage_text
 from kvstore.chaos.nemesis import (
     FAULTS, SIGNAL_FAULTS, Backend, KubernetesBackend, LocalBackend, Nemesis, NemesisConfig,
     NemesisUnavailable, PodInfo, local_pods,
 )
+from kvstore.chaos.outage import longest_outages, outage_text
 from kvstore.chaos.workload import Workload, WorkloadConfig
 from kvstore.cmdline import flag, float_range, int_range
 from kvstore.local.handle import LocalCluster
