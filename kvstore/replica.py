@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Awaitable
 
 import aiohttp
 from aiohttp import web
@@ -24,6 +24,10 @@ from kvstore.replication.follower import Follower
 from kvstore.replication.peer_client import PeerError
 
 FORWARDED_BY = "X-Kv-Forwarded-By"
+# A follower that had no round from its primary this long stops forwarding to it (with failover on):
+# rounds come four times a second, and a lost primary is replaced after KV_FAILOVER_AFTER.
+FORWARD_SILENCE = 1.5
+MAX_HOPS = 2  # a forwarded call reaches the primary in at most two hops (one after a change of primary)
 
 
 class NoPrimary(Exception):
@@ -240,20 +244,60 @@ class Replica:
 
     async def _forward(self, request: web.BaseRequest, body: bytes | None, why: str,
                        again: bool = False) -> web.Response:
-        if request.headers.get(FORWARDED_BY) and not again:
-            raise NoPrimary(f"{self.config.pod_name} is not the primary and does not forward twice")
+        hops = [hop for hop in request.headers.get(FORWARDED_BY, "").split(",") if hop][:MAX_HOPS]
         primary = self.replication.leader_peer() if self.replication else None
+        # Forwarded already: once more only to a primary that pod did not know (it led a moment ago,
+        # or its view was a moment old), so no request ever goes round.
+        if hops and not again and (len(hops) >= MAX_HOPS or primary is None or primary.name in hops):
+            raise NoPrimary(f"{self.config.pod_name} is not the primary and does not forward twice")
         if primary is None:
             name = self.replication.directory.pod_name(self.replication.leader()) if self.replication else "kv-0"
             raise NoPrimary(f"{why}, and {name} is not known (not in DNS); retry shortly")
+        silent = self._silent_primary()
+        if silent is not None:  # nothing sent: the client may retry at once (503)
+            raise NoPrimary(f"{why}, and {primary.name} {silent}; retry shortly")
         try:
-            return await forward(self.replication.client, primary, request, body,
-                                 self.config.write_timeout + 2.0, self.config.pod_name)
+            return await self._while_heard(forward(self.replication.client, primary, request, body,
+                                                   self.config.write_timeout + 2.0,
+                                                   ",".join([*hops, self.config.pod_name])),
+                                           primary.name)
         except ForwardFailed as exc:
             raise NoPrimary(f"{why}: {exc}; retry shortly") from None
         except ForwardTimeout as exc:
             raise PrimaryTimeout(f"{exc}: the write may or may not have been applied; "
                                  "read the key to find out before retrying") from None
+
+    def _silent_primary(self) -> str | None:
+        """Why the primary looks lost to this follower (no round for FORWARD_SILENCE), else None.
+
+        Only with failover on, and only while this follower streams (a
+        snapshot copy or a divergence stops the rounds, not the primary).
+        """
+        f = self._follower()
+        if (f is None or self.config.failover_after <= 0 or f.diverged is not None or f.installing_snapshot):
+            return None
+        lost = f.lost_for()
+        return f"sent no round for {lost:.1f}s (it may be lost; a follower takes over after " \
+               f"{self.config.failover_after:g}s)" if lost > FORWARD_SILENCE else None
+
+    async def _while_heard(self, call: Awaitable[web.Response], name: str) -> web.Response:
+        """Await a forwarded call, but give up (ForwardTimeout) once its primary falls silent meanwhile.
+
+        A primary frozen or cut off keeps its connections open: a client would
+        otherwise wait for the whole forward timeout, past the failover.
+        """
+        task = asyncio.ensure_future(call)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.25)
+                if done:
+                    return task.result()
+                silent = self._silent_primary()
+                if silent is not None:
+                    raise ForwardTimeout(f"{name} took the request, then {silent}")
+        finally:
+            if not task.done():
+                task.cancel()
 
     # -------------------------------------------------------------- reads
     async def prepare_read(self, request: web.BaseRequest, consistency: str,

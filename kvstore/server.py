@@ -23,11 +23,11 @@ from kvstore.config import Config, ConfigError
 from kvstore.dashboard import Dashboard
 from kvstore.discovery import PeerDirectory
 from kvstore.replication import Replication
-from kvstore.replication.coordinator import SwitchoverRefused
+from kvstore.replication.handover import SwitchoverRefused
 from kvstore.replication.versions import HEADER, REFUSAL
 from kvstore.metrics import Metrics
 from kvstore.replica import Replica
-from kvstore.storage import Store, StorageError
+from kvstore.storage import Store, StorageError, commit_hook
 from kvstore.watch import Watches
 
 log = logging.getLogger("kvstore")
@@ -83,7 +83,7 @@ def make_peer_handler(replica: Replica, token: str, in_flight: routing.InFlight 
             action, peer = body["action"], body.get("peer")
             if not isinstance(action, str) or (peer is not None and not isinstance(peer, str)):
                 raise TypeError
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # nested past the parser
             return routing.error_response(400, "bad_request",
                                           'expected JSON {"action": "fresh" | "from" | "resync", "peer": "kv-N"}')
         assert replica.replication is not None
@@ -138,7 +138,7 @@ async def serve(config: Config) -> int:
     try:
         store = Store.open(config.data_dir, fsync=config.fsync,
                            log_retention=config.log_retention, on_commit=metrics.observe_commit,
-                           hold_commit=config.test_hold_commit)
+                           commit_hook=commit_hook(config.test_hold_commit))
     except StorageError as exc:
         raise StartupError(str(exc)) from None
     await store.start()

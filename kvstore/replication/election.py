@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Callable, Mapping
 
 import aiohttp
 
 from kvstore.config import Config
 from kvstore.discovery import PeerDirectory
 from kvstore.lineage import Lineage, Promise
-from kvstore.membership import Configuration, recovery_quorum
+from kvstore.membership import Configuration, majority
 from kvstore.replication.peer_client import PeerClient, PeerError, PeerPosition
 from kvstore.storage import Store
 
@@ -83,6 +83,28 @@ def promise_refusal(candidate: Promise, candidate_position: PeerPosition, mine: 
     return None
 
 
+def decide_to_stand(me: int, voters: tuple[int, ...], mine: tuple[int, int], epoch: int,
+                    heard: Mapping[int, PeerPosition]) -> tuple[bool, str, tuple[int, int] | None]:
+    """Whether a follower that lost its primary stands: (stand, why, a serving primary's (epoch, ordinal)).
+
+    It stands only if no pod it heard serves as primary in its epoch or a
+    newer one, no voter it heard is more up to date (ties: the lowest ordinal
+    stands), and the voters it hears make a majority with itself.
+    """
+    for ordinal, position in heard.items():
+        last = position.lineage.last
+        if position.state == "primary" and last is not None and last.number >= epoch:
+            return False, f"{position.name} is the primary in epoch {last.number}", (last.number, ordinal)
+        theirs = key(position.lineage, position.lsn)
+        if ordinal in voters and (theirs > mine or (theirs == mine and ordinal < me)):
+            return False, f"{position.name} is at least as up to date and comes first", None
+    counted = 1 + sum(1 for o in heard if o in voters)
+    needed = majority(len(voters))
+    if counted < needed:
+        return False, f"hears {counted} of the {needed} voters an election needs", None
+    return True, f"this replica is the most up-to-date of the {len(heard) + 1} pods it hears", None
+
+
 class Elector:
     """A follower's watch for a lost primary: returns once this follower should stand for election."""
 
@@ -99,6 +121,7 @@ class Elector:
         self.usable = usable  # False while this follower diverged or copies a snapshot
         self.hint: tuple[int, int] = (0, 0)  # (epoch, ordinal) of a serving primary a peer named
         self.why_not: str | None = None  # why it did not stand at its last look (for /v1/status)
+        self.unreachable: frozenset[int] = frozenset()  # pods that did not answer at the last look
 
     async def wait_to_stand(self) -> str:
         """Return the reason once this follower should ask for promises (runs until cancelled)."""
@@ -123,26 +146,15 @@ class Elector:
         others = sorted((set(configuration.voters) | set(self.directory.peers)) - {me})
         answers = await asyncio.gather(*(self._position(o) for o in others))
         heard = {o: p for o, p in zip(others, answers) if p is not None}
-        mine = key(self.store.lineage, self.store.lsn)
-        for ordinal, position in heard.items():
-            last = position.lineage.last
-            if position.state == "primary" and last is not None and last.number >= self.store.epoch:
-                self.hint = max(self.hint, (last.number, ordinal))
-                self.why_not = f"{position.name} is the primary in epoch {last.number}"
-                return None
-            theirs = key(position.lineage, position.lsn)
-            if ordinal in configuration.voters and (theirs > mine or (theirs == mine and ordinal < me)):
-                self.why_not = f"{position.name} is at least as up to date and comes first"
-                return None
-        leader = self.leader()
-        counted = sum(1 for o in heard if o in configuration.voters and o != leader) + (me != leader)
-        needed = recovery_quorum(len(configuration.voters))
-        if counted < needed:
-            self.why_not = f"hears {counted} of the {needed} voters an election needs"
+        self.unreachable = frozenset(o for o in others if o not in heard)
+        stand, why, hint = decide_to_stand(me, configuration.voters, key(self.store.lineage, self.store.lsn),
+                                           self.store.epoch, heard)
+        if hint is not None:
+            self.hint = max(self.hint, hint)
+        self.why_not = None if stand else why
+        if not stand:
             return None
-        self.why_not = None
-        return (f"no round from the primary (ordinal {leader}) for {self.lost_for():.1f}s; this replica is the "
-                f"most up-to-date of the {len(heard) + 1} pods it hears")
+        return (f"no round from the primary (ordinal {self.leader()}) for {self.lost_for():.1f}s; {why}")
 
     async def _position(self, ordinal: int) -> PeerPosition | None:
         try:

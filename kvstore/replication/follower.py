@@ -102,7 +102,7 @@ class Follower:
         self.metrics = metrics
         self.fencing = fencing  # our own followers' rounds (cascade): passed down, echoes relayed up
         self.leader = leader  # the ordinal of the primary this replica follows (kv-0 unless another leads)
-        self.started = time.monotonic()
+        self.started = time.monotonic()  # when this replica began to follow (in this process)
         self.leader_heard: float | None = None  # monotonic time of the primary's newest round (they come from it alone)
         self.upstream: Peer | None = None
         self.upstream_lsn: int | None = None  # the upstream's LSN as last heard (status or stream)
@@ -333,8 +333,8 @@ class Follower:
             if not promise.covers(last.number, last.id):
                 raise Stalled("older_epoch",
                               f"{upstream.name} ({upstream.address}) is in epoch {last.number}, but this replica "
-                              f"promised epoch {promise.number} to a newer kv-0: it does not follow a replaced "
-                              "primary; waiting for DNS to list the current kv-0")
+                              f"promised epoch {promise.number} to {self.directory.pod_name(promise.leader)}: it "
+                              "does not follow a replaced primary; waiting for the current one")
             if last.number > promise.number:
                 await self.store.set_promise(Promise(last.number, last.id, last.leader))
 
@@ -377,7 +377,11 @@ class Follower:
                                      f"{candidate.number} ({candidate.id}); a pod that DNS does not list gets no "
                                      "promise", current)
             leader, me = self.leader(), self.config.ordinal
-            handed_over = candidate.leader != leader and await self._handed_over(leader, candidate)
+            # Asked only while the primary is heard: one lost for the failover time is not asked (a
+            # frozen one would hold the promise up), and the failover rule applies then anyway.
+            handed_over = (candidate.leader != leader
+                           and (self.config.failover_after <= 0 or self.lost_for() < self.config.failover_after)
+                           and await self._handed_over(leader, candidate))
             refusal = election.promise_refusal(
                 candidate, listed, election.key(self.store.lineage, self.store.lsn), leader=leader, me=me,
                 lost_for=self.lost_for(), failover_after=self.config.failover_after, handed_over=handed_over)

@@ -51,7 +51,7 @@ from kvstore import events
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
 from kvstore.lineage import Promise, new_id
-from kvstore.membership import Configuration, recovery_quorum
+from kvstore.membership import Configuration, majority, recovery_quorum
 from kvstore.metrics import Metrics
 from kvstore.replication import election
 from kvstore.replication.follower import Follower
@@ -87,7 +87,8 @@ class Recovery:
     """
 
     def __init__(self, config: Config, store: Store, directory: PeerDirectory, client: PeerClient,
-                 follower: Follower, metrics: Metrics, mode: str = START) -> None:
+                 follower: Follower, metrics: Metrics, mode: str = START,
+                 unreachable: frozenset[int] = frozenset(), asked_before: int = 0) -> None:
         self.config = config
         self.store = store
         self.directory = directory
@@ -102,7 +103,12 @@ class Recovery:
         self.rounds = 0  # rounds of asking that ended still waiting
         # The epoch this kv-0 will begin, which followers must promise first (fencing.py).
         self.mode = mode
-        self.candidate = Promise(max(store.lineage.max_number(), store.promise.number) + 1, new_id(),
+        # Pods a standing follower just found unreachable (the lost primary): not waited for in the
+        # first round, so a frozen one does not hold the election up for a timeout.
+        self._skip = {directory.pod_name(o) for o in unreachable}
+        # Above every epoch this pod knows, and above its own earlier candidacies (``asked_before``):
+        # followers may still hold to one it gave up.
+        self.candidate = Promise(max(store.lineage.max_number(), store.promise.number, asked_before) + 1, new_id(),
                                  config.ordinal)
         # The pod that led the newest epoch this one knows: its followers are the ones to hear.
         self.previous_leader = election.newest_leader(store)
@@ -202,7 +208,8 @@ class Recovery:
             candidate, asked = self.candidate, self._to_ask()
             missing = [name for name in asked if name not in self.heard]
             self.waiting_for = missing
-            await asyncio.gather(*(self._ask(name) for name in missing))
+            await asyncio.gather(*(self._ask(name) for name in missing if name not in self._skip))
+            self._skip = set()
             # A position counts only with a promise of the current candidate (it may have risen meanwhile).
             self.heard = {name: p for name, p in self.heard.items() if p.promised == self.candidate}
             if self.candidate == candidate and self._to_ask() == asked:
@@ -220,7 +227,9 @@ class Recovery:
                 self.unheard_reasons[name] = "not in DNS"
                 return
             candidate = self.candidate
-            position = await self.client.promise(peer, candidate)
+            # A pod that stands has no time to lose on one that does not answer; kv-0's start-up
+            # allows for a follower that waits out its lease before it promises.
+            position = await self.client.promise(peer, candidate, timeout=2.0 if self.mode == START else 1.0)
             if position.promised != candidate or position.lineage.max_number() >= candidate.number:
                 raise PeerError(f"{name} answered a promise of epoch {candidate.number} with another position")
             self.heard[name] = position
@@ -234,9 +243,9 @@ class Recovery:
             elif exc.kind == election.BEHIND:
                 self.abandoned = f"{name} holds a more up-to-date log ({exc})"
             elif exc.promised.number >= self.candidate.number:
-                if self.mode != START:
+                if self.mode != START and exc.promised.leader != self.config.ordinal:
                     self.abandoned = f"{name} promised epoch {exc.promised.number} to another candidate"
-                else:
+                else:  # kv-0's start-up, or a promise made to this pod's own earlier candidacy
                     self._raise_candidate(exc.promised.number)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError) as exc:
             self.unheard_reasons[name] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -253,12 +262,18 @@ class Recovery:
         configuration = self.configuration()
         me, previous = self.config.ordinal, self.previous_leader
         voters = [self.directory.pod_name(o) for o in configuration.voters if o != me]
-        # Promises that fence the previous primary off: its followers that promised, and this
-        # pod itself when it followed that primary (it begins the epoch, so it acks it no more).
-        counted = [self.directory.pod_name(o) for o in configuration.voters if o not in (me, previous)]
-        voters_heard = sum(1 for name in counted if name in heard) + (me != previous and me in configuration.voters)
+        voters_heard = sum(1 for name in voters if name in heard)
+        if me == previous:
+            # The pod that led asks again (kv-0's start-up): its own disk may be lost, so it needs
+            # the followers that hold every write it acknowledged, without itself.
+            have_quorum = voters_heard >= recovery_quorum(len(configuration.voters))
+        else:
+            # Another pod (a failover, a takeover): every promiser's log is at most as up to date
+            # as this one (election.py), so a majority with itself holds every committed write,
+            # as in Raft; and every majority the old primary could gather holds a promiser.
+            voters_heard += me in configuration.voters
+            have_quorum = voters_heard >= majority(len(configuration.voters))
         all_heard = all(name in heard for name in self._needed())
-        have_quorum = voters_heard >= recovery_quorum(len(configuration.voters))
         followers = len(voters)
         # A follower that stands has waited KV_FAILOVER_AFTER already, and the pod that was lost
         # is exactly the one it would wait for.
@@ -300,8 +315,9 @@ class Recovery:
         history = store.history_id if decision.continue_history and store.history_id else new_id()
         lineage = store.lineage.begin(number, store.lsn + 1, history, decision.verified, self.candidate.id,
                                       keep=self.config.test_max_epochs, leader=self.config.ordinal)
-        # This pod acks no older primary from here on (it counted itself among the promises).
-        await store.set_promise(Promise(number, self.candidate.id, self.config.ordinal))
+        if self.config.ordinal != self.previous_leader:
+            # It counted itself among the promises: it acks no older primary from here on.
+            await store.set_promise(Promise(number, self.candidate.id, self.config.ordinal))
         await store.set_lineage(lineage)
         self.metrics.epoch.set(lineage.number)
         fork = lineage.fork()

@@ -1,6 +1,6 @@
 """A failover candidate that gave up after some followers promised it must be able to win later.
 
-Found by ``kvstore chaos`` (the node-loss and kill nemeses): a candidate asks
+Found by ``kvstore chaos`` (the node-loss and kill nemeses): a candidate asked
 for epoch max(its log, its own promise) + 1; when one follower refuses
 ("a primary is alive": a follower that restarted less than
 ``KV_FAILOVER_AFTER`` ago), it gives up, but the followers that already
@@ -14,8 +14,8 @@ The same happens to a candidate that missed the newest epoch (kv-0, held
 down while another pod took over, then back as a follower): it asks for the
 epoch that the followers promised the acting primary, and gives up each time.
 
-Marked xfail (strict) until the replication code raises the candidate's
-epoch above the promises it meets, as kv-0's start-up recovery already does.
+Both now pass: a candidate asks above its own earlier candidacies and the
+promises it meets.
 """
 
 from __future__ import annotations
@@ -57,8 +57,6 @@ def ready(cluster: LocalCluster, name: str) -> bool:
     return bool(cluster.pods()[name].get("ready"))
 
 
-@pytest.mark.xfail(strict=True, reason="a failover candidate asks again for an epoch some followers already "
-                                       "promised to its own abandoned candidacy")
 def test_a_pod_leads_when_the_primary_is_lost_while_a_follower_restarts(cluster: LocalCluster) -> None:
     for i in range(20):
         assert http("PUT", cluster.url("kv-0") + f"/v1/kv/k{i}?w=all", b"x")[0] in (200, 201, 204)
@@ -73,8 +71,6 @@ def test_a_pod_leads_when_the_primary_is_lost_while_a_follower_restarts(cluster:
         cluster.control("/v1/release", {"pod": "kv-0"})
 
 
-@pytest.mark.xfail(strict=True, reason="a failover candidate that missed the newest epoch asks for it again and "
-                                       "gives up when a follower holds it")
 def test_a_pod_leads_when_the_acting_primary_freezes_after_kv0_came_back(cluster: LocalCluster) -> None:
     wait_for("a pod to lead", lambda: leader(cluster) is not None, 60)
     # kv-0 is lost (if it led); another pod leads a new epoch that kv-0 never promised.

@@ -378,3 +378,17 @@ def test_peer_calls_with_the_token_work(cluster: LocalCluster) -> None:
     status, _, body = http("GET", f"http://{pod['address']}:{pod['peer_port']}/v1/peer/status",
                            headers={"Authorization": f"Bearer {token}"})
     assert status == 200 and json.loads(body)["name"] == "kv-1"
+
+
+@pytest.mark.parametrize("path", ["/v1/peer/recover", "/v1/peer/switchover"])
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b"{", b"[]", b'{"to": 7}', b'{"to": "db-1"}',
+                                  b'{"to": "kv-1", "extra": 1}'])
+def test_operator_calls_with_bad_bodies_get_a_400(cluster: LocalCluster, path: str, body: bytes) -> None:
+    token = (cluster.directory / "token").read_text().strip()
+    pod = cluster.pods()["kv-0"]
+    status, _, answer = http("POST", f"http://{pod['address']}:{pod['peer_port']}{path}", body,
+                             {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    if path == "/v1/peer/recover" and body.startswith(b"{\"to\""):
+        assert status in (400, 409), answer  # a JSON object without "action"
+    else:
+        assert status == 400 and json.loads(answer)["error"] == "bad_request", (status, answer[:200])
