@@ -10,14 +10,13 @@ the store makes of it is the chaos checker's business.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from typing import Any, Iterator
 
 import pytest
 
-from local_cluster import LocalCluster, http
+from local_cluster import LocalCluster
 from kvstore.chaos.nemesis import LocalBackend, Nemesis, NemesisConfig, local_pods
 from kvstore.local.handle import wait_for
 
@@ -41,7 +40,7 @@ def cluster() -> Iterator[LocalCluster]:
 def backend(cluster: LocalCluster) -> Iterator[LocalBackend]:
     b = LocalBackend(cluster.directory, "process", f"test-{os.getpid()}", f"{NET}.250")
     try:
-        wait_for("a pod to lead", lambda: leader(cluster) is not None, 60)
+        wait_for("a pod to lead", lambda: cluster.leader() is not None, 60)
         yield b
     finally:
         b.cleanup()  # heals whatever a failed test left in place
@@ -53,25 +52,12 @@ def nemesis(backend: LocalBackend, **config: Any) -> Nemesis:
                                           seed=5, **config), clock=time.monotonic)
 
 
-def leader(cluster: LocalCluster, but: str | None = None) -> str | None:
-    """The pod (other than ``but``) whose /v1/status says it is the writable primary (None: none does)."""
-    for name in sorted(set(cluster.pods()) - {but}):
-        try:
-            code, _, body = http("GET", cluster.url(name) + "/v1/status", timeout=2)
-        except OSError:
-            continue
-        status = json.loads(body) if code == 200 else {}
-        if status.get("role") == "primary" and status.get("writable"):
-            return name
-    return None
-
-
 def watch(cluster: LocalCluster, fault: Any, but: str) -> list[str | None]:
     """Run the fault's coroutine, noting every 0.3 s which pod other than ``but`` (the victim) leads."""
     async def run() -> list[str | None]:
         task, seen = asyncio.create_task(fault), []
         while not task.done():
-            seen.append(await asyncio.to_thread(leader, cluster, but))
+            seen.append(await asyncio.to_thread(cluster.leader, but))
             await asyncio.sleep(0.3)
         await task
         return seen
@@ -80,11 +66,11 @@ def watch(cluster: LocalCluster, fault: Any, but: str) -> list[str | None]:
 
 def test_switchover_asks_the_current_primary_and_the_role_moves(cluster: LocalCluster,
                                                                 backend: LocalBackend) -> None:
-    before = leader(cluster)
+    before = cluster.leader()
     to = next(p for p in ALL if p != before)
     done, answer = asyncio.run(backend.switchover(to, None))  # asked of kv-0, which passes it on
     assert done and to in answer, answer
-    wait_for(f"{to} to lead", lambda: leader(cluster) == to, 15)
+    wait_for(f"{to} to lead", lambda: cluster.leader() == to, 15)
     n = nemesis(backend)
     assert asyncio.run(n._leadership(local_pods(cluster.directory))).primary.name == to  # type: ignore[union-attr]
     refused = asyncio.run(backend.switchover("kv-7", to))
@@ -93,12 +79,12 @@ def test_switchover_asks_the_current_primary_and_the_role_moves(cluster: LocalCl
     assert [e["fault"] for e in n.log] in (["switchover", "switched"], ["switchover", "switchover-refused"]), n.log
     assert n.log[0]["pod"] == to
     if n.log[1]["fault"] == "switched":
-        wait_for("another pod to lead", lambda: leader(cluster) not in (None, to), 15)
+        wait_for("another pod to lead", lambda: cluster.leader() not in (None, to), 15)
 
 
 def test_node_loss_holds_the_current_primary_down_while_another_pod_takes_over(cluster: LocalCluster,
                                                                                backend: LocalBackend) -> None:
-    before = leader(cluster)
+    before = cluster.leader()
     n = nemesis(backend, node_loss_seconds=(8.0, 8.0))
     seen = watch(cluster, n.node_loss(local_pods(cluster.directory), deadline=1e9), before)
     assert [e["fault"] for e in n.log] == ["node-loss", "release", "ready"], n.log
@@ -116,7 +102,7 @@ def stopped(pid: int) -> bool:
 def test_freeze_primary_stops_the_current_primary_past_the_failover_time(cluster: LocalCluster,
                                                                         backend: LocalBackend) -> None:
     # Whether another pod takes over meanwhile is the store's part: tests/integration/test_failover_liveness.py.
-    before = leader(cluster)
+    before = cluster.leader()
     pid = cluster.pods()[before]["pid"]
     n = nemesis(backend, freeze_extra=(3.0, 3.0))
     states: list[bool] = []
@@ -133,4 +119,4 @@ def test_freeze_primary_stops_the_current_primary_past_the_failover_time(cluster
     assert n.log[1]["time"] - n.log[0]["time"] >= 5.0
     assert states.count(True) >= 20 and not stopped(pid), states  # stopped throughout, running again after
     assert cluster.pods()[before]["pid"] == pid  # the same process: frozen, never restarted
-    wait_for("a pod to lead after the freeze", lambda: leader(cluster) is not None, 30)
+    wait_for("a pod to lead after the freeze", lambda: cluster.leader() is not None, 30)

@@ -20,7 +20,6 @@ promises it meets.
 
 from __future__ import annotations
 
-import json
 from typing import Iterator
 
 import pytest
@@ -39,19 +38,6 @@ def cluster() -> Iterator[LocalCluster]:
         yield c
 
 
-def leader(cluster: LocalCluster, but: str | None = None) -> str | None:
-    """The pod (other than ``but``) that says it is the writable primary (None: none does)."""
-    for name in sorted(set(cluster.pods()) - {but}):
-        try:
-            code, _, body = http("GET", cluster.url(name) + "/v1/status", timeout=2)
-        except OSError:
-            continue
-        status = json.loads(body) if code == 200 else {}
-        if status.get("role") == "primary" and status.get("writable"):
-            return name
-    return None
-
-
 def ready(cluster: LocalCluster, name: str) -> bool:
     """Whether the controller says the pod runs and is Ready."""
     return bool(cluster.pods()[name].get("ready"))
@@ -66,26 +52,26 @@ def test_a_pod_leads_when_the_primary_is_lost_while_a_follower_restarts(cluster:
         # ("a primary is alive": it started less than KV_FAILOVER_AFTER ago), after the others promised.
         cluster.control("/v1/kill", {"pod": "kv-4"})
         # Failover takes KV_FAILOVER_AFTER (3 s) and a round of promises; allow many times that.
-        wait_for("another pod to lead while kv-0 is held down", lambda: leader(cluster) is not None, 30)
+        wait_for("another pod to lead while kv-0 is held down", lambda: cluster.leader() is not None, 30)
     finally:
         cluster.control("/v1/release", {"pod": "kv-0"})
 
 
 def test_a_pod_leads_when_the_acting_primary_freezes_after_kv0_came_back(cluster: LocalCluster) -> None:
-    wait_for("a pod to lead", lambda: leader(cluster) is not None, 60)
+    wait_for("a pod to lead", lambda: cluster.leader() is not None, 60)
     # kv-0 is lost (if it led); another pod leads a new epoch that kv-0 never promised.
     cluster.control("/v1/hold", {"pod": "kv-0"})
     try:
-        wait_for("another pod to lead", lambda: leader(cluster) not in (None, "kv-0"), 30)
+        wait_for("another pod to lead", lambda: cluster.leader() not in (None, "kv-0"), 30)
     finally:
         cluster.control("/v1/release", {"pod": "kv-0"})
-    acting = leader(cluster)
+    acting = cluster.leader()
     assert acting is not None
-    wait_for("kv-0 to run again", lambda: leader(cluster) == acting and ready(cluster, "kv-0"), 60)
+    wait_for("kv-0 to run again", lambda: cluster.leader() == acting and ready(cluster, "kv-0"), 60)
     # The acting primary freezes (a partitioned node): kv-0, most up to date and first, must take over.
     pid = cluster.pause(acting)
     try:
         wait_for("a pod to lead while the acting primary is frozen",
-                 lambda: leader(cluster, but=acting) is not None, 30)
+                 lambda: cluster.leader(but=acting) is not None, 30)
     finally:
         cluster.resume(pid)
