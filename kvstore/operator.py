@@ -33,6 +33,7 @@ from kvstore import config as config_mod
 from kvstore.cmdline import DEFAULT_CLUSTER_DIR, hint
 from kvstore.identity import parse_ordinal
 from kvstore.local.state import ClusterError, read_state
+from kvstore.replication.versions import Versions
 
 ACTIONS = ("fresh", "from", "resync")
 
@@ -96,8 +97,10 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
 async def _call(url: str, token: str, body: dict[str, Any], timeout: float,
                 path: str = "/v1/peer/recover") -> tuple[int, Any]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        async with session.post(url + path, json=body,
-                                headers={"Authorization": f"Bearer {token}"}) as response:
+        # The peer protocol's headers, like a peer's: a call without them counts as a peer of an older
+        # build, and a pod that met one lately stands for no election and changes no configuration.
+        async with session.post(url + path, json=body, headers={
+                **Versions("kvstore-operator").headers, "Authorization": f"Bearer {token}"}) as response:
             try:
                 return response.status, await response.json(content_type=None)
             except (ValueError, aiohttp.ContentTypeError):

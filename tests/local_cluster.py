@@ -83,6 +83,18 @@ class LocalCluster(handle.LocalCluster):
             return False
         return status == 200 and json.loads(body).get("writable") is True
 
+    def leader(self, but: str | None = None) -> str | None:
+        """The pod (other than ``but``) whose /v1/status says it is the writable primary (None: none does)."""
+        for name in sorted(set(self.pods()) - {but}):
+            try:
+                code, _, body = http("GET", self.url(name) + "/v1/status", timeout=2)
+            except OSError:
+                continue
+            status = json.loads(body) if code == 200 else {}
+            if status.get("role") == "primary" and status.get("writable"):
+                return name
+        return None
+
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
          timeout: float = 15) -> tuple[int, dict[str, str], bytes]:

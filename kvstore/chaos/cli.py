@@ -40,6 +40,7 @@ from kvstore.chaos.nemesis import (
     FAULTS, SIGNAL_FAULTS, Backend, KubernetesBackend, LocalBackend, Nemesis, NemesisConfig,
     NemesisUnavailable, PodInfo, local_pods,
 )
+from kvstore.chaos.outage import longest_outages, outage_text
 from kvstore.chaos.workload import Workload, WorkloadConfig
 from kvstore.cmdline import flag, float_range, int_range
 from kvstore.local.handle import LocalCluster
@@ -85,12 +86,14 @@ _interval = flag(float_range(0.05, 600, "seconds"))
 def register(subparsers: Any) -> None:
     """Add ``chaos`` to the ``kvstore`` parser."""
     p = subparsers.add_parser(
-        "chaos", help="workload + faults (kill, pause, partition, volumes, DNS, full restarts, a zombie kv-0) "
-                      "+ checker; non-zero exit on any violation",
+        "chaos", help="workload + faults (kill, pause, partition, volumes, DNS, full restarts, a zombie kv-0, "
+                      "failovers and switchovers) + checker; non-zero exit on any violation",
         description="Run concurrent clients against a cluster while killing, pausing and partitioning pods, "
                     "removing or rolling back their volumes, breaking DNS, restarting every pod and running "
                     "a second kv-0 (zombie-primary: an old kv-0 process that outlived its pod, on a copy of "
                     "its volume, that some clients reach and that DNS lists for kv-0 for a while), "
+                    "holding the current primary down (node-loss) or freezing it past the failover time "
+                    "(freeze-primary) and asking for switchovers, "
                     "then check that nothing acknowledged was lost, replicas converged, strong reads "
                     "and compare-and-set were linearizable, and watches showed every acknowledged write once, "
                     "in order, and nothing else.")
@@ -115,7 +118,8 @@ def register(subparsers: Any) -> None:
                    help="operations on a key before a fresh one is used (default 120)")
     p.add_argument("--interval", type=_interval, default=1.0, help="mean seconds between faults (default 1)")
     p.add_argument("--primary-bias", type=_fraction, default=0.45,
-                   help="chance a kill targets kv-0 (default 0.45)")
+                   help="chance a kill, pause or partition targets a primary: kv-0 or the current one, "
+                        "as often one as the other (default 0.45)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
     p.add_argument("--max-steps", type=_positive_int(100_000_000), default=DEFAULT_MAX_STEPS,
                    help=f"linearizability search steps per key before it says undecided (default {DEFAULT_MAX_STEPS})")
@@ -286,11 +290,12 @@ def summary(args: argparse.Namespace, seed: int, history: list[Any], faults: lis
     counts = checker.fault_counts(faults)
     shown = [f for f in FAULTS if f in args.nemesis or counts[f]]
     lines.append("faults: " + (", ".join(
-        f"{f} {counts[f]}" + (f" (on kv-0: {counts[f + '_primary']})" if f in ("kill", "volume-loss", "volume-rollback")
-                              else "") for f in shown) or "none"))
+        f"{f} {counts[f]}" + (f" (on kv-0: {counts[f + '_primary']})" if f in (
+            "kill", "volume-loss", "volume-rollback", "node-loss", "freeze-primary") else "") for f in shown) or "none"))
     gap, still_open = checker.longest_write_gap_after_primary_kill(history, faults, elapsed)
     lines.append("longest window without a successful write after a kv-0 kill: "
                  + (f"{'>' if still_open else ''}{gap:.1f}s" if counts["kill_primary"] else "- (no kv-0 kill)"))
+    lines.append(outage_text(longest_outages(history, faults), shown))
     concern = sum(1 for op in history if op.status == 504 and op.error == "write_concern_timeout")
     lines.append(f"writes durable on kv-0 but answered 504 write_concern_timeout: {concern}")
     if "zombie-primary" in args.nemesis or counts["zombie-primary"]:
@@ -480,6 +485,7 @@ def _run(args: argparse.Namespace) -> int:
             "outcomes": {k: dict(v) for k, v in checker.outcome_table(history).items()},
             "faults": dict(checker.fault_counts(nemesis.log)),
             "zombie": dict(zombie_counts(history)),
+            "outage": {kind: o._asdict() for kind, o in longest_outages(history, nemesis.log).items()},
             "watch": {"watchers": report.watchers, "events": report.watch_events,
                       "covered_writes": report.watch_covered, "resyncs": report.watch_resyncs,
                       "resumed": report.watch_reconnects},

@@ -2,11 +2,16 @@
 
 Faults:
 
-- ``kill``: SIGKILL of a pod (the primary, kv-0, chosen often); the controller
-  (or Kubernetes) brings it back with its data, like a StatefulSet.
+- ``kill``: SIGKILL of a pod (kv-0 or the current primary chosen often);
+  the controller (or Kubernetes) brings it back with its data, like a
+  StatefulSet.
 - ``pause``: SIGSTOP, then SIGCONT after a few seconds.
 - ``partition``: one pod cut off from its peers and DNS (the chaos client
   still reaches it, so its side of the partition is observed too).
+- ``freeze-primary``: the current primary (whichever pod ``/v1/status``
+  names) SIGSTOPped for longer than the followers' ``KV_FAILOVER_AFTER``,
+  then SIGCONT: a partitioned node whose process lives on and wakes up
+  believing it leads, after another pod took over.
 - ``volume-loss``: a pod's data dir removed while the pod is down: either
   held down by the controller (like a pod whose node is gone) and released
   with an empty volume, or during a full stop and start of every pod.
@@ -35,9 +40,19 @@ Faults:
   ordinal first, each once the one before is Ready; about half of the time a
   pod is killed midway (one already replaced, or the one being waited on),
   and the rollout must still complete.
+- ``node-loss``: the current primary held down by the controller for
+  10-40 s, like a pod whose node is gone, then released: the followers fail
+  over, and kv-0 takes the role back once it is current (failback).
+- ``switchover``: a planned handover, ``kvstore switchover`` to a random
+  voter or to none (the primary picks the most up-to-date follower).
 
-Backends: the local cluster (``process`` and ``docker`` runtimes; the last
-five faults with ``process`` only) and Kubernetes (``kubectl``: kill only).
+Kills, pauses and partitions aimed at "the primary" (``primary_bias``) aim
+at kv-0 or at the current primary, as often at one as at the other: once a
+failover or a switchover has happened, they are different pods.
+
+Backends: the local cluster (``process`` and ``docker`` runtimes; the faults
+through the controller and the rollout with ``process`` only) and Kubernetes
+(``kubectl``: kill only).
 Whatever a backend changes, its synchronous ``cleanup()`` undoes, and
 ``Nemesis.heal_all()`` calls it: from ``finally`` blocks, on Ctrl-C and on
 errors.
@@ -55,6 +70,8 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, cast
@@ -68,12 +85,14 @@ from kvstore.local.zombie import ZOMBIE_SUFFIX
 
 log = logging.getLogger("kvstore.chaos")
 
-SIGNAL_FAULTS = ("kill", "pause", "partition")
+SIGNAL_FAULTS = ("kill", "pause", "partition", "freeze-primary")
 # Faults the local controller injects (hold, full stop, DNS, a second kv-0), process runtime only.
 CONTROLLER_FAULTS = ("volume-loss", "volume-rollback", "dns", "restart-all", "zombie-primary", "scale")
 # Faults through the StatefulSet's rollout (its template and revisions), process runtime only.
 ROLLOUT_FAULTS = ("rolling-restart",)
-FAULTS = SIGNAL_FAULTS + CONTROLLER_FAULTS + ROLLOUT_FAULTS
+# Faults that move the primary's role: a lost node (held down) and planned handovers, process runtime only.
+FAILOVER_FAULTS = ("node-loss", "switchover")
+FAULTS = SIGNAL_FAULTS + CONTROLLER_FAULTS + ROLLOUT_FAULTS + FAILOVER_FAULTS
 NET_CLS_ROOT = Path("/sys/fs/cgroup/net_cls")
 CLASSID_MAJOR = 0x4B56  # "KV": our net_cls class ids are 4b56:xxxx
 
@@ -170,6 +189,9 @@ class ControllerBackend(Backend, Protocol):
 
     def rollout(self) -> dict[str, Any]:
         """Where the rollout stands (``state``, ``updated``, ``update_revision``, ``message``…)."""
+
+    async def switchover(self, to: str | None, via: str | None) -> tuple[bool, str]:
+        """``kvstore switchover [--to TO]``, asked of ``via`` (default kv-0): (done, what it printed)."""
 
 
 def run_command(argv: list[str], timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -421,6 +443,16 @@ class LocalBackend:
         except ClusterError as exc:
             raise FaultFailed(str(exc)) from None
 
+    async def switchover(self, to: str | None, via: str | None) -> tuple[bool, str]:
+        # The command itself, as an operator runs it: it finds the pod's peer port and token in the dir.
+        argv = [sys.executable, "-m", "kvstore", "switchover", "--dir", str(self.directory), "--timeout", "15",
+                *(["--to", to] if to else []), *(["--pod", via] if via else [])]
+        try:
+            result = await asyncio.to_thread(run_command, argv, 40.0, False)
+        except subprocess.TimeoutExpired:
+            raise FaultFailed("kvstore switchover did not answer within 40s") from None
+        return result.returncode == 0, (result.stdout.strip() or result.stderr.strip())[-300:]
+
     def _stopped_volume(self, pod: str) -> Path:
         """The pod's data dir, after checking that no container of the pod runs (never touch a live LevelDB)."""
         try:
@@ -626,7 +658,19 @@ class NemesisConfig:
     restart_wait: float = 30.0     # after a kill or a hold, wait at most this long for the pod to come back
     rollout_kill_chance: float = 0.5  # a rolling restart interrupted by a kill
     ready_wait: float = 90.0       # after a full stop, wait at most this long for every pod to be Ready
+    node_loss_seconds: tuple[float, float] = (10.0, 40.0)  # the current primary held down, like a lost node
+    freeze_extra: tuple[float, float] = (2.0, 8.0)  # a frozen primary stays stopped KV_FAILOVER_AFTER + this
+    failover_after: float = 3.0    # KV_FAILOVER_AFTER when no follower's /v1/status says it
     seed: int | None = None
+
+
+@dataclass
+class Leadership:
+    """Who leads as the pods' ``/v1/status`` tell it."""
+
+    primary: PodInfo | None        # None: no pod answered, or none names a pod that runs
+    failover_after: float | None   # the followers' KV_FAILOVER_AFTER, when one says it
+    voters: list[str]              # the primary's voters (by name), as far as known
 
 
 class Nemesis:
@@ -635,8 +679,11 @@ class Nemesis:
     Each fault's first entry in the log carries its name (what the report
     counts); the entries that follow say how it ended: ``restarted``,
     ``resume``, ``heal``, ``release``, ``start-pods``, ``dns-heal``,
-    ``zombie-takeover``, ``zombie-giveback``, ``zombie-stop``, and ``ready``
-    (or ``not-ready``) once the pods it stopped serve again.
+    ``zombie-takeover``, ``zombie-giveback``, ``zombie-stop``, ``switched``
+    or ``switchover-refused``, and ``ready`` (or ``not-ready``) once the pods
+    it stopped serve again. ``end`` closes each fault that :meth:`run`
+    injected: ``of`` names it and ``began`` says when it began (the report's
+    outage per fault kind, :mod:`kvstore.chaos.outage`).
     """
 
     def __init__(self, backend: Backend, config: NemesisConfig, clock: Callable[[], float]) -> None:
@@ -674,7 +721,7 @@ class Nemesis:
             return {zombie[0]: zombie[1]}
         return urls
 
-    def _record(self, fault: str, pod: str, **detail: Any) -> None:
+    def _record(self, fault: str, pod: str, /, **detail: Any) -> None:
         entry = {"time": round(self.clock(), 6), "fault": fault, "pod": pod, **detail}
         self.log.append(entry)
         log.info("nemesis: %s", entry)
@@ -694,6 +741,15 @@ class Nemesis:
         if primary and (first or not others or self.rng.random() < self.config.primary_bias):
             return primary[0]
         return self.rng.choice(others or pods)
+
+    async def _victim(self, fault: str, pods: list[PodInfo]) -> PodInfo:
+        """Like :meth:`_target`, but a choice of kv-0 after the first goes to the current primary half
+        of the time (the same pod until a failover or a switchover)."""
+        first = fault not in self._targeted
+        pod = self._target(fault, pods)
+        if pod.ordinal == 0 and not first and self.rng.random() < 0.5:
+            pod = (await self._leadership(pods)).primary or pod
+        return pod
 
     def _uniform(self, bounds: tuple[float, float], deadline: float) -> float:
         """Seconds drawn from ``bounds``, cut at the deadline (but not below half a second)."""
@@ -716,11 +772,13 @@ class Nemesis:
                     pods = [p for p in pods if p.pid]
                 if not pods:
                     continue
+                began = self.clock()
                 try:
                     await self._inject(fault, pods, deadline)
                 except FaultFailed as exc:  # the cluster was in the way this time: heal, go on
-                    self._record("skipped", "", fault=fault, reason=str(exc))
+                    self._record("skipped", "", of=fault, reason=str(exc))
                     self.heal_all()
+                self._record("end", "", of=fault, began=round(began, 6))
             await self._scale_back()
         finally:
             self.focus = self.zombie_target = None
@@ -731,9 +789,15 @@ class Nemesis:
         if fault == "kill":
             await self._kill(pods, deadline)
         elif fault == "pause":
-            await self._pause(self.rng.choice(pods), deadline)
+            await self._pause(await self._victim(fault, pods), self._uniform(self.config.pause_seconds, deadline))
         elif fault == "partition":
-            await self._partition(self.rng.choice(pods), deadline)
+            await self._partition(await self._victim(fault, pods), deadline)
+        elif fault == "freeze-primary":
+            await self.freeze_primary(pods)
+        elif fault == "node-loss":
+            await self.node_loss(pods, deadline)
+        elif fault == "switchover":
+            await self.switchover(pods)
         elif fault == "volume-loss":
             pod = self._target(fault, pods)
             if self.rng.random() < self.config.full_stop_chance:
@@ -768,7 +832,7 @@ class Nemesis:
             await asyncio.sleep(delay)
 
     async def _kill(self, pods: list[PodInfo], deadline: float) -> None:
-        pod = self._target("kill", pods)
+        pod = await self._victim("kill", pods)
         if not await self.backend.kill(pod):
             return
         self._record("kill", pod.name, pid=pod.pid)
@@ -785,13 +849,13 @@ class Nemesis:
                 return
         self._record("not-restarted", pod.name, waited=self.config.restart_wait)
 
-    async def _pause(self, pod: PodInfo, deadline: float) -> None:
+    async def _pause(self, pod: PodInfo, seconds: float, fault: str = "pause", /, **detail: Any) -> None:
         token = self.backend.pause(pod)
         if token is None:
             return
-        self._record("pause", pod.name, pid=token)
+        self._record(fault, pod.name, pid=token, **detail)
         try:
-            await self._sleep_until(min(deadline, self.clock() + self.rng.uniform(*self.config.pause_seconds)))
+            await asyncio.sleep(seconds)
         finally:
             self.backend.resume(token)
             self._record("resume", pod.name, pid=token)
@@ -804,6 +868,70 @@ class Nemesis:
         finally:
             self.backend.heal(pod)
             self._record("heal", pod.name, address=pod.address)
+
+    # ----------------------------------------------------- faults that move the primary's role
+    async def freeze_primary(self, pods: list[PodInfo]) -> None:
+        """SIGSTOP the current primary for longer than the followers wait before they fail over
+        (``KV_FAILOVER_AFTER`` + ``freeze_extra``, not cut at the deadline), then SIGCONT: it wakes up
+        believing it leads."""
+        lead = await self._leadership(pods)
+        if lead.primary is None or not lead.primary.pid:
+            self._record("skipped", "", of="freeze-primary", reason="no pod says who leads")
+            return
+        after = self.config.failover_after if lead.failover_after is None else lead.failover_after
+        seconds = after + self.rng.uniform(*self.config.freeze_extra)
+        await self._pause(lead.primary, seconds, "freeze-primary", seconds=round(seconds, 3), failover_after=after)
+
+    async def node_loss(self, pods: list[PodInfo], deadline: float) -> None:
+        """Hold the current primary down for ``node_loss_seconds`` (cut at the deadline), like a pod
+        whose node is gone, then release it and wait (bounded) until it is Ready again.
+
+        Clients keep aiming at every pod: finding the new primary is the store's job.
+        """
+        lead = await self._leadership(pods)
+        if lead.primary is None:
+            self._record("skipped", "", of="node-loss", reason="no pod says who leads")
+            return
+        name = lead.primary.name
+        seconds = self._uniform(self.config.node_loss_seconds, deadline)
+        pid = await self.controller.hold(name)
+        self._record("node-loss", name, pid=pid, seconds=round(seconds, 3))
+        try:
+            await asyncio.sleep(seconds)
+            led_by = (await self._leadership([p for p in pods if p.name != name])).primary
+        finally:
+            await self.controller.release(name)
+        self._record("release", name, led_by=led_by.name if led_by else None)
+        await self._wait_ready({name: pid}, self.config.restart_wait)
+
+    async def switchover(self, pods: list[PodInfo]) -> None:
+        """``kvstore switchover`` asked of the current primary: to a random other voter, or to none
+        (the primary picks). A refusal (the target is behind, no quorum…) is logged, not a failure."""
+        lead = await self._leadership(pods)
+        via = lead.primary.name if lead.primary else None
+        to = self.rng.choice([*(v for v in lead.voters if v != via), None])
+        self._record("switchover", via or "", to=to)
+        done, answer = await self.controller.switchover(to, via)
+        self._record("switched" if done else "switchover-refused", via or "", to=to, answer=answer)
+
+    async def _leadership(self, pods: list[PodInfo]) -> Leadership:
+        """Who leads now, among ``pods``: the one whose ``/v1/status`` says it is the writable primary
+        (the newest epoch if several do), else the pod most of them name."""
+        statuses = await asyncio.gather(*(self._status(p) for p in pods))
+        answered = [(p, s) for p, s in zip(pods, statuses) if isinstance(s, dict)]
+        by_name = {p.name: p for p in pods}
+        serving = sorted((s.get("epoch") or 0, p.ordinal, p, s) for p, s in answered
+                         if s.get("role") == "primary" and s.get("writable"))
+        named = Counter(str((s.get("primary") or {}).get("name")) for _, s in answered)
+        primary, status = (serving[-1][2], serving[-1][3]) if serving else (None, None)
+        if primary is None and named:
+            primary = by_name.get(named.most_common(1)[0][0])
+            status = next((s for p, s in answered if p is primary), None)
+        afters = [(s.get("primary") or {}).get("failover_after") for _, s in answered]
+        after = next((float(a) for a in afters if isinstance(a, (int, float))), None)
+        voters = ((status or {}).get("membership") or {}).get("voters")
+        return Leadership(primary, after, [str(v) for v in voters] if isinstance(voters, list) else
+                          sorted(by_name, key=lambda n: by_name[n].ordinal))
 
     # ----------------------------------------------------- faults through the controller
     async def _while_held(self, pod: PodInfo, change: Callable[[], Any]) -> Any:
@@ -941,7 +1069,7 @@ class Nemesis:
         options = [n for n in range(low, high + 1) if n > current
                    or (n < current and voters == current and n >= current // 2 + 1)]
         if not options:
-            self._record("skipped", "", fault="scale", reason=f"{current} pods, voters {voters}: no count to go to")
+            self._record("skipped", "", of="scale", reason=f"{current} pods, voters {voters}: no count to go to")
             return
         target = self.rng.choice(options)
         self._record("scale", "", replicas=target, pods=current, voters=voters)
@@ -973,12 +1101,7 @@ class Nemesis:
 
     async def _voters(self, primary: PodInfo) -> int | None:
         """How many voters kv-0's configuration has (None when it does not say)."""
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-                async with session.get(f"{primary.url}/v1/status") as response:
-                    voters = (await response.json()).get("membership", {}).get("voters")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, AttributeError):
-            return None
+        voters = ((await self._status(primary) or {}).get("membership") or {}).get("voters")
         return len(voters) if isinstance(voters, list) else None
 
     async def rolling_restart(self, replicas: int) -> None:
@@ -1007,13 +1130,18 @@ class Nemesis:
 
     async def _lsn(self, pod: PodInfo) -> int | None:
         """The pod's LSN from ``/v1/status`` (None when it does not answer): for the log only."""
+        lsn = (await self._status(pod) or {}).get("lsn")
+        return lsn if isinstance(lsn, int) else None
+
+    async def _status(self, pod: PodInfo) -> dict[str, Any] | None:
+        """The pod's ``/v1/status`` (None when it does not answer within 2 s, or not with an object)."""
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
                 async with session.get(f"{pod.url}/v1/status") as response:
-                    lsn = (await response.json()).get("lsn")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, AttributeError):
+                    status = await response.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
             return None
-        return lsn if isinstance(lsn, int) else None
+        return status if isinstance(status, dict) else None
 
     async def _wait_for(self, done: Callable[[list[PodInfo]], bool], limit: float) -> bool:
         """Poll the pods (bounded by ``limit`` seconds) until ``done`` holds."""

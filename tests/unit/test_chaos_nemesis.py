@@ -98,7 +98,8 @@ def test_kubectl_failure_is_a_one_line_error() -> None:
 
 # ------------------------------------------------------------------ choosing faults
 def test_nemesis_flag_takes_every_fault_and_rejects_others_in_one_line() -> None:
-    every = "kill,pause,partition,volume-loss,volume-rollback,dns,restart-all,zombie-primary,scale,rolling-restart"
+    every = ("kill,pause,partition,freeze-primary,volume-loss,volume-rollback,dns,restart-all,zombie-primary,scale,"
+             "rolling-restart,node-loss,switchover")
     assert _nemesis(every) == FAULTS
     assert _nemesis(" dns , restart-all,dns") == ("dns", "restart-all")
     assert _nemesis("none") == ()
@@ -127,6 +128,33 @@ class Recorder:
         self.replicas = replicas
         self.pids = itertools.count(100)
         self._pods = self._fresh()
+        self.leader = "kv-0"  # the pod whose /v1/status says it is the writable primary
+        self.failover_after = 3.0  # what the followers' /v1/status says
+        self.switchover_answer = (True, "kv-1 takes over from kv-0 in epoch 4")
+
+    def status(self, pod: PodInfo) -> dict[str, Any]:
+        """What ``pod``'s /v1/status says about who leads."""
+        lead = pod.name == self.leader
+        return {"role": "primary" if lead else "secondary", "writable": True if lead else None, "epoch": 3,
+                "lsn": 10, "primary": {"name": self.leader, **({} if lead else {"failover_after": self.failover_after})},
+                "membership": {"voters": [p.name for p in self._pods]}}
+
+    def pause(self, pod: PodInfo) -> int | None:
+        self.calls.append(("pause", pod.name))
+        return pod.pid
+
+    def resume(self, token: int) -> None:
+        self.calls.append(("resume", token))
+
+    def partition(self, pod: PodInfo) -> None:
+        self.calls.append(("partition", pod.name))
+
+    def heal(self, pod: PodInfo) -> None:
+        self.calls.append(("heal", pod.name))
+
+    async def switchover(self, to: str | None, via: str | None) -> tuple[bool, str]:
+        self.calls.append(("switchover", to, via))
+        return self.switchover_answer
 
     def _fresh(self) -> list[PodInfo]:
         return [PodInfo(f"kv-{n}", n, f"http://127.0.100.{10 + n}:1", f"127.0.100.{10 + n}", next(self.pids), True)
@@ -200,6 +228,7 @@ def nemesis(backend: Recorder, faults: tuple[str, ...], **config: Any) -> Nemesi
     config = {"rollback_age": (0.01, 0.01), "dns_seconds": (0.01, 0.01), **config}
     n = Nemesis(backend, NemesisConfig(faults=faults, seed=7, **config), clock=asyncio.get_running_loop().time)
     n._lsn = lambda pod: asyncio.sleep(0, result=None)  # type: ignore[method-assign]  # no HTTP here
+    n._status = lambda pod: asyncio.sleep(0, result=backend.status(pod))  # type: ignore[method-assign]
     return n
 
 
@@ -431,3 +460,106 @@ async def test_a_scale_keeps_a_majority_of_the_voters_and_the_run_ends_with_the_
     await backend.scale(3)
     await n._scale_back()
     assert backend.replicas == 7 and n.log[-1]["fault"] == "scale-unsettled"
+
+
+# ------------------------------------------------------------ faults that move the primary's role
+async def test_node_loss_holds_the_current_primary_down_then_releases_it() -> None:
+    assert NemesisConfig().node_loss_seconds == (10.0, 40.0)
+    backend = Recorder()
+    backend.leader = "kv-2"  # after a failover: the primary is not kv-0
+    n = nemesis(backend, ("node-loss",), node_loss_seconds=(0.05, 0.05))
+    aimed: list[dict[str, str]] = []
+    hold = backend.hold
+
+    async def holding(pod: str) -> int | None:
+        pid = await hold(pod)
+        aimed.append(n.aim(URLS))
+        return pid
+    backend.hold = holding  # type: ignore[method-assign]
+    await n._inject("node-loss", backend.pods(), deadline=60)
+    assert backend.calls == [("hold", "kv-2"), ("release", "kv-2")]
+    assert [e["fault"] for e in n.log] == ["node-loss", "release", "ready"]
+    assert n.log[0]["seconds"] == 0.05 and n.log[0]["pid"] == 102
+    assert aimed == [URLS]  # clients keep every pod: they must find the new primary themselves
+
+
+async def test_node_loss_is_skipped_when_no_pod_says_who_leads() -> None:
+    backend = Recorder()
+    n = nemesis(backend, ("node-loss",))
+    n._status = lambda pod: asyncio.sleep(0, result=None)  # type: ignore[method-assign]
+    await n._inject("node-loss", backend.pods(), deadline=60)
+    assert backend.calls == [] and n.log[0]["fault"] == "skipped" and "who leads" in n.log[0]["reason"]
+
+
+async def test_freeze_primary_stops_the_current_primary_for_longer_than_the_failover_time() -> None:
+    assert NemesisConfig().freeze_extra == (2.0, 8.0)
+    backend = Recorder()
+    backend.leader, backend.failover_after = "kv-1", 0.1
+    n = nemesis(backend, ("freeze-primary",), freeze_extra=(0.02, 0.05))
+    await n._inject("freeze-primary", backend.pods(), deadline=60)
+    assert backend.calls == [("pause", "kv-1"), ("resume", 101)]
+    assert [e["fault"] for e in n.log] == ["freeze-primary", "resume"]
+    assert n.log[0]["failover_after"] == 0.1 and 0.12 <= n.log[0]["seconds"] <= 0.15
+
+
+async def test_switchover_hands_over_to_a_random_voter_or_to_none() -> None:
+    backend = Recorder()
+    backend.leader = "kv-1"
+    n = nemesis(backend, ("switchover",))
+    for _ in range(30):
+        await n._inject("switchover", backend.pods(), deadline=60)
+    asked = [c for c in backend.calls if c[0] == "switchover"]
+    assert len(asked) == 30 and {via for _, _, via in asked} == {"kv-1"}  # asked of the primary itself
+    assert {to for _, to, _ in asked} == {None, "kv-0", "kv-2"}  # never to the primary itself
+    assert [e["fault"] for e in n.log][:2] == ["switchover", "switched"]
+    backend.switchover_answer = (False, "kvstore switchover: 409 kv-2 is 40 entries behind")
+    await n._inject("switchover", backend.pods(), deadline=60)
+    assert n.log[-1] == {**n.log[-1], "fault": "switchover-refused", "answer": backend.switchover_answer[1]}
+
+
+async def test_kills_pauses_and_partitions_aim_at_kv0_and_at_the_current_primary_alike() -> None:
+    backend = Recorder()
+    backend.leader = "kv-2"
+    pods = backend.pods()
+    for fault in ("kill", "pause", "partition"):
+        n = nemesis(backend, (fault,), primary_bias=1.0)
+        assert (await n._victim(fault, pods)).name == "kv-0"  # the first choice, as before
+        chosen = [(await n._victim(fault, pods)).name for _ in range(200)]
+        assert set(chosen) == {"kv-0", "kv-2"} and 60 < chosen.count("kv-2") < 140, fault
+        n = nemesis(backend, (fault,), primary_bias=0.0)
+        await n._victim(fault, pods)
+        assert {(await n._victim(fault, pods)).name for _ in range(50)} == {"kv-1", "kv-2"}
+
+
+async def test_the_failover_faults_are_in_the_default_set() -> None:
+    for fault in ("node-loss", "freeze-primary", "switchover"):
+        assert fault in default_nemesis("process")
+    assert "freeze-primary" in default_nemesis("docker")  # a signal, like pause
+    assert not {"node-loss", "switchover"} & set(default_nemesis("docker") + default_nemesis("kubernetes"))
+
+
+async def test_each_fault_ends_with_an_entry_naming_it_and_when_it_began() -> None:
+    backend = Recorder()
+    n = nemesis(backend, ("switchover", "freeze-primary"), interval=0.05, freeze_extra=(0.01, 0.01))
+    backend.failover_after = 0.01
+    await n.run(deadline=n.clock() + 1.0)
+    ends = [e for e in n.log if e["fault"] == "end"]
+    assert {e["of"] for e in ends} == {"switchover", "freeze-primary"}
+    for end in ends:
+        assert end["began"] <= end["time"]
+        started = [e for e in n.log if e["fault"] == end["of"] and end["began"] <= e["time"] <= end["time"]]
+        assert started, (end, n.log)
+
+
+async def test_a_fault_that_fails_is_logged_as_skipped_and_the_run_goes_on() -> None:
+    backend = Recorder()
+    n = nemesis(backend, ("node-loss",), interval=0.05, node_loss_seconds=(0.01, 0.01))
+
+    async def hold(pod: str) -> int | None:
+        raise FaultFailed("/v1/hold: the controller does not answer")
+    backend.hold = hold  # type: ignore[method-assign]
+    await n.run(deadline=n.clock() + 0.5)
+    skipped = [e for e in n.log if e["fault"] == "skipped"]
+    assert skipped and skipped[0] == {**skipped[0], "of": "node-loss", "reason": "/v1/hold: the controller does "
+                                      "not answer"}
+    assert checker.fault_counts(n.log)["node-loss"] == 0  # a skip is not counted as the fault
