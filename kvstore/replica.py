@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
@@ -22,6 +22,8 @@ from kvstore.forwarding import ForwardFailed, ForwardTimeout, forward
 from kvstore.replication import Replication
 from kvstore.replication.follower import Follower
 from kvstore.replication.peer_client import PeerError
+from kvstore.replication.versions import TXN_PROTOCOL
+from kvstore.txn import Txn, TxnResult
 
 FORWARDED_BY = "X-Kv-Forwarded-By"
 
@@ -42,6 +44,12 @@ class NotPrimary(NoPrimary):
     """This kv-0 process cannot show that a majority still follows it: it may have been replaced."""
 
     code = "not_primary"
+
+
+class UpgradeInProgress(NoPrimary):
+    """A pod of an older build is about: kv-0 writes no entry kind it could not read."""
+
+    code = "upgrade_in_progress"
 
 
 class LsnAhead(Exception):
@@ -110,6 +118,8 @@ class Replica:
             return await self._forward(request, body, "writes go to the primary")
         self._check_recovered()
         self._check_contact()
+        if mutation.expires:
+            self.check_entry_kind()  # a PUT with a ttl is a TXN entry
         version = self.store.lineage_version
         try:
             lsn = await self.store.write(mutation)
@@ -123,6 +133,38 @@ class Replica:
         if not met:
             raise WriteConcernTimeout(lsn, confirmed, required)
         return lsn
+
+    async def transact(self, body: bytes, parse: Callable[[bytes, int], Txn], w: str,
+                       request: web.BaseRequest) -> TxnResult | web.Response:
+        """Run a transaction (``parse`` turns the body into one, with kv-0's clock for a ttl) and wait for its
+        concern; a secondary forwards it. Raises what :meth:`write` raises, and UpgradeInProgress.
+
+        A branch that writes nothing was decided on this primary's state: it is
+        answered only once confirmed, as a refused conditional write is.
+        """
+        txn = parse(body, int(time.time() * 1000))  # a bad body is refused by any pod
+        if self.role != PRIMARY:
+            return await self._forward(request, body, "transactions go to the primary")
+        self._check_recovered()
+        self._check_contact()
+        self.check_entry_kind()
+        version = self.store.lineage_version
+        result = await self.store.transact(txn)
+        if result.lsn is None:
+            await self.confirm_read(self.store.lsn, version)
+            return result
+        if self.replication is not None:
+            met, confirmed, required = await self.replication.wait_for_concern(result.lsn, w)
+            if not met:
+                raise WriteConcernTimeout(result.lsn, confirmed, required)
+        return result
+
+    def check_entry_kind(self) -> None:
+        """UpgradeInProgress while a peer of an older build, which could not read a TXN entry, is about."""
+        older = self.replication.client.versions.older_peers(TXN_PROTOCOL) if self.replication else []
+        if older:
+            raise UpgradeInProgress(f"{', '.join(older)} run an older build that cannot replicate a transaction "
+                                    "or a key with a ttl; retry once the update is done")
 
     def _check_contact(self, what: str = "writes") -> None:
         """Refuse a write (or a local read) before applying it when no majority followed this process lately.

@@ -3,7 +3,8 @@
 Key layout (distinct prefixes in one database, so all three change together in
 one atomic WriteBatch):
 
-- ``d/<key>``       -> 8-byte version (LSN of the key's last write) + value
+- ``d/<key>``       -> 8-byte version (LSN of the key's last write) + value; a key with
+  a ttl has the version's top bit set and its 8-byte absolute expiry (ms) before the value
 - ``l/<8-byte LSN>`` -> encoded :class:`LogEntry`
 - ``m/<name>``      -> metadata: applied LSN, lineage (epochs and history ids,
   see lineage.py), the newest epoch this replica promised to follow, first
@@ -37,6 +38,7 @@ import plyvel
 from kvstore.aio import Watermark, cancel_and_wait
 from kvstore.lineage import Lineage, LineageError, Promise
 from kvstore.membership import Configuration
+from kvstore.txn import Change, Txn, TxnResult, decode_changes, encode_changes
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ FORMAT = b"2"  # entries carry their epoch
 PUT = 1
 DELETE = 2
 CONFIG = 3  # a configuration entry: no key, the voters as JSON (membership.py)
+TXN = 4  # several key changes at one LSN, no key: a transaction's branch or a PUT with a ttl (txn.py)
 
 _U64 = struct.Struct(">Q")
 _ENTRY_HEAD = struct.Struct(">QIBI")  # lsn, epoch, op, key length
@@ -95,7 +98,8 @@ class LogTruncated(Exception):
 class LogEntry:
     """One replicated write, stamped with the epoch of the primary that made it; ``value`` is None for a delete.
 
-    A CONFIG entry has no key; its value names the voters from its LSN on.
+    A CONFIG entry has no key; its value names the voters from its LSN on. A TXN
+    entry has no key either; its value holds its key changes (:func:`changes_of`).
     """
 
     lsn: int
@@ -115,9 +119,11 @@ class LogEntry:
             raise ValueError("log entry too short")
         lsn, epoch, op, key_len = _ENTRY_HEAD.unpack_from(data)
         start = _ENTRY_HEAD.size
-        if op not in (PUT, DELETE, CONFIG) or start + key_len > len(data) \
-                or (op == DELETE and start + key_len != len(data)) or (op == CONFIG and key_len):
+        if op not in (PUT, DELETE, CONFIG, TXN) or start + key_len > len(data) \
+                or (op == DELETE and start + key_len != len(data)) or (op in (CONFIG, TXN) and key_len):
             raise ValueError("malformed log entry")
+        if op == TXN:
+            decode_changes(data[start:])  # ValueError: a follower refuses it before writing anything
         key = bytes(data[start:start + key_len])
         value = None if op == DELETE else bytes(data[start + key_len:])
         return cls(lsn, epoch, op, key, value)
@@ -133,7 +139,9 @@ class Mutation:
     """A client write with its optional conditions.
 
     ``if_match`` is None (no condition), ``"*"`` (key must exist) or a tuple
-    of acceptable versions; ``if_none_match`` means create only.
+    of acceptable versions; ``if_none_match`` means create only. A PUT with
+    ``expires`` (ms since the epoch) is written as a TXN entry of one change;
+    op TXN carries its ``txn`` and resolves to a :class:`TxnResult`.
     """
 
     op: int
@@ -141,14 +149,17 @@ class Mutation:
     value: bytes | None = None
     if_match: tuple[int, ...] | str | None = None
     if_none_match: bool = False
+    expires: int = 0
+    txn: Txn | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A stored value and its version (the LSN of its last write)."""
+    """A stored value, its version (the LSN of its last write) and its expiry (ms since the epoch, 0: none)."""
 
     value: bytes
     version: int
+    expires: int = 0
 
 
 @dataclass
@@ -191,12 +202,39 @@ class Snapshot:
         self._snapshot.close()
 
 
-def _pack_record(version: int, value: bytes) -> bytes:
+EXPIRING = 1 << 63  # set in a record's version: an 8-byte expiry follows (LSNs stay below it)
+
+
+def _pack_record(version: int, value: bytes, expires: int = 0) -> bytes:
+    if expires:
+        return _U64.pack(version | EXPIRING) + _U64.pack(expires) + value
     return _U64.pack(version) + value
 
 
 def _unpack_version(raw: bytes) -> int:
-    return _U64.unpack_from(raw)[0]
+    return _U64.unpack_from(raw)[0] & ~EXPIRING
+
+
+def unpack_record(raw: bytes) -> Record:
+    """A ``d/`` record (as stored, and as snapshots and backups carry it) as a :class:`Record`."""
+    head = _U64.unpack_from(raw)[0]
+    if head & EXPIRING:
+        return Record(raw[2 * _U64.size:], head & ~EXPIRING, _U64.unpack_from(raw, _U64.size)[0])
+    return Record(raw[_U64.size:], head)
+
+
+def record_version(raw: bytes) -> int:
+    """The version of a ``d/`` record."""
+    return _unpack_version(raw)
+
+
+def changes_of(entry: LogEntry) -> list[Change]:
+    """The key changes an entry makes: one for a PUT or DELETE, a TXN's list, none for a CONFIG entry."""
+    if entry.op == TXN:
+        return decode_changes(entry.value or b"")
+    if entry.op in (PUT, DELETE):
+        return [Change(entry.key, entry.value if entry.op == PUT else None)]
+    return []
 
 
 class Store:
@@ -383,7 +421,7 @@ class Store:
         raw = await future
         if raw is None:
             return None
-        return Record(raw[_U64.size:], _unpack_version(raw))
+        return unpack_record(raw)
 
     def _send_gets(self) -> None:
         """Hand every pending point read to one reader thread (on the loop)."""
@@ -622,6 +660,16 @@ class Store:
             raise result
         return result
 
+    async def transact(self, txn: Txn) -> TxnResult:
+        """Evaluate a transaction's comparisons and commit its chosen branch durably, as one entry.
+
+        The comparisons read the state the batch is built on: no other write
+        lands between them and the branch. Raises StorageError.
+        """
+        results = await self._submit(_Job([Mutation(TXN, b"", txn=txn)], None,
+                                          asyncio.get_running_loop().create_future()))
+        return results[0]
+
     def apply_nowait(self, entries: list[LogEntry], committed: int = 0) -> "asyncio.Future[Any]":
         """Queue replicated entries for the next group commit; the future resolves once durable.
 
@@ -821,7 +869,15 @@ class Store:
         lsn = self._durable.value
         epoch = self.lineage.number
         self._staged_membership = None
-        overlay: dict[bytes, int | None] = {}
+        overlay: dict[bytes, tuple[int, bytes] | None] = {}  # keys this batch wrote: (version, value), None: deleted
+
+        def lookup(key: bytes, want_value: bool) -> tuple[int, bytes] | None:
+            if key in overlay:
+                return overlay[key]
+            raw = self._db.get(DATA + key) if read_versions else None
+            if raw is None:
+                return None
+            return _unpack_version(raw), unpack_record(raw).value if want_value else b""
         results: list[Any] = []
         encoded: list[bytes] = []
         batch = self._db.write_batch(sync=self.fsync)
@@ -840,13 +896,18 @@ class Store:
             if job.mutations and not epoch:
                 raise StorageError("no epoch begun: only a primary that finished its start-up writes")
             for mutation in job.mutations or ():
-                if mutation.key in overlay:
-                    current = overlay[mutation.key]
-                else:
-                    current = self._version(mutation.key) if read_versions else None
-                failure = _check(mutation, current)
+                if mutation.op == TXN:
+                    lsn, result = self._put_changes(batch, mutation, lsn, epoch, lookup, overlay, encoded)
+                    job_results.append(result)
+                    continue
+                current = lookup(mutation.key, False)
+                failure = _check(mutation, None if current is None else current[0])
                 if failure is not None:
                     job_results.append(failure)
+                    continue
+                if mutation.expires:
+                    lsn, _ = self._put_changes(batch, mutation, lsn, epoch, lookup, overlay, encoded)
+                    job_results.append(lsn)
                     continue
                 lsn += 1
                 encoded.append(self._put_entry(batch, LogEntry(lsn, epoch, mutation.op, mutation.key,
@@ -855,7 +916,7 @@ class Store:
                     self._staged_membership = Configuration.loads(mutation.value or b"", lsn)
                     job_results.append(lsn)
                     continue
-                overlay[mutation.key] = lsn if mutation.op == PUT else None
+                overlay[mutation.key] = (lsn, mutation.value or b"") if mutation.op == PUT else None
                 job_results.append(lsn)
             results.append(job_results)
         if lsn != self._durable.value:
@@ -866,10 +927,36 @@ class Store:
                 self.committed_on_disk = committed
         return batch, lsn, results, encoded
 
+    def _put_changes(self, batch: Any, mutation: Mutation, lsn: int, epoch: int,
+                     lookup: Callable[[bytes, bool], tuple[int, bytes] | None],
+                     overlay: dict[bytes, tuple[int, bytes] | None],
+                     encoded: list[bytes]) -> tuple[int, TxnResult]:
+        """A transaction (its comparisons decide the branch) or a PUT with a ttl, as one TXN entry.
+
+        Returns the batch's new last LSN and what the transaction did (an empty branch writes nothing).
+        """
+        if mutation.txn is not None:
+            succeeded, changes = mutation.txn.choose(lookup)
+        else:
+            succeeded, changes = True, (Change(mutation.key, mutation.value or b"", mutation.expires),)
+        if not changes:
+            return lsn, TxnResult(succeeded, None, ())
+        lsn += 1
+        encoded.append(self._put_entry(batch, LogEntry(lsn, epoch, TXN, b"", encode_changes(changes))))
+        for change in changes:
+            overlay[change.key] = None if change.value is None else (lsn, change.value)
+        return lsn, TxnResult(succeeded, lsn, tuple(changes))
+
     @staticmethod
     def _put_entry(batch: Any, entry: LogEntry) -> bytes:
         if entry.op == PUT:
             batch.put(DATA + entry.key, _pack_record(entry.lsn, entry.value or b""))
+        elif entry.op == TXN:
+            for change in decode_changes(entry.value or b""):
+                if change.value is None:
+                    batch.delete(DATA + change.key)
+                else:
+                    batch.put(DATA + change.key, _pack_record(entry.lsn, change.value, change.expires))
         elif entry.op == CONFIG:
             # ValueError on a malformed one: the stream that brought it is dropped, nothing written.
             batch.put(META_CONFIG, Configuration.loads(entry.value or b"", entry.lsn).dumps())
@@ -878,10 +965,6 @@ class Store:
         raw = entry.encode()
         batch.put(LOG + _U64.pack(entry.lsn), raw)
         return raw
-
-    def _version(self, key: bytes) -> int | None:
-        raw = self._db.get(DATA + key)
-        return None if raw is None else _unpack_version(raw)
 
     # ------------------------------------------------------------- truncation
     async def truncate_log(self) -> int:
