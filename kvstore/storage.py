@@ -933,10 +933,13 @@ class Store:
                      encoded: list[bytes]) -> tuple[int, TxnResult]:
         """A transaction (its comparisons decide the branch) or a PUT with a ttl, as one TXN entry.
 
-        Returns the batch's new last LSN and what the transaction did (an empty branch writes nothing).
+        Returns the batch's new last LSN and what the transaction did (a branch that changes nothing
+        writes nothing).
         """
         if mutation.txn is not None:
-            succeeded, changes = mutation.txn.choose(lookup)
+            succeeded, chosen = mutation.txn.choose(lookup)
+            # A delete of an absent key changes nothing: left out, so no watcher sees it.
+            changes = tuple(c for c in chosen if c.value is not None or lookup(c.key, False) is not None)
         else:
             succeeded, changes = True, (Change(mutation.key, mutation.value or b"", mutation.expires),)
         if not changes:

@@ -52,6 +52,12 @@ def test_the_success_branch_writes_every_key_at_one_version(shared_replica: Repl
     assert get(shared_replica, "s/bin") == (200, b"\0\1\2", f'"{lsn}"')
     assert get(shared_replica, "s/old")[0] == 404
     assert get(shared_replica, "s/failed")[0] == 404
+    status, answer = txn(shared_replica, {"success": [{"op": "delete", "key": "s/never"},
+                                                      {"op": "put", "key": "s/new", "value": "b"}]})
+    assert answer["keys"] == [{"key": "s/new", "version": lsn + 1, "deleted": False}]  # a delete of nothing is left out
+    status, answer = txn(shared_replica, {"success": [{"op": "delete", "key": "s/never"}]})
+    assert (status, answer["version"], answer["keys"]) == (200, None, [])
+    lsn += 1
     # One log entry: the next write is the very next LSN.
     assert put(shared_replica, "s/after", b"1") == lsn + 1
 
