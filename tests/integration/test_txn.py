@@ -4,6 +4,8 @@ the restart, and every bad body answered with a clear code."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +153,24 @@ def test_bad_query_and_method(shared_replica: ReplicaProcess) -> None:
     assert txn(shared_replica, {}, "?x=1")[1]["error"] == "unknown_parameter"
     status, _, body = http("GET", shared_replica.url + "/v1/txn")
     assert status == 405 and json.loads(body)["error"] == "method_not_allowed"
+
+
+def kvstore(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kvstore", *args], input=None if stdin is None else stdin.decode(),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_txn_command(shared_replica: ReplicaProcess, tmp_path: Path) -> None:
+    body = json.dumps({"compare": [{"key": "cli/a", "absent": True}],
+                       "success": [{"op": "put", "key": "cli/a", "value": "1"}]})
+    ran = kvstore("txn", body, "--url", shared_replica.url, "-w", "1")
+    assert ran.returncode == 0, ran.stderr
+    answer = json.loads(ran.stdout)
+    assert answer["succeeded"] is True and answer["keys"][0]["key"] == "cli/a"
+    (tmp_path / "t.json").write_text(body)
+    ran = kvstore("txn", f"@{tmp_path / 't.json'}", "--url", shared_replica.url)
+    assert ran.returncode == 3 and json.loads(ran.stdout)["branch"] == "failure"  # it exists now
+    ran = kvstore("txn", "-", "--url", shared_replica.url, stdin=b"{nope")
+    assert ran.returncode == 1 and "400 bad_txn" in ran.stderr
+    ran = kvstore("txn", "@/nonexistent.json", "--url", shared_replica.url)
+    assert ran.returncode == 2 and "cannot read /nonexistent.json" in ran.stderr
