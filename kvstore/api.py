@@ -126,11 +126,11 @@ class ClientApi:
             raise ApiError(400, "bad_header", "If-None-Match on a write only accepts * (create only)")
         return match, if_none is not None
 
-    async def read_body(self, request: web.BaseRequest, limit: int | None = None, what: str = "value",
-                        code: str = "value_too_large") -> bytes:
-        limit = self.config.max_value_bytes if limit is None else limit
+    async def read_body(self, request: web.BaseRequest, txn_limit: int | None = None) -> bytes:
+        """A PUT's value (or, with ``txn_limit``, a transaction's body), refused with a 413 over its limit."""
+        limit = self.config.max_value_bytes if txn_limit is None else txn_limit
         if request.content_length is not None and request.content_length > limit:
-            raise ApiError(413, code, f"the {what} is {request.content_length} bytes; the limit is {limit}")
+            raise _too_large(f"is {request.content_length} bytes; the limit is {limit}", txn_limit is not None)
         if request.content_length == 0:
             return b""  # aiohttp's empty body refuses even readexactly(0)
         if request.content_length is not None:
@@ -146,7 +146,7 @@ class ClientApi:
         async for chunk in request.content.iter_chunked(64 * 1024):
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, code, f"the {what} exceeds the limit of {limit} bytes")
+                raise _too_large(f"exceeds the limit of {limit} bytes", txn_limit is not None)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -190,8 +190,7 @@ class ClientApi:
         """``POST /v1/txn``: compare, then one branch of puts and deletes as one log entry (txn.py)."""
         w = self.write_concern(parse_query(request, ("w",)))
         max_key, max_value = self.config.max_key_bytes, self.config.max_value_bytes
-        body = await self.read_body(request, txn.max_body_bytes(max_key, max_value), "transaction body",
-                                    "txn_too_large")
+        body = await self.read_body(request, txn.max_body_bytes(max_key, max_value))
         result = await self._committed(self.node.transact(
             body, lambda raw, now: txn.parse(raw, max_key, max_value, now), w, request))
         if isinstance(result, web.StreamResponse):  # answered by the primary (forwarded)
@@ -323,6 +322,12 @@ class ClientApi:
     async def openapi(self, request: web.BaseRequest) -> web.Response:
         parse_query(request, ())
         return web.Response(body=openapi_document(), content_type="application/json")
+
+
+def _too_large(said: str, txn_body: bool) -> ApiError:
+    if txn_body:
+        return ApiError(413, "txn_too_large", f"the transaction body {said}")
+    return ApiError(413, "value_too_large", f"the value {said}")
 
 
 def openapi_document() -> bytes:

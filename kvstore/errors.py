@@ -41,8 +41,7 @@ ERRORS: tuple[ErrorCode, ...] = (
               "a request aiohttp's HTTP parser refuses (a malformed request line or header), or a malformed "
               "`POST /v1/peer/recover` body"),
     ErrorCode("bad_txn", "400", BOTH,
-              "a `POST /v1/txn` body that is not the transaction JSON (the message names the field), or a branch "
-              "that changes a key twice"),
+              "a `POST /v1/txn` body that is not the transaction JSON (the message names the field)"),
     ErrorCode("unauthorized", "401", PEER, "no or a wrong `Authorization: Bearer <cluster token>`"),
     ErrorCode("not_found", "404", BOTH,
               "no such key (a GET, or a DELETE of an absent key), endpoint or dashboard file"),

@@ -178,10 +178,10 @@ def parse(body: bytes, max_key_bytes: int, max_value_bytes: int, now_ms: int) ->
     compares = tuple(_compare(item, i, limits) for i, item in enumerate(lists["compare"]))
     branches = []
     for name in ("success", "failure"):
-        changes = tuple(_change(item, f"{name}[{i}]", limits, now_ms) for i, item in enumerate(lists[name]))
-        keys = [c.key for c in changes]
-        if len(set(keys)) != len(keys):
-            raise _bad(f"{name} changes a key twice; each key at most once per branch")
+        # A key changed twice in a branch: the last change counts (a key is written once per entry).
+        last = {c.key: c for c in (_change(item, f"{name}[{i}]", limits, now_ms)
+                                   for i, item in enumerate(lists[name]))}
+        changes = tuple(last.values())
         size = encoded_size(changes)
         limit = max_key_bytes + max_value_bytes
         if size - _COUNT.size - CHANGE_OVERHEAD * len(changes) > limit:
