@@ -228,6 +228,16 @@ def record_version(raw: bytes) -> int:
     return _unpack_version(raw)
 
 
+def is_txn_entry(raw: bytes) -> bool:
+    """Whether an encoded entry is a TXN entry, without decoding it."""
+    return _ENTRY_HEAD.unpack_from(raw)[2] == TXN
+
+
+def entry_lsn(raw: bytes) -> int:
+    """The LSN of an encoded entry, without decoding it."""
+    return _U64.unpack_from(raw)[0]
+
+
 def changes_of(entry: LogEntry) -> list[Change]:
     """The key changes an entry makes: one for a PUT or DELETE, a TXN's list, none for a CONFIG entry."""
     if entry.op == TXN:

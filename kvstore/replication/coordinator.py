@@ -19,6 +19,7 @@ from aiohttp import web
 from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
 from kvstore.discovery import MembershipChange, PeerDirectory
+from kvstore.expiry import Expirer
 from kvstore.identity import PRIMARY, parse_ordinal
 from kvstore.membership import Configuration, agreed, all_hold, majority
 from kvstore.metrics import Metrics
@@ -72,6 +73,8 @@ class Replication:
         self.recovery: Recovery | None = None
         self.fenced: str | None = None  # why this kv-0 last found itself replaced (it then recovers again)
         self._task: asyncio.Task[None] | None = None
+        # The primary deletes expired keys while it serves (expiry.py), only while a majority follows it.
+        self.expirer = Expirer(store, lambda: self.writable and self.fencing.in_contact() and store.failed is None)
         if config.role == PRIMARY:
             self.recovery = self._new_recovery()
             self.server.serving = False
@@ -101,7 +104,9 @@ class Replication:
             decision = self.recovery.decision
             self.fencing.begin(decision is not None and decision.verified)
             self.server.serving = True
+            self.expirer.start()
             await self._watch()
+            await self.expirer.stop()
             self.server.serving = False
             self.recovery = self._new_recovery()
 
@@ -174,6 +179,7 @@ class Replication:
     async def stop(self) -> None:
         """Stop background work and close peer connections."""
         await cancel_and_wait(self._task)
+        await self.expirer.stop()
         await self.server.stop()
         if self.follower is not None:
             await self.follower.stop()
