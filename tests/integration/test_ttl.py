@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,7 +17,7 @@ from typing import Any, Iterator
 import pytest
 
 from local_cluster import LocalCluster, http, wait_for
-from replica_process import ReplicaProcess, running
+from replica_process import running
 from kvstore.client import Client
 
 ENV = {"KV_WRITE_TIMEOUT": "3", "KV_RECOVERY_WAIT": "5", "KV_WATCH_KEEPALIVE": "0.5"}
@@ -120,3 +122,8 @@ def test_a_ttl_survives_a_restart_of_a_single_replica(tmp_path: Path) -> None:
         replica.start()
         wait_for("one/k gone after the restart", lambda: gone(replica.url, "one/k", earliest), 30)
         assert "expirer: 1 key(s) with a ttl" in replica.log_path.read_text()
+        earliest = time.time() + 1
+        ran = subprocess.run([sys.executable, "-m", "kvstore", "put", "one/cli", "v", "--ttl", "1", "--url",
+                              replica.url], capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0, ran.stderr
+        wait_for("one/cli gone", lambda: gone(replica.url, "one/cli", earliest), 30)
