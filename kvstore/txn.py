@@ -159,6 +159,8 @@ def parse(body: bytes, max_key_bytes: int, max_value_bytes: int, now_ms: int) ->
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _bad(f"the body is not JSON ({exc})") from None
+    except RecursionError:
+        raise _bad("the body nests too deeply to be a transaction") from None
     if not isinstance(data, dict):
         raise _bad('the body is a JSON object: {"compare": [...], "success": [...], "failure": [...]}')
     unknown = sorted(set(data) - {"compare", "success", "failure"})

@@ -66,3 +66,12 @@ async def test_a_follower_replays_a_transaction_entry_with_its_expiry(store: Sto
         assert await follower.scan(b"", None, 10) == [(b"t", result.lsn)]
     finally:
         await follower.close()
+
+
+def test_a_peer_that_cannot_read_a_transaction_entry_is_noted_for_kv0_to_wait() -> None:
+    from kvstore.replication.versions import FROM_HEADER, HEADER, TXN_PROTOCOL, Versions
+    kv0 = Versions("kv-0", (2, 4))
+    assert kv0.check_call({HEADER: "2-4", FROM_HEADER: "kv-1"}, None) is None
+    assert kv0.check_call({HEADER: "2-3", FROM_HEADER: "kv-2"}, None) is None  # accepted, but noted
+    assert kv0.older_peers(TXN_PROTOCOL) == ["kv-2"]
+    assert kv0.older_peers() == []  # kv-2 reads configuration entries
