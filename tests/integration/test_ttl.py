@@ -117,8 +117,8 @@ def test_bad_ttl_values_get_400(cluster: LocalCluster, query: str) -> None:
 
 def test_a_ttl_survives_a_restart_of_a_single_replica(tmp_path: Path) -> None:
     with running(tmp_path) as replica:
-        _, earliest = put_ttl(replica.url, "one/k", b"v", 3, w="1")
-        replica.terminate()
+        _, earliest = put_ttl(replica.url, "one/k", b"v", 5, w="1")
+        replica.kill()  # at once: the deadline is this process's to find on disk
         replica.start()
         wait_for("one/k gone after the restart", lambda: gone(replica.url, "one/k", earliest), 30)
         assert "expirer: 1 key(s) with a ttl" in replica.log_path.read_text()

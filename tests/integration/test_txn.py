@@ -114,7 +114,7 @@ BIG = "v" * 4096  # shared_replica's KV_MAX_VALUE_BYTES
 @pytest.mark.parametrize("body, status, code", [
     (b"not json", 400, "bad_txn"),
     (b"[]", 400, "bad_txn"),
-    (b"[" * 100_000, 400, "bad_txn"),
+    (b"[" * 50_000, 400, "bad_txn"),
     ({"compare": {}}, 400, "bad_txn"),
     ({"success": [], "extra": 1}, 400, "bad_txn"),
     ({"compare": [{"key": "k"}]}, 400, "bad_txn"),
