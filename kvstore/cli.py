@@ -19,6 +19,7 @@ from kvstore.client import Client, Reply, WatchError, follow, why_unanswered
 from kvstore.cmdline import DEFAULT_CLUSTER_DIR, Parser, flag, hint, int_range
 from kvstore.local import cli as local_cli
 from kvstore.local.state import read_client_url
+from kvstore.txn import MAX_TTL
 
 
 class CliError(Exception):
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("-w", "--write-concern", dest="w", choices=config_mod.WRITE_CONCERNS, default=None)
     put.add_argument("--if-match", type=int, default=None, help="compare-and-set on this version")
     put.add_argument("--create-only", action="store_true", help="fail if the key exists")
-    put.add_argument("--ttl", type=flag(int_range(1, 10 * 365 * 24 * 3600)), default=None,
+    put.add_argument("--ttl", type=flag(int_range(1, MAX_TTL)), default=None,
                      help="seconds until kv-0 deletes the key")
     _add_client_target(put)
 
