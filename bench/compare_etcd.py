@@ -11,7 +11,12 @@ count:
 - durable PUT (kvstore w=majority on kv-0) vs etcd put on the leader;
 - kvstore consistency=strong GET on kv-0 vs etcd linearizable range on the leader;
 - kvstore local GET on the secondary kv-1 vs etcd serializable range on a follower;
-- kvstore single replica, fsync off: PUT and GET (the ceiling).
+- kvstore single replica, fsync off: PUT and GET (the ceiling);
+- watch (``bench/watch.py``'s two phases, etcd first): ``--watchers`` watches of one
+  prefix spread over the members (etcd's gRPC-gateway ``/v3/watch``, kvstore's
+  ``/v1/watch``), then unique-key PUTs: the latency from sending a PUT to each
+  watcher reading its event (one writer; median and p99), and the events per
+  second delivered to all watchers (``--watch-writers`` writers).
 
 Prints the table and the issue's target verdicts; writes JSON to bench/results/.
 """
@@ -36,6 +41,7 @@ from clusters import (  # noqa: E402
 )
 from single_replica import replica, seed as kv_seed  # noqa: E402
 from wrk import RUNS, Figures, connection_counts, ensure_wrk, run_wrk  # noqa: E402
+import watch as watch_bench  # noqa: E402
 
 from kvstore.client import Client  # noqa: E402
 
@@ -54,9 +60,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", default="1,32",
                         help="comma-separated connection counts (default 1,32)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the single-replica no-fsync runs")
+    parser.add_argument("--watchers", type=int, default=100, help="watchers of the watch figure (0: none; "
+                        "default 100)")
+    parser.add_argument("--watch-writes", type=int, default=2000,
+                        help="PUTs of the watch throughput phase (default 2000; the latency phase makes 200)")
+    parser.add_argument("--watch-writers", type=int, default=16,
+                        help="concurrent writers of the watch throughput phase (default 16)")
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 600:
         parser.error("--seconds must be from 1 to 600")
+    if not 0 <= args.watchers <= 1000:
+        parser.error("--watchers must be from 0 to 1000")
+    if not 10 <= args.watch_writes <= 100_000:
+        parser.error("--watch-writes must be from 10 to 100000")
+    if not 1 <= args.watch_writers <= 256:
+        parser.error("--watch-writers must be from 1 to 256")
     args.connections = connection_counts(parser, args.connections)
     return args
 
@@ -123,6 +141,45 @@ def run_pairs(etcd: EtcdCluster, kv: KvCluster, conns_list: list[int], seconds: 
                           "etcd": etcd_fig, "kvstore": kv_fig,
                           "etcd_cpu_us_per_request": etcd_cpu, "kvstore_cpu_us_per_request": kv_cpu})
     return pairs
+
+
+def run_watch(etcd: EtcdCluster, kv: KvCluster, args: argparse.Namespace) -> dict[str, Any]:
+    """The watch figures of both stores, etcd first (bench/watch.py's phases on these clusters)."""
+    phases = argparse.Namespace(watchers=args.watchers, writes=args.watch_writes, connections=args.watch_writers)
+    urls = [kv.url(f"kv-{i}") for i in range(3)]
+    time.sleep(SETTLE_SECONDS)
+    etcd_figures = asyncio.run(watch_bench.measure(f"etcd {etcd.version} watch", etcd.urls,
+                                                   watch_bench.etcd_watcher, watch_bench.etcd_put(etcd.leader),
+                                                   phases, RUNS.echo))
+    time.sleep(SETTLE_SECONDS)
+    kv_figures = asyncio.run(watch_bench.measure("kvstore watch", urls, watch_bench.kv_watcher,
+                                                 watch_bench.kv_put(urls[0]), phases, RUNS.echo))
+    return {"watchers": args.watchers, "writes": args.watch_writes, "writers": args.watch_writers,
+            "etcd": etcd_figures, "kvstore": kv_figures}
+
+
+def print_watch(figures: dict[str, Any]) -> None:
+    """The watch rows: events/s to all watchers and write-to-event latency, etcd beside kvstore."""
+    e, k = figures["etcd"], figures["kvstore"]
+    print(f"\nwatch: {figures['watchers']} watchers of one prefix over 3 members/pods, unique-key PUTs "
+          f"(w=majority on kvstore)")
+    head = f"{'figure':<36} | {'etcd':>9} | {'kvstore':>9} | {'kv/etcd':>7}"
+    print(head)
+    print("-" * len(head))
+    rows = [(f"events/s, {figures['writers']} writers", e["writers"]["events_per_s"],
+             k["writers"]["events_per_s"], "{:>9.0f}"),
+            ("write-to-event p50 ms, 1 writer", e["one_writer"]["latency_ms_p50"],
+             k["one_writer"]["latency_ms_p50"], "{:>9.2f}"),
+            ("write-to-event p99 ms, 1 writer", e["one_writer"]["latency_ms_p99"],
+             k["one_writer"]["latency_ms_p99"], "{:>9.2f}"),
+            (f"write-to-event p50 ms, {figures['writers']} writers", e["writers"]["latency_ms_p50"],
+             k["writers"]["latency_ms_p50"], "{:>9.2f}"),
+            (f"write-to-event p99 ms, {figures['writers']} writers", e["writers"]["latency_ms_p99"],
+             k["writers"]["latency_ms_p99"], "{:>9.2f}")]
+    for label, ev, kv, fmt in rows:
+        ratio = f"{kv / ev:>6.2f}x" if ev else "      -"
+        print(f"{label:<36} | {fmt.format(ev)} | {fmt.format(kv)} | {ratio}")
+    print("(watchers and writers are this one Python process, on the same cores as the servers)")
 
 
 def run_ceiling(conns_list: list[int], seconds: int) -> list[Figures]:
@@ -234,11 +291,14 @@ def main(argv: list[str] | None = None) -> int:
         # Three pairs of runs per connection count, then two ceiling runs per count.
         RUNS.plan(len(args.connections) * (6 if args.no_ceiling else 8))
         pairs = run_pairs(etcd, kv, args.connections, args.seconds)
+        watch = run_watch(etcd, kv, args) if args.watchers else None
         etcd_version = etcd.version
     ceiling = [] if args.no_ceiling else run_ceiling(args.connections, args.seconds)
     RUNS.close()
     print()
     print_comparison(pairs, ceiling)
+    if watch is not None:
+        print_watch(watch)
     judged = verdicts(pairs, ceiling)
     print()
     for v in judged:
@@ -253,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                    "ratio": round(p["kvstore"].rps / p["etcd"].rps, 3) if p["etcd"].rps else None}
                   for p in pairs],
         "ceiling": [f.as_dict() for f in ceiling],
+        "watch": watch,
         "verdicts": judged,
         "wall_seconds": round(time.monotonic() - started, 1),
         "loadavg_at_end": list(os.getloadavg()),

@@ -125,13 +125,14 @@ async def run_phase(urls: list[str], watcher: Callable[..., Awaitable[None]], pu
 
 
 async def measure(name: str, urls: list[str], watcher: Callable[..., Awaitable[None]], put: Put,
-                  args: argparse.Namespace) -> dict[str, Any]:
+                  args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Both phases against one store (``args``: watchers, writes, connections); ``say`` prints a line."""
     quiet = await run_phase(urls, watcher, put, "lat/", args.watchers, min(200, args.writes), 1)
-    print(f"{name}: one writer: write-to-event p50 {quiet['latency_ms_p50']} ms, "
-          f"p99 {quiet['latency_ms_p99']} ms", flush=True)
+    say(f"{name}: one writer: write-to-event p50 {quiet['latency_ms_p50']} ms, "
+        f"p99 {quiet['latency_ms_p99']} ms")
     busy = await run_phase(urls, watcher, put, "tput/", args.watchers, args.writes, args.connections)
-    print(f"{name}: {args.connections} writers: {busy['events_per_s']} events/s to {args.watchers} watchers "
-          f"(p50 {busy['latency_ms_p50']} ms, p99 {busy['latency_ms_p99']} ms)", flush=True)
+    say(f"{name}: {args.connections} writers: {busy['events_per_s']} events/s to {args.watchers} watchers "
+        f"(p50 {busy['latency_ms_p50']} ms, p99 {busy['latency_ms_p99']} ms)")
     return {"one_writer": quiet, "writers": busy}
 
 

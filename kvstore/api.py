@@ -168,7 +168,7 @@ class ClientApi:
         key = self.key_of(request)
         params = parse_query(request, ("w", "ttl") if op == storage.PUT else ("w",))
         w = self.write_concern(params)
-        # The absolute expiry from this pod's clock; a secondary forwards the ttl and kv-0 counts it again.
+        # The absolute expiry from this pod's clock; a secondary forwards the ttl and the primary counts it again.
         ttl = parse_int(params, "ttl", 1, txn.MAX_TTL, 0)
         expires = int(time.time() * 1000) + ttl * 1000 if ttl else 0
         if_match, if_none_match = self.conditions(request)
@@ -252,7 +252,7 @@ class ClientApi:
         record = await self.node.store.get(key)
         if record is not None and record.expires and self.node.role == PRIMARY \
                 and record.expires <= time.time() * 1000:
-            record = None  # expired: kv-0's expirer is about to write its delete (expiry.py)
+            record = None  # expired: this primary's expirer is about to write its delete (expiry.py)
         based_on = record.version if record else self.node.store.lsn
         if consistency == "strong":
             try:

@@ -35,13 +35,13 @@ from typing import IO, Any, AsyncIterator, Iterator
 from aiohttp import web
 
 from kvstore import __version__
-from kvstore.api import parse_query, unavailable
+from kvstore.api import unavailable
 from kvstore.client import Client
 from kvstore.lineage import Lineage, LineageError, new_id
 from kvstore.replica import NoPrimary, Replica
 from kvstore.replication import protocol
 from kvstore.replication.log_server import snapshot_frames
-from kvstore.routing import ApiError, Router
+from kvstore.routing import ApiError, Router, parse_query
 from kvstore.storage import Snapshot, Store, StorageError, record_version
 
 log = logging.getLogger("kvstore.backup")

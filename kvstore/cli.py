@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("--if-match", type=int, default=None, help="compare-and-set on this version")
     put.add_argument("--create-only", action="store_true", help="fail if the key exists")
     put.add_argument("--ttl", type=flag(int_range(1, MAX_TTL)), default=None,
-                     help="seconds until kv-0 deletes the key")
+                     help="seconds until the primary deletes the key")
     _add_client_target(put)
 
     txn = sub.add_parser("txn", help="compare, then apply one branch of puts and deletes atomically; exit 0 "

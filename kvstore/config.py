@@ -162,6 +162,14 @@ class Config:
     recovery_wait: float = _setting("KV_RECOVERY_WAIT", "--recovery-wait", float_range(0, 3600),
                                     "seconds a starting kv-0 waits for every follower before deciding "
                                     "with a quorum of them", 10.0)
+    failover_after: float = _setting("KV_FAILOVER_AFTER", "--failover-after", float_range(0, 3600),
+                                     "seconds the followers must have lost the primary before the most "
+                                     "up-to-date one takes over (0: never)", 3.0)
+    switchover_on_stop: bool = _setting("KV_SWITCHOVER_ON_STOP", "--switchover-on-stop", _bool,
+                                        "a stopping primary (SIGTERM) first hands its role to the most "
+                                        "up-to-date follower", True)
+    failback: bool = _setting("KV_FAILBACK", "--failback", _bool,
+                              "another pod that leads hands the role back to kv-0 once kv-0 is current", True)
     replicate_from: str = _setting("KV_REPLICATE_FROM", "--replicate-from", _replicate_from,
                                    "pull from the primary, or from kv-(N-1) (cascade)",
                                    "primary")

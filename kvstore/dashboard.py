@@ -48,7 +48,7 @@ VIEW_EVENTS = 100  # events in one cluster view
 PEER_EVENTS = 100  # events one peer answer carries at most
 MAX_EVENTS_LIMIT = 500
 KEY_ROUTE = "/v1/kv/{key}"
-STATUS_FIELDS = ("epoch", "history", "fork")  # shown when a pod's status has them
+STATUS_FIELDS = ("epoch", "history", "fork", "primary")  # shown when a pod's status has them
 
 # No inline script or style, nothing from another origin: user data shown by the
 # page can never become code, and the page works offline.
@@ -209,11 +209,12 @@ def pod_state(ready: bool, reason: str, primary: bool, writable: Any, state: Any
 def _row(name: str, ordinal: int, answer: dict[str, Any], client_host: str) -> dict[str, Any]:
     status = answer.get("status", {})
     following = status.get("following") or {}
+    role = status.get("role", role_of(ordinal))
     row: dict[str, Any] = {
-        "name": name, "ordinal": ordinal, "role": status.get("role", role_of(ordinal)),
+        "name": name, "ordinal": ordinal, "role": role,
         "address": f"{client_host}:{answer.get('client_port', '')}",
         "up": True, "ready": bool(answer.get("ready")), "reason": answer.get("reason", ""),
-        "state": pod_state(bool(answer.get("ready")), answer.get("reason", ""), ordinal == 0,
+        "state": pod_state(bool(answer.get("ready")), answer.get("reason", ""), role == "primary",
                            status.get("writable"), status.get("state")),
         "restarts": answer.get("restarts", 0), "uptime_seconds": status.get("uptime_seconds"),
         "lsn": status.get("lsn"), "history_id": status.get("history_id"), "revision": status.get("revision"),
@@ -249,7 +250,7 @@ def assemble(me: dict[str, Any], peers: Iterable[PeerState], cluster_events: lis
         row["serving"] = False
         rows.append(row)
     rows.sort(key=lambda r: r["ordinal"])
-    primary = next((r for r in rows if r["ordinal"] == 0 and r["up"]), None)
+    primary = next((r for r in rows if r["role"] == "primary" and r["up"]), None)
     known = [r["lsn"] for r in rows if isinstance(r.get("lsn"), int)]
     reference = primary["lsn"] if primary and isinstance(primary.get("lsn"), int) else max(known, default=None)
     for row in rows:
@@ -258,7 +259,23 @@ def assemble(me: dict[str, Any], peers: Iterable[PeerState], cluster_events: lis
         row["lag"] = max(0, reference - lsn) if known_now else None
     timeline = sorted(cluster_events, key=lambda e: (e.get("time", 0), e.get("pod", ""), e.get("seq", 0)))
     return {"served_by": me["name"], "time": round(time.time(), 3), "primary_lsn": reference,
-            "pods": rows, "events": timeline[-VIEW_EVENTS:][::-1], "rollout": rollout_of(rows)}
+            "leader": leader_of(rows), "pods": rows, "events": timeline[-VIEW_EVENTS:][::-1],
+            "rollout": rollout_of(rows)}
+
+
+def leader_of(rows: list[dict[str, Any]]) -> str:
+    """Who leads and why, in words: ``kv-0 leads``, or ``kv-1 is the acting primary since … (failover …)``."""
+    primary = next((r for r in rows if r["role"] == "primary" and r["up"]), None)
+    if primary is None:
+        return "no primary answers"
+    about = primary.get("primary") or {}
+    if primary["ordinal"] == 0:
+        return "kv-0 leads"
+    kv0 = next((r for r in rows if r["ordinal"] == 0), None)
+    away = "kv-0 away" if kv0 is None or not kv0["up"] else "kv-0 catching up"
+    since = about.get("since")
+    when = time.strftime(" since %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else ""
+    return f"{primary['name']} is the acting primary{when} ({about.get('why', 'elected')}; {away})"
 
 
 def rollout_of(rows: list[dict[str, Any]]) -> dict[str, list[str]] | None:

@@ -202,10 +202,6 @@ class PeerDirectory:
             return False
         return False
 
-    def primary(self) -> Peer | None:
-        """The peer with ordinal 0, when it is not this replica and DNS has it."""
-        return self._peers.get(0)
-
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(change)`` after every refresh that changed the view.
 

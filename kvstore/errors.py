@@ -46,10 +46,18 @@ ERRORS: tuple[ErrorCode, ...] = (
     ErrorCode("not_found", "404", BOTH,
               "no such key (a GET, or a DELETE of an absent key), endpoint or dashboard file"),
     ErrorCode("method_not_allowed", "405", BOTH, "a method the path does not take (with `Allow`)"),
-    ErrorCode("not_a_follower", "409", PEER, "a promise asked of kv-0, which asks for promises and makes none"),
+    ErrorCode("not_a_follower", "409", PEER,
+              "a promise or a takeover asked of a pod that leads or asks for an epoch itself"),
     ErrorCode("promise_refused", "409", PEER,
-              "the candidate epoch is not newer than the follower's, or the kv-0 its DNS lists is not "
-              "recovering with it (with `promised`)"),
+              "the candidate epoch is not newer than the follower's, the pod its DNS lists under the candidate's "
+              "name is not recovering with it, its log is behind, or the primary is alive and did not hand over "
+              "(with `promised` and `kind`)"),
+    ErrorCode("other_epoch", "409", PEER, "a takeover asked by a primary whose epoch this follower does not follow"),
+    ErrorCode("behind", "409", PEER, "a takeover asked of a follower that does not hold the primary's last write"),
+    ErrorCode("not_a_voter", "409", PEER, "a takeover asked of a learner"),
+    ErrorCode("switchover_refused", "409", PEER,
+              "a switchover asked for: no such voter, the target is behind or silent, no quorum, or the "
+              "handover did not complete in time (the primary leads on)"),
     ErrorCode("not_applicable", "409", PEER,
               "an operator's decision (`POST /v1/peer/recover`) the replica has nothing to decide for"),
     ErrorCode("log_mismatch", "409", PEER,

@@ -1,8 +1,8 @@
-"""kv-0's expirer: a key written with a ttl is deleted through the log once its time is up.
+"""The primary's expirer: a key written with a ttl is deleted through the log once its time is up.
 
 A PUT with ``ttl=SECONDS`` (or a transaction's put with ``ttl``) is a TXN
-entry whose change carries the key's absolute expiry: kv-0's wall clock at
-the write plus the ttl, in ms. Every replica stores it with the key (and
+entry whose change carries the key's absolute expiry: the primary's wall
+clock at the write plus the ttl, in ms. Every replica stores it with the key (and
 snapshots and backups carry it), so the deadline never depends on which
 process counts it or when it started. The primary alone decides that the
 time is up and writes an ordinary DELETE, conditional on the version that
@@ -10,11 +10,13 @@ expired, so every replica and every watcher sees the same history and a key
 written again meanwhile is left alone.
 
 :meth:`Expirer.start` scans every stored expiry (a consistent snapshot of
-the data at one LSN), then follows the log from that LSN for new ones; so
-a kv-0 that restarted, or a pod that became primary, expires exactly what
-its data holds. Until the delete is written (normally within milliseconds of
-the deadline) a GET on kv-0 answers 404; conditional writes and a
-transaction's comparisons still see the key.
+the data at one LSN), then follows the log from that LSN for new ones. The
+coordinator starts it when this pod's epoch began and it serves, and stops
+it when the pod leaves the role (fenced or handed over): so a kv-0 that
+restarted, or a pod that became primary after a failover, switchover or
+failback, expires exactly what its data holds. Until the delete is written
+(normally within milliseconds of the deadline) a GET on the primary answers
+404; conditional writes and a transaction's comparisons still see the key.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from kvstore.storage import (
 log = logging.getLogger("kvstore.expiry")
 
 MAX_SLEEP = 1.0  # seconds between looks when nothing is due sooner
-RETRY_SLEEP = 0.2  # seconds before a key that is due is tried again (kv-0 could not write it)
+RETRY_SLEEP = 0.2  # seconds before a key that is due is tried again (the primary could not write it)
 DELETES_AT_ONCE = 256  # expired keys deleted together (they share group commits)
 SCAN_RECORDS = 2000  # records read per step of the start-up scan
 SCAN_BYTES = 1024 * 1024
@@ -147,6 +149,8 @@ class Expirer:
         record = await self.store.get(key)
         if record is None or record.version != version or record.expires != expires:
             return True  # deleted or written again since: that write decides
+        if not self.may_write():  # the role changed during the read (a switchover began): later
+            return False
         try:
             await self.store.write(Mutation(DELETE, key, if_match=(version,)))
         except (PreconditionFailed, NotFound):

@@ -55,15 +55,19 @@ class Epoch:
     history: str
     id: str
     verified: bool
+    leader: int = 0  # the ordinal of the pod that began it (kv-0 unless another pod led meanwhile)
 
     def same(self, other: "Epoch | None") -> bool:
         """Whether ``other`` is this very epoch (not just the same number)."""
         return other is not None and (self.number, self.id) == (other.number, other.id)
 
     def to_json(self) -> dict[str, Any]:
-        """Wire and disk form."""
-        return {"epoch": self.number, "start": self.start, "history": self.history, "id": self.id,
-                "verified": self.verified}
+        """Wire and disk form (``leader`` only when not kv-0: the form older versions wrote)."""
+        out = {"epoch": self.number, "start": self.start, "history": self.history, "id": self.id,
+               "verified": self.verified}
+        if self.leader:
+            out["leader"] = self.leader
+        return out
 
 
 def new_id() -> str:
@@ -82,14 +86,18 @@ class Promise:
 
     number: int = 0
     id: str = ""
+    leader: int = 0  # the ordinal of the pod that asked for it (the primary of that epoch)
 
     def covers(self, number: int, ident: str) -> bool:
         """Whether a follower that made this promise may still help epoch (``number``, ``ident``)."""
         return number > self.number or (number == self.number and ident == self.id)
 
     def to_json(self) -> dict[str, Any]:
-        """Wire and disk form."""
-        return {"epoch": self.number, "id": self.id}
+        """Wire and disk form (``leader`` only when not kv-0: the form older versions wrote)."""
+        out: dict[str, Any] = {"epoch": self.number, "id": self.id}
+        if self.leader:
+            out["leader"] = self.leader
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> "Promise":
@@ -98,11 +106,11 @@ class Promise:
             return cls()
         if not isinstance(data, dict):
             raise LineageError("a promise must be an object")
-        number, ident = data.get("epoch"), data.get("id")
+        number, ident, leader = data.get("epoch"), data.get("id"), data.get("leader", 0)
         if not _uint(number) or not isinstance(ident, str) or (ident and not _HEX.match(ident)) \
-                or (number > 0) != bool(ident):
+                or (number > 0) != bool(ident) or not _ordinal(leader):
             raise LineageError(f"malformed promise {data!r:.200}")
-        return cls(number, ident)
+        return cls(number, ident, leader)
 
 
 @dataclass(frozen=True)
@@ -157,7 +165,7 @@ class Lineage:
 
     # ------------------------------------------------------------------ changing
     def begin(self, number: int, start: int, history: str, verified: bool, ident: str | None = None,
-              keep: int = MAX_EPOCHS) -> "Lineage":
+              keep: int = MAX_EPOCHS, leader: int = 0) -> "Lineage":
         """This lineage with a new epoch from ``start`` on (epochs that wrote nothing before it dropped).
 
         ``ident`` is the epoch's id (the one followers promised); a new random one when None.
@@ -165,7 +173,7 @@ class Lineage:
         """
         kept = tuple(e for e in self.epochs if e.start < start)
         keep = max(1, min(keep, MAX_EPOCHS))
-        return Lineage((kept + (Epoch(number, start, history, ident or new_id(), verified),))[-keep:])
+        return Lineage((kept + (Epoch(number, start, history, ident or new_id(), verified, leader),))[-keep:])
 
     # ------------------------------------------------------------------ encoding
     def to_json(self) -> list[dict[str, Any]]:
@@ -187,11 +195,13 @@ class Lineage:
                 raise LineageError("lineage entries must be objects")
             number, start = item.get("epoch"), item.get("start")
             history, ident, verified = item.get("history"), item.get("id"), item.get("verified")
+            leader = item.get("leader", 0)
             if (not _uint(number) or not _uint(start) or number < 1 or start < 1
                     or not isinstance(history, str) or not _HEX.match(history)
-                    or not isinstance(ident, str) or not _HEX.match(ident) or not isinstance(verified, bool)):
+                    or not isinstance(ident, str) or not _HEX.match(ident) or not isinstance(verified, bool)
+                    or not _ordinal(leader)):
                 raise LineageError(f"malformed lineage entry {item!r:.200}")
-            epochs.append(Epoch(number, start, history, ident, verified))
+            epochs.append(Epoch(number, start, history, ident, verified, leader))
         for before, after in zip(epochs, epochs[1:]):
             if after.start < before.start or after.number <= before.number:
                 raise LineageError("lineage epochs must rise in number and start")
@@ -206,6 +216,11 @@ class Lineage:
             if isinstance(exc, LineageError):
                 raise
             raise LineageError(f"lineage is not JSON: {exc}") from None
+
+
+def _ordinal(value: Any) -> bool:
+    """A pod ordinal as a StatefulSet numbers them."""
+    return _uint(value) and value < 10**9
 
 
 def _uint(value: Any) -> bool:

@@ -114,25 +114,30 @@ def _ordinals(value: object, what: str) -> tuple[int, ...]:
     return tuple(sorted(value))
 
 
-def agreed(groups: Iterable[Iterable[int]], held: Mapping[int, int], own: int, quorum: bool = False) -> int:
+def agreed(groups: Iterable[Iterable[int]], held: Mapping[int, int], own: int, quorum: bool = False,
+           leader: int = 0) -> int:
     """The highest value that a majority of every group holds.
 
     ``held`` maps a follower's ordinal to its value (an acknowledged LSN, an
-    echoed round; absent counts as 0), ``own`` is kv-0's. With ``quorum`` the
-    followers of each group must make a recovery quorum instead of a majority
-    (an epoch not yet fenced off, see fencing.py).
+    echoed round; absent counts as 0), ``own`` is the primary's (ordinal
+    ``leader``, kv-0 unless another pod leads). With ``quorum`` the followers
+    of each group must make a recovery quorum instead of a majority (an epoch
+    not yet fenced off, see fencing.py).
     """
     result: int | None = None
     for group in groups:
-        followers = sorted((held.get(o, 0) for o in group if o != 0), reverse=True)
-        size = len(followers) + 1
-        needed = recovery_quorum(size) if quorum else majority(size) - 1
+        members = tuple(group)
+        followers = sorted((held.get(o, 0) for o in members if o != leader), reverse=True)
+        if leader in members:
+            needed = recovery_quorum(len(members)) if quorum else majority(len(members)) - 1
+        else:  # a previous configuration without the primary: a majority of followers alone
+            needed = majority(len(members))
         value = own if needed <= 0 else min(own, followers[needed - 1])
         result = value if result is None else min(result, value)
     return own if result is None else result
 
 
-def all_hold(groups: tuple[tuple[int, ...], ...], held: Mapping[int, int], own: int) -> int:
+def all_hold(groups: tuple[tuple[int, ...], ...], held: Mapping[int, int], own: int, leader: int = 0) -> int:
     """The highest value every voter of the newest group holds (and a majority of an unsettled previous one)."""
-    newest = min([own, *(held.get(o, 0) for o in groups[0] if o != 0)])
-    return min(newest, agreed(groups[1:], held, own)) if len(groups) > 1 else newest
+    newest = min([own, *(held.get(o, 0) for o in groups[0] if o != leader)])
+    return min(newest, agreed(groups[1:], held, own, leader=leader)) if len(groups) > 1 else newest

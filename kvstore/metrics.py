@@ -46,6 +46,10 @@ class Metrics:
         self.epoch = Gauge("kv_epoch", "The newest epoch this replica's log knows", registry=r)
         self.fenced = Counter("kv_fenced", "Times this kv-0 found a follower promised a newer epoch to "
                               "another kv-0 (it was replaced) and stopped serving", registry=r)
+        self.elections = Counter("kv_elections", "Times this follower stood for election after it lost "
+                                 "the primary for KV_FAILOVER_AFTER", registry=r)
+        self.switchovers = Counter("kv_switchovers", "Times this primary handed its role to another pod "
+                                   "(switchover, shutdown, failback)", registry=r)
         self.confirm_rounds = Counter("kv_confirm_rounds", "kv-0's confirmation rounds (strong reads, "
                                       "refusals) by result", ["result"], registry=r)
         self.confirm_seconds = Histogram("kv_confirm_round_seconds", "How long a strong read waited for "

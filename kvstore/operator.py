@@ -8,9 +8,11 @@
   from there (also unverified).
 - ``kvstore recover resync --pod kv-1``: a diverged follower drops its data
   and copies its upstream.
+- ``kvstore switchover [--to kv-N]``: the primary hands its role to kv-N (by
+  default the most up-to-date follower), like ``patronictl switchover``.
 
-It calls ``POST /v1/peer/recover`` on the pod's peer port with the cluster
-token; the replica logs the decision. Inside a pod (``kubectl exec kv-0 --
+It calls ``POST /v1/peer/recover`` (or ``/v1/peer/switchover``) on the pod's
+peer port with the cluster token; the replica logs the decision. Inside a pod (``kubectl exec kv-0 --
 kvstore recover fresh``) it finds the port and token in the pod's own
 environment; on this machine it finds them in the local cluster's directory.
 """
@@ -29,7 +31,9 @@ import aiohttp
 
 from kvstore import config as config_mod
 from kvstore.cmdline import DEFAULT_CLUSTER_DIR, hint
+from kvstore.identity import parse_ordinal
 from kvstore.local.state import ClusterError, read_state
+from kvstore.replication.versions import FROM_HEADER, HEADER, PEER_VERSIONS, format_range
 
 ACTIONS = ("fresh", "from", "resync")
 
@@ -52,6 +56,17 @@ def register(sub: Any) -> None:
     parser.add_argument("--dir", default=DEFAULT_CLUSTER_DIR, help="local cluster directory")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
     parser.set_defaults(handler=run)
+    parser = sub.add_parser("switchover", help="hand the primary's role to another pod (writes pause, none fail)")
+    parser.add_argument("--to", default=None, metavar="POD",
+                        help="the pod to lead (kv-N; default: the most up-to-date follower)")
+    parser.add_argument("--pod", default=None, help="the pod to ask (default: kv-0; it passes the request on "
+                                                   "to the primary)")
+    parser.add_argument("--peer-url", default=None,
+                        help="that pod's peer URL (default: the local cluster in --dir, else this pod's "
+                             "own peer port on 127.0.0.1 with $KV_CLUSTER_TOKEN[_FILE])")
+    parser.add_argument("--dir", default=DEFAULT_CLUSTER_DIR, help="local cluster directory")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+    parser.set_defaults(handler=run_switchover, action="switchover")
 
 
 def _target(args: argparse.Namespace) -> tuple[str, str]:
@@ -79,10 +94,14 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
     return args.peer_url or f"http://127.0.0.1:{cfg.peer_port}", token
 
 
-async def _call(url: str, token: str, body: dict[str, Any], timeout: float) -> tuple[int, Any]:
+async def _call(url: str, token: str, body: dict[str, Any], timeout: float,
+                path: str = "/v1/peer/recover") -> tuple[int, Any]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        async with session.post(url + "/v1/peer/recover", json=body,
-                                headers={"Authorization": f"Bearer {token}"}) as response:
+        # The versions this build speaks: a call without them would count as an older build's (version 2),
+        # and while one is about the primary refuses transactions and no follower stands for election.
+        headers = {"Authorization": f"Bearer {token}", HEADER: format_range(PEER_VERSIONS),
+                   FROM_HEADER: "kvstore-operator"}
+        async with session.post(url + path, json=body, headers=headers) as response:
             try:
                 return response.status, await response.json(content_type=None)
             except (ValueError, aiohttp.ContentTypeError):
@@ -107,6 +126,30 @@ def run(args: argparse.Namespace) -> int:
     if status != 200:
         message = data.get("message") if isinstance(data, dict) else None
         print(f"kvstore recover: {status} {message or json.dumps(data)}", file=sys.stderr)
+        return 1
+    print(data.get("result", "") if isinstance(data, dict) else "")
+    return 0
+
+
+def run_switchover(args: argparse.Namespace) -> int:
+    """Ask for a switchover; print who leads now, or why not (exit 1)."""
+    try:
+        if args.to is not None:
+            try:
+                parse_ordinal(args.to)
+            except ValueError:
+                raise RecoverError(f"--to wants a pod name like kv-1, not {args.to!r}") from None
+        url, token = _target(args)
+        status, data = asyncio.run(_call(url, token, {"to": args.to}, args.timeout, "/v1/peer/switchover"))
+    except RecoverError as exc:
+        print(f"kvstore switchover: {exc}", file=sys.stderr)
+        return 2
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        print(f"kvstore switchover: cannot reach the pod: {exc or type(exc).__name__}", file=sys.stderr)
+        return 2
+    if status != 200:
+        message = data.get("message") if isinstance(data, dict) else None
+        print(f"kvstore switchover: {status} {message or json.dumps(data)}", file=sys.stderr)
         return 1
     print(data.get("result", "") if isinstance(data, dict) else "")
     return 0

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 
 from kvstore import storage
 from kvstore.config import Config
-from kvstore.identity import PRIMARY
+from kvstore.identity import PRIMARY, SECONDARY
 from kvstore.metrics import Metrics
 from kvstore.forwarding import ForwardFailed, ForwardTimeout, forward
 from kvstore.replication import Replication
@@ -26,6 +26,10 @@ from kvstore.replication.versions import TXN_PROTOCOL
 from kvstore.txn import Txn, TxnResult
 
 FORWARDED_BY = "X-Kv-Forwarded-By"
+# A follower that had no round from its primary this long stops forwarding to it (with failover on):
+# rounds come four times a second, and a lost primary is replaced after KV_FAILOVER_AFTER.
+FORWARD_SILENCE = 1.5
+MAX_HOPS = 2  # a forwarded call reaches the primary in at most two hops (one after a change of primary)
 
 
 class NoPrimary(Exception):
@@ -47,7 +51,7 @@ class NotPrimary(NoPrimary):
 
 
 class UpgradeInProgress(NoPrimary):
-    """A pod of an older build is about: kv-0 writes no entry kind it could not read."""
+    """A pod of an older build is about: the primary writes no entry kind it could not read."""
 
     code = "upgrade_in_progress"
 
@@ -97,8 +101,10 @@ class Replica:
 
     @property
     def role(self) -> str:
-        """``primary`` or ``secondary``, from the ordinal."""
-        return self.config.role
+        """``primary`` while this pod holds or asks for an epoch, else ``secondary`` (kv-0 alone: primary)."""
+        if self.replication is None:
+            return self.config.role
+        return PRIMARY if self.replication.is_primary() else SECONDARY
 
     def primary_lsn(self) -> int | None:
         """The primary's LSN when known (our own on the primary)."""
@@ -114,10 +120,9 @@ class Replica:
         Returns the LSN, or the primary's answer when forwarded. Raises the
         storage errors, NoPrimary, PrimaryTimeout or WriteConcernTimeout.
         """
-        if self.role != PRIMARY:
-            return await self._forward(request, body, "writes go to the primary")
-        self._check_recovered()
-        self._check_contact()
+        forwarded = await self._to_primary(request, body, "writes go to the primary")
+        if forwarded is not None:
+            return forwarded
         if mutation.expires:
             self.check_entry_kind()  # a PUT with a ttl is a TXN entry
         version = self.store.lineage_version
@@ -136,17 +141,17 @@ class Replica:
 
     async def transact(self, body: bytes, parse: Callable[[bytes, int], Txn], w: str,
                        request: web.BaseRequest) -> TxnResult | web.Response:
-        """Run a transaction (``parse`` turns the body into one, with kv-0's clock for a ttl) and wait for its
-        concern; a secondary forwards it. Raises what :meth:`write` raises, and UpgradeInProgress.
+        """Run a transaction (``parse`` turns the body into one, with the primary's clock for a ttl) and wait
+        for its concern; a secondary forwards it. Raises what :meth:`write` raises, and UpgradeInProgress.
 
         A branch that writes nothing was decided on this primary's state: it is
-        answered only once confirmed, as a refused conditional write is.
+        answered only once confirmed, as a refused conditional write is. It
+        waits and forwards exactly as :meth:`write` does (a switchover holds it).
         """
         txn = parse(body, int(time.time() * 1000))  # a bad body is refused by any pod
-        if self.role != PRIMARY:
-            return await self._forward(request, body, "transactions go to the primary")
-        self._check_recovered()
-        self._check_contact()
+        forwarded = await self._to_primary(request, body, "transactions go to the primary")
+        if forwarded is not None:
+            return forwarded
         self.check_entry_kind()
         version = self.store.lineage_version
         result = await self.store.transact(txn)
@@ -158,6 +163,19 @@ class Replica:
             if not met:
                 raise WriteConcernTimeout(result.lsn, confirmed, required)
         return result
+
+    async def _to_primary(self, request: web.BaseRequest, body: bytes | None, why: str) -> web.Response | None:
+        """Every write's way in: wait while a switchover holds writes, then the primary's answer when this pod
+        forwards it (None: this pod is the primary, recovered and in contact, and applies it itself)."""
+        held = self.replication is not None and await self.replication.admitted()
+        if self.role != PRIMARY:
+            # A write held while this primary handed over goes on to the new one, even if forwarded once.
+            return await self._forward(request, body, why, again=held)
+        if self.replication is not None:
+            await self.replication.serving_soon()
+        self._check_recovered()
+        self._check_contact()
+        return None
 
     def check_entry_kind(self) -> None:
         """UpgradeInProgress while a peer of an older build, which could not read a TXN entry, is about."""
@@ -274,28 +292,73 @@ class Replica:
             return self.store.lsn
         return min(self.store.lsn, r.committed_known() or 0)
 
-    async def _forward(self, request: web.BaseRequest, body: bytes | None, why: str) -> web.Response:
-        if request.headers.get(FORWARDED_BY):
+    async def _forward(self, request: web.BaseRequest, body: bytes | None, why: str,
+                       again: bool = False) -> web.Response:
+        hops = [hop for hop in request.headers.get(FORWARDED_BY, "").split(",") if hop][:MAX_HOPS]
+        primary = self.replication.leader_peer() if self.replication else None
+        # Forwarded already: once more only to a primary that pod did not know (it led a moment ago,
+        # or its view was a moment old), so no request ever goes round.
+        if hops and not again and (len(hops) >= MAX_HOPS or primary is None or primary.name in hops):
             raise NoPrimary(f"{self.config.pod_name} is not the primary and does not forward twice")
-        primary = self.replication.directory.primary() if self.replication else None
         if primary is None:
-            raise NoPrimary(f"{why}, and kv-0 is not known (not in DNS); retry shortly")
+            name = self.replication.directory.pod_name(self.replication.leader()) if self.replication else "kv-0"
+            raise NoPrimary(f"{why}, and {name} is not known (not in DNS); retry shortly")
+        silent = self._silent_primary()
+        if silent is not None:  # nothing sent: the client may retry at once (503)
+            raise NoPrimary(f"{why}, and {primary.name} {silent}; retry shortly")
         try:
-            return await forward(self.replication.client, primary, request, body,
-                                 self.config.write_timeout + 2.0, self.config.pod_name)
+            return await self._while_heard(forward(self.replication.client, primary, request, body,
+                                                   self.config.write_timeout + 2.0,
+                                                   ",".join([*hops, self.config.pod_name])),
+                                           primary.name)
         except ForwardFailed as exc:
             raise NoPrimary(f"{why}: {exc}; retry shortly") from None
         except ForwardTimeout as exc:
             raise PrimaryTimeout(f"{exc}: the write may or may not have been applied; "
                                  "read the key to find out before retrying") from None
 
+    def _silent_primary(self) -> str | None:
+        """Why the primary looks lost to this follower (no round for FORWARD_SILENCE), else None.
+
+        Only with failover on, and only while this follower streams (a
+        snapshot copy or a divergence stops the rounds, not the primary).
+        """
+        f = self._follower()
+        if (f is None or self.config.failover_after <= 0 or f.diverged is not None or f.installing_snapshot):
+            return None
+        lost = f.lost_for()
+        return f"sent no round for {lost:.1f}s (it may be lost; a follower takes over after " \
+               f"{self.config.failover_after:g}s)" if lost > FORWARD_SILENCE else None
+
+    async def _while_heard(self, call: Awaitable[web.Response], name: str) -> web.Response:
+        """Await a forwarded call, but give up (ForwardTimeout) once its primary falls silent meanwhile.
+
+        A primary frozen or cut off keeps its connections open: a client would
+        otherwise wait for the whole forward timeout, past the failover.
+        """
+        task = asyncio.ensure_future(call)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.25)
+                if done:
+                    return task.result()
+                silent = self._silent_primary()
+                if silent is not None:
+                    raise ForwardTimeout(f"{name} took the request, then {silent}")
+        finally:
+            if not task.done():
+                task.cancel()
+
     # -------------------------------------------------------------- reads
     async def prepare_read(self, request: web.BaseRequest, consistency: str,
                            min_lsn: int) -> web.StreamResponse | None:
         """Wait for ``min_lsn``; a non-None answer was served by the primary (strong read)."""
         if consistency == "strong":
+            held = self.replication is not None and await self.replication.admitted()
             if self.role != PRIMARY:
-                return await self._forward(request, None, "strong reads are answered by the primary")
+                return await self._forward(request, None, "strong reads are answered by the primary", again=held)
+            if self.replication is not None:
+                await self.replication.serving_soon()
             self._check_recovered()
         else:
             self.check_local_read()  # a strong read is confirmed after it has read instead
@@ -374,6 +437,7 @@ class Replica:
             status["replicas"] = len(r.configuration().voters)
             status["writable"] = r.writable if self.role == PRIMARY else None
             status["peers"] = r.peers_status()
+            status["primary"] = r.primary_status()
             status["followers"] = {name: p.lsn for name, p in sorted(r.acks.positions.items())}
             status["discovery"] = r.directory.status()
             status["peer_protocol"] = r.client.versions.status()
@@ -405,7 +469,7 @@ class Replica:
         """GET /v1/status: our view, with the primary's follower positions on a secondary."""
         status = self.local_status()
         r = self.replication
-        primary = r.directory.primary() if r is not None and self.role != PRIMARY else None
+        primary = r.leader_peer() if r is not None and self.role != PRIMARY else None
         if primary is not None:
             try:
                 remote = await r.client.status(primary, timeout=0.5)
@@ -414,10 +478,10 @@ class Replica:
             known = remote.get("followers", {})
             reference = remote.get("lsn")
             for row in status["peers"]:
-                if row["name"] in known and row["ordinal"] != 0:
+                if row["name"] in known and row["name"] != primary.name:
                     row["lsn"] = known[row["name"]]
                     row["lag"] = reference - row["lsn"] if isinstance(reference, int) else None
-                elif row["ordinal"] == 0:
+                elif row["name"] == primary.name:
                     row["lsn"], row["lag"] = reference, 0
             status["primary_lsn"] = reference
         return status

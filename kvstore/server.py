@@ -23,10 +23,11 @@ from kvstore.config import Config, ConfigError
 from kvstore.dashboard import Dashboard
 from kvstore.discovery import PeerDirectory
 from kvstore.replication import Replication
+from kvstore.replication.handover import SwitchoverRefused
 from kvstore.replication.versions import HEADER, REFUSAL
 from kvstore.metrics import Metrics
 from kvstore.replica import Replica
-from kvstore.storage import Store, StorageError
+from kvstore.storage import Store, StorageError, commit_hook
 from kvstore.watch import Watches
 
 log = logging.getLogger("kvstore")
@@ -137,7 +138,7 @@ async def serve(config: Config) -> int:
     try:
         store = Store.open(config.data_dir, fsync=config.fsync,
                            log_retention=config.log_retention, on_commit=metrics.observe_commit,
-                           hold_commit=config.test_hold_commit)
+                           commit_hook=commit_hook(config.test_hold_commit))
     except StorageError as exc:
         raise StartupError(str(exc)) from None
     await store.start()
@@ -193,6 +194,12 @@ async def serve(config: Config) -> int:
         await _first_of(stop.wait(), store.fatal.wait())
         if store.fatal.is_set():  # its database could not be reopened: a new process opens it again
             exit_status = 1
+        if not store.fatal.is_set() and config.switchover_on_stop and replication.writable:
+            # Hand the role over before the log streams close: writes pause instead of failing.
+            try:
+                log.warning("stopping: %s", await replication.switchover(None, "the primary is stopping"))
+            except SwitchoverRefused as exc:
+                log.warning("stopping without a switchover: %s", exc)
         log.info("%s stopping: finishing %d in-flight request(s)", config.pod_name, in_flight.count)
         # Stop listening but keep open connections reading: aiohttp's own
         # shutdown stops reading at once, which would cut a half-sent body.

@@ -8,16 +8,16 @@
      "success": [{"op": "put", "key": "a", "value": "1"}, {"op": "delete", "key": "b"}],
      "failure": [{"op": "put", "key": "conflicts", "value_base64": "AQI=", "ttl": 60}]}
 
-kv-0 evaluates every comparison against its state at the moment the
+The primary evaluates every comparison against its state at the moment the
 transaction's batch is built (in the committer, so no other write slips in
 between) and writes the branch chosen, all of it or nothing, as ONE log entry
-of kind ``TXN`` (storage.py): every key it changes gets that entry's LSN as
+of kind ``TXN`` (storage/layout.py): every key it changes gets that entry's LSN as
 its version, and a follower applies the entry in one LevelDB batch. A branch
 with no operation writes nothing. A PUT with ``ttl`` is written as such an
 entry too, with one change that carries its absolute expiry (expiry.py).
 
 This module is the model, the entry's codec and the request parser; it
-imports nothing of the store, so storage.py can use it.
+imports nothing of the store, so the storage package can use it.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def parse(body: bytes, max_key_bytes: int, max_value_bytes: int, now_ms: int) ->
 
     A branch's changes must fit in one log entry of the largest PUT
     (``max_key_bytes + max_value_bytes``), so every follower takes it.
-    ``now_ms`` is the wall clock a ``ttl`` counts from (kv-0's).
+    ``now_ms`` is the wall clock a ``ttl`` counts from (the primary's).
     """
     try:
         data = json.loads(body)

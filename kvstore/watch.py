@@ -34,10 +34,10 @@ from aiohttp import web
 
 from kvstore import storage
 from kvstore.aio import cancel_and_wait
-from kvstore.api import parse_int, parse_query, unavailable
+from kvstore.api import unavailable
 from kvstore.lineage import Lineage
 from kvstore.replica import NoPrimary, Replica
-from kvstore.routing import ApiError, Router
+from kvstore.routing import ApiError, Router, parse_int, parse_query
 
 log = logging.getLogger("kvstore.watch")
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import urllib.error
 import urllib.request
 
-from kvstore.local import handle
+from kvstore.local import control, handle
 from kvstore.local.handle import wait_for
+
+
+STEADY_PRIMARY = {"KV_FAILOVER_AFTER": "0", "KV_SWITCHOVER_ON_STOP": "false"}
 
 
 class LocalCluster(handle.LocalCluster):
@@ -18,6 +22,8 @@ class LocalCluster(handle.LocalCluster):
     def __init__(self, base_address: str, dns_address: str, replicas: int = 3,
                  env: dict[str, str] | None = None, parallel: bool = False,
                  update_strategy: str | None = None) -> None:
+        # kv-0 leads throughout unless a test turns failover and switchover on (test_failover.py).
+        env = {**STEADY_PRIMARY, **(env or {})}
         super().__init__(replicas=replicas, base_address=base_address, dns_address=dns_address,
                          parallel=parallel, env=env, grace=5.0, ready_timeout=90.0,
                          update_strategy=update_strategy)
@@ -64,6 +70,10 @@ class LocalCluster(handle.LocalCluster):
             return bool(pod and pod["pid"] and pod["pid"] != old_pid and pod["ready"]
                         and (pod["ordinal"] != 0 or self.writable()))
         wait_for(f"{name} to restart and be Ready", restarted, timeout)
+
+    def control(self, path: str, body: dict[str, object] | None = None, timeout: float = 60.0) -> dict[str, object]:
+        """A call to the controller's control API (hold, release, dns, ...)."""
+        return asyncio.run(control.call(self.directory, "POST", path, body or {}, timeout))
 
     def writable(self) -> bool:
         """Whether kv-0 says it takes writes."""

@@ -56,6 +56,9 @@ class ReplicaProcess:
             "KV_CLUSTER_TOKEN": "test-token",
             "KV_REPLICAS": "1",
             "KV_WRITE_CONCERN": "1",
+            # kv-0 leads throughout unless a test turns failover and switchover on (test_failover.py).
+            "KV_FAILOVER_AFTER": "0",
+            "KV_SWITCHOVER_ON_STOP": "false",
             # Discovery runs even alone; keep its queries on loopback, where no
             # DNS server answers (a lone replica has no peers to find).
             "KV_DNS_SERVER": f"127.0.0.1:{self.dns_port}",

@@ -30,6 +30,8 @@ Checks (each violation names its kind, key and the operations involved):
 8. Also: ``phantom_value`` (a value no write wrote), ``failed_write_visible``
    (a write answered as not applied was seen), ``version_conflict`` (one value,
    two versions: replicas disagree) and ``server_error`` (a 500).
+9. The watch streams: ``watch_order``, ``watch_duplicate``, ``watch_gap`` and
+   ``watch_phantom``, by :mod:`kvstore.chaos.watchcheck`.
 """
 
 from __future__ import annotations
@@ -42,13 +44,13 @@ from typing import Any, Iterable
 from kvstore.chaos import linearizability as lin
 from kvstore.chaos.history import FAILED, OK, UNKNOWN, Op
 from kvstore.chaos.nemesis import FAULTS
-from kvstore.local.statefulset import ZOMBIE_SUFFIX
+from kvstore.local.zombie import ZOMBIE_SUFFIX
 
 
 # Every kind of violation, in the order the summary lists them.
 KINDS = ("lost_write", "divergence", "missing_final_view", "non_linearizable", "version_order",
          "stale_min_lsn", "stale_read", "phantom_value", "failed_write_visible", "version_conflict",
-         "server_error")
+         "server_error", "watch_order", "watch_duplicate", "watch_gap", "watch_phantom")
 
 
 @dataclass
@@ -81,6 +83,11 @@ class Report:
     undecided: list[str] = field(default_factory=list)  # keys whose search hit its cap
     keys_checked: int = 0
     search_steps: int = 0
+    watchers: int = 0
+    watch_events: int = 0      # events the watch checks judged (kvstore.chaos.watchcheck)
+    watch_covered: int = 0     # acknowledged writes inside a watched range, each required once
+    watch_resyncs: int = 0     # re-reads after a non-resumable end: no event is owed across one
+    watch_reconnects: int = 0  # resumable ends, each resumed from its position
 
     @property
     def verdict(self) -> str:

@@ -3,6 +3,7 @@
 With the ``process`` or ``docker`` runtime and no ``--dir``, it starts its own
 local cluster in a temporary directory on a free loopback range and stops it
 afterwards. Results go to ``--out``: ``history.jsonl`` (one operation a line),
+``watch.jsonl`` (every line the watchers read, and their re-syncs),
 ``faults.jsonl``, ``final.json``, ``report.json``, and ``logs/`` with the pod
 logs (a cluster it created: all of them; a ``--dir`` cluster, left running:
 as far as written when the run ends).
@@ -32,8 +33,8 @@ from urllib.parse import quote
 import aiohttp
 
 from kvstore.aio import cancel_and_wait
-from kvstore.chaos import checker
-from kvstore.chaos.history import OK, read_history, write_jsonl
+from kvstore.chaos import checker, watchcheck
+from kvstore.chaos.history import OK, Op, WatchRecord, read_history, read_watch_log, write_jsonl
 from kvstore.chaos.linearizability import DEFAULT_MAX_STEPS
 from kvstore.chaos.nemesis import (
     FAULTS, SIGNAL_FAULTS, Backend, KubernetesBackend, LocalBackend, Nemesis, NemesisConfig,
@@ -47,8 +48,10 @@ from kvstore.progress import ProgressLine
 
 RUNTIMES = ("process", "docker", "kubernetes")
 # Pod settings of a cluster chaos creates: short server timeouts so most answers are definite,
-# and a short log so followers that were down need snapshots.
-CLUSTER_ENV = {"KV_WRITE_TIMEOUT": "2", "KV_READ_WAIT": "2", "KV_LOG_RETENTION": "300"}
+# a short log so followers that were down need snapshots, and a keepalive every second
+# so an idle watch still tells how far it scanned.
+CLUSTER_ENV = {"KV_WRITE_TIMEOUT": "2", "KV_READ_WAIT": "2", "KV_LOG_RETENTION": "300",
+               "KV_WATCH_KEEPALIVE": "1"}
 EXIT_VIOLATION, EXIT_SETUP, EXIT_UNDECIDED = 1, 2, 3
 
 
@@ -88,8 +91,9 @@ def register(subparsers: Any) -> None:
                     "removing or rolling back their volumes, breaking DNS, restarting every pod and running "
                     "a second kv-0 (zombie-primary: an old kv-0 process that outlived its pod, on a copy of "
                     "its volume, that some clients reach and that DNS lists for kv-0 for a while), "
-                    "then check that nothing acknowledged was lost, replicas converged, and strong reads "
-                    "and compare-and-set were linearizable.")
+                    "then check that nothing acknowledged was lost, replicas converged, strong reads "
+                    "and compare-and-set were linearizable, and watches showed every acknowledged write once, "
+                    "in order, and nothing else.")
     p.set_defaults(handler=handle)
     p.add_argument("--duration", type=_duration, default=60.0, help="seconds of workload and faults (default 60)")
     p.add_argument("--nemesis", type=_nemesis, default=None,
@@ -104,6 +108,8 @@ def register(subparsers: Any) -> None:
                    "(default ./kvstore-chaos-out)")
     p.add_argument("--replicas", type=_positive_int(9), default=3, help="pods of a cluster it starts (default 3)")
     p.add_argument("--clients", type=_positive_int(64), default=6, help="concurrent clients (default 6)")
+    p.add_argument("--watchers", type=flag(int_range(0, 64)), default=3,
+                   help="watches of the keys' prefix, started on different pods (default 3)")
     p.add_argument("--keys", type=_positive_int(1000), default=6, help="keys in use at once (default 6)")
     p.add_argument("--ops-per-key", type=_positive_int(10000), default=120,
                    help="operations on a key before a fresh one is used (default 120)")
@@ -223,6 +229,23 @@ async def heal_and_read(backend: Backend, replicas: int, timeout: float,
             await asyncio.sleep(1.0)
 
 
+def check(history: list[Op], watch_log: list[WatchRecord], views: dict[str, checker.ReplicaView],
+          max_steps: int) -> checker.Report:
+    """The checker over the operations and the final state, then the watch checks over the watchers' records."""
+    report = checker.check(history, views, max_steps=max_steps)
+    report.violations += watchcheck.check_watches(history, watch_log, report)
+    return report
+
+
+def watch_text(report: checker.Report) -> str:
+    """The summary's watch line."""
+    if not report.watchers:
+        return "watch: no watchers"
+    return (f"watch: {report.watchers} watchers, {report.watch_events} events checked, "
+            f"{report.watch_covered} acknowledged writes in watched ranges, {report.watch_resyncs} re-syncs, "
+            f"{report.watch_reconnects} cuts or refusals resumed")
+
+
 # ------------------------------------------------------------------------- summary
 def progress_text(elapsed: float, duration: float, history: list[Any], faults: list[dict[str, Any]],
                   kinds: tuple[str, ...]) -> str:
@@ -279,6 +302,7 @@ def summary(args: argparse.Namespace, seed: int, history: list[Any], faults: lis
                  f"{','.join(map(str, lsns)) or '-'}, digest {digest}")
     lines.append(f"linearizability: {report.keys_checked} keys, {len(report.undecided)} undecided, "
                  f"{report.search_steps} search steps")
+    lines.append(watch_text(report))
     counts_v = report.counts()
     lines.append("violations: " + ", ".join(f"{k} {counts_v.get(k, 0)}" for k in checker.KINDS))
     for violation in report.violations[:20]:
@@ -332,13 +356,14 @@ def _recheck(args: argparse.Namespace) -> int:
     directory = Path(args.recheck)
     try:
         history = read_history(directory / "history.jsonl")
+        watch_log = read_watch_log(directory / "watch.jsonl")
         faults = [json.loads(line) for line in (directory / "faults.jsonl").read_text().splitlines() if line]
         final = json.loads((directory / "final.json").read_text())
     except (OSError, ValueError) as exc:
         raise ChaosError(f"--recheck {args.recheck}: {exc}") from None
     views = {pod: checker.ReplicaView(v["lsn"], {k: (c[0], c[1]) for k, c in v["contents"].items()})
              for pod, v in final.items()}
-    report = checker.check(history, views, max_steps=args.max_steps)
+    report = check(history, watch_log, views, args.max_steps)
     args.nemesis = args.nemesis or tuple(sorted({f["fault"] for f in faults if f["fault"] in FAULTS}))
     end = max((op.ret or op.call for op in history), default=0.0)
     converged = len({(v.lsn, tuple(sorted(v.contents.items()))) for v in views.values()}) == 1
@@ -412,7 +437,8 @@ def _run(args: argparse.Namespace) -> int:
                                                  primary_bias=args.primary_bias, seed=rng.randrange(2**31)),
                           clock=lambda: time.monotonic() - started)
         workload_config = WorkloadConfig(clients=args.clients, keys=args.keys, ops_per_key=args.ops_per_key,
-                                         seed=rng.randrange(2**31), local_address=client_address)
+                                         seed=rng.randrange(2**31), local_address=client_address,
+                                         watchers=args.watchers)
         pod_urls = {p.name: p.url for p in pods}
         started = time.monotonic()
         aim = nemesis.aim  # kv-0 only while it comes back from a full stop
@@ -437,12 +463,13 @@ def _run(args: argparse.Namespace) -> int:
         views, converged = asyncio.run(run())
         elapsed = time.monotonic() - started
         history = workload.history
-        report = checker.check(history, views, max_steps=args.max_steps)
+        report = check(history, workload.watch_log, views, args.max_steps)
         if not converged and not any(v.kind == "divergence" for v in report.violations):
             report.violations.append(checker.Violation(
                 "divergence", None, f"replicas did not converge within {args.heal_timeout:g}s "
                 f"(views of {sorted(views)})"))
         write_jsonl(out / "history.jsonl", history)
+        write_jsonl(out / "watch.jsonl", workload.watch_log)
         write_jsonl(out / "faults.jsonl", nemesis.log)
         (out / "final.json").write_text(json.dumps(
             {pod: {"lsn": v.lsn, "contents": v.contents} for pod, v in sorted(views.items())}) + "\n")
@@ -453,6 +480,9 @@ def _run(args: argparse.Namespace) -> int:
             "outcomes": {k: dict(v) for k, v in checker.outcome_table(history).items()},
             "faults": dict(checker.fault_counts(nemesis.log)),
             "zombie": dict(zombie_counts(history)),
+            "watch": {"watchers": report.watchers, "events": report.watch_events,
+                      "covered_writes": report.watch_covered, "resyncs": report.watch_resyncs,
+                      "resumed": report.watch_reconnects},
             "final": {pod: {"lsn": v.lsn, "keys": len(v.contents)} for pod, v in views.items()},
         }, indent=2) + "\n")
         print(text, flush=True)
@@ -470,6 +500,7 @@ def _run(args: argparse.Namespace) -> int:
             write_jsonl(out / "faults.jsonl", nemesis.log)
         if workload is not None:
             write_jsonl(out / "history.jsonl", workload.history)
+            write_jsonl(out / "watch.jsonl", workload.watch_log)
         return 130
     finally:
         if backend is not None:

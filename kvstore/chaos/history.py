@@ -1,4 +1,4 @@
-"""The history of a chaos run: one record per client operation, and how an answer is classified.
+"""The history of a chaos run: one record per client operation and per line a watcher read, and how an answer is classified.
 
 Outcomes follow the API's contract:
 
@@ -77,6 +77,47 @@ class Op:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+@dataclass
+class WatchRecord:
+    """One line a chaos watcher read (``start``, ``put``, ``delete``, ``keepalive``), or what it did.
+
+    ``end``: the stream ended (``error`` is the error line's code, the refusal's,
+    or the exception's name; ``resumable`` whether it went on from its
+    position); ``resync``: after a non-resumable end it re-read the prefix on
+    ``pod`` and watches again from that read's ``lsn`` plus one.
+    """
+
+    watcher: int
+    type: str                    # start | put | delete | keepalive | end | resync
+    time: float
+    pod: str
+    prefix: str = ""
+    key: str | None = None       # put, delete
+    version: int | None = None   # put, delete: the entry's LSN
+    value: str | None = None     # put
+    lsn: int | None = None       # start, keepalive, end: the stream's position; resync: the read's X-Kv-Lsn
+    history: str | None = None   # start, keepalive, resync
+    from_lsn: int | None = None  # start: what was asked for (None: from now)
+    status: int | None = None    # end: the refusal's HTTP status (200: an error line)
+    error: str | None = None     # end, resync: why
+    resumable: bool | None = None
+
+    @property
+    def is_event(self) -> bool:
+        """A put or a delete."""
+        return self.type in ("put", "delete")
+
+    def to_json(self) -> str:
+        """One JSON line, without the fields left empty."""
+        return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "WatchRecord":
+        """The inverse of ``to_json``."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
 def classify_exception(exc: BaseException) -> str:
     """Outcome of a request that got no HTTP answer."""
     # No connection was ever made: the request was never sent.
@@ -123,3 +164,11 @@ def read_history(path: Path) -> list[Op]:
     """Read a history written by ``write_jsonl``."""
     with open(path, encoding="utf-8") as handle:
         return [Op.from_dict(json.loads(line)) for line in handle if line.strip()]
+
+
+def read_watch_log(path: Path) -> list[WatchRecord]:
+    """Read the watchers' records written by ``write_jsonl`` (none when the file is missing: an older run)."""
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [WatchRecord.from_dict(json.loads(line)) for line in handle if line.strip()]

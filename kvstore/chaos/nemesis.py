@@ -63,7 +63,8 @@ import aiohttp
 
 from kvstore.local import control
 from kvstore.local.state import ClusterError, client_url, read_state
-from kvstore.local.statefulset import ZOMBIE_SUFFIX, volume_dir
+from kvstore.local.statefulset import volume_dir
+from kvstore.local.zombie import ZOMBIE_SUFFIX
 
 log = logging.getLogger("kvstore.chaos")
 

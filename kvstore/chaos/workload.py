@@ -9,6 +9,9 @@ key's history stays small enough for the linearizability search.
 The pods come from ``urls()``, asked once per operation, so the nemesis can
 aim clients (:meth:`kvstore.chaos.nemesis.Nemesis.aim`); an operation is
 recorded under the name its URL was given (``kv-0-zombie`` for a second kv-0).
+
+Beside the clients, ``watchers`` long-lived watches of the keys' prefix
+(:mod:`kvstore.chaos.watchers`) record every line they read in ``watch_log``.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ from typing import Callable
 
 import aiohttp
 
+from kvstore.aio import cancel_and_wait
 from kvstore.chaos.history import (
-    FAILED, OK, UNKNOWN, Op, classify_exception, classify_read, classify_write,
+    FAILED, OK, UNKNOWN, Op, WatchRecord, classify_exception, classify_read, classify_write,
 )
+from kvstore.chaos.watchers import Watchers
 from kvstore.client import Client, Reply, never_resend
 
 # Operation mix (weights).
 MIX = {"put": 25, "cas": 15, "create": 5, "delete": 6, "read_strong": 20, "read_local": 14,
        "read_min_lsn": 15}
+PREFIX = "chaos/"  # every key the workload writes is under it
 
 
 @dataclass
@@ -41,6 +47,7 @@ class WorkloadConfig:
     max_ops: int = 1_000_000      # a hard bound on the count, besides the deadline
     seed: int | None = None
     local_address: str | None = None  # bind client connections here (partitions let it through)
+    watchers: int = 3             # watches of PREFIX, started on different pods
 
 
 @dataclass
@@ -65,11 +72,17 @@ class Workload:
         self._next_value = 0
         self._key_gen = 0
         self._pool: list[list] = []  # [key, operations so far]
+        self.watchers = Watchers(urls, clock, config.watchers, PREFIX)
+
+    @property
+    def watch_log(self) -> list[WatchRecord]:
+        """What the watchers read and did, in order."""
+        return self.watchers.log
 
     # ------------------------------------------------------------------ keys
     def _new_key(self) -> list:
         self._key_gen += 1
-        return [f"chaos/{self._key_gen:05d}", 0]
+        return [f"{PREFIX}{self._key_gen:05d}", 0]
 
     def _pick_key(self) -> str:
         while len(self._pool) < self.config.keys:
@@ -99,7 +112,11 @@ class Workload:
             limit=0, local_addr=(self.config.local_address, 0) if self.config.local_address else None)
         timeout = aiohttp.ClientTimeout(total=self.config.request_timeout, sock_connect=2.0)
         async with never_resend(aiohttp.ClientSession(connector=connector, timeout=timeout)) as session:
-            await asyncio.gather(*(self._client(i, session, deadline) for i in range(self.config.clients)))
+            watching = asyncio.create_task(self.watchers.run(session, deadline), name="chaos-watchers")
+            try:
+                await asyncio.gather(*(self._client(i, session, deadline) for i in range(self.config.clients)))
+            finally:  # the watchers stop with the clients (at the deadline, or at max_ops)
+                await cancel_and_wait(watching)
         return self.history
 
     async def _client(self, process: int, session: aiohttp.ClientSession, deadline: float) -> None:

@@ -142,6 +142,10 @@ def register(subparsers: Any) -> None:
 
     kill = with_dir(sub.add_parser("kill", help="SIGKILL a pod; the controller restarts it"))
     kill.add_argument("pod", metavar="POD", help="pod name, like kv-1")
+    kill.add_argument("--hold", action="store_true",
+                      help="keep it down until `cluster release POD`, like a pod on a lost node")
+    release = with_dir(sub.add_parser("release", help="let a pod held down by `cluster kill --hold` start again"))
+    release.add_argument("pod", metavar="POD", help="pod name, like kv-0")
 
     down = with_dir(sub.add_parser("down", help="stop every pod in reverse order and the controller"))
     down.add_argument("--timeout", type=_seconds, default=120.0, help="seconds to wait (default 120)")
@@ -152,7 +156,7 @@ def register(subparsers: Any) -> None:
 def handle(args: argparse.Namespace) -> int:
     """Run one ``kvstore cluster`` sub-command; returns the exit status."""
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
-        "up": _up, "status": _status, "scale": _scale, "kill": _kill, "down": _down,
+        "up": _up, "status": _status, "scale": _scale, "kill": _kill, "release": _release, "down": _down,
         "set": rollout_cli.handle, "rollout": rollout_cli.handle,
     }
     try:
@@ -410,6 +414,13 @@ def _print_status(directory: Path, state: dict[str, Any]) -> int:
         print(f"No pods in {directory} (replicas: {state.get('replicas')})")
         return 0
     _print_table(rows)
+    acting = next((s for p, s in zip(pods, live) if p["ordinal"] != 0 and s.get("role") == "primary"), None)
+    if acting is not None:  # kv-0 is away or catching up: say who leads instead, and why
+        about = acting.get("primary") or {}
+        since = about.get("since")
+        when = time.strftime(" since %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else ""
+        print(f"\n{acting.get('name')} is the acting primary{when} ({about.get('why', 'elected')}); "
+              "it hands the role back to kv-0 once kv-0 is current")
     return 0
 
 
@@ -502,8 +513,21 @@ def snapshot_progress(log_path: Path, tail: int = 8192) -> str | None:
 def _kill(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     _require_running(directory)
+    if args.hold:
+        asyncio.run(control.call(directory, "POST", "/v1/hold", {"pod": args.pod}, 60))
+        print(f"{args.pod} killed (SIGKILL) and held down, like a pod on a lost node: "
+              f"{hint('cluster release ' + args.pod)} lets it start again")
+        return 0
     answer = asyncio.run(control.call(directory, "POST", "/v1/kill", {"pod": args.pod}))
     print(f"{answer['killed']} killed (SIGKILL); the controller restarts it")
+    return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    _require_running(directory)
+    asyncio.run(control.call(directory, "POST", "/v1/release", {"pod": args.pod}, 60))
+    print(f"{args.pod} released; the controller starts it again")
     return 0
 
 

@@ -49,7 +49,8 @@ from aiohttp import web
 
 from kvstore.local import rollout
 from kvstore.local.state import SOCKET_FILE, ClusterError
-from kvstore.local.statefulset import Conflict, Pod, StatefulSet
+from kvstore.local.statefulset import Pod, StatefulSet
+from kvstore.local.zombie import Conflict
 
 ZOMBIE_ACTIONS = ("start", "takeover", "giveback", "stop")
 ROLLOUT_ACTIONS = ("restart", "undo", "partition")
@@ -190,13 +191,13 @@ class ControlServer:
         statefulset = self.statefulset
         try:
             if action == "start":
-                zombie = (await statefulset.start_zombie()).to_dict()
+                zombie = (await statefulset.zombies.start()).to_dict()
             elif action == "takeover":
-                zombie = statefulset.zombie_takeover().to_dict()
+                zombie = statefulset.zombies.takeover().to_dict()
             elif action == "giveback":
-                zombie = statefulset.zombie_giveback().to_dict()
+                zombie = statefulset.zombies.giveback().to_dict()
             else:
-                stopped = await statefulset.stop_zombie()
+                stopped = await statefulset.zombies.stop()
                 if stopped is None:
                     return _error(409, "no zombie is running")
                 zombie = stopped

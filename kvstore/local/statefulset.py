@@ -29,19 +29,16 @@ second ``kvstore serve`` with kv-0's identity and environment, on a copy of
 its volume and an address of its own, like the old process of a
 force-deleted pod that still runs while its replacement starts. DNS can list
 the zombie's address for kv-0 (it took the name over) and the real one again
-(see :class:`Zombie`).
+(see :mod:`kvstore.local.zombie`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import ipaddress
 import logging
-import shutil
 import signal
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +52,7 @@ from kvstore.local.dns import DnsServer, Endpoint, HeadlessService
 from kvstore.local.rollout import ON_DELETE, ROLLING_UPDATE, PodView, Revision, Rollout, Template, next_step, stale
 from kvstore.local.runtime import PodProcess, PodRuntime, PodSpec
 from kvstore.local.state import LOG_DIR
+from kvstore.local.zombie import Zombie, ZombieKeeper
 
 log = logging.getLogger("kvstore.local")
 
@@ -72,13 +70,7 @@ RUNNING = "Running"
 BACKOFF = "CrashLoopBackOff"
 TERMINATING = "Terminating"
 HELD = "NodeLost"  # held down by hold(): what kubectl shows for a pod on a node that is gone
-ZOMBIE_SUFFIX = "-zombie"  # the zombie of kv-0 is "kv-0-zombie" in logs and file names
-ZOMBIE_WAIT = 10.0  # seconds for a SIGKILLed zombie to be reaped
 COPYING = ("catching up", "installing a snapshot")  # a /readyz reason of a pod making progress
-
-
-class Conflict(Exception):
-    """The request does not fit the cluster as it is now (the control API answers 409)."""
 
 
 @dataclass
@@ -361,53 +353,6 @@ class Pod:
         }
 
 
-@dataclass
-class Zombie:
-    """A second process of pod ``pod`` (kv-0): its env, its own data dir (a copy) and address."""
-
-    pod: str
-    spec: PodSpec
-    process: PodProcess
-    started_at: float
-    taken_over: bool = False  # DNS lists the zombie's address for ``pod``
-    exit_code: int | None = None  # set once the process has exited
-    waiter: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        """The zombie's client URL."""
-        return f"http://{self.spec.address}:{self.spec.http_port}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The zombie's entry in the state file and in control answers."""
-        return {
-            "name": self.spec.name + ZOMBIE_SUFFIX, "pod": self.pod, "address": self.spec.address,
-            "url": self.url, "http_port": self.spec.http_port, "peer_port": self.spec.peer_port,
-            "pid": self.process.pid, "running": self.exit_code is None, "exit_code": self.exit_code,
-            "data_dir": str(self.spec.data_dir), "log": str(self.spec.log_path),
-            "taken_over": self.taken_over, "started_at": self.started_at,
-        }
-
-
-def zombie_dir(directory: Path, pod: str) -> Path:
-    """Where a zombie of ``pod`` keeps its copy of the pod's volume."""
-    return directory / f"zombie-data-{pod}"
-
-
-def _bindable(address: str, ports: tuple[int, ...]) -> bool:
-    """Whether nothing holds ``address`` on any of ``ports`` (so a new process can listen there)."""
-    for port in ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((address, port))
-            except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
-                    return False
-                raise
-    return True
-
-
 class StatefulSet:
     """The controller: keeps ``replicas`` pods running with StatefulSet semantics."""
 
@@ -430,8 +375,7 @@ class StatefulSet:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._deletions: dict[int, asyncio.Task[None]] = {}
-        self.zombie: Zombie | None = None
-        self._zombie_lock = asyncio.Lock()  # start and stop of the zombie never interleave
+        self.zombies = ZombieKeeper(self, lambda: self._changed(None))  # the zombie of kv-0 (zombie.py)
         image = getattr(runtime, "image", None) or runtime.name
         self.rollout = Rollout(spec.statefulset, Template.make(spec.extra_env, image), spec.update_strategy)
 
@@ -451,6 +395,11 @@ class StatefulSet:
         self._wake.set()
         return previous
 
+    @property
+    def zombie(self) -> Zombie | None:
+        """The zombie of kv-0 while one runs (see :mod:`kvstore.local.zombie`)."""
+        return self.zombies.zombie
+
     def pod(self, name: str) -> Pod | None:
         """The pod called ``name``, if it exists."""
         return next((p for p in self.pods.values() if p.name == name), None)
@@ -459,7 +408,7 @@ class StatefulSet:
         """Delete every pod in reverse ordinal order, then stop DNS. ``force``: SIGKILL at once."""
         self.stopping = True
         await cancel_and_wait(self._loop_task)
-        await self.stop_zombie()
+        await self.zombies.stop()
         await self._delete_all(force)
         await self.dns.stop()
         if self._session is not None:
@@ -718,134 +667,3 @@ class StatefulSet:
             log.info("template changed: update revision %s (%d, %s)", revision.name, revision.number, revision.cause)
         self._changed(None)
         return {"changed": changed, "revision": revision.to_dict(), "rollout": self.rollout_status()}
-
-    # ------------------------------------------------------------------ the zombie of kv-0
-    def zombie_address(self) -> str:
-        """A free address for a zombie: in the /24 of the pods, used by no pod, DNS or the chaos client.
-
-        Taken from the top of the range down (.249 first; .250 is where ``kvstore
-        chaos`` puts its client), skipping the addresses of every ordinal up to
-        the replica count, so a scale-up cannot collide with it.
-        """
-        s = self.spec
-        base = ipaddress.ip_address(s.base_address)
-        network = ipaddress.ip_network(f"{base}/24", strict=False)
-        if not network.subnet_of(ipaddress.ip_network(s.network)):  # type: ignore[arg-type]
-            network = ipaddress.ip_network(s.network)
-        ordinals = max([self.replicas, *(o + 1 for o in self.pods)])
-        taken = {s.address(o) for o in range(ordinals)} | {s.dns_address}
-        for host in range(249, 0, -1):
-            address = str(network.network_address + host)
-            if (ipaddress.ip_address(address) in network and address not in taken
-                    and _bindable(address, (s.http_port, s.peer_port))):
-                return address
-        raise Conflict(f"no free address for a zombie in {network}")
-
-    async def start_zombie(self, name: str | None = None) -> Zombie:
-        """Start a zombie of pod ``name`` (default: ordinal 0, the primary).
-
-        Its volume is a copy of the pod's, taken while the pod is SIGSTOPped (a
-        consistent image, as after a crash; SIGCONT follows even when the copy
-        fails); its env is the pod's except ``KV_DATA_DIR`` and
-        ``KV_BIND_ADDRESS``; its log is ``logs/<pod>-zombie.log``. Raises
-        Conflict when a zombie exists or the pod has no running container.
-        """
-        name = name or self.spec.pod_name(0)
-        async with self._zombie_lock:
-            if self.zombie is not None:
-                raise Conflict(f"a zombie of {self.zombie.pod} is already running "
-                               f"(pid {self.zombie.process.pid}); stop it first")
-            if self.runtime.name != "process":
-                raise Conflict(f"a zombie needs the process runtime, not {self.runtime.name}")
-            if self.stopping or self.suspended:
-                raise Conflict("the pods are stopped" if self.suspended else "the cluster is stopping")
-            pod = self.pod(name)
-            if pod is None or pod.process is None or pod.held or pod.deleting:
-                raise Conflict(f"{name} has no running container to copy "
-                               f"({pod.status if pod else 'no such pod'})")
-            address = self.zombie_address()
-            copy = zombie_dir(self.spec.directory, name)
-            env = {**pod.spec.env, "KV_DATA_DIR": str(copy), "KV_BIND_ADDRESS": address}
-            spec = PodSpec(name=name, ordinal=pod.ordinal, address=address, http_port=pod.spec.http_port,
-                           peer_port=pod.spec.peer_port, data_dir=copy,
-                           log_path=pod.spec.log_path.with_name(f"{name}{ZOMBIE_SUFFIX}.log"), env=env)
-            await asyncio.to_thread(shutil.rmtree, copy, True)  # a copy left by a killed controller
-            try:
-                await self._copy_stopped(pod, copy)
-                process = await self.runtime.start(spec)
-            except BaseException:
-                await asyncio.to_thread(shutil.rmtree, copy, True)
-                raise
-            zombie = Zombie(name, spec, process, time.time())
-            zombie.waiter = asyncio.create_task(self._watch_zombie(zombie), name=f"zombie-{name}")
-            self.zombie = zombie
-            log.warning("%s: zombie started at %s (pid %s) on a copy of %s", name, address, process.pid,
-                        pod.spec.data_dir.name)
-            self._changed(None)
-            return zombie
-
-    async def _copy_stopped(self, pod: Pod, target: Path) -> None:
-        """Copy the pod's data dir while its process is SIGSTOPped; SIGCONT always follows."""
-        process = pod.process
-        assert process is not None
-        process.send_signal(signal.SIGSTOP)
-        try:
-            await asyncio.to_thread(shutil.copytree, pod.spec.data_dir, target, symlinks=True)
-        finally:
-            process.send_signal(signal.SIGCONT)
-
-    async def _watch_zombie(self, zombie: Zombie) -> None:
-        zombie.exit_code = await zombie.process.wait()
-        log.warning("%s: zombie (pid %s) exited with status %s", zombie.pod, zombie.process.pid,
-                    zombie.exit_code)
-        self._changed(None)
-
-    def _live_zombie(self) -> Zombie:
-        if self.zombie is None:
-            raise Conflict("no zombie is running")
-        return self.zombie
-
-    def zombie_takeover(self) -> Zombie:
-        """DNS lists the zombie's address for its pod (SRV target and A record): it took the name over."""
-        zombie = self._live_zombie()
-        zombie.taken_over = True
-        if self.pod(zombie.pod) is not None:  # a pod deleted meanwhile has no name to take over
-            self.dns.service.set_endpoint(zombie.pod, Endpoint(zombie.spec.address, zombie.pod))
-        log.warning("%s: DNS lists the zombie at %s", zombie.pod, zombie.spec.address)
-        self._changed(None)
-        return zombie
-
-    def zombie_giveback(self) -> Zombie:
-        """DNS lists the real pod's address again."""
-        zombie = self._live_zombie()
-        self._give_back(zombie)
-        self._changed(None)
-        return zombie
-
-    def _give_back(self, zombie: Zombie) -> None:
-        zombie.taken_over = False
-        pod = self.pod(zombie.pod)
-        if pod is not None:
-            self.dns.service.set_endpoint(pod.name, Endpoint(pod.spec.address, pod.name))
-            log.warning("%s: DNS lists the pod at %s again", pod.name, pod.spec.address)
-
-    async def stop_zombie(self) -> dict[str, Any] | None:
-        """SIGKILL the zombie, wait for it, give DNS back, remove its copy; None if there was none."""
-        async with self._zombie_lock:
-            zombie = self.zombie
-            if zombie is None:
-                return None
-            try:
-                zombie.process.send_signal(signal.SIGKILL)
-                if zombie.waiter is not None:
-                    try:
-                        await asyncio.wait_for(asyncio.shield(zombie.waiter), ZOMBIE_WAIT)
-                    except asyncio.TimeoutError:
-                        log.error("%s: zombie (pid %s) did not exit after SIGKILL", zombie.pod,
-                                  zombie.process.pid)
-            finally:
-                self._give_back(zombie)
-                self.zombie = None
-                await asyncio.to_thread(shutil.rmtree, zombie.spec.data_dir, True)
-                self._changed(None)
-            return zombie.to_dict()

@@ -9,8 +9,10 @@ One concept per module:
 - ``peer_client``: HTTP to other replicas' peer ports;
 - ``versions``: the peer protocol versions every peer call names, and the peers met that speak none;
 - ``follower``: the follower side (compare lineages, stream, snapshot, divergence);
-- ``recovery``: kv-0's start-up check before it serves;
-- ``coordinator``: :class:`Replication`, which wires them for one replica.
+- ``recovery``: asking for an epoch (kv-0's start-up check, a failover, a takeover) before serving it;
+- ``election``: who may begin an epoch (the promise rule) and when a follower that lost the primary stands;
+- ``handover``: the switchover (SIGTERM, ``kvstore switchover``, failback);
+- ``coordinator``: :class:`Replication`, which wires them for one replica and switches its role.
 """
 
 from kvstore.replication.coordinator import Replication

@@ -18,34 +18,36 @@ from aiohttp import web
 
 from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
-from kvstore.discovery import MembershipChange, PeerDirectory
+from kvstore.discovery import MembershipChange, Peer, PeerDirectory
 from kvstore.expiry import Expirer
-from kvstore.identity import PRIMARY, parse_ordinal
+from kvstore.identity import parse_ordinal
 from kvstore.membership import Configuration, agreed, all_hold, majority
 from kvstore.metrics import Metrics
-from kvstore.replication import protocol
+from kvstore.replication import election, protocol
+from kvstore.replication.election import Elector
 from kvstore import events
 from kvstore.lineage import Promise
 from kvstore.replication.acks import AckTable
 from kvstore.replication.fencing import HEARTBEAT_SECONDS, Fencing
 from kvstore.replication.follower import Follower
+from kvstore.replication.handover import READY_MAX_LAG, Handover, refused_response
 from kvstore.replication.log_server import LogServer
 from kvstore.replication.peer_client import PeerClient, PeerError, PromiseRefused
 from kvstore.replication.reconfigure import Reconfigurer
-from kvstore.replication.recovery import Recovery
+from kvstore.replication.recovery import FAILOVER, HANDOVER, START, Recovery
 from kvstore.replication.versions import PEER_VERSIONS, Versions
 from kvstore.routing import Router, error_response
 from kvstore.storage import StorageError, Store
 
 log = logging.getLogger("kvstore.replication")
 
-READY_MAX_LAG = 1000  # entries a secondary may trail and still be Ready
-WATCH_SECONDS = 1.0  # how often kv-0 checks, when out of contact, whether it was replaced
+WATCH_SECONDS = 1.0  # how often the primary checks, when out of contact, whether it was replaced
+
 _EPOCH_ID = re.compile(r"^[0-9a-f]{1,32}$")
 
 
-class Replication:
-    """Everything replication a replica runs."""
+class Replication(Handover):
+    """Everything replication a replica runs (the switchover part: handover.py)."""
 
     def __init__(self, config: Config, store: Store, metrics: Metrics, directory: PeerDirectory,
                  token: str) -> None:
@@ -61,63 +63,135 @@ class Replication:
         self._settled = 0
         self._initial = Configuration.initial(config.replicas)
         self._groups: tuple[object, tuple[tuple[int, ...], ...]] = (None, ())
-        self.fencing = Fencing(self.groups)
+        self.fencing = Fencing(self.groups, own=config.ordinal)
         self.server = LogServer(config, store, self.acks, metrics, self.fencing, self._committed_to_tell)
         directory.subscribe(self._dns_changed)
         self.reconfigurer = Reconfigurer(config, store, directory, self.acks, self.configuration,
                                          self.settled, self.committed_lsn, self.client.versions.older_peers)
-        # The primary uses a Follower only to copy a snapshot while it recovers.
+        # The Follower also copies a snapshot for a primary that recovers from a follower's log.
         self._follower = Follower(config, store, directory, self.client, self.acks, metrics, self.fencing,
-                                  self.server.notify_commit)
+                                  self.server.notify_commit, self.leader)
+        self.elector = Elector(config, store, directory, self.client, self.configuration, self.leader,
+                               self._follower.lost_for, self._follower_usable)
+        # The role is one of two objects, switched at run time: ``recovery`` (this pod asks for, or
+        # holds, an epoch: the primary) or ``follower`` (it follows the primary). Never both.
         self.follower: Follower | None = None
         self.recovery: Recovery | None = None
-        self.fenced: str | None = None  # why this kv-0 last found itself replaced (it then recovers again)
+        self._asked_before = 0  # the epoch this pod's last candidacy asked for (the next asks above it)
+        self.fenced: str | None = None  # why this primary last found itself replaced
+        self.hint: tuple[int, int] = (0, 0)  # (epoch, ordinal) of a live primary a candidacy met
+        self.handing_over: int | None = None  # the ordinal this primary hands its role to, while it does
+        self._stepped_down = asyncio.Event()  # the target asked this primary's promise: it leads no more
+        self._admit = asyncio.Event()  # cleared while a switchover holds writes back
+        self._admit.set()
+        self._takeover = asyncio.Event()  # the primary asked this follower to take over
+        self.leading: dict[str, Any] | None = None  # since when and why this pod leads (None: it does not)
+        self._current_since: float | None = None  # kv-0 current since (a failback waits on it)
         self._task: asyncio.Task[None] | None = None
-        # The primary deletes expired keys while it serves (expiry.py), only while a majority follows it.
-        self.expirer = Expirer(store, lambda: self.writable and self.fencing.in_contact() and store.failed is None)
-        if config.role == PRIMARY:
-            self.recovery = self._new_recovery()
+        # The serving primary deletes expired keys (expiry.py): started and stopped in _lead, and it
+        # writes only while a majority follows and no switchover holds writes back.
+        self.expirer = Expirer(store, lambda: (self.writable and self.handing_over is None
+                                               and self.fencing.in_contact() and store.failed is None))
+        if config.ordinal == 0:
+            self.recovery = self._new_recovery(START)
             self.server.serving = False
-            store.pipeline = config.pipeline
         else:
             self.follower = self._follower
         metrics.epoch.set(store.epoch)
 
     async def start(self) -> None:
-        """Start following (secondary) or the start-up recovery (primary)."""
-        if self.recovery is not None:
-            self._task = asyncio.create_task(self._recover(), name="primary-recovery")
-            self.server.watch_commits()
-        elif self.follower is not None:
-            self.follower.start()
+        """Start the role loop: kv-0 begins with its start-up recovery, every other pod follows."""
+        self._task = asyncio.create_task(self._run(), name="roles")
+        self.server.watch_commits()
 
-    def _new_recovery(self) -> Recovery:
-        return Recovery(self.config, self.store, self.directory, self.client, self._follower, self.metrics)
+    def _new_recovery(self, mode: str, unreachable: frozenset[int] = frozenset()) -> Recovery:
+        return Recovery(self.config, self.store, self.directory, self.client, self._follower, self.metrics, mode,
+                        unreachable, self._asked_before)
 
-    async def _recover(self) -> None:
-        """Recover, serve; recover again whenever this process finds it was replaced."""
+    def _follower_usable(self) -> bool:
+        return self._follower.diverged is None and not self._follower.installing_snapshot
+
+    async def _run(self) -> None:
+        """Switch between the two roles for as long as this replica runs."""
+        mode: str | None = START if self.config.ordinal == 0 else None
         while True:
-            assert self.recovery is not None
-            self.fencing.reset()
-            self._settled = 0
-            await self.recovery.run()
-            decision = self.recovery.decision
-            self.fencing.begin(decision is not None and decision.verified)
-            self.server.serving = True
-            self.expirer.start()
-            await self._watch()
-            await self.expirer.stop()
-            self.server.serving = False
-            self.recovery = self._new_recovery()
+            mode = await self._follow() if mode is None else await self._lead(mode)
 
-    async def _watch(self) -> None:
-        """Return once this kv-0 finds that a follower promised a newer epoch: it was replaced."""
+    async def _follow(self) -> str:
+        """Follow the primary until this pod should stand (FAILOVER) or was asked to take over (HANDOVER)."""
+        self.recovery, self.follower = None, self._follower
+        self.store.pipeline = False
+        self.server.serving = True
+        self.handing_over = None
+        self._admit.set()  # writes held by a switchover go to the new primary now
+        self._takeover.clear()
+        self._follower.started = time.monotonic()  # the primary counts as lost only from now on
+        self._follower.start()
+        stand = asyncio.create_task(self.elector.wait_to_stand(), name="elector")
+        asked = asyncio.create_task(self._takeover.wait(), name="takeover")
+        try:
+            await asyncio.wait({stand, asked}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait(stand)
+            await cancel_and_wait(asked)
+        await self._follower.stop()
+        self.follower = None
+        if self._takeover.is_set():
+            return HANDOVER
+        reason = stand.result()
+        log.warning("standing for election: %s", reason)
+        events.record("election", f"{self.config.pod_name} stands for election: {reason}")
+        self.metrics.elections.inc()
+        return FAILOVER
+
+    async def _lead(self, mode: str) -> str | None:
+        """Ask for an epoch, serve it; the next role: START again (kv-0 replaced) or None (follow)."""
+        self.recovery = self._new_recovery(mode, self.elector.unreachable if mode == FAILOVER else frozenset())
+        self.server.serving = False
+        self.store.pipeline = self.config.pipeline
+        self.fencing.reset()
+        self._settled = 0
+        self._stepped_down.clear()
+        self._current_since = None
+        await self.recovery.run()
+        self._asked_before = max(self._asked_before, self.recovery.candidate.number)
+        if self.recovery.abandoned is not None:
+            if self.recovery.live_leader is not None:
+                self.hint = max(self.hint, self.recovery.live_leader)
+            return None
+        decision = self.recovery.decision
+        self.fencing.begin(decision is not None and decision.verified)
+        self.server.serving = True
+        self.expirer.start()  # the deadlines come from the log: a new primary scans them now
+        why = {START: "kv-0 started" if self.config.ordinal == 0 else "this pod started",
+               FAILOVER: "failover: the primary was lost", HANDOVER: "switchover"}[mode]
+        self.leading = {"since": time.time(), "why": why, "epoch": self.store.epoch}
+        if mode != START:
+            events.record("took_over", f"{self.config.pod_name} leads epoch {self.store.epoch} ({why})",
+                          epoch=self.store.epoch, why=why)
+            log.warning("%s leads epoch %d: %s", self.config.pod_name, self.store.epoch, why)
+        try:
+            outcome = await self._watch()
+        finally:
+            self.leading = None
+            self.server.serving = False
+            await self.expirer.stop()  # fenced or handed over: the next primary expires
+        return START if outcome == "fenced" and self.config.ordinal == 0 else None
+
+    async def _watch(self) -> str:
+        """Serve until this primary finds a follower promised a newer epoch ("fenced") or it handed over."""
         last_check = time.monotonic()
         while True:
-            self.fencing.tick()  # the heartbeat round: followers' echoes renew kv-0's lease and contact
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            self.fencing.tick()  # the heartbeat round: followers' echoes renew the lease and contact
+            try:
+                await asyncio.wait_for(self._stepped_down.wait(), HEARTBEAT_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            if self._stepped_down.is_set():
+                return "handed_over"
             if self.fencing.in_contact():
                 await self.reconfigurer.step()  # a learner to promote, a deleted pod to remove
+                await self._maybe_fail_back()
             if self.fencing.in_contact() or time.monotonic() - last_check < WATCH_SECONDS:
                 continue
             last_check = time.monotonic()
@@ -126,16 +200,47 @@ class Replication:
                 self.fenced = reason
                 self.metrics.fenced.inc()
                 events.record("fenced", reason)
-                log.error("FENCED: %s. This process stops taking writes and strong reads and recovers again; "
-                          "it becomes primary only once DNS lists it and the followers promise it an epoch",
-                          reason)
-                return
+                log.error("FENCED: %s. This process stops taking writes and strong reads; %s", reason,
+                          "it recovers again, and leads only once the followers promise it an epoch"
+                          if self.config.ordinal == 0 else "it follows the new primary")
+                return "fenced"
+
+    def leader(self) -> int:
+        """The ordinal of the primary as this replica knows it (itself while it leads or asks to)."""
+        if self.recovery is not None:
+            return self.config.ordinal
+        return election.newest_leader(self.store, self.hint, self.elector.hint)
+
+    def leader_peer(self) -> Peer | None:
+        """The primary, when it is another pod and DNS lists it."""
+        leader = self.leader()
+        return None if leader == self.config.ordinal else self.directory.peers.get(leader)
+
+    def primary_status(self) -> dict[str, Any]:
+        """Who leads as this replica knows it, since when and why (for /v1/status and the dashboard)."""
+        leader = self.leader()
+        epoch = max(self.store.epoch, self.store.promise.number if self.store.promise.leader == leader else 0)
+        out: dict[str, Any] = {"name": self.directory.pod_name(leader), "ordinal": leader, "epoch": epoch,
+                               "acting": leader != 0, "handing_over_to": None if self.handing_over is None
+                               else self.directory.pod_name(self.handing_over)}
+        if self.leading is not None:
+            out.update(since=self.leading["since"], why=self.leading["why"])
+        if self.follower is not None:
+            out["not_heard_seconds"] = round(self.follower.lost_for(), 3)
+            out["failover_after"] = self.config.failover_after
+            out["not_standing_because"] = self.elector.why_not
+        return out
+
+    def is_primary(self) -> bool:
+        """Whether this pod holds or asks for an epoch now (the primary's role)."""
+        return self.recovery is not None
 
     async def _replaced_by(self) -> str | None:
         """Why a follower no longer follows this process's epoch (None: none says so)."""
         mine = self.store.lineage.last
         if mine is None:
             return None
+
         async def ask(ordinal: int) -> str | None:
             try:
                 peer = await self.directory.find(ordinal)
@@ -146,11 +251,14 @@ class Replication:
                 return None
             if position.promised.covers(mine.number, mine.id):
                 return None
+            self.hint = max(self.hint, (position.promised.number, position.promised.leader))
             return (f"{peer.name} promised epoch {position.promised.number} ({position.promised.id}) to "
-                    f"another kv-0; this process is in epoch {mine.number} ({mine.id})")
+                    f"{self.directory.pod_name(position.promised.leader)}; this process is in epoch "
+                    f"{mine.number} ({mine.id})")
         # An unexpected error from one peer must not end the watch (kv-0 would never find out).
         ordinals = set(self.configuration().members()) | set(self.directory.peers)
-        answers = await asyncio.gather(*(ask(i) for i in sorted(ordinals - {0})), return_exceptions=True)
+        answers = await asyncio.gather(*(ask(i) for i in sorted(ordinals - {self.config.ordinal})),
+                                       return_exceptions=True)
         return next((reason for reason in answers if isinstance(reason, str)), None)
 
     # -------------------------------------------------------------- followers
@@ -158,31 +266,34 @@ class Replication:
         """Mount the peer routes of replication: log stream, snapshot, promise."""
         self.server.add_routes(router)
         router.add("POST", "/v1/peer/promise", self.promise)
+        router.add("POST", "/v1/peer/takeover", self.takeover)
+        router.add("POST", "/v1/peer/switchover", self.switchover_route)
 
     async def promise(self, request: web.BaseRequest) -> web.Response:
-        """POST /v1/peer/promise?epoch=N&id=X: a recovering kv-0 asks this follower for its candidate epoch."""
+        """POST /v1/peer/promise?epoch=N&id=X&leader=O: a candidate (pod O) asks for its epoch."""
         query = request.rel_url.query
-        number, ident = query.get("epoch", ""), query.get("id", "")
-        if not number.isdigit() or not 0 < int(number) < 2**63 or not _EPOCH_ID.match(ident):
-            return error_response(400, "bad_parameter", "need epoch=<n, 1 or more> and id=<1-32 hex digits>")
+        number, ident, leader = query.get("epoch", ""), query.get("id", ""), query.get("leader", "0")
+        if (not number.isdigit() or not 0 < int(number) < 2**63 or not _EPOCH_ID.match(ident)
+                or not leader.isdigit() or int(leader) >= 10**9):
+            return error_response(400, "bad_parameter",
+                                  "need epoch=<n, 1 or more>, id=<1-32 hex digits> and leader=<ordinal>")
+        candidate = Promise(int(number), ident, int(leader))
         if self.follower is None:
-            return error_response(409, "not_a_follower", "kv-0 makes no promises; it asks for them")
-        candidate = Promise(int(number), ident)
+            return await self._promise_as_primary(candidate)
         try:
             await self.follower.promise(candidate)
         except PromiseRefused as exc:
-            return web.json_response({"error": "promise_refused", "message": str(exc),
-                                      "promised": exc.promised.to_json()}, status=409)
+            return refused_response(exc)
         except StorageError as exc:  # the promise must be on disk before it is answered
             return error_response(503, "storage_unavailable", f"{exc}; retry later")
         return web.json_response({"name": self.config.pod_name, **self.position()})
+
     async def stop(self) -> None:
         """Stop background work and close peer connections."""
         await cancel_and_wait(self._task)
         await self.expirer.stop()
         await self.server.stop()
-        if self.follower is not None:
-            await self.follower.stop()
+        await self._follower.stop()
         await self.client.close()
 
     def _dns_changed(self, change: MembershipChange) -> None:
@@ -198,11 +309,11 @@ class Replication:
         return self.recovery is not None and self.recovery.done.is_set()
 
     def recovering_message(self) -> str:
-        """What a client is told while kv-0 recovers."""
+        """What a client is told while this primary recovers."""
         r = self.recovery
         waiting = ", ".join(r.waiting_for) if r and r.waiting_for else "its own start-up check"
-        return (f"kv-0 is recovering: before it serves it must hear from {waiting} (it proves it holds "
-                "every acknowledged write); retry shortly")
+        return (f"{self.config.pod_name} is recovering: before it serves it must hear from {waiting} (it "
+                "proves it holds every acknowledged write); retry shortly")
 
     # ------------------------------------------------------- the configuration
     def configuration(self) -> Configuration:
@@ -223,7 +334,7 @@ class Replication:
 
     def _majority_met(self) -> int:
         """The highest LSN a majority of every voter set holds, kv-0's own write assumed durable."""
-        return agreed(self.groups(), self.acks.by_ordinal, _ANY)
+        return agreed(self.groups(), self.acks.by_ordinal, _ANY, leader=self.config.ordinal)
 
     def _all_met(self) -> int:
         """The highest LSN every voter and every pod DNS lists hold, kv-0's own write assumed durable.
@@ -231,9 +342,9 @@ class Replication:
         ``w=all`` means every replica that exists: a new pod counts from its
         creation, as a learner, though it is no voter yet.
         """
-        held = all_hold(self.groups(), self.acks.by_ordinal, _ANY)
+        held = all_hold(self.groups(), self.acks.by_ordinal, _ANY, leader=self.config.ordinal)
         for ordinal in self.directory.peers:
-            if ordinal != 0:
+            if ordinal != self.config.ordinal:
                 held = min(held, self.acks.by_ordinal.get(ordinal, 0))
         return held
 
@@ -261,7 +372,7 @@ class Replication:
             # A new epoch (this kv-0 found it was replaced and recovered): LSN ``lsn`` may now
             # name another write, and acks of it say nothing of this one.
             return False, 1, required
-        return met, 1 + self.acks.holders(lsn, (o for o in voters if o != 0)), required
+        return met, 1 + self.acks.holders(lsn, (o for o in voters if o != self.config.ordinal)), required
 
     def membership_status(self) -> dict[str, Any]:
         """The configuration and each member's kind (voter, learner, leaving), for /v1/status."""
@@ -300,7 +411,8 @@ class Replication:
         if self.recovery is not None:
             return "primary" if self.writable else "recovering"
         f = self.follower
-        assert f is not None
+        if f is None:
+            return "starting"  # between roles: a candidate gave up, or a primary handed over
         if f.diverged is not None:
             return "diverged"
         if f.installing_snapshot:
@@ -319,7 +431,7 @@ class Replication:
         if self.recovery is None:
             return None
         configuration = self.configuration()
-        committed = agreed(self.groups(), self.acks.by_ordinal, self.store.lsn)
+        committed = agreed(self.groups(), self.acks.by_ordinal, self.store.lsn, leader=self.config.ordinal)
         if committed >= configuration.lsn > self._settled:
             self._settled = configuration.lsn  # a majority of both holds the change: the new one alone counts
         return committed
@@ -348,14 +460,15 @@ class Replication:
                     "committed_lsn": self.committed_known(),
                     "log_start": self.store.log_start, "history_id": lineage.history, "epoch": lineage.number,
                     "fork": lineage.fork(), "lineage": lineage.to_json(), "promised": self.store.promise.to_json(),
-                    "membership": self.membership_status()}
+                    "membership": self.membership_status(), "leader": self.leader(),
+                    "handover_to": self.handing_over}
         if self.recovery is not None and not self.writable:
             position["candidate"] = self.recovery.candidate.to_json()
         return position
 
     def primary_lsn(self) -> int | None:
         """The primary's LSN as this replica knows it."""
-        if self.config.role == PRIMARY:
+        if self.recovery is not None:
             return self.store.lsn
         return self.follower.primary_lsn if self.follower else None
 
@@ -377,7 +490,8 @@ class Replication:
                 return self.recovery.rounds > 0, "recovering: " + self.recovering_message()
             return True, "primary taking writes"
         f = self.follower
-        assert f is not None
+        if f is None:
+            return True, "changing role; serving what this replica has"
         if f.diverged is not None:
             return False, f"diverged: {f.diverged}; kvstore recover resync --pod {self.config.pod_name}"
         if f.installing_snapshot:
@@ -388,12 +502,12 @@ class Replication:
         lag = max(0, known - self.store.lsn)
         behind = f"{lag} entries behind"
         quiet = f.heard_ago()  # the LSN we compare with may be long past (a pause, a partition)
-        name = f.upstream.name if f.upstream else "kv-0"
+        name = f.upstream.name if f.upstream else self.directory.pod_name(self.leader())
         if quiet is not None:
             behind += f" when {name} was last heard, {quiet:.1f}s ago"
         if f.upstream_recovering:
             # Ready, or OrderedReady would never create the pod kv-0 is waiting to hear from.
-            return True, f"kv-0 is recovering; serving what this replica has ({behind})"
+            return True, f"{name} is recovering; serving what this replica has ({behind})"
         if f.stalled is not None and lag and self.primary_reachable():
             return False, f"stalled: {behind} ({f.stalled})"
         if lag > READY_MAX_LAG:
@@ -408,8 +522,9 @@ class Replication:
         out = []
         for ordinal, peer in sorted(self.directory.peers.items()):
             row = peer.to_dict()
+            row["role"] = "primary" if ordinal == self.leader() else "secondary"  # who leads now, not the ordinal
             position = self.acks.positions.get(peer.name)
-            if ordinal == 0 and self.follower is not None:
+            if ordinal == self.leader() and self.follower is not None:
                 row["lsn"] = self.follower.primary_lsn
             elif position is not None:
                 row["lsn"] = position.lsn
@@ -429,3 +544,4 @@ def _ordinal_of(name: str) -> int:
         return parse_ordinal(name)
     except ValueError:
         return 2**31
+

@@ -66,11 +66,13 @@ class Fencing:
     """
 
     def __init__(self, groups: Callable[[], tuple[tuple[int, ...], ...]],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, own: int = 0) -> None:
         # The voter sets (ordinals) a round needs a majority of: the configuration the log holds,
         # and the previous one while a change is not settled (membership.py).
         self.groups = groups
         self.clock = clock
+        self.own = own  # this pod's ordinal: the primary's, when it starts rounds
+        self.relinquished = False  # a primary handing over counts on no lease (its target's promises skip it)
         self.round = 0  # the newest round started (kv-0) or passed down (a secondary)
         self._scheduled = False  # a round is started and will be sent at the next loop turn
         self._out = 0  # the newest round sent and not yet confirmed (0: none)
@@ -106,6 +108,15 @@ class Fencing:
         self._contact = None
         self.began = None
         self.fenced_off = False
+        self.relinquished = False
+
+    def relinquish(self) -> None:
+        """A primary handing over: no strong read is answered from the lease from now on (rounds still are)."""
+        self.relinquished = True
+
+    def reset_lease(self) -> None:
+        """The handover did not happen: the lease counts again."""
+        self.relinquished = False
 
     # ----------------------------------------------------------- log streams
     def attach(self, send: Callable[[int], None]) -> Callable[[], None]:
@@ -151,7 +162,7 @@ class Fencing:
 
     def solo(self) -> bool:
         """Whether kv-0 is the only voter: no follower's echo is needed for anything."""
-        return all(group == (0,) for group in self.groups())
+        return all(group == (self.own,) for group in self.groups())
 
     def _quorum_echoed(self) -> bool:
         """Whether a recovery quorum of the followers of every counted configuration echoed this epoch."""
@@ -160,7 +171,7 @@ class Fencing:
 
     def _confirmed_round(self) -> int:
         """The newest round a majority of every voter set echoed (a quorum while older kv-0s are not fenced off)."""
-        return agreed(self.groups(), self._by_ordinal, self.round, quorum=not self.fenced_off)
+        return agreed(self.groups(), self._by_ordinal, self.round, quorum=not self.fenced_off, leader=self.own)
 
     def relay(self, round_: int) -> None:
         """A secondary got round ``round_`` from its upstream: pass it to its own followers now."""
@@ -219,7 +230,8 @@ class Fencing:
         quorum of promises, so until then nothing was committed that this
         process lacks.
         """
-        return self._contact is not None and self.clock() < self._contact + LEASE_SECONDS * LEASE_SHARE
+        return (not self.relinquished and self._contact is not None
+                and self.clock() < self._contact + LEASE_SECONDS * LEASE_SHARE)
 
     def confirmed_by_lease(self) -> bool:
         """Whether a majority follows this process with no round needed (its lease, or no followers to ask)."""

@@ -33,7 +33,7 @@ from kvstore.discovery import Peer, PeerDirectory
 from kvstore.identity import INCARNATION
 from kvstore.lineage import BEHIND, DROPPABLE, PREFIX, UNKNOWN, Lineage, Promise, compare
 from kvstore.metrics import Metrics
-from kvstore.replication import protocol
+from kvstore.replication import election, protocol
 from kvstore.replication.acks import AckTable
 from kvstore.replication.fencing import LEASE_SECONDS, Fencing
 from kvstore.replication.peer_client import PeerClient, PeerError, PeerPosition, PromiseRefused
@@ -92,7 +92,8 @@ class Follower:
 
     def __init__(self, config: Config, store: Store, directory: PeerDirectory, client: PeerClient,
                  acks: AckTable, metrics: Metrics, fencing: Fencing,
-                 committed_moved: Callable[[], None] = lambda: None) -> None:
+                 committed_moved: Callable[[], None] = lambda: None,
+                 leader: Callable[[], int] = lambda: 0) -> None:
         self.config = config
         self.store = store
         self.directory = directory
@@ -100,6 +101,9 @@ class Follower:
         self.acks = acks
         self.metrics = metrics
         self.fencing = fencing  # our own followers' rounds (cascade): passed down, echoes relayed up
+        self.leader = leader  # the ordinal of the primary this replica follows (kv-0 unless another leads)
+        self.started = time.monotonic()  # when this replica began to follow (in this process)
+        self.leader_heard: float | None = None  # monotonic time of the primary's newest round (they come from it alone)
         self.upstream: Peer | None = None
         self.upstream_lsn: int | None = None  # the upstream's LSN as last heard (status or stream)
         self.primary_lsn: int | None = None
@@ -193,14 +197,19 @@ class Follower:
         self._resync.set()
 
     def choose_upstream(self) -> Peer | None:
-        """kv-0, or in cascade mode kv-(N-1) while it is in DNS and answering."""
+        """The primary, or in cascade mode kv-(N-1) while it is in DNS and answering (kv-0 leading)."""
         peers = self.directory.peers
-        if self.config.replicate_from == "previous" and self.config.ordinal > 1:
+        leader = self.leader()
+        if self.config.replicate_from == "previous" and self.config.ordinal > 1 and leader == 0:
             previous = peers.get(self.config.ordinal - 1)
             failed_at = self._cascade_failed.get(self.config.ordinal - 1, 0.0)
             if previous is not None and time.monotonic() - failed_at > 5.0:
                 return previous
-        return peers.get(0)
+        return peers.get(leader)
+
+    def lost_for(self) -> float:
+        """Seconds since the primary's last round reached this replica (or since this process started)."""
+        return time.monotonic() - max(self.started, self.leader_heard or 0.0)
 
     # ------------------------------------------------------------------ the loop
     async def _run(self) -> None:
@@ -214,7 +223,9 @@ class Follower:
                 await self._resync.wait()
             upstream = self.choose_upstream()
             if upstream is None:
-                self._failed("no_upstream", "kv-0 is not in DNS")
+                leader = self.leader()
+                self._failed("no_upstream", "this pod led last; waiting for a new primary" if
+                             leader == self.config.ordinal else f"{self.directory.pod_name(leader)} is not in DNS")
                 self.directory.request_refresh()
                 await asyncio.sleep(0.5)
                 continue
@@ -238,7 +249,7 @@ class Follower:
                 reason = f"{exc}" if isinstance(exc, Stalled) else (
                     f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
                 self._failed(kind, reason, upstream)
-                if upstream.ordinal != 0:
+                if upstream.ordinal != self.leader():
                     self._cascade_failed[upstream.ordinal] = time.monotonic()
                 self.directory.request_refresh()
                 if isinstance(exc, Stalled) and exc.kind in ("upstream_recovering", "older_epoch"):
@@ -324,20 +335,22 @@ class Follower:
             if not promise.covers(last.number, last.id):
                 raise Stalled("older_epoch",
                               f"{upstream.name} ({upstream.address}) is in epoch {last.number}, but this replica "
-                              f"promised epoch {promise.number} to a newer kv-0: it does not follow a replaced "
-                              "primary; waiting for DNS to list the current kv-0")
+                              f"promised epoch {promise.number} to {self.directory.pod_name(promise.leader)}: it "
+                              "does not follow a replaced primary; waiting for the current one")
             if last.number > promise.number:
-                await self.store.set_promise(Promise(last.number, last.id))
+                await self.store.set_promise(Promise(last.number, last.id, last.leader))
 
     # -------------------------------------------------------------- promises
     async def promise(self, candidate: Promise) -> None:
-        """A recovering kv-0 asks for its candidate epoch: promise it durably, or raise PromiseRefused.
+        """A candidate asks for its epoch: promise it durably, or raise PromiseRefused.
 
-        Only the kv-0 DNS lists gets a promise (asked back: it must be recovering
-        with this very candidate), so a second kv-0 process that DNS does not
-        list (a zombie) can never take the followers from the real one. Once
-        promised, a stream from an older epoch ends before this returns: no ack
-        of this replica reaches an older kv-0 after its replacement counted it.
+        Only the pod DNS lists under the candidate's name gets a promise (asked
+        back: it must be recovering with this very candidate), so a second
+        process with that name (a zombie) can never take the followers from the
+        real one. A pod other than the primary this replica follows gets one
+        only by election.promise_refusal's rule. Once promised, a stream from an
+        older epoch ends before this returns: no ack of this replica reaches an
+        older primary after its replacement counted it.
         """
         async with self._promising:
             current = self.store.promise
@@ -349,37 +362,62 @@ class Follower:
                                                                         if self.store.lineage.last else "")
                 raise PromiseRefused(f"this replica already holds to epoch {floor}; ask again with a higher one",
                                      held)
-            primary = await self.directory.find(0)
-            if primary is None:
+            name = self.directory.pod_name(candidate.leader)
+            pod = await self.directory.find(candidate.leader)
+            if pod is None:
                 self.directory.request_refresh()
-                raise PromiseRefused("kv-0 is not in this replica's DNS", current)
+                raise PromiseRefused(f"{name} is not in this replica's DNS", current)
             try:
-                listed = await self.client.position(primary, timeout=1.0)
+                listed = await self.client.position(pod, timeout=1.0)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError) as exc:
                 self.directory.request_refresh()
-                raise PromiseRefused(f"cannot ask the kv-0 DNS lists ({primary.address}) to confirm: "
+                raise PromiseRefused(f"cannot ask the {name} DNS lists ({pod.address}) to confirm: "
                                      f"{type(exc).__name__}", current) from None
             if listed.candidate != candidate:
                 self.directory.request_refresh()
-                raise PromiseRefused(f"the kv-0 DNS lists ({primary.address}) is not recovering with epoch "
-                                     f"{candidate.number} ({candidate.id}); a kv-0 that DNS does not list gets no "
+                raise PromiseRefused(f"the {name} DNS lists ({pod.address}) is not recovering with epoch "
+                                     f"{candidate.number} ({candidate.id}); a pod that DNS does not list gets no "
                                      "promise", current)
+            leader, me = self.leader(), self.config.ordinal
+            # Asked only while the primary is heard: one lost for the failover time is not asked (a
+            # frozen one would hold the promise up), and the failover rule applies then anyway.
+            handed_over = (candidate.leader != leader
+                           and (self.config.failover_after <= 0 or self.lost_for() < self.config.failover_after)
+                           and await self._handed_over(leader, candidate))
+            refusal = election.promise_refusal(
+                candidate, listed, election.key(self.store.lineage, self.store.lsn), leader=leader, me=me,
+                lost_for=self.lost_for(), failover_after=self.config.failover_after, handed_over=handed_over)
+            if refusal is not None:
+                raise PromiseRefused(refusal[1], current, refusal[0])
             await self.store.set_promise(candidate)
-            log.warning("promised epoch %d to kv-0 at %s: no older kv-0 gets this replica's acks from now on",
-                        candidate.number, primary.address)
-            events.record("promised", f"promised epoch {candidate.number} to kv-0 at {primary.address}",
-                          epoch=candidate.number, address=primary.address)
+            log.warning("promised epoch %d to %s at %s%s: no older primary gets this replica's acks from now on",
+                        candidate.number, name, pod.address, " (a switchover)" if handed_over else "")
+            events.record("promised", f"promised epoch {candidate.number} to {name} at {pod.address}",
+                          epoch=candidate.number, address=pod.address, leader=name)
             if self._streaming is not None and not candidate.covers(*self._streaming):
                 await self._restart()  # no ack of ours reaches the older epoch from here on
-            # The lease our last echo gave an older epoch's kv-0 must run out before the
-            # candidate counts this promise (and could commit what that kv-0 would not see).
-            # Within LEASE_SECONDS of our start, that echo may be our previous process's.
-            remaining = self.promise_hold(candidate)
+            # The lease our last echo gave an older epoch's primary must run out before the
+            # candidate counts this promise (and could commit what that primary would not see).
+            # Within LEASE_SECONDS of our start, that echo may be our previous process's. A
+            # primary that hands over gave its lease up before it asked the candidate to take over.
+            remaining = 0.0 if handed_over else self.promise_hold(candidate)
             if remaining > 0:
                 log.info("promising epoch %d in %.2fs, once the lease of our last echo ran out", candidate.number,
                          remaining)
                 await asyncio.sleep(remaining)
             self._retry_now.set()
+
+    async def _handed_over(self, leader: int, candidate: Promise) -> bool:
+        """Whether the primary this replica follows says it hands its role to the candidate's pod."""
+        try:
+            pod = await self.directory.find(leader)
+            if pod is None or leader == self.config.ordinal:
+                return False
+            position = await self.client.position(pod, timeout=1.0)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError):
+            return False
+        # Handing over, or handed over already (it promised the candidate, and leads no more).
+        return position.handover_to == candidate.leader or position.promised == candidate
 
     def promise_hold(self, candidate: Promise) -> float:
         """Seconds before this follower may count as promised to ``candidate`` (0: now).
@@ -424,7 +462,7 @@ class Follower:
     def _heard(self, upstream: Peer, upstream_lsn: int) -> None:
         self.upstream_heard = time.monotonic()
         self.upstream_lsn = upstream_lsn
-        if upstream.ordinal == 0:
+        if upstream.ordinal == self.leader():
             self.primary_lsn = upstream_lsn
 
     async def catch_up_from(self, upstream: Peer, position: PeerPosition) -> bool:
@@ -495,6 +533,7 @@ class Follower:
                         wake.set()  # the upstream asks who still follows it: answer now, not after the disk
                         if until is None:
                             self.fencing.relay(round_)
+                            self.leader_heard = now  # rounds start at the primary alone
                     self.last_contact = now
                     self._heard(upstream, upstream_lsn)
                     self.stalled = self.last_error = None
@@ -515,7 +554,7 @@ class Follower:
                         # notice (one per write when idle): an ack to each doubled the acks.
                         wake.set()
                     self._note_committed(min(committed, next_lsn - 1))
-                    if upstream.ordinal == 0:
+                    if upstream.ordinal == self.leader():
                         self.primary_lsn = max(upstream_lsn, next_lsn - 1)
                     while applying and (applying[0].done() or len(applying) > MAX_APPLYING):
                         waited = time.monotonic()

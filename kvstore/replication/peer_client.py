@@ -25,9 +25,10 @@ class PeerError(Exception):
 class PromiseRefused(PeerError):
     """A follower did not promise a recovering kv-0's candidate epoch; ``promised`` is what it holds to."""
 
-    def __init__(self, message: str, promised: Promise) -> None:
+    def __init__(self, message: str, promised: Promise, kind: str = "") -> None:
         super().__init__(message)
         self.promised = promised
+        self.kind = kind  # election.LEADER_ALIVE, election.BEHIND, or "" (an older or other epoch)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class PeerPosition:
     promised: Promise = Promise()  # the newest epoch this peer promised to follow
     candidate: Promise | None = None  # a recovering kv-0's epoch-to-be, which followers promise
     membership: Configuration | None = None  # the newest configuration its log holds (None: none recorded)
+    leader: int | None = None  # the ordinal it takes for the primary (itself when it leads)
+    handover_to: int | None = None  # a primary handing its role over: the ordinal it hands it to
 
     @property
     def empty(self) -> bool:
@@ -58,11 +61,16 @@ class PeerPosition:
             if not isinstance(lsn, int) or not isinstance(log_start, int) or lsn < 0 or log_start < 1:
                 raise ValueError("bad lsn or log_start")
             candidate, membership = body.get("candidate"), body.get("membership")
+            leader, handover = body.get("leader"), body.get("handover_to")
+            for value in (leader, handover):
+                if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                          or not 0 <= value < 10**9):
+                    raise ValueError("bad leader or handover_to")
             return cls(str(body.get("name", "")), str(body.get("state", "")), lsn, log_start,
                        Lineage.from_json(body.get("lineage", [])), Promise.from_json(body.get("promised")),
                        Promise.from_json(candidate) if candidate is not None else None,
                        Configuration.from_json(membership["recorded"]) if isinstance(membership, dict)
-                       and membership.get("recorded") is not None else None)
+                       and membership.get("recorded") is not None else None, leader, handover)
         except (KeyError, TypeError, ValueError) as exc:
             raise PeerError(f"malformed peer status: {exc}") from None
 
@@ -115,7 +123,7 @@ class PeerClient:
 
         Raises PromiseRefused with the follower's reason and the epoch it holds to.
         """
-        params = {"epoch": str(candidate.number), "id": candidate.id}
+        params = {"epoch": str(candidate.number), "id": candidate.id, "leader": str(candidate.leader)}
         async with self.session.post(peer.peer_url + "/v1/peer/promise", params=params,
                                      timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             self._check_version(peer, response.status, response.headers)
@@ -125,10 +133,26 @@ class PeerClient:
                 promised = Promise.from_json(body.get("promised"))
             except ValueError as exc:
                 raise PeerError(f"{peer.name} refused with a malformed promise: {exc}") from None
-            raise PromiseRefused(f"{peer.name}: {str(body.get('message', ''))[:300]}", promised)
+            raise PromiseRefused(f"{peer.name}: {str(body.get('message', ''))[:300]}", promised,
+                                 str(body.get("kind", ""))[:40])
         if response.status != 200:
             raise PeerError(f"{peer.name} answered a promise request with HTTP {response.status}")
         return PeerPosition.parse(body)
+
+    async def takeover(self, peer: Peer, epoch: Promise, lsn: int, timeout: float = 2.0) -> None:
+        """Ask follower ``peer`` to take the primary's role over from this pod (a switchover).
+
+        ``epoch`` is the primary's current epoch, ``lsn`` its last write, which
+        ``peer`` must hold. Raises PeerError with the follower's reason.
+        """
+        params = {"epoch": str(epoch.number), "id": epoch.id, "lsn": str(lsn)}
+        async with self.session.post(peer.peer_url + "/v1/peer/takeover", params=params,
+                                     timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            self._check_version(peer, response.status, response.headers)
+            body = await _bounded_json(response, peer)
+        if response.status != 202:
+            message = body.get("message", "") if isinstance(body, dict) else ""
+            raise PeerError(f"{peer.name} refused to take over: {str(message)[:300]}")
 
     @contextlib.asynccontextmanager
     async def stream(self, peer: Peer, params: dict[str, str],

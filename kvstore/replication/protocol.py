@@ -8,9 +8,10 @@ what peers say is built where it is served: the position JSON by
 ``Replication.position`` (coordinator.py; parsed by ``PeerPosition`` in
 peer_client.py), the refusal headers by ``LogServer`` (log_server.py), the
 promise call by ``Replication.promise`` and ``PeerClient.promise``, the
+takeover and switchover calls by handover.py and ``PeerClient.takeover``, the
 ``kvstore recover`` body by operator.py and server.py, the lineage and
 promise JSON by lineage.py, and a log entry's bytes by ``LogEntry``
-(storage.py). The full description is in docs/design.md ("The peer
+(storage/layout.py). The full description is in docs/design.md ("The peer
 protocol").
 
 - ``GET /v1/peer/status``: a replica's position as JSON: ``lsn``,

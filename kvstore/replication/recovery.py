@@ -51,8 +51,9 @@ from kvstore import events
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
 from kvstore.lineage import Promise, new_id
-from kvstore.membership import Configuration, recovery_quorum
+from kvstore.membership import Configuration, majority, recovery_quorum
 from kvstore.metrics import Metrics
+from kvstore.replication import election
 from kvstore.replication.follower import Follower
 from kvstore.replication.peer_client import PeerClient, PeerError, PeerPosition, PromiseRefused
 from kvstore.storage import Store
@@ -60,6 +61,7 @@ from kvstore.storage import Store
 log = logging.getLogger("kvstore.replication")
 
 ASK_INTERVAL = 0.5  # seconds between rounds of asking the followers not heard yet
+START, FAILOVER, HANDOVER = "start", "failover", "handover"  # why a pod asks for an epoch
 LOG_INTERVAL = 5.0  # seconds between "still waiting" lines
 
 
@@ -74,10 +76,19 @@ class Decision:
 
 
 class Recovery:
-    """The start-up check of kv-0; ``done`` once it may serve."""
+    """A pod's check before it serves as primary; ``done`` once it may serve, ``abandoned`` if it may not.
+
+    ``mode``: START (kv-0's start-up, or again after it found it was
+    replaced), FAILOVER (a follower that lost the primary, election.py) or
+    HANDOVER (the primary asked this follower to take over). A candidate in
+    any mode gives up (``abandoned``) when a live primary answers or a
+    follower's log is ahead of its own; FAILOVER and HANDOVER also when they
+    are refused for a newer epoch or have not decided within their time.
+    """
 
     def __init__(self, config: Config, store: Store, directory: PeerDirectory, client: PeerClient,
-                 follower: Follower, metrics: Metrics) -> None:
+                 follower: Follower, metrics: Metrics, mode: str = START,
+                 unreachable: frozenset[int] = frozenset(), asked_before: int = 0) -> None:
         self.config = config
         self.store = store
         self.directory = directory
@@ -91,7 +102,18 @@ class Recovery:
         self.decision: Decision | None = None
         self.rounds = 0  # rounds of asking that ended still waiting
         # The epoch this kv-0 will begin, which followers must promise first (fencing.py).
-        self.candidate = Promise(max(store.lineage.max_number(), store.promise.number) + 1, new_id())
+        self.mode = mode
+        # Pods a standing follower just found unreachable (the lost primary): not waited for in the
+        # first round, so a frozen one does not hold the election up for a timeout.
+        self._skip = {directory.pod_name(o) for o in unreachable}
+        # Above every epoch this pod knows, and above its own earlier candidacies (``asked_before``):
+        # followers may still hold to one it gave up.
+        self.candidate = Promise(max(store.lineage.max_number(), store.promise.number, asked_before) + 1, new_id(),
+                                 config.ordinal)
+        # The pod that led the newest epoch this one knows: its followers are the ones to hear.
+        self.previous_leader = election.newest_leader(store)
+        self.abandoned: str | None = None  # why this pod gave up asking (it follows instead)
+        self.live_leader: tuple[int, int] | None = None  # (epoch, ordinal) of a primary that answered
         self._forced: Decision | None = None
         self._wake = asyncio.Event()
 
@@ -117,7 +139,17 @@ class Recovery:
         started = time.monotonic()
         last_log = 0.0
         delay = ASK_INTERVAL
+        deadline = started + max(2.0, self.config.failover_after) if self.mode != START else None
         while True:
+            if self.abandoned is None and deadline is not None and time.monotonic() > deadline:
+                self.abandoned = "no quorum of promises in time: " + "; ".join(
+                    f"{k}: {v}" for k, v in sorted(self.unheard_reasons.items()))
+            if self.abandoned is not None:
+                log.warning("%s stops asking for epoch %d: %s", self.config.pod_name, self.candidate.number,
+                            self.abandoned)
+                events.record("election_abandoned", self.abandoned, epoch=self.candidate.number)
+                self.metrics.recovering.set(0)
+                return
             try:
                 decision = self._forced or await self._ask_and_decide(time.monotonic() - started)
                 if decision is not None:
@@ -164,24 +196,27 @@ class Recovery:
         for configuration in [self.store.membership, *(p.membership for p in self.heard.values())]:
             if configuration is not None:
                 ordinals |= set(configuration.members())
-        return [self.directory.pod_name(o) for o in sorted(ordinals - {0})]
+        return [self.directory.pod_name(o) for o in sorted(ordinals - {self.config.ordinal})]
 
     def _needed(self) -> list[str]:
         """The followers "every follower" means: the counting configuration's voters and every pod in DNS."""
         ordinals = set(self.configuration().voters) | set(self.directory.peers)
-        return [self.directory.pod_name(o) for o in sorted(ordinals - {0})]
+        return [self.directory.pod_name(o) for o in sorted(ordinals - {self.config.ordinal})]
 
     async def _ask_and_decide(self, elapsed: float) -> Decision | None:
         for _ in range(3):  # again at once when an answer raised the candidate or named more members
             candidate, asked = self.candidate, self._to_ask()
             missing = [name for name in asked if name not in self.heard]
             self.waiting_for = missing
-            await asyncio.gather(*(self._ask(name) for name in missing))
+            await asyncio.gather(*(self._ask(name) for name in missing if name not in self._skip))
+            self._skip = set()
             # A position counts only with a promise of the current candidate (it may have risen meanwhile).
             self.heard = {name: p for name, p in self.heard.items() if p.promised == self.candidate}
             if self.candidate == candidate and self._to_ask() == asked:
                 break
         self.waiting_for = [name for name in self._needed() if name not in self.heard]
+        if self.abandoned is not None:
+            return None  # a live primary or a more up-to-date log answered: follow, do not decide
         return self.decide(elapsed)
 
     async def _ask(self, name: str) -> None:
@@ -192,21 +227,32 @@ class Recovery:
                 self.unheard_reasons[name] = "not in DNS"
                 return
             candidate = self.candidate
-            position = await self.client.promise(peer, candidate)
+            # A pod that stands has no time to lose on one that does not answer; kv-0's start-up
+            # allows for a follower that waits out its lease before it promises.
+            position = await self.client.promise(peer, candidate, timeout=2.0 if self.mode == START else 1.0)
             if position.promised != candidate or position.lineage.max_number() >= candidate.number:
                 raise PeerError(f"{name} answered a promise of epoch {candidate.number} with another position")
             self.heard[name] = position
             self.unheard_reasons.pop(name, None)
         except PromiseRefused as exc:
             self.unheard_reasons[name] = f"did not promise epoch {self.candidate.number}: {exc}"
-            if exc.promised.number >= self.candidate.number:
-                self._raise_candidate(exc.promised.number)
+            if exc.kind == election.LEADER_ALIVE:
+                if exc.promised.number:
+                    self.live_leader = max(self.live_leader or (0, 0), (exc.promised.number, exc.promised.leader))
+                self.abandoned = f"{name}: a primary is alive ({exc})"
+            elif exc.kind == election.BEHIND:
+                self.abandoned = f"{name} holds a more up-to-date log ({exc})"
+            elif exc.promised.number >= self.candidate.number:
+                if self.mode != START and exc.promised.leader != self.config.ordinal:
+                    self.abandoned = f"{name} promised epoch {exc.promised.number} to another candidate"
+                else:  # kv-0's start-up, or a promise made to this pod's own earlier candidacy
+                    self._raise_candidate(exc.promised.number)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError) as exc:
             self.unheard_reasons[name] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
     def _raise_candidate(self, above: int) -> None:
         """A follower holds to epoch ``above`` or newer: ask for a higher one (promises of the old one are void)."""
-        self.candidate = Promise(above + 1, new_id())
+        self.candidate = Promise(above + 1, new_id(), self.config.ordinal)
         self.heard.clear()
         log.info("recovery: a follower holds to epoch %d; asking for epoch %d", above, self.candidate.number)
 
@@ -214,12 +260,24 @@ class Recovery:
         """The decision for what has been heard so far, or None to keep waiting."""
         heard = self.heard
         configuration = self.configuration()
-        voters = [self.directory.pod_name(o) for o in configuration.voters if o != 0]
+        me, previous = self.config.ordinal, self.previous_leader
+        voters = [self.directory.pod_name(o) for o in configuration.voters if o != me]
         voters_heard = sum(1 for name in voters if name in heard)
+        if me == previous:
+            # The pod that led asks again (kv-0's start-up): its own disk may be lost, so it needs
+            # the followers that hold every write it acknowledged, without itself.
+            have_quorum = voters_heard >= recovery_quorum(len(configuration.voters))
+        else:
+            # Another pod (a failover, a takeover): every promiser's log is at most as up to date
+            # as this one (election.py), so a majority with itself holds every committed write,
+            # as in Raft; and every majority the old primary could gather holds a promiser.
+            voters_heard += me in configuration.voters
+            have_quorum = voters_heard >= majority(len(configuration.voters))
         all_heard = all(name in heard for name in self._needed())
-        have_quorum = voters_heard >= recovery_quorum(len(configuration.voters))
         followers = len(voters)
-        waited = elapsed >= self.config.recovery_wait
+        # A follower that stands has waited KV_FAILOVER_AFTER already, and the pod that was lost
+        # is exactly the one it would wait for.
+        waited = elapsed >= self.config.recovery_wait or self.mode != START
         store = self.store
         empty = store.lsn == 0 and not store.lineage.epochs
         if empty and all_heard and all(p.empty for p in heard.values()):
@@ -256,7 +314,10 @@ class Recovery:
         number = max(self.candidate.number, store.lineage.max_number() + 1)
         history = store.history_id if decision.continue_history and store.history_id else new_id()
         lineage = store.lineage.begin(number, store.lsn + 1, history, decision.verified, self.candidate.id,
-                                      keep=self.config.test_max_epochs)
+                                      keep=self.config.test_max_epochs, leader=self.config.ordinal)
+        if self.config.ordinal != self.previous_leader:
+            # It counted itself among the promises: it acks no older primary from here on.
+            await store.set_promise(Promise(number, self.candidate.id, self.config.ordinal))
         await store.set_lineage(lineage)
         self.metrics.epoch.set(lineage.number)
         fork = lineage.fork()

@@ -23,11 +23,13 @@ log = logging.getLogger("kvstore.replication")
 
 # 2: the stream header since pipelining (upstream LSN, committed LSN, round).
 # 3: configuration entries in the log (membership.py) and the follower's incarnation in a stream request.
-# 4: transaction entries in the log (txn.py; a PUT with a ttl is one too).
+# 4: transaction entries in the log (txn.py; a PUT with a ttl is one too), and any pod may lead
+#    (election.py, handover.py: epochs and promises name their leader, which older builds ignore).
 PEER_PROTOCOL = 4
 OLDEST_PEER_PROTOCOL = 2  # the oldest version this build still speaks
 CONFIG_PROTOCOL = 3  # a peer speaking less cannot read a configuration entry: kv-0 writes none meanwhile
-TXN_PROTOCOL = 4  # a peer speaking less cannot read a transaction entry: kv-0 writes none meanwhile
+TXN_PROTOCOL = 4  # a peer speaking less cannot read a transaction entry: the primary writes none meanwhile
+LEADER_PROTOCOL = 4  # a peer speaking less knows no primary but kv-0: no other pod stands for election meanwhile
 PEER_VERSIONS = (OLDEST_PEER_PROTOCOL, PEER_PROTOCOL)
 # A call without the header comes from a build older than the header, which spoke version 2.
 UNNAMED = (2, 2)

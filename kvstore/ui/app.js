@@ -151,9 +151,10 @@ function renderEvents(view) {
 function render(view) {
   const me = view.pods.find((p) => p.serving);
   $("served-by").textContent = `served by ${view.served_by}${me ? ` (${me.role})` : ""}`;
-  const primaryUp = view.pods.some((p) => p.ordinal === 0 && p.up);
+  const primaryUp = view.pods.some((p) => p.role === "primary" && p.up);
   $("primary-lsn").textContent = view.primary_lsn === null ? ""
     : primaryUp ? `primary LSN ${view.primary_lsn}` : `primary down · highest LSN known ${view.primary_lsn}`;
+  $("leader").textContent = view.leader ? `· ${view.leader}` : "";
   // Pods of more than one template revision: a rolling update is under way (or halted).
   $("rollout").textContent = view.rollout ? "· rollout in progress: " + Object.entries(view.rollout)
     .map(([revision, pods]) => `${pods.join(", ")} at ${revision}`).join("; ") : "";

@@ -85,6 +85,8 @@ def assert_clean_run(out: Path, result: subprocess.CompletedProcess[str], kills:
     short = {kind: (succeeded.get(kind, 0), least) for kind, least in MIN_OK.items()
              if succeeded.get(kind, 0) < least}
     assert not short, f"too few successful operations (got, wanted): {short}"
+    # The watchers read and the checker judged their events (every acknowledged write in a watched range).
+    assert report["watch"]["events"] > 0 and report["watch"]["covered_writes"] > 0, report["watch"]
     # The history and fault log are JSON lines with what the report counted.
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert {op["outcome"] for op in history} <= {"ok", "failed", "unknown"}
@@ -118,6 +120,15 @@ def test_bounded_chaos_run_kills_pauses_partitions_and_passes(tmp_path: Path) ->
     again = chaos(tmp_path, "--recheck", str(tmp_path), timeout=120)
     assert again.returncode == 0 and "verdict: PASS" in again.stdout, again.stdout + again.stderr
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    # With one acknowledged write's event taken out of a watcher's stream, the checker reports a gap.
+    watch_lines = (tmp_path / "watch.jsonl").read_text().splitlines()
+    acked = {(op["key"], op["version"]) for op in history if op["outcome"] == "ok" and op["version"] is not None}
+    cut = next(i for i, line in enumerate(watch_lines)
+               if json.loads(line)["type"] == "put" and (json.loads(line)["key"], json.loads(line)["version"]) in acked)
+    (tmp_path / "watch.jsonl").write_text("\n".join(watch_lines[:cut] + watch_lines[cut + 1:]) + "\n")
+    gap = chaos(tmp_path, "--recheck", str(tmp_path), timeout=120)
+    assert gap.returncode == 1 and "watch_gap 1" in gap.stdout, gap.stdout + gap.stderr
+    (tmp_path / "watch.jsonl").write_text("\n".join(watch_lines) + "\n")
     final = json.loads((tmp_path / "final.json").read_text())
     maybe_deleted = {op["key"] for op in history if op["f"] == "delete" and op["outcome"] == "unknown"}
     victim = next(op["key"] for op in reversed(history)

@@ -204,7 +204,7 @@ class Pods:
             "POD_NAME": name, "POD_NAMESPACE": "default", "KV_SERVICE": "kv",
             "KV_CLUSTER_DOMAIN": "cluster.local", "KV_DNS_SERVER": self.dns.address,
             "KV_REPLICAS": str(replicas), "KV_CLUSTER_TOKEN_FILE": str(self.token_path),
-            "KV_REFRESH_INTERVAL": "0.5",
+            "KV_REFRESH_INTERVAL": "0.5", "KV_FAILOVER_AFTER": "0", "KV_SWITCHOVER_ON_STOP": "false",
         }
         return PodSpec(name=name, ordinal=ordinal, address=self.address(ordinal), http_port=8080,
                        peer_port=8081, data_dir=self.directory / f"data-{name}",

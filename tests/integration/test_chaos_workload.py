@@ -17,7 +17,7 @@ import aiohttp
 
 from replica_process import running
 from kvstore.chaos import checker
-from kvstore.chaos.cli import _view
+from kvstore.chaos.cli import _view, check
 from kvstore.chaos.workload import Workload, WorkloadConfig
 
 
@@ -52,6 +52,9 @@ def test_workload_records_412_current_versions_and_the_checker_passes_it(tmp_pat
     versions = {op.version for op in history if op.is_write and op.outcome == "ok"}
     named = {op.current_version for op in creates + cases if op.current_version is not None}
     assert named <= versions, named - versions
-    report = checker.check(history, {"kv-0": final})
+    report = check(history, workload.watch_log, {"kv-0": final}, max_steps=1_000_000)
     assert report.verdict == "PASS", report.violations[:5]
     assert report.keys_checked >= 1
+    # The watchers saw the writes as they were committed, each acknowledged one once.
+    assert report.watchers == 3 and report.watch_events >= report.watch_covered > 0, report
+    assert report.watch_resyncs == 0

@@ -21,13 +21,31 @@ def test_compare_etcd_defaults_and_flags() -> None:
     assert (args.seconds, args.connections, args.no_ceiling) == (10, [1, 32], False)
     args = compare_etcd.parse_args(["--seconds", "3", "--connections", "4,64", "--no-ceiling"])
     assert (args.seconds, args.connections, args.no_ceiling) == (3, [4, 64], True)
+    assert (args.watchers, args.watch_writes, args.watch_writers) == (100, 2000, 16)
+    args = compare_etcd.parse_args(["--watchers", "0", "--watch-writes", "10", "--watch-writers", "1"])
+    assert (args.watchers, args.watch_writes, args.watch_writers) == (0, 10, 1)
 
 
-@pytest.mark.parametrize("argv", [["--seconds", "0"], ["--connections", "1,x"], ["--connections", "0"]])
+@pytest.mark.parametrize("argv", [["--seconds", "0"], ["--connections", "1,x"], ["--connections", "0"],
+                                  ["--watchers", "-1"], ["--watch-writes", "5"], ["--watch-writers", "0"]])
 def test_compare_etcd_rejects_bad_flags(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         compare_etcd.parse_args(argv)
     assert exc.value.code == 2
+
+
+def test_compare_etcd_prints_the_watch_figures_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
+    def phase(events_per_s: int, p50: float, p99: float) -> dict[str, float]:
+        return {"events_per_s": events_per_s, "latency_ms_p50": p50, "latency_ms_p99": p99}
+
+    compare_etcd.print_watch({
+        "watchers": 100, "writes": 2000, "writers": 16,
+        "etcd": {"one_writer": phase(900, 8.0, 100.0), "writers": phase(20000, 60.0, 200.0)},
+        "kvstore": {"one_writer": phase(800, 12.0, 25.0), "writers": phase(40000, 48.0, 120.0)}})
+    out = capsys.readouterr().out
+    assert "events/s, 16 writers" in out and "20000 |     40000 |   2.00x" in out, out
+    assert "write-to-event p50 ms, 1 writer" in out and "8.00 |     12.00 |   1.50x" in out, out
+    assert "write-to-event p99 ms, 1 writer" in out and "0.25x" in out, out
 
 
 def test_scale_figures_defaults_and_bad_flags() -> None:

@@ -67,8 +67,8 @@ class GatedDB:
 @pytest.fixture
 async def gated(tmp_path: Path):
     store = Store.open(str(tmp_path / "data"))
-    db = GatedDB(store._db)
-    store._db = db
+    db = GatedDB(store._database.db)
+    store._database.db = db
     await store.start()
     db.gate.set()
     await store.set_lineage(EPOCH)
@@ -184,9 +184,9 @@ async def test_a_closed_store_takes_nothing(gated: tuple[Store, GatedDB]) -> Non
 async def test_without_fsync_batches_are_not_synced(tmp_path: Path) -> None:
     """KV_FSYNC=false (benchmarks only) is the one way to turn the sync off."""
     store = Store.open(str(tmp_path / "data"), fsync=False)
-    db = GatedDB(store._db)
+    db = GatedDB(store._database.db)
     db.gate.set()
-    store._db = db
+    store._database.db = db
     await store.start()
     try:
         await store.set_lineage(EPOCH)

@@ -132,6 +132,9 @@ class KvZeroListed:
     def request_refresh(self) -> None:
         pass
 
+    def pod_name(self, ordinal: int) -> str:
+        return f"kv-{ordinal}"
+
     async def position(self, peer: Peer, timeout: float = 1.0) -> PeerPosition:
         return PeerPosition("kv-0", "recovering", 0, 1, Lineage(), candidate=self.candidate)
 

@@ -10,7 +10,8 @@ import pytest
 from kvstore import storage
 from kvstore.lineage import Lineage, Promise
 from kvstore.membership import Configuration
-from kvstore.storage import LogEntry, Mutation, Store
+from kvstore.storage import HoldCommit, LogEntry, Mutation, Store
+from kvstore.storage import layout, retained_log, snapshot_swap
 
 
 def lineage_of(history: str) -> Lineage:
@@ -117,7 +118,7 @@ async def test_log_after_returns_entries_in_order_and_bounded(store: Store) -> N
 
 async def test_the_in_memory_tail_serves_what_the_disk_would(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(storage, "TAIL_ENTRIES", 8)  # small, so it is trimmed during the test
+    monkeypatch.setattr(retained_log, "TAIL_ENTRIES", 8)  # small, so it is trimmed during the test
     s = Store.open(str(tmp_path / "d"))
     await started(s)
     try:
@@ -128,15 +129,15 @@ async def test_the_in_memory_tail_serves_what_the_disk_would(tmp_path: Path,
         await s.write(delete("a1"))
         await s.write(put("a2", b"new", if_match=(3,)))
         assert s.lsn == 27
-        assert s._tail_first > 1 and len(s._tail) <= 2 * 8  # trimmed, still bounded
+        assert s._log._tail_first > 1 and len(s._log._tail) <= 2 * 8  # trimmed, still bounded
         for after in range(0, 28):
             for limit in (1, 3, 100):
-                from_disk = s._log_after(after, limit, 1 << 20)
+                from_disk = s._log._log_after(after, limit, 1 << 20)
                 assert await s.log_after(after, limit, 1 << 20) == from_disk, (after, limit)
         assert len(await s.log_after(20, 100, 1)) == 1  # the byte bound holds in memory too
         # After a snapshot the tail starts again at the snapshot's LSN.
         async def one_chunk():
-            yield [(b"z", storage._pack_record(40, b"Z"))]
+            yield [(b"z", layout._pack_record(40, b"Z"))]
         await s.install_snapshot(lineage_of("c" * 32), 40, one_chunk())
         assert await s.log_after(40, 10, 1 << 20) == []
         await s.write(put("after-snapshot"))
@@ -259,7 +260,7 @@ async def _chunks(records: list[list[tuple[bytes, bytes]]], fail_after: int | No
 
 
 def _record(version: int, value: bytes) -> bytes:
-    return storage._pack_record(version, value)
+    return layout._pack_record(version, value)
 
 
 async def test_snapshot_install_replaces_data_atomically(tmp_path: Path) -> None:
@@ -367,7 +368,7 @@ async def test_log_after_counts_the_framing_in_its_byte_bound(store: Store) -> N
         raws = await store.log_after(0, 100, budget)
         assert sum(4 + len(r) for r in raws) <= budget, budget
         assert len(raws) == budget // (one + 4)
-        assert store._log_after(0, 100, budget) == raws  # the disk path bounds the same way
+        assert store._log._log_after(0, 100, budget) == raws  # the disk path bounds the same way
     assert len(await store.log_after(0, 100, 1)) == 1  # one entry alone may exceed the bound
 
 
@@ -389,16 +390,16 @@ async def test_snapshot_install_fsyncs_every_file_before_the_switch(tmp_path: Pa
 
     switched_after: list[int] = []
     at_switch: set[str] = set()
-    real_set_active = storage.set_active_db
+    real_set_active = snapshot_swap.set_active_db
 
     def set_active(data_dir: str, name: str) -> None:
         switched_after.append(len(synced))
         at_switch.update(str(p) for p in Path(data_dir, name).iterdir() if p.is_file())
         real_set_active(data_dir, name)
 
-    monkeypatch.setattr(storage.os, "open", tracking_open)
-    monkeypatch.setattr(storage.os, "fsync", tracking_fsync)
-    monkeypatch.setattr(storage, "set_active_db", set_active)
+    monkeypatch.setattr(os, "open", tracking_open)
+    monkeypatch.setattr(os, "fsync", tracking_fsync)
+    monkeypatch.setattr(snapshot_swap, "set_active_db", set_active)
     s = await started(Store.open(str(tmp_path / "d")))
     try:
         chunks = [[(b"k%d" % i, _record(i + 1, b"v" * 100)) for i in range(500)]]
@@ -431,8 +432,8 @@ async def test_an_epoch_promise_survives_a_restart_and_a_snapshot_install(tmp_pa
 def test_a_corrupt_promise_is_refused_with_its_path(tmp_path: Path) -> None:
     s = Store.open(str(tmp_path / "d"))
     path = s.path
-    s._db.put(storage.META_PROMISE, b'{"epoch": 3}')
-    s._db.close()
+    s._database.db.put(layout.META_PROMISE, b'{"epoch": 3}')
+    s._database.db.close()
     with pytest.raises(storage.StorageError, match="promise is corrupt"):
         Store.open(str(tmp_path / "d"))
     assert path
@@ -440,7 +441,7 @@ def test_a_corrupt_promise_is_refused_with_its_path(tmp_path: Path) -> None:
 
 async def test_a_pipelined_batch_is_in_the_log_stream_before_it_is_durable(tmp_path: Path) -> None:
     # The test-only hold stops the batch holding LSN 3 between "sent" and "written".
-    s = await started(Store.open(str(tmp_path / "data"), hold_commit=(3, 1)))
+    s = await started(Store.open(str(tmp_path / "data"), commit_hook=HoldCommit(3, 1)))
     s.pipeline = True
     try:
         assert await s.write(put("a")) == 1 and await s.write(put("b")) == 2

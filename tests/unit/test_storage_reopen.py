@@ -18,6 +18,7 @@ import pytest
 from kvstore import storage
 from kvstore.lineage import Lineage
 from kvstore.storage import LogEntry, StorageError, Store
+from kvstore.storage.database import ROOM_PROBE
 from small_disk import fill, small_disk
 
 
@@ -60,7 +61,7 @@ async def test_a_follower_store_writes_again_once_there_is_room_and_keeps_every_
     finally:
         await again.close()
     assert "not reopening the database before" in str(still_full.value)  # it waited for room
-    assert not (disk / "data" / storage.ROOM_PROBE).exists()
+    assert not (disk / "data" / ROOM_PROBE).exists()
 
 
 async def test_a_metadata_write_after_a_failed_one_reopens_first(on_small_disk: tuple[Store, Path]) -> None:
@@ -89,7 +90,7 @@ async def test_a_database_that_cannot_be_reopened_stops_the_process(
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise plyvel.IOError("IO error: refused by the test")
-    monkeypatch.setattr(storage.plyvel, "DB", refuse)
+    monkeypatch.setattr(plyvel, "DB", refuse)
     with pytest.raises(StorageError, match="could not be reopened"):
         await s.apply_nowait(entries(21, 5))
     assert s.fatal.is_set() and s.failed is not None
