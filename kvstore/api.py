@@ -12,12 +12,14 @@ import json
 import logging
 import re
 from importlib import resources
-from typing import Callable, Mapping
+import time
+from typing import Any, Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from kvstore import storage
+from kvstore import storage, txn
 from kvstore.config import WRITE_CONCERNS
+from kvstore.identity import PRIMARY
 from kvstore.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kvstore.routing import (
     ApiError, Handler, InFlight, Router, decode_component, make_handler, parse_int, parse_query,
@@ -124,11 +126,11 @@ class ClientApi:
             raise ApiError(400, "bad_header", "If-None-Match on a write only accepts * (create only)")
         return match, if_none is not None
 
-    async def read_body(self, request: web.BaseRequest) -> bytes:
-        limit = self.config.max_value_bytes
+    async def read_body(self, request: web.BaseRequest, txn_limit: int | None = None) -> bytes:
+        """A PUT's value (or, with ``txn_limit``, a transaction's body), refused with a 413 over its limit."""
+        limit = self.config.max_value_bytes if txn_limit is None else txn_limit
         if request.content_length is not None and request.content_length > limit:
-            raise ApiError(413, "value_too_large",
-                           f"the value is {request.content_length} bytes; the limit is {limit}")
+            raise _too_large(f"is {request.content_length} bytes; the limit is {limit}", txn_limit is not None)
         if request.content_length == 0:
             return b""  # aiohttp's empty body refuses even readexactly(0)
         if request.content_length is not None:
@@ -144,7 +146,7 @@ class ClientApi:
         async for chunk in request.content.iter_chunked(64 * 1024):
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, "value_too_large", f"the value exceeds the limit of {limit} bytes")
+                raise _too_large(f"exceeds the limit of {limit} bytes", txn_limit is not None)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -164,17 +166,41 @@ class ClientApi:
 
     async def _write(self, request: web.BaseRequest, op: int) -> web.Response:
         key = self.key_of(request)
-        params = parse_query(request, ("w",))
+        params = parse_query(request, ("w", "ttl") if op == storage.PUT else ("w",))
         w = self.write_concern(params)
+        # The absolute expiry from this pod's clock; a secondary forwards the ttl and the primary counts it again.
+        ttl = parse_int(params, "ttl", 1, txn.MAX_TTL, 0)
+        expires = int(time.time() * 1000) + ttl * 1000 if ttl else 0
         if_match, if_none_match = self.conditions(request)
         if op == storage.PUT:
             value: bytes | None = await self.read_body(request)
         else:
             self.reject_body(request)
             value = None
-        mutation = storage.Mutation(op, key, value, if_match, if_none_match)
+        mutation = storage.Mutation(op, key, value, if_match, if_none_match, expires)
+        result = await self._committed(self.node.write(mutation, w, request, value))
+        if isinstance(result, web.StreamResponse):  # answered by the primary (forwarded)
+            return result
+        headers = self.headers()
+        headers["ETag"] = etag(result)
+        return web.Response(text=write_answer(key, result, op == storage.DELETE), content_type="application/json",
+                            headers=headers)
+
+    async def txn(self, request: web.BaseRequest) -> web.Response:
+        """``POST /v1/txn``: compare, then one branch of puts and deletes as one log entry (txn.py)."""
+        w = self.write_concern(parse_query(request, ("w",)))
+        max_key, max_value = self.config.max_key_bytes, self.config.max_value_bytes
+        body = await self.read_body(request, txn.max_body_bytes(max_key, max_value))
+        result = await self._committed(self.node.transact(
+            body, lambda raw, now: txn.parse(raw, max_key, max_value, now), w, request))
+        if isinstance(result, web.StreamResponse):  # answered by the primary (forwarded)
+            return result
+        return web.json_response(result.to_json(), headers=self.headers())
+
+    async def _committed(self, write: Awaitable[Any]) -> Any:
+        """A write's outcome, its failures as the answers a PUT gives."""
         try:
-            result = await self.node.write(mutation, w, request, value)
+            return await write
         except NotConfirmed as exc:
             raise ApiError(504, "not_confirmed", str(exc)) from None
         except storage.PreconditionFailed as exc:
@@ -195,12 +221,6 @@ class ClientApi:
         except storage.StorageError as exc:
             raise ApiError(503, "storage_unavailable", f"{exc}; retry later",
                            headers={"Retry-After": "1"}) from None
-        if isinstance(result, web.StreamResponse):  # answered by the primary (forwarded)
-            return result
-        headers = self.headers()
-        headers["ETag"] = etag(result)
-        return web.Response(text=write_answer(key, result, op == storage.DELETE), content_type="application/json",
-                            headers=headers)
 
     async def get(self, request: web.BaseRequest) -> web.StreamResponse:
         key = self.key_of(request)
@@ -230,6 +250,9 @@ class ClientApi:
         seen_lsn = self.node.store.lsn if consistency == "strong" else self.node.read_lsn()
         version = self.node.store.lineage_version
         record = await self.node.store.get(key)
+        if record is not None and record.expires and self.node.role == PRIMARY \
+                and record.expires <= time.time() * 1000:
+            record = None  # expired: this primary's expirer is about to write its delete (expiry.py)
         based_on = record.version if record else self.node.store.lsn
         if consistency == "strong":
             try:
@@ -301,16 +324,23 @@ class ClientApi:
         return web.Response(body=openapi_document(), content_type="application/json")
 
 
+def _too_large(said: str, txn_body: bool) -> ApiError:
+    if txn_body:
+        return ApiError(413, "txn_too_large", f"the transaction body {said}")
+    return ApiError(413, "value_too_large", f"the value {said}")
+
+
 def openapi_document() -> bytes:
     """The OpenAPI 3 document of the client API, shipped in the package."""
     return resources.files("kvstore").joinpath("openapi.json").read_bytes()
 
 
 def add_key_routes(router: Router, api: ClientApi) -> None:
-    """The key routes; the peer port mounts them too, for writes forwarded to the primary."""
+    """The key routes and transactions; the peer port mounts them too, for writes forwarded to the primary."""
     router.add_prefix("GET", KV_PREFIX, api.get)
     router.add_prefix("PUT", KV_PREFIX, api.put)
     router.add_prefix("DELETE", KV_PREFIX, api.delete)
+    router.add("POST", "/v1/txn", api.txn)
 
 
 def create_handler(node: Replica, in_flight: InFlight | None = None,

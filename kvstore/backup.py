@@ -6,6 +6,7 @@ the peer protocol's snapshot frames (``u8 kind | u32 length | payload``):
     "kvstore backup 1\\n"
     header  (kind 1): JSON {"format": 1, "lsn", "history", "lineage", "pod", "taken_at", "kvstore"}
     records (kind 2): repeated u32 key length | key | u32 record length | u64 version | value
+                      (a key with a ttl: the version's top bit set, then its u64 expiry in ms, then the value)
     end     (kind 3): JSON {"count": <records>}
     checksum (kind 4): the 32-byte SHA-256 of every byte before this frame
 
@@ -41,7 +42,7 @@ from kvstore.replica import NoPrimary, Replica
 from kvstore.replication import protocol
 from kvstore.replication.log_server import snapshot_frames
 from kvstore.routing import ApiError, Router, parse_query
-from kvstore.storage import Snapshot, Store, StorageError
+from kvstore.storage import Snapshot, Store, StorageError, record_version
 
 log = logging.getLogger("kvstore.backup")
 
@@ -50,7 +51,6 @@ SUFFIX = ".kvbackup"
 FORMAT = 1
 FRAME_CHECKSUM = 4
 _FRAME = struct.Struct(">BI")
-_U64 = struct.Struct(">Q")
 CHECKSUM_FRAME_SIZE = _FRAME.size + hashlib.sha256().digest_size
 # Bounds a reader accepts: the largest frame the largest allowed key and value make.
 MAX_FRAME = protocol.max_snapshot_frame(64 * 1024, 64 * 1024 * 1024)
@@ -229,7 +229,7 @@ def _check_frames(path: str, handle: IO[bytes], size: int) -> tuple[dict[str, An
             except ValueError as exc:
                 raise BackupError(f"{path} is malformed: {exc}") from None
             for _, raw in records:
-                if _U64.unpack_from(raw)[0] > header["lsn"]:
+                if record_version(raw) > header["lsn"]:
                     raise BackupError(f"{path} is malformed: a record is newer than the backup's lsn")
             count += len(records)
         elif kind == protocol.FRAME_END:

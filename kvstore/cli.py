@@ -19,6 +19,7 @@ from kvstore.client import Client, Reply, WatchError, follow, why_unanswered
 from kvstore.cmdline import DEFAULT_CLUSTER_DIR, Parser, flag, hint, int_range
 from kvstore.local import cli as local_cli
 from kvstore.local.state import read_client_url
+from kvstore.txn import MAX_TTL
 
 
 class CliError(Exception):
@@ -53,7 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("-w", "--write-concern", dest="w", choices=config_mod.WRITE_CONCERNS, default=None)
     put.add_argument("--if-match", type=int, default=None, help="compare-and-set on this version")
     put.add_argument("--create-only", action="store_true", help="fail if the key exists")
+    put.add_argument("--ttl", type=flag(int_range(1, MAX_TTL)), default=None,
+                     help="seconds until the primary deletes the key")
     _add_client_target(put)
+
+    txn = sub.add_parser("txn", help="compare, then apply one branch of puts and deletes atomically; exit 0 "
+                                     "when the success branch ran, 3 when the failure branch did")
+    txn.add_argument("body", metavar="JSON",
+                     help='the transaction: JSON text, @FILE, or - for stdin, like {"compare": [{"key": "a", '
+                          '"absent": true}], "success": [{"op": "put", "key": "a", "value": "1"}], "failure": []}')
+    txn.add_argument("-w", "--write-concern", dest="w", choices=config_mod.WRITE_CONCERNS, default=None)
+    _add_client_target(txn)
 
     delete = sub.add_parser("delete", help="delete a key")
     delete.add_argument("key")
@@ -147,7 +158,13 @@ async def _call(args: argparse.Namespace, url: str) -> int:
         if args.command == "put":
             value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()
             reply = await client.put(args.key, value, w=args.w, if_match=args.if_match,
-                                     create_only=args.create_only)
+                                     create_only=args.create_only, ttl=args.ttl)
+        elif args.command == "txn":
+            reply = await client.request("POST", "/v1/txn", params={"w": args.w} if args.w else None,
+                                         data=_txn_body(args.body), headers={"Content-Type": "application/json"})
+            if reply.status == 200:
+                print(json.dumps(reply.data))
+                return 0 if reply.data["succeeded"] else 3
         elif args.command == "delete":
             reply = await client.delete(args.key, w=args.w, if_match=args.if_match)
         elif args.command == "ls":
@@ -162,6 +179,19 @@ async def _call(args: argparse.Namespace, url: str) -> int:
             return _print_error(args.command, reply)
         print(json.dumps(reply.data, indent=2 if args.command == "status" else None))
         return 0
+
+
+def _txn_body(text: str) -> bytes:
+    """``kvstore txn``'s argument as the request body: the JSON itself, @FILE or - (stdin)."""
+    if text == "-":
+        return sys.stdin.buffer.read()
+    if text.startswith("@"):
+        try:
+            with open(text[1:], "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise CliError(f"cannot read {text[1:]}: {exc.strerror}") from None
+    return text.encode()
 
 
 def _printable(value: bytes) -> str:
@@ -234,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"kvstore serve: {exc}", file=sys.stderr)
                 return 2
             return server.run(cfg)
-        if args.command in ("get", "put", "delete", "ls", "status"):
+        if args.command in ("get", "put", "delete", "ls", "status", "txn"):
             return asyncio.run(_client_command(args))
         if args.command == "watch":
             return asyncio.run(_watch(args))

@@ -121,10 +121,19 @@ class Client:
             return Reply(response.status, CIMultiDict(response.headers), body, parsed)
 
     async def put(self, key: str, value: bytes, *, w: str | None = None,
-                  if_match: int | None = None, create_only: bool = False) -> Reply:
-        """PUT a value; ``if_match`` makes it a compare-and-set."""
-        return await self.request("PUT", key_path(key), params=_params(w=w), data=value,
+                  if_match: int | None = None, create_only: bool = False, ttl: int | None = None) -> Reply:
+        """PUT a value; ``if_match`` makes it a compare-and-set, ``ttl`` (seconds) makes it expire."""
+        return await self.request("PUT", key_path(key), params=_params(w=w, ttl=ttl), data=value,
                                   headers=_conditions(if_match, create_only))
+
+    async def txn(self, compare: Sequence[Mapping[str, Any]] = (), success: Sequence[Mapping[str, Any]] = (),
+                  failure: Sequence[Mapping[str, Any]] = (), *, w: str | None = None) -> Reply:
+        """POST /v1/txn: ``compare`` like ``{"key": "a", "version": 7}``, ``{"key": "b", "absent": True}`` or
+        ``{"key": "c", "value": "x"}``; each branch a list like ``{"op": "put", "key": "a", "value": "1"}`` or
+        ``{"op": "delete", "key": "b"}``. The answer's ``data`` says which branch ran and each key's version."""
+        body = {"compare": list(compare), "success": list(success), "failure": list(failure)}
+        return await self.request("POST", "/v1/txn", params=_params(w=w), data=json.dumps(body).encode(),
+                                  headers={"Content-Type": "application/json"})
 
     async def delete(self, key: str, *, w: str | None = None, if_match: int | None = None) -> Reply:
         """DELETE a key."""

@@ -40,6 +40,8 @@ ERRORS: tuple[ErrorCode, ...] = (
     ErrorCode("bad_request", "400", BOTH,
               "a request aiohttp's HTTP parser refuses (a malformed request line or header), or a malformed "
               "`POST /v1/peer/recover` body"),
+    ErrorCode("bad_txn", "400", BOTH,
+              "a `POST /v1/txn` body that is not the transaction JSON (the message names the field)"),
     ErrorCode("unauthorized", "401", PEER, "no or a wrong `Authorization: Bearer <cluster token>`"),
     ErrorCode("not_found", "404", BOTH,
               "no such key (a GET, or a DELETE of an absent key), endpoint or dashboard file"),
@@ -83,6 +85,11 @@ ERRORS: tuple[ErrorCode, ...] = (
               "`min_lsn` beyond the primary's last write: no client can have seen it"),
     ErrorCode("key_too_large", "413", BOTH, "a key over `KV_MAX_KEY_BYTES`"),
     ErrorCode("value_too_large", "413", BOTH, "a value over `KV_MAX_VALUE_BYTES`"),
+    ErrorCode("too_many_operations", "413", BOTH,
+              "a transaction with more than 128 comparisons, or more than 128 operations in a branch"),
+    ErrorCode("txn_too_large", "413", BOTH,
+              "a transaction body over 3 × (`KV_MAX_KEY_BYTES` + `KV_MAX_VALUE_BYTES`) + 64 KiB, or a branch whose "
+              "keys and values exceed `KV_MAX_KEY_BYTES` + `KV_MAX_VALUE_BYTES`"),
     ErrorCode("too_large", "413", PEER, "a peer call's body over aiohttp's limit"),
     ErrorCode("request_line_too_long", "414", BOTH,
               "a request line over 16 KiB, or six times `KV_MAX_KEY_BYTES` plus 1 KiB when that is more"),
@@ -102,6 +109,9 @@ ERRORS: tuple[ErrorCode, ...] = (
     ErrorCode("storage_unavailable", "503", BOTH,
               "kv-0's disk refused a write; it takes none until restarted (may have been applied: read before "
               "retrying)"),
+    ErrorCode("upgrade_in_progress", "503", BOTH,
+              "a transaction or a PUT with `ttl` while a pod of an older build that cannot replicate it is about "
+              "(a rolling update under way; nothing was applied: retry; `Retry-After`)"),
     ErrorCode("too_many_watchers", "503", CLIENT, "the pod serves `KV_MAX_WATCHERS` watches already"),
     ErrorCode("shutting_down", "503", CLIENT, "the pod is stopping: watch another pod (also a watch's last line)"),
     ErrorCode("backup_in_progress", "503", CLIENT, "the pod is sending a backup already; retry when it is done"),

@@ -98,7 +98,7 @@ async def _call(url: str, token: str, body: dict[str, Any], timeout: float,
                 path: str = "/v1/peer/recover") -> tuple[int, Any]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         # The peer protocol's headers, like a peer's: a call without them counts as a peer of an older
-        # build, and a pod that met one lately stands for no election and changes no configuration.
+        # build, and while one is about the primary refuses transactions and no follower stands for election.
         async with session.post(url + path, json=body, headers={
                 **Versions("kvstore-operator").headers, "Authorization": f"Bearer {token}"}) as response:
             try:

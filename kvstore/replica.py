@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -22,6 +22,8 @@ from kvstore.forwarding import ForwardFailed, ForwardTimeout, forward
 from kvstore.replication import Replication
 from kvstore.replication.follower import Follower
 from kvstore.replication.peer_client import PeerError
+from kvstore.replication.versions import TXN_PROTOCOL
+from kvstore.txn import Txn, TxnResult
 
 FORWARDED_BY = "X-Kv-Forwarded-By"
 # A follower that had no round from its primary this long stops forwarding to it (with failover on):
@@ -46,6 +48,12 @@ class NotPrimary(NoPrimary):
     """This kv-0 process cannot show that a majority still follows it: it may have been replaced."""
 
     code = "not_primary"
+
+
+class UpgradeInProgress(NoPrimary):
+    """A pod of an older build is about: the primary writes no entry kind it could not read."""
+
+    code = "upgrade_in_progress"
 
 
 class LsnAhead(Exception):
@@ -112,14 +120,11 @@ class Replica:
         Returns the LSN, or the primary's answer when forwarded. Raises the
         storage errors, NoPrimary, PrimaryTimeout or WriteConcernTimeout.
         """
-        held = self.replication is not None and await self.replication.admitted()
-        if self.role != PRIMARY:
-            # A write held while this primary handed over goes on to the new one, even if forwarded once.
-            return await self._forward(request, body, "writes go to the primary", again=held)
-        if self.replication is not None:
-            await self.replication.serving_soon()
-        self._check_recovered()
-        self._check_contact()
+        forwarded = await self._to_primary(request, body, "writes go to the primary")
+        if forwarded is not None:
+            return forwarded
+        if mutation.expires:
+            self.check_entry_kind()  # a PUT with a ttl is a TXN entry
         version = self.store.lineage_version
         try:
             lsn = await self.store.write(mutation)
@@ -133,6 +138,51 @@ class Replica:
         if not met:
             raise WriteConcernTimeout(lsn, confirmed, required)
         return lsn
+
+    async def transact(self, body: bytes, parse: Callable[[bytes, int], Txn], w: str,
+                       request: web.BaseRequest) -> TxnResult | web.Response:
+        """Run a transaction (``parse`` turns the body into one, with the primary's clock for a ttl) and wait
+        for its concern; a secondary forwards it. Raises what :meth:`write` raises, and UpgradeInProgress.
+
+        A branch that writes nothing was decided on this primary's state: it is
+        answered only once confirmed, as a refused conditional write is. It
+        waits and forwards exactly as :meth:`write` does (a switchover holds it).
+        """
+        txn = parse(body, int(time.time() * 1000))  # a bad body is refused by any pod
+        forwarded = await self._to_primary(request, body, "transactions go to the primary")
+        if forwarded is not None:
+            return forwarded
+        self.check_entry_kind()
+        version = self.store.lineage_version
+        result = await self.store.transact(txn)
+        if result.lsn is None:
+            await self.confirm_read(self.store.lsn, version)
+            return result
+        if self.replication is not None:
+            met, confirmed, required = await self.replication.wait_for_concern(result.lsn, w)
+            if not met:
+                raise WriteConcernTimeout(result.lsn, confirmed, required)
+        return result
+
+    async def _to_primary(self, request: web.BaseRequest, body: bytes | None, why: str) -> web.Response | None:
+        """Every write's way in: wait while a switchover holds writes, then the primary's answer when this pod
+        forwards it (None: this pod is the primary, recovered and in contact, and applies it itself)."""
+        held = self.replication is not None and await self.replication.admitted()
+        if self.role != PRIMARY:
+            # A write held while this primary handed over goes on to the new one, even if forwarded once.
+            return await self._forward(request, body, why, again=held)
+        if self.replication is not None:
+            await self.replication.serving_soon()
+        self._check_recovered()
+        self._check_contact()
+        return None
+
+    def check_entry_kind(self) -> None:
+        """UpgradeInProgress while a peer of an older build, which could not read a TXN entry, is about."""
+        older = self.replication.client.versions.older_peers(TXN_PROTOCOL) if self.replication else []
+        if older:
+            raise UpgradeInProgress(f"{', '.join(older)} run an older build that cannot replicate a transaction "
+                                    "or a key with a ttl; retry once the update is done")
 
     def _check_contact(self, what: str = "writes") -> None:
         """Refuse a write (or a local read) before applying it when no majority followed this process lately.

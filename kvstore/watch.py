@@ -10,7 +10,8 @@ one that falls behind the retained log is told to re-read. Lines:
 - ``{"type": "start", "pod", "history", "lsn"}``: events follow from ``lsn + 1``,
   and ``history`` is the history of ``lsn`` (what to pass back when resuming);
 - ``{"type": "put", "key", "version", "value"}`` (base64; left out with
-  ``values=false``) and ``{"type": "delete", "key", "version"}``;
+  ``values=false``) and ``{"type": "delete", "key", "version"}``; a
+  transaction is one such line per key it writes, all with its LSN;
 - ``{"type": "keepalive", "lsn", "history"}`` after ``KV_WATCH_KEEPALIVE``
   seconds without a line, and at once when the stream passes into another
   history (a fork): everything up to ``lsn`` was scanned, and ``lsn``
@@ -47,18 +48,22 @@ _HISTORY = re.compile(r"^[0-9a-f]{1,32}$")
 _BOOLEANS = {"true": True, "false": False}
 
 
-def is_data(entry: storage.LogEntry) -> bool:
-    """Whether a log entry is a client's change (a put or a delete); other kinds are never shown."""
-    return entry.op in (storage.PUT, storage.DELETE)
+def event_lines(entry: storage.LogEntry, prefix: bytes, values: bool) -> list[bytes]:
+    """The entry's key changes under ``prefix``, one line of JSON each, at the entry's LSN.
 
-
-def event_line(entry: storage.LogEntry, values: bool) -> bytes:
-    """One change as a line of JSON."""
-    event: dict[str, Any] = {"type": "put" if entry.op == storage.PUT else "delete",
-                             "key": entry.key.decode("utf-8", "replace"), "version": entry.lsn}
-    if values and entry.op == storage.PUT:
-        event["value"] = base64.b64encode(entry.value or b"").decode("ascii")
-    return json_line(event)
+    A PUT or DELETE is one change, a transaction one per key it writes (all
+    with its LSN); configuration entries are never shown.
+    """
+    out = []
+    for change in storage.changes_of(entry):
+        if not change.key.startswith(prefix):
+            continue
+        event: dict[str, Any] = {"type": "delete" if change.value is None else "put",
+                                 "key": change.key.decode("utf-8", "replace"), "version": entry.lsn}
+        if values and change.value is not None:
+            event["value"] = base64.b64encode(change.value).decode("ascii")
+        out.append(json_line(event))
+    return out
 
 
 def json_line(body: dict[str, Any]) -> bytes:
@@ -238,8 +243,7 @@ class Watches:
                         if entry.lsn > limit:
                             break
                         position = entry.lsn
-                        if is_data(entry) and entry.key.startswith(prefix):
-                            out.append(event_line(entry, values))
+                        out.extend(event_lines(entry, prefix, values))
                     here = history_at(store.lineage, position)
                     if here and here != line:
                         # Past a fork (or the first data): the watcher resumes with this history from now on.

@@ -19,6 +19,7 @@ from aiohttp import web
 from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
 from kvstore.discovery import MembershipChange, Peer, PeerDirectory
+from kvstore.expiry import Expirer
 from kvstore.identity import parse_ordinal
 from kvstore.membership import Configuration, agreed, all_hold, majority
 from kvstore.metrics import Metrics
@@ -87,6 +88,10 @@ class Replication(Handover):
         self.leading: dict[str, Any] | None = None  # since when and why this pod leads (None: it does not)
         self._current_since: float | None = None  # kv-0 current since (a failback waits on it)
         self._task: asyncio.Task[None] | None = None
+        # The serving primary deletes expired keys (expiry.py): started and stopped in _lead, and it
+        # writes only while a majority follows and no switchover holds writes back.
+        self.expirer = Expirer(store, lambda: (self.writable and self.handing_over is None
+                                               and self.fencing.in_contact() and store.failed is None))
         if config.ordinal == 0:
             self.recovery = self._new_recovery(START)
             self.server.serving = False
@@ -157,6 +162,7 @@ class Replication(Handover):
         decision = self.recovery.decision
         self.fencing.begin(decision is not None and decision.verified)
         self.server.serving = True
+        self.expirer.start()  # the deadlines come from the log: a new primary scans them now
         why = {START: "kv-0 started" if self.config.ordinal == 0 else "this pod started",
                FAILOVER: "failover: the primary was lost", HANDOVER: "switchover"}[mode]
         self.leading = {"since": time.time(), "why": why, "epoch": self.store.epoch}
@@ -169,6 +175,7 @@ class Replication(Handover):
         finally:
             self.leading = None
             self.server.serving = False
+            await self.expirer.stop()  # fenced or handed over: the next primary expires
         return START if outcome == "fenced" and self.config.ordinal == 0 else None
 
     async def _watch(self) -> str:
@@ -284,6 +291,7 @@ class Replication(Handover):
     async def stop(self) -> None:
         """Stop background work and close peer connections."""
         await cancel_and_wait(self._task)
+        await self.expirer.stop()
         await self.server.stop()
         await self._follower.stop()
         await self.client.close()

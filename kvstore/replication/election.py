@@ -31,6 +31,7 @@ from kvstore.discovery import PeerDirectory
 from kvstore.lineage import Lineage, Promise
 from kvstore.membership import Configuration, majority
 from kvstore.replication.peer_client import PeerClient, PeerError, PeerPosition
+from kvstore.replication.versions import LEADER_PROTOCOL
 from kvstore.storage import Store
 
 log = logging.getLogger("kvstore.replication")
@@ -146,7 +147,7 @@ class Elector:
         if me not in configuration.voters:
             self.why_not = "a learner does not stand for election"
             return None
-        if self.client.versions.older_peers():
+        if self.client.versions.older_peers(LEADER_PROTOCOL):
             self.why_not = "a peer speaks an older peer protocol, which knows no primary but kv-0"
             return None
         others = sorted((set(configuration.voters) | set(self.directory.peers)) - {me})

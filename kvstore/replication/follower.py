@@ -37,7 +37,7 @@ from kvstore.replication import election, protocol
 from kvstore.replication.acks import AckTable
 from kvstore.replication.fencing import LEASE_SECONDS, Fencing
 from kvstore.replication.peer_client import PeerClient, PeerError, PeerPosition, PromiseRefused
-from kvstore.storage import LogEntry, Store
+from kvstore.storage import TXN, LogEntry, Store, changes_of
 
 log = logging.getLogger("kvstore.replication")
 
@@ -164,8 +164,10 @@ class Follower:
         committed = self._committed.value
         for entry in entries:
             if entry.lsn > committed:
-                self.unconfirmed[entry.key] = entry.lsn
-                self._unconfirmed_order.append((entry.lsn, entry.key))
+                # A transaction holds back a read of every key it writes.
+                for key in (c.key for c in changes_of(entry)) if entry.op == TXN else (entry.key,):
+                    self.unconfirmed[key] = entry.lsn
+                    self._unconfirmed_order.append((entry.lsn, key))
 
     def _forget_unconfirmed(self) -> None:
         """Hold nothing back: our data was replaced by a snapshot, or we diverged."""

@@ -117,6 +117,13 @@ class Handover:
         self.handing_over = target
         self._admit.clear()
         try:
+            # Writes admitted before the hold may still be queued (a transaction or a conditional write is
+            # not in ``appended`` before its batch is written): they are in the log before the target's LSN.
+            try:
+                await asyncio.wait_for(asyncio.shield(self.store.drain()), timeout)
+            except (asyncio.TimeoutError, StorageError) as exc:
+                raise SwitchoverRefused(f"this primary's queued writes were not written within {timeout:g}s "
+                                        f"({exc or type(exc).__name__})") from None
             lsn = self.store.appended  # what this primary sent: it and the target must hold all of it
             holds = lambda: self.acks.by_ordinal.get(target, 0)  # noqa: E731
             if not await self.store.wait_for_lsn(lsn, timeout):

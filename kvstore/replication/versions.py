@@ -23,9 +23,13 @@ log = logging.getLogger("kvstore.replication")
 
 # 2: the stream header since pipelining (upstream LSN, committed LSN, round).
 # 3: configuration entries in the log (membership.py) and the follower's incarnation in a stream request.
-PEER_PROTOCOL = 3
+# 4: transaction entries in the log (txn.py; a PUT with a ttl is one too), and any pod may lead
+#    (election.py, handover.py: epochs and promises name their leader, which older builds ignore).
+PEER_PROTOCOL = 4
 OLDEST_PEER_PROTOCOL = 2  # the oldest version this build still speaks
 CONFIG_PROTOCOL = 3  # a peer speaking less cannot read a configuration entry: kv-0 writes none meanwhile
+TXN_PROTOCOL = 4  # a peer speaking less cannot read a transaction entry: the primary writes none meanwhile
+LEADER_PROTOCOL = 4  # a peer speaking less knows no primary but kv-0: no other pod stands for election meanwhile
 PEER_VERSIONS = (OLDEST_PEER_PROTOCOL, PEER_PROTOCOL)
 # A call without the header comes from a build older than the header, which spoke version 2.
 UNNAMED = (2, 2)
@@ -71,7 +75,8 @@ class Versions:
         self.text = format_range(versions)
         self.headers = {HEADER: self.text, FROM_HEADER: pod}
         self._seen: dict[str, _Seen] = {}
-        self._older: dict[str, float] = {}  # peers met lately that speak only versions below CONFIG_PROTOCOL
+        # Peers met lately that speak only versions below this build's: their newest version, when.
+        self._older: dict[str, tuple[int, float]] = {}
 
     def compatible(self, theirs: tuple[int, int]) -> bool:
         """Whether a peer speaking ``theirs`` and this pod share a version."""
@@ -87,10 +92,10 @@ class Versions:
             return None
         theirs = UNNAMED if given is None else parse_range(given)
         if self.compatible(theirs):
-            if theirs[1] < CONFIG_PROTOCOL:
-                self._older[(headers.get(FROM_HEADER) or remote or "a peer")[:253]] = time.monotonic()
+            if theirs[1] < self.versions[1]:
+                self._older[(headers.get(FROM_HEADER) or remote or "a peer")[:253]] = (theirs[1], time.monotonic())
                 if len(self._older) > 64:
-                    del self._older[min(self._older, key=self._older.__getitem__)]
+                    del self._older[min(self._older, key=lambda name: self._older[name][1])]
             return None
         return self.note(headers.get(FROM_HEADER) or remote or "a peer", format_range(theirs))
 
@@ -118,10 +123,14 @@ class Versions:
         return {name: f"{name} speaks peer protocol {seen.theirs}, this pod {self.text}"
                 for name, seen in sorted(self._seen.items()) if now - seen.when <= MISMATCH_SECONDS}
 
-    def older_peers(self) -> list[str]:
-        """Peers met within :data:`MISMATCH_SECONDS` that cannot read a configuration entry (an update under way)."""
+    def older_peers(self, needed: int = CONFIG_PROTOCOL) -> list[str]:
+        """Peers met within :data:`MISMATCH_SECONDS` that speak no version from ``needed`` on (an update under way).
+
+        By default those that cannot read a configuration entry; ``TXN_PROTOCOL``: a transaction entry.
+        """
         now = time.monotonic()
-        return sorted(name for name, when in self._older.items() if now - when <= MISMATCH_SECONDS)
+        return sorted(name for name, (theirs, when) in self._older.items()
+                      if theirs < needed and now - when <= MISMATCH_SECONDS)
 
     def status(self) -> dict[str, object]:
         """For /v1/status."""

@@ -21,13 +21,14 @@ No networking lives here.
 """
 
 from kvstore.storage.commit_hook import CommitHook, HoldCommit, commit_hook
-from kvstore.storage.layout import (CONFIG, DELETE, ENTRY_FRAMING, PUT, LogEntry, LogTruncated, Mutation, NotFound,
-                                    PreconditionFailed, Record, StorageError, entry_size_limit)
+from kvstore.storage.layout import (CONFIG, DELETE, ENTRY_FRAMING, PUT, TXN, LogEntry, LogTruncated, Mutation,
+                                    NotFound, PreconditionFailed, Record, StorageError, changes_of, entry_lsn,
+                                    entry_size_limit, is_txn_entry, record_version, unpack_record)
 from kvstore.storage.snapshot_swap import Snapshot
 from kvstore.storage.store import Store
 
 __all__ = [
-    "CONFIG", "DELETE", "ENTRY_FRAMING", "PUT", "CommitHook", "HoldCommit", "LogEntry", "LogTruncated", "Mutation",
-    "NotFound", "PreconditionFailed", "Record", "Snapshot", "StorageError", "Store", "commit_hook",
-    "entry_size_limit",
+    "CONFIG", "DELETE", "ENTRY_FRAMING", "PUT", "TXN", "CommitHook", "HoldCommit", "LogEntry", "LogTruncated",
+    "Mutation", "NotFound", "PreconditionFailed", "Record", "Snapshot", "StorageError", "Store", "changes_of",
+    "commit_hook", "entry_lsn", "entry_size_limit", "is_txn_entry", "record_version", "unpack_record",
 ]

@@ -26,11 +26,12 @@ import plyvel
 from kvstore.membership import Configuration
 from kvstore.storage.commit_hook import CommitHook
 from kvstore.storage.database import ROOM_PROBE, Database, _remove
-from kvstore.storage.layout import (CONFIG, DATA, DELETE, LOG, META_COMMITTED, META_CONFIG, META_LSN, PUT, LogEntry,
-                                    Mutation, NotFound, PreconditionFailed, StorageError, _U64, _pack_record,
-                                    _unpack_version)
+from kvstore.storage.layout import (CONFIG, DATA, DELETE, LOG, META_COMMITTED, META_CONFIG, META_LSN, PUT, TXN,
+                                    LogEntry, Mutation, NotFound, PreconditionFailed, StorageError, _U64,
+                                    _pack_record, _unpack_version, unpack_record)
 from kvstore.storage.retained_log import RetainedLog
 from kvstore.storage.snapshot_swap import SnapshotSwap
+from kvstore.txn import Change, Txn, TxnResult, decode_changes, encode_changes
 
 log = logging.getLogger("kvstore.storage")
 
@@ -104,6 +105,16 @@ class CommitQueue:
             raise result
         return result
 
+    async def transact(self, txn: Txn) -> TxnResult:
+        """Evaluate a transaction's comparisons and commit its chosen branch durably, as one entry.
+
+        The comparisons read the state the batch is built on: no other write
+        lands between them and the branch. Raises StorageError.
+        """
+        results = await self._submit(_Job([Mutation(TXN, b"", txn=txn)], None,
+                                          asyncio.get_running_loop().create_future()))
+        return results[0]
+
     def apply_nowait(self, entries: list[LogEntry], committed: int = 0) -> "asyncio.Future[Any]":
         """Queue replicated entries for the next group commit; the future resolves once durable.
 
@@ -129,6 +140,11 @@ class CommitQueue:
             raise StorageError("replica is shutting down")
         self._queue.put_nowait(job)
         return await job.future
+
+    async def drain(self) -> None:
+        """Wait until every write queued before this call is committed or failed (it goes through the committer
+        after them, and reopens LevelDB if one failed); StorageError if that reopen fails."""
+        await self._through_committer(_Job(None, None, asyncio.get_running_loop().create_future(), reopen=True))
 
     async def switch_to(self, name: str) -> None:
         """Swap to database ``name`` in the committer (see :meth:`SnapshotSwap.do_swap`); reads are held by then."""
@@ -306,7 +322,15 @@ class CommitQueue:
         lsn = self._database.durable.value
         epoch = self._database.lineage.number
         self._staged_membership = None
-        overlay: dict[bytes, int | None] = {}
+        overlay: dict[bytes, tuple[int, bytes] | None] = {}  # keys this batch wrote: (version, value), None: deleted
+
+        def lookup(key: bytes, want_value: bool) -> tuple[int, bytes] | None:
+            if key in overlay:
+                return overlay[key]
+            raw = self._database.db.get(DATA + key) if read_versions else None
+            if raw is None:
+                return None
+            return _unpack_version(raw), unpack_record(raw).value if want_value else b""
         results: list[Any] = []
         encoded: list[bytes] = []
         batch = self._database.db.write_batch(sync=self._database.fsync)
@@ -325,13 +349,18 @@ class CommitQueue:
             if job.mutations and not epoch:
                 raise StorageError("no epoch begun: only a primary that finished its start-up writes")
             for mutation in job.mutations or ():
-                if mutation.key in overlay:
-                    current = overlay[mutation.key]
-                else:
-                    current = self._version(mutation.key) if read_versions else None
-                failure = _check(mutation, current)
+                if mutation.op == TXN:
+                    lsn, result = self._put_changes(batch, mutation, lsn, epoch, lookup, overlay, encoded)
+                    job_results.append(result)
+                    continue
+                current = lookup(mutation.key, False)
+                failure = _check(mutation, None if current is None else current[0])
                 if failure is not None:
                     job_results.append(failure)
+                    continue
+                if mutation.expires:
+                    lsn, _ = self._put_changes(batch, mutation, lsn, epoch, lookup, overlay, encoded)
+                    job_results.append(lsn)
                     continue
                 lsn += 1
                 encoded.append(self._put_entry(batch, LogEntry(lsn, epoch, mutation.op, mutation.key,
@@ -340,7 +369,7 @@ class CommitQueue:
                     self._staged_membership = Configuration.loads(mutation.value or b"", lsn)
                     job_results.append(lsn)
                     continue
-                overlay[mutation.key] = lsn if mutation.op == PUT else None
+                overlay[mutation.key] = (lsn, mutation.value or b"") if mutation.op == PUT else None
                 job_results.append(lsn)
             results.append(job_results)
         if lsn != self._database.durable.value:
@@ -351,10 +380,39 @@ class CommitQueue:
                 self._database.committed_on_disk = committed
         return batch, lsn, results, encoded
 
+    def _put_changes(self, batch: Any, mutation: Mutation, lsn: int, epoch: int,
+                     lookup: Callable[[bytes, bool], tuple[int, bytes] | None],
+                     overlay: dict[bytes, tuple[int, bytes] | None],
+                     encoded: list[bytes]) -> tuple[int, TxnResult]:
+        """A transaction (its comparisons decide the branch) or a PUT with a ttl, as one TXN entry.
+
+        Returns the batch's new last LSN and what the transaction did (a branch that changes nothing
+        writes nothing).
+        """
+        if mutation.txn is not None:
+            succeeded, chosen = mutation.txn.choose(lookup)
+            # A delete of an absent key changes nothing: left out, so no watcher sees it.
+            changes = tuple(c for c in chosen if c.value is not None or lookup(c.key, False) is not None)
+        else:
+            succeeded, changes = True, (Change(mutation.key, mutation.value or b"", mutation.expires),)
+        if not changes:
+            return lsn, TxnResult(succeeded, None, ())
+        lsn += 1
+        encoded.append(self._put_entry(batch, LogEntry(lsn, epoch, TXN, b"", encode_changes(changes))))
+        for change in changes:
+            overlay[change.key] = None if change.value is None else (lsn, change.value)
+        return lsn, TxnResult(succeeded, lsn, tuple(changes))
+
     @staticmethod
     def _put_entry(batch: Any, entry: LogEntry) -> bytes:
         if entry.op == PUT:
             batch.put(DATA + entry.key, _pack_record(entry.lsn, entry.value or b""))
+        elif entry.op == TXN:
+            for change in decode_changes(entry.value or b""):
+                if change.value is None:
+                    batch.delete(DATA + change.key)
+                else:
+                    batch.put(DATA + change.key, _pack_record(entry.lsn, change.value, change.expires))
         elif entry.op == CONFIG:
             # ValueError on a malformed one: the stream that brought it is dropped, nothing written.
             batch.put(META_CONFIG, Configuration.loads(entry.value or b"", entry.lsn).dumps())
@@ -363,10 +421,6 @@ class CommitQueue:
         raw = entry.encode()
         batch.put(LOG + _U64.pack(entry.lsn), raw)
         return raw
-
-    def _version(self, key: bytes) -> int | None:
-        raw = self._database.db.get(DATA + key)
-        return None if raw is None else _unpack_version(raw)
 
 
 def _needs_read(job: _Job) -> bool:

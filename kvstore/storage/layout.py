@@ -3,7 +3,8 @@
 Key layout (distinct prefixes in one database, so all three change together in
 one atomic WriteBatch):
 
-- ``d/<key>``       -> 8-byte version (LSN of the key's last write) + value
+- ``d/<key>``       -> 8-byte version (LSN of the key's last write) + value; a key with
+  a ttl has the version's top bit set and its 8-byte absolute expiry (ms) before the value
 - ``l/<8-byte LSN>`` -> encoded :class:`LogEntry`
 - ``m/<name>``      -> metadata: applied LSN, lineage (epochs and history ids,
   see lineage.py), the newest epoch this replica promised to follow, first
@@ -23,6 +24,7 @@ import plyvel
 
 from kvstore.lineage import Lineage, LineageError, Promise
 from kvstore.membership import Configuration
+from kvstore.txn import Change, Txn, decode_changes
 
 DATA = b"d/"
 LOG = b"l/"
@@ -40,6 +42,7 @@ FORMAT = b"2"  # entries carry their epoch
 PUT = 1
 DELETE = 2
 CONFIG = 3  # a configuration entry: no key, the voters as JSON (membership.py)
+TXN = 4  # several key changes at one LSN, no key: a transaction's branch or a PUT with a ttl (txn.py)
 
 _U64 = struct.Struct(">Q")
 _ENTRY_HEAD = struct.Struct(">QIBI")  # lsn, epoch, op, key length
@@ -71,7 +74,8 @@ class LogTruncated(Exception):
 class LogEntry:
     """One replicated write, stamped with the epoch of the primary that made it; ``value`` is None for a delete.
 
-    A CONFIG entry has no key; its value names the voters from its LSN on.
+    A CONFIG entry has no key; its value names the voters from its LSN on. A TXN
+    entry has no key either; its value holds its key changes (:func:`changes_of`).
     """
 
     lsn: int
@@ -91,9 +95,11 @@ class LogEntry:
             raise ValueError("log entry too short")
         lsn, epoch, op, key_len = _ENTRY_HEAD.unpack_from(data)
         start = _ENTRY_HEAD.size
-        if op not in (PUT, DELETE, CONFIG) or start + key_len > len(data) \
-                or (op == DELETE and start + key_len != len(data)) or (op == CONFIG and key_len):
+        if op not in (PUT, DELETE, CONFIG, TXN) or start + key_len > len(data) \
+                or (op == DELETE and start + key_len != len(data)) or (op in (CONFIG, TXN) and key_len):
             raise ValueError("malformed log entry")
+        if op == TXN:
+            decode_changes(data[start:])  # ValueError: a follower refuses it before writing anything
         key = bytes(data[start:start + key_len])
         value = None if op == DELETE else bytes(data[start + key_len:])
         return cls(lsn, epoch, op, key, value)
@@ -109,7 +115,9 @@ class Mutation:
     """A client write with its optional conditions.
 
     ``if_match`` is None (no condition), ``"*"`` (key must exist) or a tuple
-    of acceptable versions; ``if_none_match`` means create only.
+    of acceptable versions; ``if_none_match`` means create only. A PUT with
+    ``expires`` (ms since the epoch) is written as a TXN entry of one change;
+    op TXN carries its ``txn`` and resolves to a :class:`~kvstore.txn.TxnResult`.
     """
 
     op: int
@@ -117,22 +125,62 @@ class Mutation:
     value: bytes | None = None
     if_match: tuple[int, ...] | str | None = None
     if_none_match: bool = False
+    expires: int = 0
+    txn: Txn | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A stored value and its version (the LSN of its last write)."""
+    """A stored value, its version (the LSN of its last write) and its expiry (ms since the epoch, 0: none)."""
 
     value: bytes
     version: int
+    expires: int = 0
 
 
-def _pack_record(version: int, value: bytes) -> bytes:
+EXPIRING = 1 << 63  # set in a record's version: an 8-byte expiry follows (LSNs stay below it)
+
+
+def _pack_record(version: int, value: bytes, expires: int = 0) -> bytes:
+    if expires:
+        return _U64.pack(version | EXPIRING) + _U64.pack(expires) + value
     return _U64.pack(version) + value
 
 
 def _unpack_version(raw: bytes) -> int:
+    return _U64.unpack_from(raw)[0] & ~EXPIRING
+
+
+def unpack_record(raw: bytes) -> Record:
+    """A ``d/`` record (as stored, and as snapshots and backups carry it) as a :class:`Record`."""
+    head = _U64.unpack_from(raw)[0]
+    if head & EXPIRING:
+        return Record(raw[2 * _U64.size:], head & ~EXPIRING, _U64.unpack_from(raw, _U64.size)[0])
+    return Record(raw[_U64.size:], head)
+
+
+def record_version(raw: bytes) -> int:
+    """The version of a ``d/`` record."""
+    return _unpack_version(raw)
+
+
+def is_txn_entry(raw: bytes) -> bool:
+    """Whether an encoded entry is a TXN entry, without decoding it."""
+    return _ENTRY_HEAD.unpack_from(raw)[2] == TXN
+
+
+def entry_lsn(raw: bytes) -> int:
+    """The LSN of an encoded entry, without decoding it."""
     return _U64.unpack_from(raw)[0]
+
+
+def changes_of(entry: LogEntry) -> list[Change]:
+    """The key changes an entry makes: one for a PUT or DELETE, a TXN's list, none for a CONFIG entry."""
+    if entry.op == TXN:
+        return decode_changes(entry.value or b"")
+    if entry.op in (PUT, DELETE):
+        return [Change(entry.key, entry.value if entry.op == PUT else None)]
+    return []
 
 
 def _read_lineage(db: plyvel.DB, path: str) -> Lineage:

@@ -26,7 +26,7 @@ from kvstore.membership import Configuration
 from kvstore.storage.database import Database, fsync_tree, remove_stale_dbs, set_active_db
 from kvstore.storage.layout import (DATA, ENTRY_FRAMING, FORMAT, META_CONFIG, META_FORMAT, META_LINEAGE,
                                     META_LOG_START, META_LSN, META_PROMISE, Record, StorageError, _U64,
-                                    _parse_membership, _unpack_version)
+                                    _parse_membership, _unpack_version, unpack_record)
 
 
 class Snapshot:
@@ -85,7 +85,7 @@ class SnapshotSwap:
         raw = await future
         if raw is None:
             return None
-        return Record(raw[_U64.size:], _unpack_version(raw))
+        return unpack_record(raw)
 
     def _send_gets(self) -> None:
         """Hand every pending point read to one reader thread (on the loop)."""

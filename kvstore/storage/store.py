@@ -15,6 +15,7 @@ from kvstore.storage.database import Database
 from kvstore.storage.layout import DATA, META_LINEAGE, META_PROMISE, LogEntry, Mutation, Record, _unpack_version
 from kvstore.storage.retained_log import RetainedLog
 from kvstore.storage.snapshot_swap import Snapshot, SnapshotSwap
+from kvstore.txn import Txn, TxnResult
 
 
 class Store:
@@ -210,6 +211,15 @@ class Store:
         StorageError.
         """
         return await self._commits.write(mutation)
+
+    async def transact(self, txn: Txn) -> TxnResult:
+        """Evaluate a transaction's comparisons and commit its chosen branch as one entry (see
+        :meth:`CommitQueue.transact`); raises StorageError."""
+        return await self._commits.transact(txn)
+
+    async def drain(self) -> None:
+        """Wait until every write queued before now is committed or failed (see :meth:`CommitQueue.drain`)."""
+        await self._commits.drain()
 
     def apply_nowait(self, entries: list[LogEntry], committed: int = 0) -> "asyncio.Future[Any]":
         """Queue replicated entries for the next group commit; the future resolves once durable.

@@ -88,13 +88,12 @@ class Writer:
             key, value = f"{self.prefix}-{n}", str(n)
             pod = self.pods[turn % len(self.pods)]
             try:
-                code, headers, body = http("PUT", self.cluster.url(pod) + "/v1/kv/" + urllib.parse.quote(key)
-                                           + "?w=majority", value.encode(), timeout=10)
+                done, code, body = self.write(pod, key, value)
             except OSError:
                 turn += 1  # refused or reset: this pod is down, try the next
                 time.sleep(0.02)
                 continue
-            if code in (200, 201, 204):
+            if done:
                 self.acked[key] = value
                 self.ack_times.append(time.monotonic())
                 n += 1
@@ -103,6 +102,22 @@ class Writer:
                 turn += 1
                 time.sleep(0.05)
             time.sleep(0.005)
+
+    def write(self, pod: str, key: str, value: str) -> tuple[bool, int, bytes]:
+        """One write through ``pod``: (acknowledged, status, body); OSError when the pod is down."""
+        code, _, body = http("PUT", self.cluster.url(pod) + "/v1/kv/" + urllib.parse.quote(key)
+                             + "?w=majority", value.encode(), timeout=10)
+        return code in (200, 201, 204), code, body
+
+
+class TxnWriter(Writer):
+    """A Writer whose writes are transactions (``POST /v1/txn``), each putting one key it finds absent."""
+
+    def write(self, pod: str, key: str, value: str) -> tuple[bool, int, bytes]:
+        txn = {"compare": [{"key": key, "absent": True}], "success": [{"op": "put", "key": key, "value": value}]}
+        code, _, body = http("POST", self.cluster.url(pod) + "/v1/txn?w=majority", json.dumps(txn).encode(),
+                             timeout=10)
+        return code == 200 and json.loads(body)["succeeded"], code, body
 
 
 def assert_all_acked_readable(cluster: LocalCluster, writer: Writer) -> None:
@@ -248,3 +263,52 @@ def read_retrying(cluster: LocalCluster, pod: str, key: str, timeout: float = 15
         if code != 503 or time.monotonic() > deadline:
             return code, body.decode()
         time.sleep(0.1)
+
+
+def test_a_key_with_a_ttl_expires_through_the_pod_that_took_over(cluster: LocalCluster) -> None:
+    """kv-0 is held down before a ttl runs out: the new primary finds the deadline in its log and writes the
+    delete, so the key is gone on it and on its follower (whose local read shows only what the log says)."""
+    wait_kv0_leads(cluster)
+    code, _, body = http("PUT", cluster.url("kv-0") + "/v1/kv/ttl-failover?w=all&ttl=3", b"short-lived")
+    assert code in (200, 201), body
+    kept = http("PUT", cluster.url("kv-0") + "/v1/kv/ttl-kept?w=all&ttl=3600", b"long-lived")
+    assert kept[0] in (200, 201), kept[2]
+    cluster.control("/v1/hold", {"pod": "kv-0"})
+    try:
+        wait_for("another pod to lead", lambda: leader(cluster) in ("kv-1", "kv-2"), 30)
+        acting = leader(cluster)
+        assert acting is not None
+        other = "kv-2" if acting == "kv-1" else "kv-1"
+
+        def gone_on(pod: str) -> bool:
+            return http("GET", cluster.url(pod) + "/v1/kv/ttl-failover", timeout=5)[0] == 404
+        wait_for(f"{acting} to delete the expired key", lambda: gone_on(other), 30)
+        assert read_retrying(cluster, acting, "ttl-failover")[0] == 404
+        assert read_retrying(cluster, acting, "ttl-kept") == (200, "long-lived")
+        # A key written with a ttl in the new primary's epoch expires too.
+        code, _, body = http("PUT", cluster.url(acting) + "/v1/kv/ttl-new-epoch?w=majority&ttl=1", b"x")
+        assert code in (200, 201), body
+        wait_for(f"{acting} to delete the key of its own epoch",
+                 lambda: http("GET", cluster.url(other) + "/v1/kv/ttl-new-epoch", timeout=5)[0] == 404, 30)
+    finally:
+        cluster.control("/v1/release", {"pod": "kv-0"})
+    wait_kv0_leads(cluster, 60)
+    assert read_retrying(cluster, "kv-0", "ttl-failover")[0] == 404
+    assert read_retrying(cluster, "kv-0", "ttl-kept") == (200, "long-lived")
+
+
+def test_transactions_wait_out_a_switchover_and_fail_none(cluster: LocalCluster) -> None:
+    """Transactions sent to the primary that hands over are held, then go to the new primary (as PUTs do)."""
+    wait_kv0_leads(cluster)
+    with TxnWriter(cluster, ["kv-0", "kv-1", "kv-2"], "txn-so") as writer:
+        wait_for("some transactions", lambda: len(writer.acked) > 20, 30)
+        result = cluster_cli(cluster, "switchover", "--to", "kv-2")
+        assert result.returncode == 0, result.stderr
+        wait_for("kv-2 to lead", lambda: leader(cluster) == "kv-2", 10)
+        n = len(writer.acked)
+        wait_for("transactions in kv-2's epoch", lambda: len(writer.acked) > n + 20, 30)
+        wait_kv0_leads(cluster, 30)  # the failback: a second switchover
+        n = len(writer.acked)
+        wait_for("transactions after the failback", lambda: len(writer.acked) > n + 20, 30)
+    assert writer.failed == [], writer.failed[:5]
+    assert_all_acked_readable(cluster, writer)

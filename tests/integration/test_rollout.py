@@ -190,17 +190,17 @@ def test_a_rollout_under_a_steady_writer_loses_no_acknowledged_write(cluster: Lo
 
 @pytest.mark.parametrize("cluster", [(28, {})], indirect=True)
 def test_a_pod_that_cannot_speak_the_peer_protocol_says_so(cluster: LocalCluster) -> None:
-    assert cluster.cli("set", "env", "KV_TEST_PEER_PROTOCOL=4").returncode == 0
+    assert cluster.cli("set", "env", "KV_TEST_PEER_PROTOCOL=5").returncode == 0
     waited = rollout_status(cluster, 10)  # not Ready, not crashed: rollout status says why and gives up
-    assert waited.returncode == 1 and "kv-0 speaks peer protocol 2-3, this pod 4" in waited.stderr, waited.stderr
+    assert waited.returncode == 1 and "kv-0 speaks peer protocol 2-4, this pod 5" in waited.stderr, waited.stderr
     status, _, body = http("GET", cluster.url("kv-2") + "/readyz")
-    assert status == 503 and "kv-0 speaks peer protocol 2-3, this pod 4" in json.loads(body)["message"]
+    assert status == 503 and "kv-0 speaks peer protocol 2-4, this pod 5" in json.loads(body)["message"]
     status, _, body = http("GET", cluster.url("kv-0") + "/v1/status")
-    assert json.loads(body)["peer_protocol"]["mismatches"] == ["kv-2 speaks peer protocol 4, this pod 2-3"]
-    logged = (cluster.directory / LOG_DIR / "kv-2.log").read_text().count("kv-0 speaks peer protocol 2-3, this pod 4:")
+    assert json.loads(body)["peer_protocol"]["mismatches"] == ["kv-2 speaks peer protocol 5, this pod 2-4"]
+    logged = (cluster.directory / LOG_DIR / "kv-2.log").read_text().count("kv-0 speaks peer protocol 2-4, this pod 5:")
     assert logged == 1
     assert cluster.cli("rollout", "undo").returncode == 0
     assert rollout_status(cluster, 60).returncode == 0, cluster.logs()
-    # A build that still speaks 3 meets the others: the rollout goes through.
-    assert cluster.cli("set", "env", "KV_TEST_PEER_PROTOCOL=3-4").returncode == 0
+    # A build that still speaks 4 meets the others: the rollout goes through.
+    assert cluster.cli("set", "env", "KV_TEST_PEER_PROTOCOL=4-5").returncode == 0
     assert rollout_status(cluster).returncode == 0, cluster.logs()

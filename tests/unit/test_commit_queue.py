@@ -193,3 +193,21 @@ async def test_kv_test_hold_commit_holds_only_the_batch_of_its_lsn_and_epoch() -
         await asyncio.sleep(0)
     assert not held.done()  # sent, never written, until the test kills the process
     held.cancel()
+
+
+async def test_drain_returns_once_every_write_queued_before_it_is_written(parts: Parts) -> None:
+    """What a switchover waits for: a write queued but not yet in the log stream is counted before it hands over."""
+    parts.queue.pipeline = True
+    parts.gate.go.clear()
+    first = asyncio.ensure_future(parts.queue.write(put("a")))
+    await held(parts.gate)
+    conditional = asyncio.ensure_future(parts.queue.write(put("b", if_none_match=True)))  # not pipelined
+    await asyncio.sleep(0)
+    drained = asyncio.ensure_future(parts.queue.drain())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not drained.done() and parts.database.appended.value == 1  # "b" is queued, in no LSN yet
+    parts.gate.go.set()
+    await asyncio.wait_for(drained, 5)
+    assert parts.database.durable.value == parts.database.appended.value == 2  # both written by then
+    assert await first == 1 and await conditional == 2
