@@ -25,7 +25,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 
@@ -109,46 +109,41 @@ async def _call(url: str, token: str, body: dict[str, Any], timeout: float,
 
 def run(args: argparse.Namespace) -> int:
     """Send the decision; print the replica's answer."""
-    try:
+    def check() -> None:
         if args.action == "from" and not args.peer:
             raise RecoverError(f"from needs the pod to copy: {hint('recover from kv-2')}")
         if args.action != "from" and args.peer:
             raise RecoverError(f"{args.action} takes no pod name (use --pod to choose whom to tell)")
-        url, token = _target(args)
-        status, data = asyncio.run(_call(url, token, {"action": args.action, "peer": args.peer}, args.timeout))
-    except RecoverError as exc:
-        print(f"kvstore recover: {exc}", file=sys.stderr)
-        return 2
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        print(f"kvstore recover: cannot reach the pod: {exc or type(exc).__name__}", file=sys.stderr)
-        return 2
-    if status != 200:
-        message = data.get("message") if isinstance(data, dict) else None
-        print(f"kvstore recover: {status} {message or json.dumps(data)}", file=sys.stderr)
-        return 1
-    print(data.get("result", "") if isinstance(data, dict) else "")
-    return 0
+    return _send(args, "recover", check, {"action": args.action, "peer": args.peer}, "/v1/peer/recover")
 
 
 def run_switchover(args: argparse.Namespace) -> int:
     """Ask for a switchover; print who leads now, or why not (exit 1)."""
-    try:
+    def check() -> None:
         if args.to is not None:
             try:
                 parse_ordinal(args.to)
             except ValueError:
                 raise RecoverError(f"--to wants a pod name like kv-1, not {args.to!r}") from None
+    return _send(args, "switchover", check, {"to": args.to}, "/v1/peer/switchover")
+
+
+def _send(args: argparse.Namespace, command: str, check: Callable[[], None], body: dict[str, Any],
+          path: str) -> int:
+    """Check the arguments, send ``body`` to the pod's ``path``; print its result (0), refusal (1) or why not (2)."""
+    try:
+        check()
         url, token = _target(args)
-        status, data = asyncio.run(_call(url, token, {"to": args.to}, args.timeout, "/v1/peer/switchover"))
+        status, data = asyncio.run(_call(url, token, body, args.timeout, path))
     except RecoverError as exc:
-        print(f"kvstore switchover: {exc}", file=sys.stderr)
+        print(f"kvstore {command}: {exc}", file=sys.stderr)
         return 2
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        print(f"kvstore switchover: cannot reach the pod: {exc or type(exc).__name__}", file=sys.stderr)
+        print(f"kvstore {command}: cannot reach the pod: {exc or type(exc).__name__}", file=sys.stderr)
         return 2
     if status != 200:
         message = data.get("message") if isinstance(data, dict) else None
-        print(f"kvstore switchover: {status} {message or json.dumps(data)}", file=sys.stderr)
+        print(f"kvstore {command}: {status} {message or json.dumps(data)}", file=sys.stderr)
         return 1
     print(data.get("result", "") if isinstance(data, dict) else "")
     return 0
