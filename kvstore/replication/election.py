@@ -115,8 +115,8 @@ def decide_to_stand(me: int, voters: tuple[int, ...], mine: tuple[int, int], epo
 class Elector:
     """A follower's watch for a lost primary: returns once this follower should stand for election."""
 
-    def __init__(self, config: Config, store: Store, directory: PeerDirectory, client: PeerClient,
-                 configuration: Callable[[], Configuration], leader: Callable[[], int],
+    def __init__(self, config: Config, store: Store, directory: PeerDirectory,
+                 client: PeerClient, configuration: Callable[[], Configuration], leader: Callable[[], int],
                  lost_for: Callable[[], float], usable: Callable[[], bool]) -> None:
         self.config = config
         self.store = store

@@ -125,3 +125,13 @@ def test_no_one_stands_while_the_primary_answers_recovering() -> None:
     # The same pod answering as a mere follower (it gave up leading) does not hold an election up.
     following = PeerPosition("kv-0", "starting", 3, 1, LINEAGE)
     assert election.decide_to_stand(1, voters, (1, 10), 1, {0: following, 2: peer("kv-2", 5)}, leader=0)[0]
+
+
+def test_an_empty_log_is_less_up_to_date_than_any_that_began_an_epoch() -> None:
+    assert election.key(Lineage(), 0) < election.key(LINEAGE, 0) < election.key(LINEAGE, 1)
+    assert election.key(Lineage(), 0) == (-1, -1)
+
+
+def test_a_failover_time_under_a_second_still_fails_over() -> None:
+    assert refusal(failover_after=0.5, lost_for=0.7) is None
+    assert refusal(failover_after=0.5, lost_for=0.2)[0] == election.LEADER_ALIVE
