@@ -78,7 +78,7 @@ def _say_to_log(message: str) -> None:
 
 @contextlib.contextmanager
 def _build_lock(name: str) -> Iterator[None]:
-    """Serialize builds across processes (the lead's and a helper's test runs share one engine)."""
+    """Serialize builds across processes (concurrent test runs share one Docker engine)."""
     path = Path(tempfile.gettempdir()) / f"kvstore-image-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock"
     with open(path, "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
