@@ -164,9 +164,11 @@ class Replica:
                 raise WriteConcernTimeout(result.lsn, confirmed, required)
         return result
 
-    async def _to_primary(self, request: web.BaseRequest, body: bytes | None, why: str) -> web.Response | None:
-        """Every write's way in: wait while a switchover holds writes, then the primary's answer when this pod
-        forwards it (None: this pod is the primary, recovered and in contact, and applies it itself)."""
+    async def _to_primary(self, request: web.BaseRequest, body: bytes | None, why: str,
+                          contact: bool = True) -> web.Response | None:
+        """Every write's (and strong read's) way in: wait while a switchover holds them, then the primary's
+        answer when this pod forwards it (None: this pod is the primary, recovered and, with ``contact``, in
+        contact with a majority, and answers itself)."""
         held = self.replication is not None and await self.replication.admitted()
         if self.role != PRIMARY:
             # A write held while this primary handed over goes on to the new one, even if forwarded once.
@@ -174,7 +176,8 @@ class Replica:
         if self.replication is not None:
             await self.replication.serving_soon()
         self._check_recovered()
-        self._check_contact()
+        if contact:
+            self._check_contact()
         return None
 
     def check_entry_kind(self) -> None:
@@ -354,12 +357,11 @@ class Replica:
                            min_lsn: int) -> web.StreamResponse | None:
         """Wait for ``min_lsn``; a non-None answer was served by the primary (strong read)."""
         if consistency == "strong":
-            held = self.replication is not None and await self.replication.admitted()
-            if self.role != PRIMARY:
-                return await self._forward(request, None, "strong reads are answered by the primary", again=held)
-            if self.replication is not None:
-                await self.replication.serving_soon()
-            self._check_recovered()
+            # Confirmed after it has read, not by the contact window up front.
+            forwarded = await self._to_primary(request, None, "strong reads are answered by the primary",
+                                               contact=False)
+            if forwarded is not None:
+                return forwarded
         else:
             self.check_local_read()  # a strong read is confirmed after it has read instead
         if min_lsn > self.store.lsn and self.role == PRIMARY:

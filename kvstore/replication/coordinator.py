@@ -13,7 +13,6 @@ import re
 import time
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from kvstore.aio import cancel_and_wait
@@ -32,7 +31,7 @@ from kvstore.replication.fencing import HEARTBEAT_SECONDS, Fencing
 from kvstore.replication.follower import Follower
 from kvstore.replication.handover import READY_MAX_LAG, Handover, refused_response
 from kvstore.replication.log_server import LogServer
-from kvstore.replication.peer_client import PeerClient, PeerError, PromiseRefused
+from kvstore.replication.peer_client import PeerClient, PromiseRefused
 from kvstore.replication.reconfigure import Reconfigurer
 from kvstore.replication.recovery import FAILOVER, HANDOVER, START, Recovery
 from kvstore.replication.versions import PEER_VERSIONS, Versions
@@ -242,17 +241,11 @@ class Replication(Handover):
             return None
 
         async def ask(ordinal: int) -> str | None:
-            try:
-                peer = await self.directory.find(ordinal)
-                if peer is None:
-                    return None
-                position = await self.client.position(peer, timeout=1.0)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError):
-                return None
-            if position.promised.covers(mine.number, mine.id):
+            position = await self.client.position_or_none(await self.directory.find(ordinal))
+            if position is None or position.promised.covers(mine.number, mine.id):
                 return None
             self.hint = max(self.hint, (position.promised.number, position.promised.leader))
-            return (f"{peer.name} promised epoch {position.promised.number} ({position.promised.id}) to "
+            return (f"{self.directory.pod_name(ordinal)} promised epoch {position.promised.number} ({position.promised.id}) to "
                     f"{self.directory.pod_name(position.promised.leader)}; this process is in epoch "
                     f"{mine.number} ({mine.id})")
         # An unexpected error from one peer must not end the watch (kv-0 would never find out).

@@ -24,13 +24,11 @@ import asyncio
 import logging
 from typing import Callable, Mapping
 
-import aiohttp
-
 from kvstore.config import Config
 from kvstore.discovery import PeerDirectory
 from kvstore.lineage import Lineage, Promise
 from kvstore.membership import Configuration, majority
-from kvstore.replication.peer_client import PeerClient, PeerError, PeerPosition
+from kvstore.replication.peer_client import PeerClient, PeerPosition
 from kvstore.replication.versions import LEADER_PROTOCOL
 from kvstore.storage import Store
 
@@ -164,10 +162,4 @@ class Elector:
         return (f"no round from the primary (ordinal {self.leader()}) for {self.lost_for():.1f}s; {why}")
 
     async def _position(self, ordinal: int) -> PeerPosition | None:
-        try:
-            peer = await self.directory.find(ordinal)
-            if peer is None:
-                return None
-            return await self.client.position(peer, timeout=ASK_TIMEOUT)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError):
-            return None
+        return await self.client.position_or_none(await self.directory.find(ordinal), ASK_TIMEOUT)

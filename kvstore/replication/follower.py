@@ -415,15 +415,11 @@ class Follower:
 
     async def _handed_over(self, leader: int, candidate: Promise) -> bool:
         """Whether the primary this replica follows says it hands its role to the candidate's pod."""
-        try:
-            pod = await self.directory.find(leader)
-            if pod is None or leader == self.config.ordinal:
-                return False
-            position = await self.client.position(pod, timeout=1.0)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError):
+        if leader == self.config.ordinal:
             return False
+        position = await self.client.position_or_none(await self.directory.find(leader))
         # Handing over, or handed over already (it promised the candidate, and leads no more).
-        return position.handover_to == candidate.leader or position.promised == candidate
+        return position is not None and (position.handover_to == candidate.leader or position.promised == candidate)
 
     def promise_hold(self, candidate: Promise) -> float:
         """Seconds before this follower may count as promised to ``candidate`` (0: now).

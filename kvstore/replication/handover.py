@@ -161,11 +161,9 @@ class Handover:
         """Wait (bounded) until ``peer`` says it serves as primary; whether it did."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                if (await self.client.position(peer, timeout=0.5)).state == "primary":
-                    return True
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError):
-                pass
+            position = await self.client.position_or_none(peer, timeout=0.5)
+            if position is not None and position.state == "primary":
+                return True
             await asyncio.sleep(0.02)
         log.warning("%s did not say it leads within %.1fs of this primary's handover", peer.name, timeout)
         return False

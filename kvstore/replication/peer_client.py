@@ -118,6 +118,15 @@ class PeerClient:
         """A peer's position, validated."""
         return PeerPosition.parse(await self.status(peer, timeout))
 
+    async def position_or_none(self, peer: Peer | None, timeout: float = 1.0) -> PeerPosition | None:
+        """``peer``'s position, or None when there is no such peer (DNS does not know it) or it does not answer."""
+        if peer is None:
+            return None
+        try:
+            return await self.position(peer, timeout)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError):
+            return None
+
     async def promise(self, peer: Peer, candidate: Promise, timeout: float = 2.0) -> PeerPosition:
         """Ask follower ``peer`` to promise ``candidate``; its position after promising.
 
