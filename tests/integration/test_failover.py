@@ -46,18 +46,6 @@ def primary_of(cluster: LocalCluster, pod: str) -> str | None:
     return s["primary"]["name"]
 
 
-def leader(cluster: LocalCluster) -> str | None:
-    """The pod that says it is the primary and takes writes."""
-    for name in cluster.pods():
-        try:
-            s = status(cluster, name)
-        except (OSError, AssertionError):
-            continue
-        if s.get("role") == "primary" and s.get("writable"):
-            return name
-    return None
-
-
 class Writer:
     """Writes key w-<n> = <n> with w=majority, one at a time, to the pods in turn when one fails to connect."""
 
@@ -133,7 +121,7 @@ def assert_all_acked_readable(cluster: LocalCluster, writer: Writer) -> None:
 
 
 def wait_kv0_leads(cluster: LocalCluster, timeout: float = 60.0) -> None:
-    wait_for("kv-0 to lead again", lambda: leader(cluster) == "kv-0"
+    wait_for("kv-0 to lead again", lambda: cluster.leader() == "kv-0"
              and all(primary_of(cluster, p) == "kv-0" for p in cluster.pods()), timeout)
 
 
@@ -144,7 +132,7 @@ def test_switchover_pauses_writes_and_fails_none_then_kv0_takes_the_role_back(cl
         result = cluster_cli(cluster, "switchover", "--to", "kv-1")
         assert result.returncode == 0, result.stderr
         assert "kv-1" in result.stdout
-        wait_for("kv-1 to lead", lambda: leader(cluster) == "kv-1", 10)
+        wait_for("kv-1 to lead", lambda: cluster.leader() == "kv-1", 10)
         assert primary_of(cluster, "kv-2") == "kv-1"
         n = len(writer.acked)
         wait_for("writes through kv-1's epoch", lambda: len(writer.acked) > n + 20, 30)
@@ -165,7 +153,7 @@ def test_switchover_refusals_are_clear(cluster: LocalCluster) -> None:
     assert itself.returncode == 1 and "primary already" in itself.stderr, itself.stderr
     bad = cluster_cli(cluster, "switchover", "--to", "zz")
     assert bad.returncode == 2 and "pod name" in bad.stderr, bad.stderr
-    assert leader(cluster) == "kv-0"
+    assert cluster.leader() == "kv-0"
 
 
 def test_kv0_held_down_fails_over_then_fails_back_losing_nothing(cluster: LocalCluster) -> None:
@@ -175,8 +163,8 @@ def test_kv0_held_down_fails_over_then_fails_back_losing_nothing(cluster: LocalC
         wait_for("some writes", lambda: len(writer.acked) > 20, 30)
         cluster.control("/v1/hold", {"pod": "kv-0"})
         try:
-            wait_for("another pod to lead", lambda: leader(cluster) in ("kv-1", "kv-2"), 30)
-            acting = leader(cluster)
+            wait_for("another pod to lead", lambda: cluster.leader() in ("kv-1", "kv-2"), 30)
+            acting = cluster.leader()
             n = len(writer.acked)
             wait_for("writes while kv-0 is away", lambda: len(writer.acked) > n + 30, 30)
             assert status(cluster, acting)["primary"]["why"].startswith("failover")
@@ -200,7 +188,7 @@ def test_frozen_primary_resumed_after_a_failover_acknowledges_nothing(cluster: L
         wait_for("some writes", lambda: len(writer.acked) > 20, 30)
         pid = cluster.pause("kv-0")
         try:
-            wait_for("another pod to lead", lambda: leader(cluster) in ("kv-1", "kv-2"), 30)
+            wait_for("another pod to lead", lambda: cluster.leader() in ("kv-1", "kv-2"), 30)
             assert http("PUT", probe, b"new")[0] in (200, 201, 204)
         finally:
             cluster.resume(pid)
@@ -244,7 +232,7 @@ def test_failover_with_a_follower_volume_lost_elects_the_up_to_date_one_and_lose
     finally:
         cluster.control("/v1/release", {"pod": "kv-2"})
     try:
-        wait_for("kv-1 to lead", lambda: leader(cluster) == "kv-1", 60)
+        wait_for("kv-1 to lead", lambda: cluster.leader() == "kv-1", 60)
         assert status(cluster, "kv-1")["primary"]["why"].startswith("failover")
         for key, value in acked.items():
             assert read_retrying(cluster, "kv-2", key) == (200, value), key
@@ -275,8 +263,8 @@ def test_a_key_with_a_ttl_expires_through_the_pod_that_took_over(cluster: LocalC
     assert kept[0] in (200, 201), kept[2]
     cluster.control("/v1/hold", {"pod": "kv-0"})
     try:
-        wait_for("another pod to lead", lambda: leader(cluster) in ("kv-1", "kv-2"), 30)
-        acting = leader(cluster)
+        wait_for("another pod to lead", lambda: cluster.leader() in ("kv-1", "kv-2"), 30)
+        acting = cluster.leader()
         assert acting is not None
         other = "kv-2" if acting == "kv-1" else "kv-1"
 
@@ -304,7 +292,7 @@ def test_transactions_wait_out_a_switchover_and_fail_none(cluster: LocalCluster)
         wait_for("some transactions", lambda: len(writer.acked) > 20, 30)
         result = cluster_cli(cluster, "switchover", "--to", "kv-2")
         assert result.returncode == 0, result.stderr
-        wait_for("kv-2 to lead", lambda: leader(cluster) == "kv-2", 10)
+        wait_for("kv-2 to lead", lambda: cluster.leader() == "kv-2", 10)
         n = len(writer.acked)
         wait_for("transactions in kv-2's epoch", lambda: len(writer.acked) > n + 20, 30)
         wait_kv0_leads(cluster, 30)  # the failback: a second switchover
