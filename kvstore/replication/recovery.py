@@ -280,6 +280,11 @@ class Recovery:
         waited = elapsed >= self.config.recovery_wait or self.mode != START
         store = self.store
         empty = store.lsn == 0 and not store.lineage.epochs
+        if self.mode != START and not have_quorum:
+            # Trusting its own disk is the restarted kv-0's way out when followers stay away; a
+            # candidate that stands or takes over never begins an epoch without a majority's promises
+            # (another candidate may be asking for the same epoch at the same time).
+            return None
         if empty and all_heard and all(p.empty for p in heard.values()):
             return Decision(None, False, True, "no replica ever held data: a new history")
         if not (all_heard or (waited and (have_quorum or not empty))):

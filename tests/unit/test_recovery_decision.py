@@ -155,3 +155,25 @@ def test_every_follower_includes_every_pod_dns_lists() -> None:
     recovery.heard["kv-3"] = PeerPosition("kv-3", "following", 2, 1, ONE)
     decision = recovery.decide(0.0)
     assert decision is not None and decision.continue_history and "heard every follower" in decision.why
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(2, 9), st.integers(1, 8), st.sampled_from(LOGS[1:]), st.sets(st.integers(0, 8)),
+       st.sampled_from(["failover", "handover"]), st.floats(0, 100))
+def test_a_candidate_other_than_the_leader_never_begins_an_epoch_without_a_majority_of_promises(
+        replicas: int, me: int, own: tuple[Lineage, int], promised: set[int], mode: str, elapsed: float) -> None:
+    """kv-0's start-up may trust its own disk after KV_RECOVERY_WAIT; a pod that stands for election or takes
+    over never does: two candidates can ask for one epoch at once, and only a majority makes one of them win."""
+    from kvstore.membership import majority
+    me = me % replicas or 1
+    config = kvconfig.load({"POD_NAME": f"kv-{me}", "KV_CLUSTER_TOKEN": "t", "KV_RECOVERY_WAIT": "0",
+                            "KV_REPLICAS": str(replicas)})
+    recovery = Recovery(config, Disk(own[1], own[0]), Directory(), None, None, Metrics(),  # type: ignore[arg-type]
+                        mode=mode)
+    heard = sorted(o for o in promised if o < replicas and o != me)
+    recovery.heard = {f"kv-{o}": PeerPosition(f"kv-{o}", "following", 1, 1, ONE) for o in heard}
+    decision = recovery.decide(elapsed)
+    if len(heard) + 1 < majority(replicas):
+        assert decision is None, f"kv-{me} began an epoch with {len(heard)} promise(s) of {replicas} voters"
+    else:
+        assert decision is not None and decision.verified
