@@ -199,7 +199,7 @@ class Replica:
         if r is not None and not r.fencing.in_contact():
             last = r.fencing.last_contact()
             ago = f"for {time.monotonic() - last:.1f}s" if last is not None else "since it began its epoch"
-            raise NotPrimary(f"kv-0 has not heard from a majority of replicas {ago}; it may have been "
+            raise NotPrimary(f"{self.config.pod_name} has not heard from a majority of replicas {ago}; it may have been "
                              f"replaced, so it takes no {what} now; retry shortly")
 
     async def confirm_read(self, lsn: int, lineage_version: int) -> None:
@@ -215,7 +215,7 @@ class Replica:
         """
         await self._confirm_primacy()
         if self.store.lineage_version != lineage_version:
-            raise NotPrimary("kv-0 began a new epoch while it answered; retry")
+            raise NotPrimary(f"{self.config.pod_name} began a new epoch while it answered; retry")
         await self.confirm_committed(lsn)
 
     async def _confirm_primacy(self) -> None:
@@ -230,7 +230,7 @@ class Replica:
         self.metrics.confirm_seconds.observe(time.monotonic() - started)
         self._rounds["confirmed" if confirmed else "failed"].inc()
         if not confirmed:
-            raise NotPrimary("kv-0 could not confirm within a second that a majority of replicas still "
+            raise NotPrimary(f"{self.config.pod_name} could not confirm within a second that a majority of replicas still "
                              "follows it (it may have been replaced, or its followers are unreachable); "
                              "retry shortly")
 
@@ -273,15 +273,17 @@ class Replica:
     def read_lsn(self) -> int:
         """The ``X-Kv-Lsn`` of a local read, taken before it: a lower bound on what it reflects.
 
-        On kv-0, the LSN a majority holds: a replaced kv-0 may have written
-        past the point where its replacement's line began, and only what a
-        majority held is sure to be on the cluster's line of LSNs.
+        Only what a majority held is sure to be on the cluster's line of LSNs:
+        a replaced primary may have written past the point where its
+        replacement's line began, and keeps that tail (as a follower, too)
+        until it has heard the new primary. So on the primary the LSN a
+        majority holds, on a secondary :meth:`committed_limit`.
         """
         r = self.replication
         if r is not None and self.role == PRIMARY:
             committed = r.committed_lsn()
             return committed if committed is not None else self.store.lsn
-        return self.store.lsn
+        return self.committed_limit()
 
     def committed_limit(self) -> int:
         """The last LSN this pod holds and knows a majority holds: what a watch or a backup may show.
@@ -375,11 +377,25 @@ class Replica:
         if min_lsn and self.role == PRIMARY and consistency != "strong":
             # The answer's X-Kv-Lsn is what a majority holds (read_lsn): it must reach min_lsn.
             await self.confirm_committed(min_lsn)
-        if min_lsn and not await self.store.wait_for_lsn(min_lsn, self.config.read_wait):
-            raise ReadTimeout(f"this replica has applied up to {self.store.lsn}, "
-                              f"not {min_lsn}, after {self.config.read_wait}s; retry, or read with "
-                              "consistency=strong")
+        if min_lsn and not await self._reach(min_lsn):
+            raise ReadTimeout(f"this replica has applied up to {self.store.lsn} and knows a majority holds up "
+                              f"to {self.committed_limit()}, not {min_lsn}, after {self.config.read_wait}s; "
+                              "retry, or read with consistency=strong")
         return None
+
+    async def _reach(self, min_lsn: int) -> bool:
+        """Wait (up to KV_READ_WAIT) until a read here reflects ``min_lsn``; False on timeout.
+
+        A secondary also waits until it knows ``min_lsn`` is committed: its
+        own entry at that LSN may be one a replaced primary wrote and no
+        majority held (its tail, kept until it hears the new primary), so
+        reaching the number alone proves nothing.
+        """
+        deadline = time.monotonic() + self.config.read_wait
+        if not await self.store.wait_for_lsn(min_lsn, self.config.read_wait):
+            return False
+        f = self._follower()
+        return f is None or await f.wait_committed(min_lsn, max(0.0, deadline - time.monotonic()))
 
     def _follower(self) -> Follower | None:
         """This secondary's follower (None on kv-0, or with no replication)."""

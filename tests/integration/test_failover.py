@@ -300,3 +300,72 @@ def test_transactions_wait_out_a_switchover_and_fail_none(cluster: LocalCluster)
         wait_for("transactions after the failback", lambda: len(writer.acked) > n + 20, 30)
     assert writer.failed == [], writer.failed[:5]
     assert_all_acked_readable(cluster, writer)
+
+
+def test_a_deposed_primary_never_names_an_lsn_of_its_lost_tail_on_a_local_read(cluster: LocalCluster) -> None:
+    """kv-0 wrote entries no follower got, then a failover began a new line at those LSNs: once kv-0 follows,
+    and before it has dropped that tail, a local read's X-Kv-Lsn must not claim to reflect the new line's
+    writes it has not seen (a client would take the older value as at least that fresh)."""
+    import concurrent.futures
+    wait_kv0_leads(cluster)
+    # kv-0 follows for a while (a switchover and its failback), so its disk records a committed LSN
+    # past the victim's first version: that version is a settled, readable one on kv-0.
+    assert cluster_cli(cluster, "switchover", "--to", "kv-1").returncode == 0
+    wait_for("kv-1 to lead", lambda: cluster.leader() == "kv-1", 10)
+    for key, value in (("deposed-victim", b"old"), ("deposed-next", b"x")):
+        assert put_retrying(cluster, "kv-1", key, value, "all")[0] in (200, 201, 204)
+    wait_kv0_leads(cluster, 30)
+    for pod in ("kv-1", "kv-2"):
+        cluster.control("/v1/hold", {"pod": pod})
+    try:
+        # A tail on kv-0 only: w=majority writes that kv-0 fsyncs while no follower runs (they time out).
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            list(pool.map(lambda i: http("PUT", cluster.url("kv-0") + f"/v1/kv/deposed-tail-{i}?w=majority",
+                                         b"t", timeout=10), range(20)))
+        tail_lsn = status(cluster, "kv-0")["lsn"]
+        kv0 = cluster.pause("kv-0")
+    finally:
+        for pod in ("kv-1", "kv-2"):
+            cluster.control("/v1/release", {"pod": pod})
+    paused = [kv0]
+    try:
+        wait_for("another pod to lead", lambda: cluster.leader() in ("kv-1", "kv-2"), 30)
+        acting = cluster.leader()
+        assert acting is not None
+        other = "kv-2" if acting == "kv-1" else "kv-1"
+        code, headers, body = put_retrying(cluster, acting, "deposed-victim", b"new", "majority")
+        assert code in (200, 201, 204), body
+        version = int({k.lower(): v for k, v in headers.items()}["etag"].strip('"'))
+        assert version <= tail_lsn, (version, tail_lsn)  # the new line's write sits below kv-0's tail
+        # kv-0 wakes while the new primary is frozen: the other follower tells it of the new epoch, so it
+        # follows a primary it cannot reach, and keeps its tail.
+        paused.append(cluster.pause(acting))
+        cluster.resume(kv0)
+        wait_for(f"kv-0 to follow {acting}", lambda: primary_of(cluster, "kv-0") == acting, 30)
+        paused.append(cluster.pause(other))  # before kv-0 would promise it an epoch: nothing changes now
+        assert status(cluster, "kv-0")["lsn"] >= tail_lsn, "kv-0 dropped its tail: the case was not reached"
+        code, headers, body = http("GET", cluster.url("kv-0") + "/v1/kv/deposed-victim", timeout=10)
+        seen = {k.lower(): v for k, v in headers.items()}.get("x-kv-lsn")
+        print(f"deposed kv-0 read: {code} {body[:60]!r} x-kv-lsn {seen}; replaced at {version}, tail {tail_lsn}")
+        assert code == 200 and body == b"old", (code, body)
+        assert seen is not None and int(seen) < version, (
+            f"kv-0 answered the value replaced at {version} as fresh up to lsn {seen}")
+        # Read-your-writes: a read that must reflect the new version waits for it, never shows the old one.
+        code, _, body = http("GET", cluster.url("kv-0") + f"/v1/kv/deposed-victim?min_lsn={version}", timeout=30)
+        assert code == 504 and b"min_lsn_timeout" in body, (code, body)
+    finally:
+        for pid in paused:
+            cluster.resume(pid)
+    wait_kv0_leads(cluster, 60)
+    assert read_retrying(cluster, "kv-0", "deposed-victim") == (200, "new")
+
+
+def put_retrying(cluster: LocalCluster, pod: str, key: str, value: bytes, w: str,
+                 timeout: float = 15.0) -> tuple[int, dict[str, str], bytes]:
+    """A PUT through ``pod``, retried while it answers 503 (a new primary not yet followed in its epoch)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code, headers, body = http("PUT", cluster.url(pod) + f"/v1/kv/{key}?w={w}", value)
+        if code != 503 or time.monotonic() > deadline:
+            return code, headers, body
+        time.sleep(0.1)
