@@ -171,7 +171,8 @@ class Config:
     failback: bool = _setting("KV_FAILBACK", "--failback", _bool,
                               "another pod that leads hands the role back to kv-0 once kv-0 is current", True)
     replicate_from: str = _setting("KV_REPLICATE_FROM", "--replicate-from", _replicate_from,
-                                   "pull from the primary, or from kv-(N-1) (cascade)",
+                                   "pull from the primary, or from the pod before this one in a chain "
+                                   "that starts at the primary (cascade)",
                                    "primary")
     fsync: bool = _setting("KV_FSYNC", "--fsync", _bool,
                            "fsync before acknowledging (false is for benchmarks only)", True)

@@ -40,6 +40,7 @@ from kvstore.replication.peer_client import PeerClient, PeerError, PeerPosition,
 from kvstore.storage import TXN, LogEntry, Store, changes_of
 
 log = logging.getLogger("kvstore.replication")
+CASCADE_RETRY = 5.0  # seconds a cascade upstream that failed is passed over
 
 MAX_APPLYING = 8  # batches a follower has queued for its disk before it stops reading
 MAX_BACKOFF = 2.0  # seconds between attempts, at most
@@ -197,14 +198,20 @@ class Follower:
         self._resync.set()
 
     def choose_upstream(self) -> Peer | None:
-        """The primary, or in cascade mode kv-(N-1) while it is in DNS and answering (kv-0 leading)."""
+        """The primary, or in cascade mode the pod before this one in the chain that starts at the primary.
+
+        The chain is the primary, then the other pods in ordinal order (kv-0
+        leading: kv-0, kv-1, kv-2 ...; kv-1 leading: kv-1, kv-0, kv-2 ...). A
+        pod not in DNS, or that failed as an upstream in the last
+        ``CASCADE_RETRY`` seconds, is passed over for the one before it.
+        """
         peers = self.directory.peers
-        leader = self.leader()
-        if self.config.replicate_from == "previous" and self.config.ordinal > 1 and leader == 0:
-            previous = peers.get(self.config.ordinal - 1)
-            failed_at = self._cascade_failed.get(self.config.ordinal - 1, 0.0)
-            if previous is not None and time.monotonic() - failed_at > 5.0:
-                return previous
+        leader, me = self.leader(), self.config.ordinal
+        if self.config.replicate_from == "previous" and leader != me:
+            now = time.monotonic()
+            for ordinal in sorted((o for o in peers if o < me and o != leader), reverse=True):
+                if now - self._cascade_failed.get(ordinal, 0.0) > CASCADE_RETRY:
+                    return peers[ordinal]
         return peers.get(leader)
 
     def waiting_for_primary(self) -> bool:
