@@ -180,28 +180,44 @@ def test_kv0_held_down_fails_over_then_fails_back_losing_nothing(cluster: LocalC
 
 def test_frozen_primary_resumed_after_a_failover_acknowledges_nothing(cluster: LocalCluster) -> None:
     """A primary SIGSTOPped past the failover time wakes up thinking it leads: nothing it acknowledges is
-    lost, and no strong read it answers shows what the new primary replaced."""
+    lost, and no strong read it answers shows what the new primary replaced. First it wakes while both
+    followers are frozen (it cannot learn it was replaced: only its lease and its confirmation rounds
+    stop it), then while they run."""
     wait_kv0_leads(cluster)
     probe = cluster.url("kv-1") + "/v1/kv/probe?w=majority"
     assert http("PUT", probe, b"old")[0] in (200, 201, 204)
+    acked: list[str] = []
+    reads: list[bytes] = []
+
+    def poke(attempts: int) -> None:
+        """w=1 writes and strong reads sent to the woken kv-0."""
+        for _ in range(attempts):
+            key = f"zombie-{len(acked)}-{time.monotonic_ns()}"
+            try:
+                if http("PUT", cluster.url("kv-0") + f"/v1/kv/{key}?w=1", b"x", timeout=5)[0] < 300:
+                    acked.append(key)
+                code, _, body = http("GET", cluster.url("kv-0") + "/v1/kv/probe?consistency=strong", timeout=5)
+            except OSError:
+                continue
+            if code == 200:
+                reads.append(body)
+
     with Writer(cluster, ["kv-1", "kv-2"], "frozen") as writer:
         wait_for("some writes", lambda: len(writer.acked) > 20, 30)
         pid = cluster.pause("kv-0")
         try:
             wait_for("another pod to lead", lambda: cluster.leader() in ("kv-1", "kv-2"), 30)
             assert http("PUT", probe, b"new")[0] in (200, 201, 204)
+            followers = [cluster.pause(pod) for pod in ("kv-1", "kv-2")]
+            try:
+                cluster.resume(pid)
+                poke(4)
+            finally:
+                for follower in followers:
+                    cluster.resume(follower)
         finally:
             cluster.resume(pid)
-        acked, reads = [], []
-        for i in range(20):
-            try:
-                if http("PUT", cluster.url("kv-0") + f"/v1/kv/zombie-{i}?w=1", b"x", timeout=5)[0] < 300:
-                    acked.append(f"zombie-{i}")
-                code, _, body = http("GET", cluster.url("kv-0") + "/v1/kv/probe?consistency=strong", timeout=5)
-            except OSError:
-                continue
-            if code == 200:
-                reads.append(body)
+        poke(20)
         assert all(body == b"new" for body in reads), reads
         wait_kv0_leads(cluster, 60)
     for key in acked:
