@@ -284,10 +284,17 @@ def records(path: str) -> Iterator[list[tuple[bytes, bytes]]]:
 async def download(client: Client, path: str, keep: int | None = None) -> tuple[BackupInfo, str]:
     """``GET /v1/backup`` into ``path``: written beside it, checked whole, fsynced, then renamed over it.
 
-    When ``path`` is a directory the file is named there after what it
-    holds (:func:`file_name`), and with ``keep`` only the newest ``keep``
-    such files stay. Returns what the file holds and its path.
+    When ``path`` is a directory (or ends with ``/``: made if missing) the
+    file is named there after what it holds (:func:`file_name`), and with
+    ``keep`` only the newest ``keep`` such files stay. Returns what the file
+    holds and its path.
     """
+    if path.endswith(os.sep) and not os.path.exists(path):
+        # "backups/" names a directory: make it, as a backup job's first run needs.
+        try:
+            os.makedirs(path)
+        except OSError as exc:
+            raise BackupError(f"cannot create the directory {path}: {exc.strerror or exc}") from None
     into_dir = os.path.isdir(path)
     if keep is not None and not into_dir:
         raise BackupError(f"keeping the newest {keep} backups needs a directory, and {path} is not one")

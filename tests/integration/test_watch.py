@@ -311,3 +311,8 @@ def test_backups_into_a_directory_are_named_by_what_they_hold_and_pruned(replica
         time.sleep(1.1)  # the names hold the second they were taken
     assert all(re.fullmatch(r"kv-0-\d{8}T\d{6}Z-lsn\d+\.kvbackup", name) for name in names), names
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+    # A directory named with a trailing slash is made on the first run (the README's `backup backups/`).
+    result = kvstore("backup", f"{tmp_path}/new/backups/", "--keep", "2", "--url", replica.url)
+    assert result.returncode == 0, result
+    made = [p.name for p in (tmp_path / "new" / "backups").iterdir()]
+    assert len(made) == 1 and made[0].endswith(names[-1].rsplit("-", 1)[1]), (made, names)  # same LSN
