@@ -58,9 +58,14 @@ class Forwarded:
 
 
 def forwardable(method: str, target: str, headers: Mapping[str, str], body: bytes | None) -> Forwardable:
-    """A client call (its request headers as received) in the terms :func:`forward` takes."""
-    hops = tuple(hop for hop in headers.get(FORWARDED_BY, "").split(",") if hop)[:MAX_HOPS]
-    passed = tuple((name, headers[name]) for name in FORWARDED_HEADERS if name in headers)
+    """A client call (its request headers as received) in the terms :func:`forward` takes.
+
+    Every write is described so, on the primary too: the usual call (no hop
+    header) costs a few header lookups and no string splitting.
+    """
+    by = headers.get(FORWARDED_BY)
+    hops = tuple([hop for hop in by.split(",") if hop][:MAX_HOPS]) if by else ()
+    passed = tuple([(name, headers[name]) for name in FORWARDED_HEADERS if name in headers])
     return Forwardable(method, target, passed, body, hops)
 
 

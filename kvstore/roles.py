@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from abc import ABC, abstractmethod
 from typing import Any, Awaitable, Mapping
 
 import aiohttp
@@ -46,7 +47,7 @@ from kvstore.txn import Txn, TxnResult
 FORWARD_SILENCE = 1.5
 
 
-class Role:
+class Role(ABC):
     """What a role reads of its replica, and what both roles do alike."""
 
     name: str
@@ -62,28 +63,29 @@ class Role:
         self.replication = replication
 
     # ------------------------------------------------------------- writes
+    @abstractmethod
     async def write(self, mutation: storage.Mutation, w: str, call: Forwardable, held: bool) -> int | Forwarded:
         """Apply a client write and wait for its concern (the LSN), or the primary's answer when forwarded.
 
         ``held``: a switchover held the write back before it came here.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     async def transact(self, txn: Txn, w: str, call: Forwardable, held: bool) -> TxnResult | Forwarded:
         """Run a transaction and wait for its concern, or the primary's answer when forwarded."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def strong_read(self, call: Forwardable, held: bool) -> Forwarded | None:
         """Admit a strong read: None when this pod answers it, else the primary's answer."""
-        raise NotImplementedError
 
     # -------------------------------------------------------------- reads
+    @abstractmethod
     def check_local_read(self) -> None:
         """Refuse (503) a local read this pod may not answer from its own data."""
 
+    @abstractmethod
     def read_lsn(self) -> int:
         """The ``X-Kv-Lsn`` of a local read, taken before it: a lower bound on what it reflects."""
-        raise NotImplementedError
 
     def committed_limit(self) -> int:
         """The last LSN this pod holds and knows a majority holds: what a watch or a backup may show.
@@ -97,43 +99,46 @@ class Role:
             return self.store.lsn
         return min(self.store.lsn, r.committed_known() or 0)
 
+    @abstractmethod
     async def check_min_lsn(self, min_lsn: int, strong: bool) -> None:
         """What a read's ``min_lsn`` (not 0) must pass before it is waited for."""
 
+    @abstractmethod
     async def reach(self, min_lsn: int) -> bool:
         """Wait (up to KV_READ_WAIT) until a read here reflects ``min_lsn``; False on timeout."""
-        return await self.store.wait_for_lsn(min_lsn, self.config.read_wait)
 
+    @abstractmethod
     def unsettled(self, key: bytes) -> int:
-        """The LSN an answer about ``key`` (found or absent) waits for; 0: none."""
-        return 0
+        """The LSN an answer about ``key`` (found or absent) waits for (:meth:`settle`); 0: none."""
 
+    @abstractmethod
     def unsettled_listing(self, lsn: int) -> int:
         """Like :meth:`unsettled`, for a listing taken at ``lsn``."""
-        return 0
 
+    @abstractmethod
     async def settle(self, lsn: int) -> None:
         """Wait until this pod knows ``lsn`` is committed; else NotConfirmed."""
 
     # ------------------------------------------------------------- status
+    @abstractmethod
     def primary_lsn(self) -> int | None:
         """The primary's LSN when known."""
-        raise NotImplementedError
 
+    @abstractmethod
     def status_fields(self, r: Replication) -> dict[str, Any]:
         """The /v1/status fields only this role has (``writable`` is the primary's)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def with_primary_view(self, status: dict[str, Any]) -> dict[str, Any]:
         """GET /v1/status: ``status`` completed with what only the primary knows (followers' positions)."""
-        return status
 
+    @abstractmethod
     def update_gauges(self, r: Replication) -> None:
         """The lag gauges of this role, set when /metrics is read."""
 
+    @abstractmethod
     def mismatch_blocks(self, mismatches: Mapping[str, str]) -> bool:
         """Whether a peer protocol mismatch (by pod name) makes this pod not Ready."""
-        return False
 
 
 class PrimaryRole(Role):
@@ -317,6 +322,21 @@ class PrimaryRole(Role):
             # The answer's X-Kv-Lsn is what a majority holds (read_lsn): it must reach min_lsn.
             await self.confirm_committed(min_lsn)
 
+    async def reach(self, min_lsn: int) -> bool:
+        """Wait (up to KV_READ_WAIT) until this primary has applied ``min_lsn``."""
+        return await self.store.wait_for_lsn(min_lsn, self.config.read_wait)
+
+    def unsettled(self, key: bytes) -> int:
+        """None: what the primary applied is its own (a read's X-Kv-Lsn is what a majority holds)."""
+        return 0
+
+    def unsettled_listing(self, lsn: int) -> int:
+        """None, as :meth:`unsettled`."""
+        return 0
+
+    async def settle(self, lsn: int) -> None:
+        """Nothing to wait for (:meth:`unsettled` names nothing)."""
+
     # ------------------------------------------------------------- status
     def primary_lsn(self) -> int:
         """Our own LSN."""
@@ -340,6 +360,14 @@ class PrimaryRole(Role):
         """Each follower's lag behind this primary."""
         for name, position in r.acks.positions.items():
             self.metrics.follower_lag.labels(name).set(max(0, self.store.lsn - position.lsn))
+
+    async def with_primary_view(self, status: dict[str, Any]) -> dict[str, Any]:
+        """``status`` as it is: this primary knows its followers' positions itself."""
+        return status
+
+    def mismatch_blocks(self, mismatches: Mapping[str, str]) -> bool:
+        """Never: a follower it cannot speak with does not stop the primary serving (the reason names it)."""
+        return False
 
 
 class FollowerRole(Role):
@@ -424,6 +452,12 @@ class FollowerRole(Role):
         return self.replication.follower if self.replication is not None else None
 
     # -------------------------------------------------------------- reads
+    def check_local_read(self) -> None:
+        """Nothing refused: a follower answers from what it holds, with an X-Kv-Lsn that says how fresh."""
+
+    async def check_min_lsn(self, min_lsn: int, strong: bool) -> None:
+        """Nothing up front: a follower cannot tell an LSN not written yet from one not received yet."""
+
     def read_lsn(self) -> int:
         """:meth:`committed_limit`: this follower may hold the tail of a replaced primary's line.
 
