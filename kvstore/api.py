@@ -19,13 +19,14 @@ from aiohttp import web
 
 from kvstore import storage, txn
 from kvstore.config import WRITE_CONCERNS
-from kvstore.identity import PRIMARY
+from kvstore.forwarding import Forwardable, Forwarded, forwardable
 from kvstore.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from kvstore.refusals import (
+    LsnAhead, NoPrimary, NotConfirmed, PrimaryTimeout, ReadTimeout, WriteConcernTimeout,
+)
+from kvstore.replica import Replica
 from kvstore.routing import (
     ApiError, Handler, InFlight, Router, decode_component, make_handler, parse_int, parse_query,
-)
-from kvstore.replica import (
-    LsnAhead, NoPrimary, NotConfirmed, PrimaryTimeout, ReadTimeout, Replica, WriteConcernTimeout,
 )
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,16 @@ def write_answer(key: bytes, version: int, deleted: bool) -> str:
 def etag(version: int) -> str:
     """The ETag for a key's version."""
     return f'"{version}"'
+
+
+def call_of(request: web.BaseRequest, body: bytes | None) -> Forwardable:
+    """The client call as a follower would pass it on to the primary (the replica never sees ``request``)."""
+    return forwardable(request.method, request.rel_url.raw_path_qs, request.headers, body)
+
+
+def passed_back(answer: Forwarded) -> web.Response:
+    """The primary's answer to a forwarded call, as this pod's response."""
+    return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
 
 
 class ClientApi:
@@ -178,9 +189,9 @@ class ClientApi:
             self.reject_body(request)
             value = None
         mutation = storage.Mutation(op, key, value, if_match, if_none_match, expires)
-        result = await self._committed(self.node.write(mutation, w, request, value))
-        if isinstance(result, web.StreamResponse):  # answered by the primary (forwarded)
-            return result
+        result = await self._committed(self.node.write(mutation, w, call_of(request, value)))
+        if isinstance(result, Forwarded):  # answered by the primary
+            return passed_back(result)
         headers = self.headers()
         headers["ETag"] = etag(result)
         return web.Response(text=write_answer(key, result, op == storage.DELETE), content_type="application/json",
@@ -192,9 +203,9 @@ class ClientApi:
         max_key, max_value = self.config.max_key_bytes, self.config.max_value_bytes
         body = await self.read_body(request, txn.max_body_bytes(max_key, max_value))
         result = await self._committed(self.node.transact(
-            body, lambda raw, now: txn.parse(raw, max_key, max_value, now), w, request))
-        if isinstance(result, web.StreamResponse):  # answered by the primary (forwarded)
-            return result
+            lambda now: txn.parse(body, max_key, max_value, now), w, call_of(request, body)))
+        if isinstance(result, Forwarded):  # answered by the primary
+            return passed_back(result)
         return web.json_response(result.to_json(), headers=self.headers())
 
     async def _committed(self, write: Awaitable[Any]) -> Any:
@@ -233,7 +244,9 @@ class ClientApi:
         if_none = request.headers.get("If-None-Match")
         cached = parse_etags(if_none, "If-None-Match") if if_none is not None else None
         try:
-            forwarded = await self.node.prepare_read(request, consistency, min_lsn)
+            # Only a strong read may be passed on (and only it needs the call described).
+            strong = call_of(request, None) if consistency == "strong" else None
+            forwarded = await self.node.prepare_read(min_lsn, strong)
         except ReadTimeout as exc:
             raise ApiError(504, "min_lsn_timeout", str(exc)) from None
         except NotConfirmed as exc:
@@ -245,12 +258,12 @@ class ClientApi:
         except PrimaryTimeout as exc:
             raise ApiError(504, "primary_timeout", str(exc)) from None
         if forwarded is not None:
-            return forwarded
+            return passed_back(forwarded)
         # A strong read is confirmed below, which makes kv-0's own line the cluster's.
         seen_lsn = self.node.store.lsn if consistency == "strong" else self.node.read_lsn()
         version = self.node.store.lineage_version
         record = await self.node.store.get(key)
-        if record is not None and record.expires and self.node.role == PRIMARY \
+        if record is not None and record.expires and self.node.hides_expired() \
                 and record.expires <= time.time() * 1000:
             record = None  # expired: this primary's expirer is about to write its delete (expiry.py)
         based_on = record.version if record else self.node.store.lsn

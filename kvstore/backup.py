@@ -38,7 +38,8 @@ from kvstore import __version__
 from kvstore.api import unavailable
 from kvstore.client import Client
 from kvstore.lineage import Lineage, LineageError, new_id
-from kvstore.replica import NoPrimary, Replica
+from kvstore.refusals import NoPrimary
+from kvstore.replica import Replica
 from kvstore.replication import protocol
 from kvstore.replication.log_server import snapshot_frames
 from kvstore.routing import ApiError, Router, parse_query

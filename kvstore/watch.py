@@ -36,7 +36,8 @@ from kvstore import storage
 from kvstore.aio import cancel_and_wait
 from kvstore.api import unavailable
 from kvstore.lineage import Lineage
-from kvstore.replica import NoPrimary, Replica
+from kvstore.refusals import NoPrimary
+from kvstore.replica import Replica
 from kvstore.routing import ApiError, Router, parse_int, parse_query
 
 log = logging.getLogger("kvstore.watch")

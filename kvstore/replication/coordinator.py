@@ -2,7 +2,7 @@
 
 ``replica.py`` asks this for what it needs (may the primary write, how many
 replicas a write concern counts, this replica's position and state); nothing
-here calls back into the replica.
+here calls into the replica, except the listeners told of a change of role.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -19,7 +19,7 @@ from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
 from kvstore.discovery import MembershipChange, Peer, PeerDirectory
 from kvstore.expiry import Expirer
-from kvstore.identity import parse_ordinal
+from kvstore.identity import PRIMARY, SECONDARY, parse_ordinal
 from kvstore.membership import Configuration, agreed, all_hold, majority
 from kvstore.metrics import Metrics
 from kvstore.replication import election, protocol
@@ -75,7 +75,9 @@ class Replication(Handover):
         # The role is one of two objects, switched at run time: ``recovery`` (this pod asks for, or
         # holds, an epoch: the primary) or ``follower`` (it follows the primary). Never both.
         self.follower: Follower | None = None
-        self.recovery: Recovery | None = None
+        self.recovery: Recovery | None = None  # set only by _become, which tells role_listeners
+        # Told, in the same step, each time the role changes: ``primary`` or ``secondary`` (role_name).
+        self.role_listeners: list[Callable[[str], None]] = []
         self._asked_before = 0  # the epoch this pod's last candidacy asked for (the next asks above it)
         self.fenced: str | None = None  # why this primary last found itself replaced
         self.hint: tuple[int, int] = (0, 0)  # (epoch, ordinal) of a live primary a candidacy met
@@ -92,7 +94,7 @@ class Replication(Handover):
         self.expirer = Expirer(store, lambda: (self.writable and self.handing_over is None
                                                and self.fencing.in_contact() and store.failed is None))
         if config.ordinal == 0:
-            self.recovery = self._new_recovery(START)
+            self._become(self._new_recovery(START))
             self.server.serving = False
         else:
             self.follower = self._follower
@@ -118,7 +120,8 @@ class Replication(Handover):
 
     async def _follow(self) -> str:
         """Follow the primary until this pod should stand (FAILOVER) or was asked to take over (HANDOVER)."""
-        self.recovery, self.follower = None, self._follower
+        self.follower = self._follower
+        self._become(None)
         self.store.pipeline = False
         self.server.serving = True
         self.handing_over = None
@@ -145,7 +148,7 @@ class Replication(Handover):
 
     async def _lead(self, mode: str) -> str | None:
         """Ask for an epoch, serve it; the next role: START again (kv-0 replaced) or None (follow)."""
-        self.recovery = self._new_recovery(mode, self.elector.unreachable if mode == FAILOVER else frozenset())
+        self._become(self._new_recovery(mode, self.elector.unreachable if mode == FAILOVER else frozenset()))
         self.server.serving = False
         self.store.pipeline = self.config.pipeline
         self.fencing.reset()
@@ -230,9 +233,18 @@ class Replication(Handover):
             out["not_standing_because"] = self.elector.why_not
         return out
 
-    def is_primary(self) -> bool:
-        """Whether this pod holds or asks for an epoch now (the primary's role)."""
-        return self.recovery is not None
+    def role_name(self) -> str:
+        """``primary`` while this pod holds or asks for an epoch, else ``secondary``."""
+        return PRIMARY if self.recovery is not None else SECONDARY
+
+    def _become(self, recovery: Recovery | None) -> None:
+        """Take the primary's role (``recovery``: this pod asks for, then holds, an epoch) or a follower's
+        (None), and tell the role listeners at once: no await between, so no request sees the one change
+        without the other."""
+        self.recovery = recovery
+        role = self.role_name()
+        for listener in self.role_listeners:
+            listener(role)
 
     async def _replaced_by(self) -> str | None:
         """Why a follower no longer follows this process's epoch (None: none says so)."""
