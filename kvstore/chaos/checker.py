@@ -30,8 +30,12 @@ Checks (each violation names its kind, key and the operations involved):
 8. Also: ``phantom_value`` (a value no write wrote), ``failed_write_visible``
    (a write answered as not applied was seen), ``version_conflict`` (one value,
    two versions: replicas disagree) and ``server_error`` (a 500).
-9. The watch streams: ``watch_order``, ``watch_duplicate``, ``watch_gap`` and
-   ``watch_phantom``, by :mod:`kvstore.chaos.watchcheck`.
+9. The watch streams: ``watch_order``, ``watch_duplicate``, ``watch_gap``,
+   ``watch_phantom`` and ``watch_txn``, by :mod:`kvstore.chaos.watchcheck`.
+10. Transactions join checks 1-8 as the per-key writes they made
+    (:func:`kvstore.chaos.history.per_key`); ``txn_torn`` (not all of one
+    transaction's keys at its version) and ``txn_compare`` (a branch its
+    comparisons could not have chosen) are :mod:`kvstore.chaos.txncheck`'s.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from kvstore.chaos import linearizability as lin
-from kvstore.chaos.history import FAILED, OK, UNKNOWN, Op
+from kvstore.chaos.history import FAILED, OK, UNKNOWN, Op, per_key
 from kvstore.chaos.nemesis import FAULTS
 from kvstore.local.zombie import ZOMBIE_SUFFIX
 
@@ -50,7 +54,8 @@ from kvstore.local.zombie import ZOMBIE_SUFFIX
 # Every kind of violation, in the order the summary lists them.
 KINDS = ("lost_write", "divergence", "missing_final_view", "non_linearizable", "version_order",
          "stale_min_lsn", "stale_read", "phantom_value", "failed_write_visible", "version_conflict",
-         "server_error", "watch_order", "watch_duplicate", "watch_gap", "watch_phantom")
+         "server_error", "txn_torn", "txn_compare", "watch_order", "watch_duplicate", "watch_gap",
+         "watch_phantom", "watch_txn")
 
 
 @dataclass
@@ -88,6 +93,8 @@ class Report:
     watch_covered: int = 0     # acknowledged writes inside a watched range, each required once
     watch_resyncs: int = 0     # re-reads after a non-resumable end: no event is owed across one
     watch_reconnects: int = 0  # resumable ends, each resumed from its position
+    watch_partial: int = 0     # a session cut inside a transaction's lines: that LSN is not owed in full
+    txns: Counter[str] = field(default_factory=Counter)  # transactions by outcome, and what was judged
 
     @property
     def verdict(self) -> str:
@@ -256,7 +263,7 @@ def check_convergence(views: dict[str, ReplicaView]) -> list[Violation]:
     return out
 
 
-def _delete_explains(ops: list[Op], ended: float, version: int) -> bool:
+def delete_explains(ops: list[Op], ended: float, version: int) -> bool:
     """Could a delete have made a key absent for a read that ended at ``ended``, after ``version``?
 
     Only a delete not known to have failed, that started before the read
@@ -309,7 +316,7 @@ def check_min_lsn_reads(history: list[Op]) -> list[Violation]:
                 out.append(Violation("stale_min_lsn", op.key, f"read {op.id} on {op.pod} saw version "
                                      f"{op.version}, older than the client's own write (version {own})", [op.id]))
         elif not own_deleted and op.ret is not None:
-            if not _delete_explains(keys[op.key], op.ret, own):
+            if not delete_explains(keys[op.key], op.ret, own):
                 out.append(Violation("stale_min_lsn", op.key, f"read {op.id} on {op.pod} found the key absent "
                                      f"after the client's own write (version {own}) and no delete explains it",
                                      [op.id]))
@@ -352,7 +359,7 @@ def check_lsn_bound_reads(history: list[Op]) -> list[Violation]:
             if r.found and r.version is not None and r.version < v:
                 out.append(Violation("stale_read", key, f"{where} saw version {r.version}, but {what}",
                                      [w.id, r.id]))
-            elif not r.found and w.f != "delete" and not _delete_explains(ops, r.ret, v):
+            elif not r.found and w.f != "delete" and not delete_explains(ops, r.ret, v):
                 out.append(Violation("stale_read", key, f"{where} found the key absent, but {what}, and no "
                                      "delete explains it", [w.id, r.id]))
     return out
@@ -404,7 +411,7 @@ def check_version_order(history: list[Op]) -> list[Violation]:
             a, va = max(before, key=lambda p: p[1])
             if a.f == "delete":
                 continue
-            if not _delete_explains(ops, r.ret, va):
+            if not delete_explains(ops, r.ret, va):
                 out.append(Violation("version_order", key, f"strong read {r.id} found the key absent after "
                                      f"{a.f} {a.id} (version {va}) was acknowledged, and no delete explains it",
                                      [a.id, r.id]))
@@ -443,7 +450,9 @@ def register_ops(ops: list[Op]) -> list[lin.RegisterOp]:
             elif op.status == 404 and op.f == "delete":
                 out.append(lin.RegisterOp(op.id, lin.DELETE, op.call, op.ret, succeeded=False))
             continue
-        out.append(lin.RegisterOp(op.id, op.f, op.call, ret, value=op.value, expect_version=op.expect_version))
+        # A transaction's put is a plain put of its key (its comparisons are txncheck's).
+        kind = lin.PUT if op.f == "txn-put" else op.f
+        out.append(lin.RegisterOp(op.id, kind, op.call, ret, value=op.value, expect_version=op.expect_version))
     return out
 
 
@@ -493,17 +502,20 @@ def primary_pod(history: Iterable[Op], views: dict[str, ReplicaView]) -> str:
 
 def check(history: list[Op], views: dict[str, ReplicaView], final_pod: str | None = None,
           max_steps: int = lin.DEFAULT_MAX_STEPS) -> Report:
-    """Every check over a finished run: ``views`` are the healed replicas' contents.
+    """Every per-key check over a finished run: ``views`` are the healed replicas' contents.
 
+    Transactions take part as the per-key writes they made (:func:`per_key`);
+    what holds across their keys is :mod:`kvstore.chaos.txncheck`'s.
     ``final_pod`` is the replica whose contents are the end state (default: the primary).
     """
     final_pod = final_pod or primary_pod(history, views)
     report = Report()
+    raw, history = history, per_key(history)  # a transaction is judged per key as the writes it made
     versions, conflicts = build_versions(history, views)
     final = views[final_pod].contents if final_pod in views else None
     report.violations = [
-        *check_final_views(history, views, final_pod),
-        *check_server_errors(history),
+        *check_final_views(raw, views, final_pod),
+        *check_server_errors(raw),
         *conflicts,
         *check_values(history, views),
         *(check_lost_writes(history, final) if final is not None else []),
@@ -525,6 +537,8 @@ def outcome_table(history: Iterable[Op]) -> dict[str, Counter[str]]:
         outcome = op.outcome
         if op.f != "read" and op.outcome == FAILED and op.status in (412, 404):
             outcome = "rejected"  # a condition not met: an answer, not a fault
+        if op.f == "txn" and op.outcome == OK and op.succeeded is False:
+            outcome = "rejected"  # its comparisons did not hold: the failure branch ran
         table[kind][outcome] += 1
     return table
 

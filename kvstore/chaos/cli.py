@@ -33,7 +33,7 @@ from urllib.parse import quote
 import aiohttp
 
 from kvstore.aio import cancel_and_wait
-from kvstore.chaos import checker, watchcheck
+from kvstore.chaos import checker, txncheck, watchcheck
 from kvstore.chaos.history import OK, Op, WatchRecord, read_history, read_watch_log, write_jsonl
 from kvstore.chaos.linearizability import DEFAULT_MAX_STEPS
 from kvstore.chaos.nemesis import (
@@ -235,8 +235,10 @@ async def heal_and_read(backend: Backend, replicas: int, timeout: float,
 
 def check(history: list[Op], watch_log: list[WatchRecord], views: dict[str, checker.ReplicaView],
           max_steps: int) -> checker.Report:
-    """The checker over the operations and the final state, then the watch checks over the watchers' records."""
+    """The checker over the operations and the final state, the transactions across their keys, then the
+    watch checks over the watchers' records."""
     report = checker.check(history, views, max_steps=max_steps)
+    report.violations += txncheck.check_txns(history, views, report=report)
     report.violations += watchcheck.check_watches(history, watch_log, report)
     return report
 
@@ -247,7 +249,16 @@ def watch_text(report: checker.Report) -> str:
         return "watch: no watchers"
     return (f"watch: {report.watchers} watchers, {report.watch_events} events checked, "
             f"{report.watch_covered} acknowledged writes in watched ranges, {report.watch_resyncs} re-syncs, "
-            f"{report.watch_reconnects} cuts or refusals resumed")
+            f"{report.watch_reconnects} cuts or refusals resumed"
+            + (f", {report.watch_partial} writes in a transaction cut mid-way" if report.watch_partial else ""))
+
+
+def txn_text(report: checker.Report) -> str:
+    """The summary's transactions line: how many were checked, by outcome, and how many judged."""
+    t = report.txns
+    return (f"transactions: {t['ok'] + t['failed'] + t['unknown']} checked: ok {t['ok']} (succeeded "
+            f"{t['succeeded']}, failure branch {t['not_succeeded']}), failed {t['failed']}, unknown "
+            f"{t['unknown']} ({t['unknown_seen']} seen applied); comparisons judged on {t['compares_judged']}")
 
 
 # ------------------------------------------------------------------------- summary
@@ -307,6 +318,7 @@ def summary(args: argparse.Namespace, seed: int, history: list[Any], faults: lis
                  f"{','.join(map(str, lsns)) or '-'}, digest {digest}")
     lines.append(f"linearizability: {report.keys_checked} keys, {len(report.undecided)} undecided, "
                  f"{report.search_steps} search steps")
+    lines.append(txn_text(report))
     lines.append(watch_text(report))
     counts_v = report.counts()
     lines.append("violations: " + ", ".join(f"{k} {counts_v.get(k, 0)}" for k in checker.KINDS))
@@ -488,7 +500,8 @@ def _run(args: argparse.Namespace) -> int:
             "outage": {kind: o._asdict() for kind, o in longest_outages(history, nemesis.log).items()},
             "watch": {"watchers": report.watchers, "events": report.watch_events,
                       "covered_writes": report.watch_covered, "resyncs": report.watch_resyncs,
-                      "resumed": report.watch_reconnects},
+                      "resumed": report.watch_reconnects, "partial": report.watch_partial},
+            "transactions": dict(report.txns),
             "final": {pod: {"lsn": v.lsn, "keys": len(v.contents)} for pod, v in views.items()},
         }, indent=2) + "\n")
         print(text, flush=True)

@@ -14,12 +14,18 @@ Outcomes follow the API's contract:
   ``write_concern_timeout``: durable on kv-0 but held by no majority, so
   kv-0 losing its volume before a follower has it undoes it, and its
   version may then name another write).
+
+A transaction (``POST /v1/txn``) is one operation ``txn`` classified like a
+PUT; :func:`per_key` turns it into the per-key writes the per-key checks
+judge: the branch that ran writes its keys at the transaction's version, the
+other branch's puts are writes that did not apply, and a transaction of
+unknown outcome may have written any key of either branch.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -29,7 +35,8 @@ OK = "ok"
 FAILED = "failed"
 UNKNOWN = "unknown"
 
-WRITE_KINDS = ("put", "cas", "create", "delete")
+# "txn" is a whole transaction as the workload recorded it; "txn-put" one key it puts (see per_key).
+WRITE_KINDS = ("put", "cas", "create", "delete", "txn", "txn-put")
 READ_KINDS = ("read",)
 
 
@@ -40,7 +47,7 @@ class Op:
     id: int
     process: int
     key: str
-    f: str                       # put | cas | create | delete | read
+    f: str                       # put | cas | create | delete | read | txn (txn-put: see per_key)
     pod: str                     # the pod the request was sent to
     call: float
     ret: float | None = None     # None while in flight; kept for unknown outcomes too
@@ -60,10 +67,18 @@ class Op:
     # For min_lsn reads: this process's own last acknowledged write on the key.
     own_version: int | None = None
     own_deleted: bool | None = None
+    # Transactions (``key`` is the first of ``keys``): the request, and the answer.
+    keys: list[str] | None = None            # every key it compares or changes
+    compare: list[dict[str, Any]] | None = None   # {"key", "version"} or {"key", "absent": true}
+    success: list[dict[str, Any]] | None = None   # {"op": "put", "key", "value"} or {"op": "delete", "key"}
+    failure: list[dict[str, Any]] | None = None
+    succeeded: bool | None = None            # the answer's succeeded
+    changed: list[dict[str, Any]] | None = None   # the answer's keys: {"key", "version", "deleted"}
+    branch: str | None = None                # a txn: the branch it answered; a per-key write: its branch
 
     @property
     def is_write(self) -> bool:
-        """A put, cas, create or delete."""
+        """A put, cas, create, delete or transaction."""
         return self.f in WRITE_KINDS
 
     def to_json(self) -> str:
@@ -75,6 +90,45 @@ class Op:
         """The inverse of ``to_json`` (unknown fields are ignored)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def branch_writes(op: Op) -> list[tuple[str, dict[str, Any]]]:
+    """A transaction's changes: (branch, change) for each change of its success, then its failure branch."""
+    return [(name, change) for name, changes in (("success", op.success), ("failure", op.failure))
+            for change in changes or ()]
+
+
+def per_key(history: Iterable[Op]) -> list[Op]:
+    """The history with every transaction replaced by the writes it made or may have made, one per key.
+
+    Each keeps the transaction's id, process, pod, times, status and answer.
+    Acknowledged: the branch that ran puts its keys (``txn-put``) and deletes
+    those the answer lists (a delete of an absent key writes nothing), at the
+    transaction's version; the other branch's puts did not apply (``failed``).
+    Failed: no put applied. Unknown: every change of either branch may have
+    applied (version unknown). Other operations are kept as they are.
+    """
+    out: list[Op] = []
+    for op in history:
+        if op.f != "txn":
+            out.append(op)
+            continue
+        ran = "success" if op.succeeded else "failure"
+        written = {c.get("key") for c in op.changed or ()}
+        for name, change in branch_writes(op):
+            delete = change.get("op") == "delete"
+            outcome, version = op.outcome, None
+            if op.outcome == OK:
+                if name != ran or (delete and change.get("key") not in written):
+                    outcome = FAILED
+                else:
+                    version = op.version
+            if delete and outcome == FAILED:
+                continue  # a delete that did not happen shows nowhere: nothing to check
+            out.append(replace(op, key=str(change.get("key")), f="delete" if delete else "txn-put",
+                               value=None if delete else change.get("value"), version=version,
+                               outcome=outcome, branch=name))
+    return out
 
 
 @dataclass

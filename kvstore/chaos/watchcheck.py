@@ -16,7 +16,15 @@ event's version, a keepalive's or a start line's ``lsn``). For each run:
 - ``watch_phantom``: every event was made by a client's write that is not
   known to have failed (acknowledged or of unknown outcome), to that key,
   at that version when its version is known; a put event carries the write's
-  value, a delete event names a delete; and no event is outside the prefix.
+  value, a delete event names a delete; and no event is outside the prefix;
+- ``watch_txn``: a transaction is one entry, so every event of its puts
+  carries one version, and a run that shows one of them shows every put of
+  that branch.
+
+A transaction's keys are one line each at the same LSN, so a cut between
+them leaves a session whose last LSN it has not read in full; the watcher
+resumes after it (from its position plus one), so the rest of that entry is
+not owed: such an LSN is *partial* and counted apart.
 
 Across a re-sync nothing is required: the watcher read the keys again.
 """
@@ -28,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from kvstore.chaos.checker import Report, Violation
-from kvstore.chaos.history import FAILED, OK, Op, WatchRecord
+from kvstore.chaos.history import FAILED, OK, Op, WatchRecord, per_key
 
 @dataclass
 class Run:
@@ -40,31 +48,39 @@ class Run:
     hi: int   # every LSN up to hi was scanned
     events: list[WatchRecord] = field(default_factory=list)
     sessions: int = 1  # connections: 1 + reconnects without a re-sync
+    partial: set[int] = field(default_factory=set)  # a session's last event's LSN, not read past before a cut
 
 
 @dataclass
 class Write:
-    """One key written by a client operation (a transaction would make several from one operation)."""
+    """One key written by a client operation (a transaction makes one per key, all with its id)."""
 
     key: str
     value: str | None  # None: a delete
     version: int | None
-    op: Op
+    op: Op             # the operation, or for a transaction its write of this key (per_key)
 
 
 def writes(history: Iterable[Op]) -> list[Write]:
-    """Every key each write operation writes."""
+    """Every key each write operation writes, a transaction's as :func:`~kvstore.chaos.history.per_key` says."""
     return [Write(op.key, None if op.f == "delete" else op.value, op.version, op)
-            for op in history if op.is_write]
+            for op in per_key(history) if op.is_write]
 
 
 def runs(records: Iterable[WatchRecord]) -> list[Run]:
     """The records split per watcher into runs (records of no run, like a failed re-read, are skipped)."""
     out: list[Run] = []
     current: dict[int, Run] = {}
+    tail: dict[int, int] = {}  # per watcher: its session's last event's LSN, until the stream reads past it
+
+    def cut(watcher: int, run: Run | None) -> None:
+        if watcher in tail and run is not None:
+            run.partial.add(tail.pop(watcher))
+
     for r in records:
         run = current.get(r.watcher)
         if r.type == "start" and r.lsn is not None:
+            cut(r.watcher, run)
             if run is None:
                 current[r.watcher] = run = Run(r.watcher, r.prefix, r.lsn, r.lsn)
                 out.append(run)
@@ -76,10 +92,21 @@ def runs(records: Iterable[WatchRecord]) -> list[Run]:
         elif r.is_event and r.version is not None:
             run.events.append(r)
             run.hi = max(run.hi, r.version)
+            tail[r.watcher] = r.version
         elif r.type == "keepalive" and r.lsn is not None:
             run.hi = max(run.hi, r.lsn)
-        elif r.type == "resync" or (r.type == "end" and r.resumable is False):
+            tail.pop(r.watcher, None)  # every change up to it was scanned
+        elif r.type == "end":
+            if r.lsn is not None and r.lsn >= tail.get(r.watcher, r.lsn):
+                tail.pop(r.watcher, None)  # its error line says it scanned that far
+            cut(r.watcher, run)
+            if r.resumable is False:
+                del current[r.watcher]
+        elif r.type == "resync":
+            cut(r.watcher, run)
             del current[r.watcher]
+    for watcher, run in current.items():  # the records end inside a session: its last LSN is as cut
+        cut(watcher, run)
     return out
 
 
@@ -120,6 +147,11 @@ def check_watches(history: list[Op], records: list[WatchRecord],
     acked = sorted((w for w in written if w.op.outcome == OK and w.version is not None),
                    key=lambda w: w.version or 0)
     out: list[Violation] = []
+    txn_versions: dict[int, dict[int, WatchRecord]] = defaultdict(dict)  # txn id -> version -> an event
+    by_txn: dict[tuple[int, str | None], list[Write]] = defaultdict(list)  # a transaction's puts per branch
+    for w in written:
+        if w.op.branch is not None and w.value is not None:
+            by_txn[(w.op.id, w.op.branch)].append(w)
     for run in runs(records):
         seen: dict[tuple[str | None, int | None], WatchRecord] = {}
         last: WatchRecord | None = None
@@ -148,12 +180,17 @@ def check_watches(history: list[Op], records: list[WatchRecord],
             problem = _phantom(e, run, by_value, by_key)
             if problem:
                 out.append(Violation("watch_phantom", e.key, problem))
+        out += _txn_events(run, seen, by_value, by_txn, txn_versions)
         for w in acked:
             if w.version is None or not run.lo < w.version <= run.hi or not w.key.startswith(run.prefix):
                 continue
+            shown = seen.get((w.key, w.version))
+            if shown is None and w.version in run.partial:
+                if report is not None:
+                    report.watch_partial += 1
+                continue  # cut inside its transaction's lines; the watcher resumed after that LSN
             if report is not None:
                 report.watch_covered += 1
-            shown = seen.get((w.key, w.version))
             if shown is None or shown.value != w.value or (shown.type == "delete") != (w.value is None):
                 what = "delete" if w.value is None else f"{w.op.f} of {w.value!r}"
                 out.append(Violation("watch_gap", w.key, f"watcher {run.watcher} scanned lsn {run.lo + 1} to "
@@ -166,4 +203,38 @@ def check_watches(history: list[Op], records: list[WatchRecord],
         report.watch_reconnects += sum(1 for r in records if r.type == "end" and r.resumable
                                        and r.error != "deadline")
         report.watchers = len({r.watcher for r in records})
+    return out
+
+
+def _txn_events(run: Run, seen: dict[tuple[str | None, int | None], WatchRecord],
+                by_value: dict[tuple[str, str], Write], by_txn: dict[tuple[int, str | None], list[Write]],
+                txn_versions: dict[int, dict[int, WatchRecord]]) -> list[Violation]:
+    """``watch_txn``: one version per transaction, and a run that shows one of its puts shows them all."""
+    out: list[Violation] = []
+    shown: dict[tuple[int, str | None], int] = {}  # (txn id, branch) -> the version a run showed it at
+    torn: set[int] = set()  # shown at two versions: reported once, not again as a missing key
+    for e in run.events:
+        w = by_value.get((e.key or "", e.value or "")) if e.type == "put" else None
+        if w is None or w.op.branch is None or e.version is None:
+            continue
+        versions = txn_versions[w.op.id]
+        if versions and e.version not in versions:
+            other = next(iter(versions.values()))
+            out.append(Violation("watch_txn", e.key, f"watcher {e.watcher} on {e.pod}: put {e.key} of txn "
+                                 f"{w.op.id} at version {e.version}, but watcher {other.watcher} on {other.pod} "
+                                 f"showed its {other.key} at {other.version}: one transaction, one LSN",
+                                 [w.op.id]))
+            torn.add(w.op.id)
+        versions.setdefault(e.version, e)
+        shown.setdefault((w.op.id, w.op.branch), e.version)
+    for (txn, branch), version in sorted(shown.items(), key=lambda item: item[1]):
+        if version in run.partial or txn in torn:
+            continue  # cut inside its lines: the rest is not owed
+        # An acknowledged one's missing key is a watch_gap already.
+        missing = sorted(w.key for w in by_txn[(txn, branch)]
+                         if w.op.outcome != OK and w.key.startswith(run.prefix) and (w.key, version) not in seen)
+        if missing:
+            out.append(Violation("watch_txn", missing[0], f"watcher {run.watcher} showed txn {txn} at version "
+                                 f"{version} but not its put of {', '.join(missing)} (one entry, every key)",
+                                 [txn]))
     return out

@@ -2,9 +2,12 @@
 
 Each client (a "process" in the history) loops until the deadline, picking a
 key from a small pool and an operation: PUT of a unique value, compare-and-set
-on the version it last saw, create-only, DELETE, and local, strong and
-``min_lsn`` reads. Keys are retired after ``ops_per_key`` operations, so each
-key's history stays small enough for the linearizability search.
+on the version it last saw, create-only, DELETE, local, strong and
+``min_lsn`` reads, and transactions on 2-3 keys of the same pool (compare
+each key's version to the one last seen, or its absence; put unique values
+on success, sometimes one on failure too, and now and then delete a key).
+Keys are retired after ``ops_per_key`` operations, so each key's history
+stays small enough for the linearizability search.
 
 The pods come from ``urls()``, asked once per operation, so the nemesis can
 aim clients (:meth:`kvstore.chaos.nemesis.Nemesis.aim`); an operation is
@@ -31,8 +34,9 @@ from kvstore.chaos.watchers import Watchers
 from kvstore.client import Client, Reply, never_resend
 
 # Operation mix (weights).
-MIX = {"put": 25, "cas": 15, "create": 5, "delete": 6, "read_strong": 20, "read_local": 14,
-       "read_min_lsn": 15}
+MIX = {"put": 23, "cas": 13, "create": 5, "delete": 6, "read_strong": 18, "read_local": 12,
+       "read_min_lsn": 13, "txn": 10}
+TXN_KEYS = (2, 3)  # keys a transaction touches
 PREFIX = "chaos/"  # every key the workload writes is under it
 
 
@@ -135,7 +139,9 @@ class Workload:
                 kind = "read_strong"  # learn a version first
             if kind == "read_min_lsn" and key not in memory.own:
                 kind = "read_local"
-            if kind.startswith("read"):
+            if kind == "txn":
+                op = await self._txn(process, client, pod, key, memory)
+            elif kind.startswith("read"):
                 op = await self._read(process, client, pod, key, kind[5:], memory)
             else:
                 op = await self._write(process, client, pod, key, kind, memory)
@@ -168,6 +174,63 @@ class Workload:
             op.current_version = reply.data.get("current_version")
             if op.current_version is not None:
                 memory.seen[key] = op.current_version
+        return op
+
+    def _txn_request(self, process: int, first: str, memory: _Session) -> tuple[
+            list[str], list[dict[str, object]], list[dict[str, object]], list[dict[str, object]]]:
+        """Keys, comparisons and both branches of a transaction on ``first`` and 1-2 more keys of the pool."""
+        keys = [first]
+        want = self.rng.choice(TXN_KEYS)
+        for _ in range(4 * want):  # distinct keys; the pool may hold fewer
+            if len(keys) == want:
+                break
+            key = self._pick_key()
+            if key not in keys:
+                keys.append(key)
+        compare: list[dict[str, object]] = []
+        for key in keys:
+            if compare and self.rng.random() < 0.65:
+                # The first key always, the others now and then: versions move fast under six clients,
+                # and a comparison on every key would make the success branch rare.
+                continue
+            seen = memory.seen.get(key)
+            # The version last seen (often still current, so it holds), or absence (holds on a fresh key).
+            if seen is not None and self.rng.random() < 0.85:
+                compare.append({"key": key, "version": seen})
+            else:
+                compare.append({"key": key, "absent": True})
+        success: list[dict[str, object]] = [{"op": "put", "key": key, "value": self._value(process)}
+                                            for key in keys]
+        if self.rng.random() < 0.1:
+            success[-1] = {"op": "delete", "key": keys[-1]}
+        failure: list[dict[str, object]] = []
+        if self.rng.random() < 0.7:  # a failure branch that writes has an LSN its comparisons are judged at
+            failure.append({"op": "put", "key": self.rng.choice(keys), "value": self._value(process)})
+        return keys, compare, success, failure
+
+    async def _txn(self, process: int, client: Client, pod: str, first: str, memory: _Session) -> Op:
+        keys, compare, success, failure = self._txn_request(process, first, memory)
+        op = self._op(process, first, "txn", pod, keys=keys, compare=compare, success=success, failure=failure)
+        try:
+            reply = await client.txn(compare, success, failure)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self._no_answer(op, exc)
+            return op
+        self._answer(op, reply)
+        op.outcome = classify_write(reply.status, op.error)
+        if op.outcome == OK and isinstance(reply.data, dict):
+            data = reply.data
+            op.succeeded = data.get("succeeded") if isinstance(data.get("succeeded"), bool) else None
+            op.branch = data.get("branch") if isinstance(data.get("branch"), str) else None
+            op.version = data.get("version") if isinstance(data.get("version"), int) else None
+            changed = data.get("keys")
+            op.changed = [c for c in changed if isinstance(c, dict)] if isinstance(changed, list) else None
+            for c in op.changed or ():
+                if isinstance(c.get("key"), str) and isinstance(c.get("version"), int):
+                    memory.seen[c["key"]] = c["version"]
+                    memory.own[c["key"]] = (c["version"], bool(c.get("deleted")))
+                    if c.get("deleted"):
+                        memory.seen.pop(c["key"], None)
         return op
 
     async def _read(self, process: int, client: Client, pod: str, key: str, consistency: str,

@@ -36,10 +36,10 @@ ROOT = os.geteuid() == 0
 NET_CLS = Path("/sys/fs/cgroup/net_cls")
 
 # What a bounded run must have done, at least, to prove anything: writes, compare-and-sets,
-# creates, deletes and each kind of read that succeeded (a run where every write failed
-# proves nothing about lost writes).
+# creates, deletes, transactions whose comparisons held and each kind of read that succeeded
+# (a run where every write failed proves nothing about lost writes).
 MIN_OK = {"put": 200, "cas": 20, "create": 5, "delete": 20, "read/strong": 200, "read/min_lsn": 50,
-          "read/local": 50}
+          "read/local": 50, "txn": 20}
 
 
 def chaos(out: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -87,6 +87,11 @@ def assert_clean_run(out: Path, result: subprocess.CompletedProcess[str], kills:
     assert not short, f"too few successful operations (got, wanted): {short}"
     # The watchers read and the checker judged their events (every acknowledged write in a watched range).
     assert report["watch"]["events"] > 0 and report["watch"]["covered_writes"] > 0, report["watch"]
+    # Transactions were checked: acknowledged ones on both branches, their comparisons judged.
+    txns = report["transactions"]
+    assert txns.get("succeeded", 0) > 0 and txns.get("not_succeeded", 0) > 0, txns
+    assert txns.get("compares_judged", 0) > 0, txns
+    assert "transactions: " in result.stdout
     # The history and fault log are JSON lines with what the report counted.
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert {op["outcome"] for op in history} <= {"ok", "failed", "unknown"}
@@ -129,6 +134,17 @@ def test_bounded_chaos_run_kills_pauses_partitions_and_passes(tmp_path: Path) ->
     gap = chaos(tmp_path, "--recheck", str(tmp_path), timeout=120)
     assert gap.returncode == 1 and "watch_gap 1" in gap.stdout, gap.stdout + gap.stderr
     (tmp_path / "watch.jsonl").write_text("\n".join(watch_lines) + "\n")
+    # With one acknowledged transaction's answer listing a key a version off, it is torn.
+    history_lines = (tmp_path / "history.jsonl").read_text().splitlines()
+    at = next(i for i, op in enumerate(history) if op["f"] == "txn" and op["outcome"] == "ok"
+              and len(op["changed"] or ()) >= 2)
+    torn = dict(history[at], changed=[*history[at]["changed"][:-1],
+                                      dict(history[at]["changed"][-1], version=history[at]["version"] + 1)])
+    (tmp_path / "history.jsonl").write_text("\n".join(
+        history_lines[:at] + [json.dumps(torn)] + history_lines[at + 1:]) + "\n")
+    broken = chaos(tmp_path, "--recheck", str(tmp_path), timeout=120)
+    assert broken.returncode == 1 and "txn_torn 1" in broken.stdout, broken.stdout + broken.stderr
+    (tmp_path / "history.jsonl").write_text("\n".join(history_lines) + "\n")
     final = json.loads((tmp_path / "final.json").read_text())
     maybe_deleted = {op["key"] for op in history if op["f"] == "delete" and op["outcome"] == "unknown"}
     victim = next(op["key"] for op in reversed(history)

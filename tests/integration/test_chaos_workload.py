@@ -3,7 +3,9 @@
 No faults: two clients on one key for a moment make plenty of 412s (creates of
 a key that exists, compare-and-sets that lost a race), and every 412 must
 carry the ``current_version`` the server answered; the checker then passes
-the history with the replica's final contents.
+the history with the replica's final contents. On three keys, transactions
+span several of them, some comparisons hold and some do not, and the checker
+and the watchers see each whole.
 """
 
 from __future__ import annotations
@@ -58,3 +60,33 @@ def test_workload_records_412_current_versions_and_the_checker_passes_it(tmp_pat
     # The watchers saw the writes as they were committed, each acknowledged one once.
     assert report.watchers == 3 and report.watch_events >= report.watch_covered > 0, report
     assert report.watch_resyncs == 0
+
+
+def test_workload_transactions_span_keys_and_the_checker_passes_them(tmp_path: Path) -> None:
+    with running(tmp_path, host="127.0.67.11") as replica:
+        started = time.monotonic()
+        workload = Workload(lambda: {"kv-0": replica.url},
+                            WorkloadConfig(clients=3, keys=3, ops_per_key=400, seed=11, max_ops=600),
+                            clock=lambda: time.monotonic() - started)
+
+        async def run() -> checker.ReplicaView:
+            await workload.run(deadline=10.0)
+            async with aiohttp.ClientSession() as session:
+                return await _view(session, SimpleNamespace(url=replica.url, name="kv-0"))
+
+        final = asyncio.run(run())
+    txns = [op for op in workload.history if op.f == "txn"]
+    ok = [op for op in txns if op.outcome == "ok"]
+    report = check(workload.history, workload.watch_log, {"kv-0": final}, max_steps=1_000_000)
+    assert report.verdict == "PASS", report.violations[:5]
+    # Several keys each, comparisons that held and ones that did not, every answer recorded whole.
+    assert len(ok) >= 20 and all(len(op.keys or ()) >= 2 for op in txns), len(ok)
+    assert any(op.succeeded for op in ok) and any(op.succeeded is False for op in ok)
+    assert all(op.version is not None and op.changed for op in ok if op.succeeded)
+    assert all({c["version"] for c in op.changed or ()} <= {op.version} for op in ok)
+    assert report.txns["ok"] == len(ok) and report.txns["compares_judged"] > 0, report.txns
+    # The watchers saw each key of each acknowledged transaction after their start at its version.
+    since = min(r.lsn for r in workload.watch_log if r.type == "start" and r.lsn is not None)
+    shown = {(r.key, r.version) for r in workload.watch_log if r.is_event}
+    keys = [(c["key"], op.version) for op in ok if (op.version or 0) > since for c in op.changed or ()]
+    assert keys and all(k in shown for k in keys), [k for k in keys if k not in shown]
