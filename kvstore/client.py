@@ -222,31 +222,43 @@ async def follow(urls: Sequence[str], prefix: str = "", *, from_lsn: int | None 
     """Watch ``prefix`` through any of ``urls``, reconnecting from the last position: yields puts and deletes.
 
     After a dropped connection, a stopping pod or a slow-watcher cut-off it
-    watches again, from the next pod in ``urls``, from the LSN after the
-    last one it saw (events or keepalives) with that LSN's history, so
-    nothing is skipped or shown twice. Gives up (raising the last error)
-    after ``give_up_after`` seconds without a connection; raises
-    :class:`WatchError` at once when the watcher must re-read first.
+    watches again, from the next pod in ``urls``, from where it was (with
+    that position's history), so nothing is skipped or shown twice: a
+    transaction is one LSN with a line per key, and a cut may fall between
+    them, so it asks for that LSN again and skips the keys it already
+    yielded there. Gives up (raising the last error) after ``give_up_after``
+    seconds without a connection; raises :class:`WatchError` at once when
+    the watcher must re-read first.
     """
-    position = None if from_lsn is None else from_lsn - 1
+    done = None if from_lsn is None else from_lsn - 1  # every line up to this LSN was read
+    current: int | None = None  # the LSN of the last line yielded, maybe not all of its keys yet
+    seen: set[str] = set()  # the keys yielded at ``current``
     failing_since: float | None = None
     attempt = 0
     while True:
         url = urls[attempt % len(urls)]
         attempt += 1
+        start = current if current is not None else None if done is None else done + 1
         try:
             async with Client(url, timeout=timeout) as client:
-                async for line in client.watch(prefix, from_lsn=None if position is None else position + 1,
-                                               history=history, values=values):
+                async for line in client.watch(prefix, from_lsn=start, history=history, values=values):
                     failing_since = None
                     kind = line["type"]
                     if kind in ("start", "keepalive"):
                         # The history of that position: the one to resume with (it changes past a fork).
                         history = line.get("history") or history
-                        position = line["lsn"] if position is None else max(position, line["lsn"])
-                    else:
-                        position = line["version"]
-                        yield line
+                        done = line["lsn"] if done is None else max(done, line["lsn"])
+                        if current is not None and done >= current:
+                            current, seen = None, set()
+                        continue
+                    if line["version"] == current and line["key"] in seen:
+                        continue  # read before the cut
+                    if line["version"] != current:
+                        if current is not None:
+                            done = current
+                        current, seen = line["version"], set()
+                    seen.add(line["key"])
+                    yield line
         except WatchError as exc:
             if not exc.resumable:
                 raise

@@ -21,10 +21,11 @@ event's version, a keepalive's or a start line's ``lsn``). For each run:
   carries one version, and a run that shows one of them shows every put of
   that branch.
 
-A transaction's keys are one line each at the same LSN, so a cut between
-them leaves a session whose last LSN it has not read in full; the watcher
-resumes after it (from its position plus one), so the rest of that entry is
-not owed: such an LSN is *partial* and counted apart.
+A transaction's keys are one line each at the same LSN, so a cut may fall
+between them. The watcher then resumes from that LSN (skipping the keys it
+read there), so the rest is owed like any write; only where it never comes
+back (its deadline, a re-sync) is the rest of that entry not owed: such an
+LSN is *partial* and counted apart.
 
 Across a re-sync nothing is required: the watcher read the keys again.
 """
@@ -72,15 +73,21 @@ def runs(records: Iterable[WatchRecord]) -> list[Run]:
     out: list[Run] = []
     current: dict[int, Run] = {}
     tail: dict[int, int] = {}  # per watcher: its session's last event's LSN, until the stream reads past it
+    last_cut: dict[int, int] = {}  # per watcher: the LSN its last session was cut inside, until it resumes
 
     def cut(watcher: int, run: Run | None) -> None:
         if watcher in tail and run is not None:
-            run.partial.add(tail.pop(watcher))
+            last_cut[watcher] = tail.pop(watcher)
+            run.partial.add(last_cut[watcher])
 
     for r in records:
         run = current.get(r.watcher)
         if r.type == "start" and r.lsn is not None:
-            cut(r.watcher, run)
+            # A new session of the run: the watcher resumes from where it was cut, so what it
+            # had not read of that LSN is owed again.
+            tail.pop(r.watcher, None)
+            if run is not None and r.watcher in last_cut:
+                run.partial.discard(last_cut.pop(r.watcher))
             if run is None:
                 current[r.watcher] = run = Run(r.watcher, r.prefix, r.lsn, r.lsn)
                 out.append(run)
@@ -188,7 +195,7 @@ def check_watches(history: list[Op], records: list[WatchRecord],
             if shown is None and w.version in run.partial:
                 if report is not None:
                     report.watch_partial += 1
-                continue  # cut inside its transaction's lines; the watcher resumed after that LSN
+                continue  # cut inside its transaction's lines, and the watcher never came back
             if report is not None:
                 report.watch_covered += 1
             if shown is None or shown.value != w.value or (shown.type == "delete") != (w.value is None):

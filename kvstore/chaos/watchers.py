@@ -62,12 +62,16 @@ class Watchers:
 
     async def _watch(self, index: int, session: aiohttp.ClientSession, deadline: float) -> None:
         position: int | None = None  # the last LSN the stream reached (None: start from now)
+        # A transaction is one LSN with a line per key and a cut may fall between them: until the
+        # stream reads past ``current`` (its last event's LSN) it resumes from it, skipping ``read``.
+        current: int | None = None
+        read: set[str] = set()
         history: str | None = None
         turn = index
         while (picked := await self._pick(turn, deadline)) is not None:
             turn += 1
             pod, url = picked
-            from_lsn = None if position is None else position + 1
+            from_lsn = current if current is not None else None if position is None else position + 1
             try:
                 async with asyncio.timeout(max(0.0, deadline - self.clock())):
                     async for line in Client(url, session=session).watch(
@@ -77,9 +81,16 @@ class Watchers:
                             # The history of that position: the one to resume with (it changes past a fork).
                             history = line.get("history") or history
                             position = line["lsn"] if position is None else max(position, line["lsn"])
+                            if current is not None and line["lsn"] >= current:
+                                current, read = None, set()  # every line of it was read
                             self._record(index, kind, pod, lsn=line["lsn"], history=line.get("history"),
                                          from_lsn=from_lsn if kind == "start" else None)
                         elif kind in ("put", "delete"):
+                            if line["version"] == current and line["key"] in read:
+                                continue  # read before the cut
+                            if line["version"] != current:
+                                current, read = line["version"], set()
+                            read.add(line["key"])
                             position = line["version"]
                             value = line.get("value")
                             self._record(index, kind, pod, key=line["key"], version=line["version"],
@@ -92,6 +103,7 @@ class Watchers:
                     if again is None:
                         return
                     position, history = again
+                    current, read = None, set()
             except asyncio.TimeoutError:
                 if self.clock() >= deadline:
                     self._record(index, "end", pod, error="deadline", resumable=True)

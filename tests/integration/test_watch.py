@@ -115,6 +115,57 @@ async def test_the_client_follows_from_a_position_and_yields_only_changes(replic
     assert got == [(f"w2/{i}", versions[i], b"%d" % i) for i in range(1, 5)]
 
 
+async def test_the_client_resumes_inside_a_transaction_without_skipping_its_other_keys(
+        replica: ReplicaProcess) -> None:
+    """A transaction is one LSN with a line per key: a connection cut between two of them (here by a proxy
+    that closes it right after the first) must not make the resumed watch skip the rest."""
+    async with Client(replica.url) as c:
+        done = await c.txn(success=[{"op": "put", "key": "w8/a", "value": "1"},
+                                    {"op": "put", "key": "w8/b", "value": "2"}])
+        version = done.data["version"]
+        after = (await c.put("w8/z", b"3")).version
+    host, port = replica.url.removeprefix("http://").rsplit(":", 1)
+    cut = asyncio.Event()
+
+    async def relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        upstream_r, upstream_w = await asyncio.open_connection(host, int(port))
+
+        async def upward() -> None:
+            while data := await client_r.read(65536):
+                upstream_w.write(data)
+        task = asyncio.create_task(upward())
+        pending = b""
+        try:
+            while data := await upstream_r.read(65536):
+                pending += data
+                at = pending.find(b"w8/a")
+                if at >= 0 and not cut.is_set():
+                    client_w.write(pending[:pending.index(b"\n", at) + 1])  # the first line of the two
+                    await client_w.drain()
+                    cut.set()
+                    break
+                client_w.write(pending)
+                pending = b""
+        finally:
+            task.cancel()
+            upstream_w.close()
+            client_w.transport.abort()
+
+    proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+    proxy_url = f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}"
+    got = []
+    try:
+        async with asyncio.timeout(30):
+            async for event in follow([proxy_url, replica.url], "w8/", from_lsn=version, timeout=5):
+                got.append((event["key"], event["version"]))
+                if event["key"] == "w8/z":
+                    break
+    finally:
+        proxy.close()
+    assert cut.is_set(), "the proxy never cut the stream: the case was not reached"
+    assert got == [("w8/a", version), ("w8/b", version), ("w8/z", after)], got
+
+
 @pytest.mark.parametrize("query, code", [
     ("?from_lsn=0", "bad_parameter"),
     ("?from_lsn=-1", "bad_parameter"),

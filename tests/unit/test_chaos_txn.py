@@ -251,14 +251,20 @@ def test_a_transaction_shown_at_two_lsns_or_in_part_is_a_watch_violation() -> No
     assert [v.kind for v in violations] == ["watch_txn"] and "not its put of chaos/b" in violations[0].message
 
 
-def test_a_stream_cut_inside_a_transactions_lines_owes_only_what_it_read_of_that_lsn() -> None:
+def test_a_stream_cut_inside_a_transactions_lines_is_resumed_from_that_lsn() -> None:
     h = good()
-    # Cut after a's t1 at 3; resumed from 4: b's t2 at 3 was never asked for again.
+    # Cut after a's t1 at 3; resumed from 3 (b's t2 is shown, a's is not again): nothing is missing.
     cut = [line("start", lsn=2), line("put", key=A, value="t1", version=3), line("end", error="EOF", resumable=True),
-           line("start", lsn=3, from_lsn=4), line("put", key=B, value="f2", version=5), line("keepalive", lsn=5)]
+           line("start", lsn=2, from_lsn=3), line("put", key=B, value="t2", version=3),
+           line("put", key=B, value="f2", version=5), line("keepalive", lsn=5)]
     report = checker.Report()
     assert watchcheck.check_watches(h.ops, cut, report) == []
+    assert report.watch_partial == 0
+    # Resumed after it instead (from 4): b's t2 at 3 was skipped, a gap.
+    skipped = cut[:3] + [line("start", lsn=3, from_lsn=4), line("put", key=B, value="f2", version=5),
+                         line("keepalive", lsn=5)]
+    assert [v.kind for v in watchcheck.check_watches(h.ops, skipped)] == ["watch_gap"]
+    # Cut at its deadline (it never comes back): only what it read of that LSN is owed.
+    report = checker.Report()
+    assert watchcheck.check_watches(h.ops, cut[:3], report) == []
     assert report.watch_partial == 1
-    # Read past it (a keepalive at 3) before the cut: then b's t2 was owed, and missing is a gap.
-    cut.insert(2, line("keepalive", lsn=3))
-    assert [v.kind for v in watchcheck.check_watches(h.ops, cut)] == ["watch_gap"]
