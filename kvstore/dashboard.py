@@ -29,7 +29,7 @@ from typing import Any, Iterable
 import aiohttp
 from aiohttp import web
 
-from kvstore import events
+from kvstore.events import EventLog
 from kvstore.discovery import MembershipChange, Peer
 from kvstore.identity import parse_ordinal, role_of
 from kvstore.metrics import Metrics
@@ -290,11 +290,10 @@ def rollout_of(rows: list[dict[str, Any]]) -> dict[str, list[str]] | None:
 class Dashboard:
     """The dashboard of one pod: static page, live feed, cluster view, events, self-observation."""
 
-    def __init__(self, replica: Replica, event_log: events.EventLog | None = None) -> None:
+    def __init__(self, replica: Replica, event_log: EventLog) -> None:
         self.replica = replica
         self.config = replica.config
-        self.events = event_log or events.log
-        self.events.pod = self.config.pod_name
+        self.events = event_log  # this replica's ring, shared with its replication (server.serve)
         self.restarts = RestartCounter(self.config.data_dir)
         self.sampler = Sampler(replica.metrics)
         self.peers: dict[int, PeerState] = {}

@@ -1,18 +1,23 @@
 """What happened to this replica lately: a bounded ring of events.
 
-Each replica process keeps its own recent events (started, restarted, a peer
+Each replica keeps its own recent events (started, restarted, a peer
 joined or left, became writable, a snapshot sent or installed, catching up,
 recovering, diverged, a peer went down or came back) in memory. They are served
 as ``GET /v1/events`` and merged across pods by the dashboard's cluster view,
 so the dashboard, scripts and commands read the same record.
 
-Any module records through the process-wide log::
+``server.serve`` creates one :class:`EventLog` per replica and passes it, like
+the store and the config, to each part that records (the replication parts,
+the dashboard)::
 
-    from kvstore import events
-    events.record("snapshot_sent", "sent a snapshot of 1200 keys to kv-3", peer="kv-3", keys=1200)
+    self.events.record("snapshot_sent", "sent a snapshot of 1200 keys to kv-3", peer="kv-3", keys=1200)
 
-Events are numbered from 1 in each process; ``boot`` identifies the process,
-so a reader that sees another ``boot`` knows the numbering started again.
+There is no process-wide log: two replicas in one process (as in unit tests)
+keep separate records.
+
+Events are numbered from 1 in each log; ``boot`` identifies the log (a new one
+each time the replica starts), so a reader that sees another ``boot`` knows
+the numbering started again.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ MAX_MESSAGE_CHARS = 500
 
 
 class EventLog:
-    """The last ``capacity`` events of one process, oldest dropped first."""
+    """The last ``capacity`` events of one replica, oldest dropped first."""
 
     def __init__(self, pod: str = "", capacity: int = DEFAULT_CAPACITY) -> None:
         self.pod = pod
@@ -63,11 +68,3 @@ class EventLog:
         with self._lock:
             out = list(self._events)
         return out[-limit:] if limit else []
-
-
-log = EventLog()
-
-
-def record(kind: str, message: str, **fields: Any) -> dict[str, Any]:
-    """Record an event in this process's log (see :class:`EventLog`)."""
-    return log.record(kind, message, **fields)

@@ -22,6 +22,7 @@ from kvstore.backup import Backups
 from kvstore.config import Config, ConfigError
 from kvstore.dashboard import Dashboard
 from kvstore.discovery import PeerDirectory
+from kvstore.events import EventLog
 from kvstore.replication import Replication
 from kvstore.replication.handover import SwitchoverRefused
 from kvstore.replication.versions import HEADER, REFUSAL
@@ -148,9 +149,10 @@ async def serve(config: Config) -> int:
     except ValueError as exc:  # no resolver to be had (KV_DNS_SERVER unset, no /etc/resolv.conf)
         await store.close()
         raise StartupError(str(exc)) from None
-    replication = Replication(config, store, metrics, directory, token)
+    event_log = EventLog(config.pod_name)  # this replica's recent events: replication records, the dashboard serves
+    replication = Replication(config, store, metrics, directory, token, event_log)
     replica = Replica(config, store, metrics, replication)
-    dashboard = Dashboard(replica)
+    dashboard = Dashboard(replica, event_log)
     watches = Watches(replica)
     backups = Backups(replica)
 

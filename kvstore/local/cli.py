@@ -43,6 +43,7 @@ from kvstore.local.statefulset import (
 from kvstore.progress import ProgressLine
 
 COLUMNS = ("NAME", "READY", "STATUS", "RESTARTS", "AGE", "ADDRESS", "ROLE", "LSN", "REVISION")
+CONTROLLER_START_WAIT = 30.0  # seconds `up --detach` waits, past its timeout, for the controller to hold its lock
 
 
 # -- flag types: each rejects bad input with one line --------------------------------------
@@ -352,6 +353,13 @@ def _detach(args: argparse.Namespace, directory: Path) -> int:
                     print(next_steps(Path(args.dir), kv0, detached=True))
                 return 0
         time.sleep(0.2)
+    # A controller that has not taken its lock yet (a slow start on a loaded machine) is one that
+    # `cluster status` and `cluster down` cannot find: wait for it before saying it keeps trying.
+    lock_deadline = time.monotonic() + CONTROLLER_START_WAIT
+    while running_pid(directory) != proc.pid and time.monotonic() < lock_deadline:
+        if proc.poll() is not None:
+            raise ClusterError(f"the controller exited: {last_log_line(log_path)} (log: {log_path})")
+        time.sleep(0.05)
     raise ClusterError(f"not all pods Ready after {args.timeout:g}s; the controller (pid {proc.pid}) "
                        f"keeps trying: see {hint('cluster status', args.dir)} and {directory / LOG_DIR}")
 

@@ -18,13 +18,13 @@ from aiohttp import web
 from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
 from kvstore.discovery import MembershipChange, Peer, PeerDirectory
+from kvstore.events import EventLog
 from kvstore.expiry import Expirer
 from kvstore.identity import PRIMARY, SECONDARY, parse_ordinal
 from kvstore.membership import Configuration, agreed, all_hold, majority
 from kvstore.metrics import Metrics
 from kvstore.replication import election, protocol
 from kvstore.replication.election import Elector
-from kvstore import events
 from kvstore.lineage import Promise
 from kvstore.replication.acks import AckTable
 from kvstore.replication.fencing import HEARTBEAT_SECONDS, Fencing
@@ -49,9 +49,10 @@ class Replication(Handover):
     """Everything replication a replica runs (the switchover part: handover.py)."""
 
     def __init__(self, config: Config, store: Store, metrics: Metrics, directory: PeerDirectory,
-                 token: str) -> None:
+                 token: str, events: EventLog) -> None:
         self.config = config
         self.store = store
+        self.events = events  # this replica's ring of recent events (GET /v1/events), given to each part
         self.metrics = metrics
         self.directory = directory
         self.acks = AckTable()
@@ -63,13 +64,15 @@ class Replication(Handover):
         self._initial = Configuration.initial(config.replicas)
         self._groups: tuple[object, tuple[tuple[int, ...], ...]] = (None, ())
         self.fencing = Fencing(self.groups, own=config.ordinal)
-        self.server = LogServer(config, store, self.acks, metrics, self.fencing, self._committed_to_tell)
+        self.server = LogServer(config, store, self.acks, metrics, self.fencing, self._committed_to_tell,
+                                events=events)
         directory.subscribe(self._dns_changed)
         self.reconfigurer = Reconfigurer(config, store, directory, self.acks, self.configuration,
-                                         self.settled, self.committed_lsn, self.client.versions.older_peers)
+                                         self.settled, self.committed_lsn, self.client.versions.older_peers,
+                                         events=events)
         # The Follower also copies a snapshot for a primary that recovers from a follower's log.
         self._follower = Follower(config, store, directory, self.client, self.acks, metrics, self.fencing,
-                                  self.server.notify_commit, self.leader)
+                                  self.server.notify_commit, self.leader, events=events)
         self.elector = Elector(config, store, directory, self.client, self.configuration, self.leader,
                                self._follower.lost_for, self._follower_usable)
         # The role is one of two objects, switched at run time: ``recovery`` (this pod asks for, or
@@ -107,7 +110,7 @@ class Replication(Handover):
 
     def _new_recovery(self, mode: str, unreachable: frozenset[int] = frozenset()) -> Recovery:
         return Recovery(self.config, self.store, self.directory, self.client, self._follower, self.metrics, mode,
-                        unreachable, self._asked_before)
+                        unreachable, self._asked_before, events=self.events)
 
     def _follower_usable(self) -> bool:
         return self._follower.diverged is None and not self._follower.installing_snapshot
@@ -142,7 +145,7 @@ class Replication(Handover):
             return HANDOVER
         reason = stand.result()
         log.warning("standing for election: %s", reason)
-        events.record("election", f"{self.config.pod_name} stands for election: {reason}")
+        self.events.record("election", f"{self.config.pod_name} stands for election: {reason}")
         self.metrics.elections.inc()
         return FAILOVER
 
@@ -169,8 +172,8 @@ class Replication(Handover):
                FAILOVER: "failover: the primary was lost", HANDOVER: "switchover"}[mode]
         self.leading = {"since": time.time(), "why": why, "epoch": self.store.epoch}
         if mode != START:
-            events.record("took_over", f"{self.config.pod_name} leads epoch {self.store.epoch} ({why})",
-                          epoch=self.store.epoch, why=why)
+            self.events.record("took_over", f"{self.config.pod_name} leads epoch {self.store.epoch} ({why})",
+                               epoch=self.store.epoch, why=why)
             log.warning("%s leads epoch %d: %s", self.config.pod_name, self.store.epoch, why)
         try:
             outcome = await self._watch()
@@ -201,7 +204,7 @@ class Replication(Handover):
             if reason is not None:
                 self.fenced = reason
                 self.metrics.fenced.inc()
-                events.record("fenced", reason)
+                self.events.record("fenced", reason)
                 log.error("FENCED: %s. This process stops taking writes and strong reads; %s", reason,
                           "it recovers again, and leads only once the followers promise it an epoch"
                           if self.config.ordinal == 0 else "it follows the new primary")

@@ -26,10 +26,10 @@ from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 
-from kvstore import events
 from kvstore.aio import Watermark, cancel_and_wait
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
+from kvstore.events import EventLog
 from kvstore.identity import INCARNATION
 from kvstore.lineage import BEHIND, DROPPABLE, PREFIX, UNKNOWN, Lineage, Promise, compare
 from kvstore.metrics import Metrics
@@ -94,9 +94,10 @@ class Follower:
     def __init__(self, config: Config, store: Store, directory: PeerDirectory, client: PeerClient,
                  acks: AckTable, metrics: Metrics, fencing: Fencing,
                  committed_moved: Callable[[], None] = lambda: None,
-                 leader: Callable[[], int] = lambda: 0) -> None:
+                 leader: Callable[[], int] = lambda: 0, *, events: EventLog) -> None:
         self.config = config
         self.store = store
+        self.events = events  # this replica's ring of recent events (GET /v1/events)
         self.directory = directory
         self.client = client
         self.acks = acks
@@ -283,7 +284,7 @@ class Follower:
     def _failed(self, kind: str, reason: str, upstream: Peer | None = None) -> None:
         """Note why we are not following; log once per change of kind."""
         if kind != self._last_kind:
-            events.record("waiting" if kind == "upstream_recovering" else "stalled", reason, upstream=upstream and upstream.name)
+            self.events.record("waiting" if kind == "upstream_recovering" else "stalled", reason, upstream=upstream and upstream.name)
             log.warning("following %s failed: %s; retrying", upstream.name if upstream else "kv-0", reason)
             self._last_kind = kind
         self.last_error = reason
@@ -297,7 +298,7 @@ class Follower:
             # we hold, as stale reads of a replica that says it diverged (design.md).
             self._forget_unconfirmed()
             self.stalled = reason
-            events.record("diverged", reason)
+            self.events.record("diverged", reason)
             log.error("DIVERGED: %s. This replica keeps its data, stops following and serves it only as "
                       "stale reads. To drop its entries and copy kv-0: kvstore recover resync --pod %s",
                       reason, self.config.pod_name)
@@ -405,8 +406,8 @@ class Follower:
             await self.store.set_promise(candidate)
             log.warning("promised epoch %d to %s at %s%s: no older primary gets this replica's acks from now on",
                         candidate.number, name, pod.address, " (a switchover)" if handed_over else "")
-            events.record("promised", f"promised epoch {candidate.number} to {name} at {pod.address}",
-                          epoch=candidate.number, address=pod.address, leader=name)
+            self.events.record("promised", f"promised epoch {candidate.number} to {name} at {pod.address}",
+                               epoch=candidate.number, address=pod.address, leader=name)
             if self._streaming is not None and not candidate.covers(*self._streaming):
                 await self._restart()  # no ack of ours reaches the older epoch from here on
             # The lease our last echo gave an older epoch's primary must run out before the
@@ -624,16 +625,16 @@ class Follower:
                 if not force:
                     self._check_snapshot(upstream, lsn, lineage, allowed_fork)
                 log.info("installing a snapshot from %s at lsn %d (%s)", upstream.name, lsn, reason)
-                events.record("snapshot_installing", f"copying {upstream.name} at lsn {lsn} ({reason})",
-                              upstream=upstream.name, lsn=lsn)
+                self.events.record("snapshot_installing", f"copying {upstream.name} at lsn {lsn} ({reason})",
+                                   upstream=upstream.name, lsn=lsn)
                 count = await self.store.install_snapshot(lineage, lsn, logging_progress(chunks, upstream.name),
                                                           membership)
                 self._forget_unconfirmed()
             finally:
                 response.release()
             self.metrics.snapshots.labels("received").inc()
-            events.record("snapshot_installed", f"installed {count} keys at lsn {self.store.lsn} from "
-                          f"{upstream.name}", upstream=upstream.name, keys=count, lsn=self.store.lsn)
+            self.events.record("snapshot_installed", f"installed {count} keys at lsn {self.store.lsn} from "
+                               f"{upstream.name}", upstream=upstream.name, keys=count, lsn=self.store.lsn)
             log.info("installed a snapshot of %d keys at lsn %d from %s in %.1fs", count, self.store.lsn,
                      upstream.name, time.monotonic() - started)
         finally:

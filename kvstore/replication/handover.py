@@ -17,7 +17,6 @@ import time
 import aiohttp
 from aiohttp import web
 
-from kvstore import events
 from kvstore.discovery import Peer
 from kvstore.identity import parse_ordinal
 from kvstore.lineage import Promise
@@ -153,8 +152,8 @@ class Handover:
             self._abort_switchover()
             raise
         self.metrics.switchovers.inc()
-        events.record("switchover", f"{self.config.pod_name} handed the primary's role to {name} ({why})",
-                      to=name, why=why)
+        self.events.record("switchover", f"{self.config.pod_name} handed the primary's role to {name} ({why})",
+                           to=name, why=why)
         return f"{name} takes over from {self.config.pod_name} in epoch {self.store.promise.number}"
 
     async def _until_leading(self, peer: Peer, timeout: float) -> bool:

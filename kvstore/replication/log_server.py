@@ -10,9 +10,9 @@ from typing import Any, AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from kvstore import events
 from kvstore.aio import cancel_and_wait
 from kvstore.config import Config
+from kvstore.events import EventLog
 from kvstore.metrics import Metrics
 from kvstore.replication import protocol
 from kvstore.replication.acks import AckTable
@@ -58,9 +58,10 @@ class LogServer:
     """Peer-port handlers every replica serves: the log stream and snapshots."""
 
     def __init__(self, config: Config, store: Store, acks: AckTable, metrics: Metrics, fencing: Fencing,
-                 committed: Callable[[], int]) -> None:
+                 committed: Callable[[], int], *, events: EventLog) -> None:
         self.config = config
         self.store = store
+        self.events = events  # this replica's ring of recent events (GET /v1/events)
         self.acks = acks
         self.metrics = metrics
         self.fencing = fencing  # confirmation rounds: kv-0's own, or passed down by a cascade
@@ -185,7 +186,7 @@ class LogServer:
         message = (f"another process named {follower} (incarnation {holder[0] or '?'}) streams from this "
                    f"replica; this one ({incarnation or '?'}) is refused until that stream ends")
         log.warning("refused a stream: %s", message)
-        events.record("duplicate_refused", message, follower=follower)
+        self.events.record("duplicate_refused", message, follower=follower)
         return self._refuse(409, protocol.DUPLICATE, message)
 
     async def _serve_stream(self, request: web.BaseRequest, ws: web.WebSocketResponse, after: int,
@@ -290,6 +291,6 @@ class LogServer:
         finally:
             await self.store.run_blocking(snap.close)
         log.info("sent a snapshot of %d keys at lsn %d to %s", count, snap.lsn, request.remote)
-        events.record("snapshot_sent", f"sent a snapshot of {count} keys at lsn {snap.lsn} to {request.remote}",
-                      keys=count, lsn=snap.lsn)
+        self.events.record("snapshot_sent", f"sent a snapshot of {count} keys at lsn {snap.lsn} to {request.remote}",
+                           keys=count, lsn=snap.lsn)
         return response

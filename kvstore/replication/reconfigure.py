@@ -23,9 +23,9 @@ import logging
 import time
 from typing import Callable
 
-from kvstore import events
 from kvstore.config import Config
 from kvstore.discovery import PeerDirectory
+from kvstore.events import EventLog
 from kvstore.membership import Configuration
 from kvstore.replication.acks import AckTable
 from kvstore.storage import CONFIG, Mutation, Store, StorageError
@@ -43,9 +43,11 @@ class Reconfigurer:
 
     def __init__(self, config: Config, store: Store, directory: PeerDirectory, acks: AckTable,
                  configuration: Callable[[], Configuration], settled: Callable[[], bool],
-                 committed: Callable[[], int | None], older_peers: Callable[[], list[str]] = list) -> None:
+                 committed: Callable[[], int | None], older_peers: Callable[[], list[str]] = list, *,
+                 events: EventLog) -> None:
         self.config = config
         self.store = store
+        self.events = events  # this replica's ring of recent events (GET /v1/events)
         self.directory = directory
         self.acks = acks
         self.configuration = configuration
@@ -128,4 +130,4 @@ class Reconfigurer:
             return
         names = ", ".join(self.directory.pod_name(o) for o in new.voters)
         log.info("configuration at lsn %d: %s (voters %s)", lsn, why, names)
-        events.record("configuration", f"{why}; voters {names}", lsn=lsn, voters=list(new.voters))
+        self.events.record("configuration", f"{why}; voters {names}", lsn=lsn, voters=list(new.voters))

@@ -47,9 +47,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from kvstore import events
 from kvstore.config import Config
 from kvstore.discovery import Peer, PeerDirectory
+from kvstore.events import EventLog
 from kvstore.lineage import Promise, new_id
 from kvstore.membership import Configuration, majority, recovery_quorum
 from kvstore.metrics import Metrics
@@ -88,9 +88,10 @@ class Recovery:
 
     def __init__(self, config: Config, store: Store, directory: PeerDirectory, client: PeerClient,
                  follower: Follower, metrics: Metrics, mode: str = START,
-                 unreachable: frozenset[int] = frozenset(), asked_before: int = 0) -> None:
+                 unreachable: frozenset[int] = frozenset(), asked_before: int = 0, *, events: EventLog) -> None:
         self.config = config
         self.store = store
+        self.events = events  # this replica's ring of recent events (GET /v1/events)
         self.directory = directory
         self.client = client
         self.follower = follower  # used only to copy a snapshot from the chosen follower
@@ -147,7 +148,7 @@ class Recovery:
             if self.abandoned is not None:
                 log.warning("%s stops asking for epoch %d: %s", self.config.pod_name, self.candidate.number,
                             self.abandoned)
-                events.record("election_abandoned", self.abandoned, epoch=self.candidate.number)
+                self.events.record("election_abandoned", self.abandoned, epoch=self.candidate.number)
                 self.metrics.recovering.set(0)
                 return
             try:
@@ -158,8 +159,8 @@ class Recovery:
                 self.rounds += 1
                 if time.monotonic() - last_log > LOG_INTERVAL:
                     last_log = time.monotonic()
-                    events.record("recovering", "waiting for " + (", ".join(self.waiting_for) or "nobody")
-                                  + " before taking writes", waiting_for=self.waiting_for)
+                    self.events.record("recovering", "waiting for " + (", ".join(self.waiting_for) or "nobody")
+                                       + " before taking writes", waiting_for=self.waiting_for)
                     log.warning("recovering: waiting for %s before taking writes (%s)",
                                 ", ".join(self.waiting_for) or "nobody",
                                 "; ".join(f"{k}: {v}" for k, v in sorted(self.unheard_reasons.items())))
@@ -305,7 +306,7 @@ class Recovery:
 
     async def _carry_out(self, decision: Decision) -> None:
         log.warning("recovery decided: %s", decision.why)
-        events.record("recovery_decided", decision.why, source=decision.source, verified=decision.verified)
+        self.events.record("recovery_decided", decision.why, source=decision.source, verified=decision.verified)
         self.decision = decision
         if decision.source is not None:
             peer = await self._peer(decision.source)
@@ -326,9 +327,9 @@ class Recovery:
         await store.set_lineage(lineage)
         self.metrics.epoch.set(lineage.number)
         fork = lineage.fork()
-        events.record("became_primary", f"primary in epoch {lineage.number} at lsn {store.lsn}"
-                      + (f", history forked at lsn {fork['lsn']}" if fork else ""), epoch=lineage.number,
-                      lsn=store.lsn, history=history, fork=fork, verified=decision.verified)
+        self.events.record("became_primary", f"primary in epoch {lineage.number} at lsn {store.lsn}"
+                           + (f", history forked at lsn {fork['lsn']}" if fork else ""), epoch=lineage.number,
+                           lsn=store.lsn, history=history, fork=fork, verified=decision.verified)
         log.info("%s is primary in epoch %d at lsn %d, history %s%s%s", self.config.pod_name, lineage.number,
                  store.lsn, history, f" (forked from {fork['parent']} at lsn {fork['lsn']})" if fork else "",
                  "" if decision.verified else " UNVERIFIED: followers keep what it lacks and report divergence")

@@ -246,7 +246,7 @@ def check_partition(cluster: LocalCluster, partitioner: LoopbackPartitioner) -> 
 
 def test_a_run_against_a_running_cluster_keeps_its_pod_logs_and_leaves_it_running(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    with LocalCluster("127.0.94.10", "127.0.94.2", replicas=1) as cluster:  # one pod: the quickest to start
+    with LocalCluster("127.0.30.10", "127.0.30.2", replicas=1) as cluster:  # one pod: the quickest to start
         result = chaos(out, "--dir", str(cluster.directory), "--nemesis", "none", "--duration", "2",
                        "--clients", "2", timeout=240)
         assert result.returncode == 0, result.stdout + result.stderr

@@ -1,6 +1,6 @@
 """The nemeses that move the primary's role, against a real local StatefulSet with failover on.
 
-One 3-pod cluster (127.0.104.x) with ``KV_FAILOVER_AFTER=2`` and failback
+One 3-pod cluster (127.0.96.x) with ``KV_FAILOVER_AFTER=2`` and failback
 off, so the primary stays wherever a test left it: each test starts from
 whichever pod leads, as the nemeses do. These tests check that each fault
 really happens to the current primary and that another pod takes over; what
@@ -20,7 +20,7 @@ from local_cluster import LocalCluster
 from kvstore.chaos.nemesis import LocalBackend, Nemesis, NemesisConfig, local_pods
 from kvstore.local.handle import wait_for
 
-NET = "127.0.104"
+NET = "127.0.96"
 ENV = {"KV_FAILOVER_AFTER": "2", "KV_SWITCHOVER_ON_STOP": "true", "KV_FAILBACK": "false",
        "KV_WRITE_TIMEOUT": "2", "KV_READ_WAIT": "2", "KV_REFRESH_INTERVAL": "0.5"}
 ALL = ["kv-0", "kv-1", "kv-2"]

@@ -1,6 +1,6 @@
 """The controller's faults against a real local StatefulSet: each really happens, and heals.
 
-One 3-pod cluster (127.0.100.x, or the /24 that ``KV_TEST_NEMESES_NET``
+One 3-pod cluster (127.0.95.x, or the /24 that ``KV_TEST_NEMESES_NET``
 names, e.g. ``127.0.72``) serves the whole file. These tests check the fault
 mechanics only: what the store makes of a lost or rolled-back volume is the
 chaos checker's business, not theirs; the zombie kv-0 also runs in a short
@@ -33,7 +33,7 @@ from kvstore.local.handle import run_cli
 from kvstore.local.state import ClusterError
 from kvstore.storage import Store
 
-NET = os.environ.get("KV_TEST_NEMESES_NET", "127.0.100")
+NET = os.environ.get("KV_TEST_NEMESES_NET", "127.0.95")
 BASE, DNS_ADDRESS, CLIENT = f"{NET}.10", f"{NET}.2", f"{NET}.250"
 SERVICE = "kv.default.svc.cluster.local"
 ALL = ["kv-0", "kv-1", "kv-2"]

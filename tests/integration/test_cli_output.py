@@ -20,8 +20,8 @@ from local_cluster import LocalCluster
 from replica_process import ReplicaProcess, running
 
 ROOT = Path(__file__).resolve().parents[2]
-HOST = "127.0.90.2"
-CLUSTER_BASE, CLUSTER_DNS = "127.0.91.10", "127.0.91.2"
+HOST = "127.0.31.2"
+CLUSTER_BASE, CLUSTER_DNS = "127.0.32.10", "127.0.32.2"
 
 
 # ------------------------------------------------------------------ ./kv first run

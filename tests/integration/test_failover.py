@@ -18,7 +18,7 @@ import pytest
 from tests.local_cluster import LocalCluster, http
 from kvstore.local.handle import wait_for
 
-BASE, DNS = "127.0.171.10", "127.0.171.2"
+BASE, DNS = "127.0.20.10", "127.0.20.2"
 FAILOVER_AFTER = 2.0
 ENV = {"KV_FAILOVER_AFTER": str(FAILOVER_AFTER), "KV_SWITCHOVER_ON_STOP": "true", "KV_WRITE_TIMEOUT": "3",
        "KV_REFRESH_INTERVAL": "0.5"}

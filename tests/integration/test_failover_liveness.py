@@ -33,7 +33,7 @@ ENV = {"KV_FAILOVER_AFTER": "3", "KV_SWITCHOVER_ON_STOP": "true", "KV_FAILBACK":
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster("127.0.107.10", "127.0.107.2", replicas=5, env=ENV) as c:
+    with LocalCluster("127.0.12.10", "127.0.12.2", replicas=5, env=ENV) as c:
         wait_for("kv-0 to take writes", c.writable, 90)
         yield c
 

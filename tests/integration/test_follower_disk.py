@@ -18,7 +18,7 @@ from small_disk import fill, small_disk
 
 
 def test_a_follower_whose_disk_filled_follows_again_once_there_is_room_and_loses_nothing(workdir: Path) -> None:
-    with small_disk(workdir / "data-kv-1") as disk, Cluster(workdir, 101) as c:
+    with small_disk(workdir / "data-kv-1") as disk, Cluster(workdir, 98) as c:
         start_all(c)
         acknowledged = write_many(c, "before", 10)
         filler = fill(disk)

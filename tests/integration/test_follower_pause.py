@@ -22,7 +22,7 @@ PAUSE = 8.0  # seconds: longer than kv-0 keeps a silent follower's stream (5 s)
 
 
 def test_a_follower_resumed_from_a_long_pause_never_claims_to_be_current(workdir: Path) -> None:
-    with Cluster(workdir, 102) as c:
+    with Cluster(workdir, 99) as c:
         start_all(c)
         write_many(c, "before", 5)
         kv1 = c.pods[1].proc.pid

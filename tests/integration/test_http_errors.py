@@ -14,7 +14,7 @@ import pytest
 
 from replica_process import ReplicaProcess, running
 
-HOST = "127.0.90.1"
+HOST = "127.0.33.1"
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ STARTS = 20
 
 
 def test_followers_follow_a_kv0_that_started_many_more_times_than_a_lineage_keeps(workdir: Path) -> None:
-    with Cluster(workdir, 100, env={"KV_TEST_MAX_EPOCHS": str(CAP), "KV_RECOVERY_WAIT": "5"}) as c:
+    with Cluster(workdir, 97, env={"KV_TEST_MAX_EPOCHS": str(CAP), "KV_RECOVERY_WAIT": "5"}) as c:
         start_all(c)
         acknowledged: dict[str, bytes] = {}
         for start in range(STARTS):

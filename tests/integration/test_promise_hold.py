@@ -21,7 +21,7 @@ PEER = {"Authorization": f"Bearer {TOKEN}"}
 
 def test_a_restarted_follower_promises_once_the_lease_time_has_passed_since_it_started(workdir: Path) -> None:
     # kv-0 recovers only with promises from both followers: it waits for kv-1 (up to 30 s).
-    with Cluster(workdir, 103, env={"KV_RECOVERY_WAIT": "30"}) as c:
+    with Cluster(workdir, 11, env={"KV_RECOVERY_WAIT": "30"}) as c:
         start_all(c)
         write_many(c, "before", 3)
         c.stop(1)

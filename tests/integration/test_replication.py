@@ -17,6 +17,8 @@ import signal
 import socket
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPConnection, HTTPException
 from pathlib import Path
 from typing import Iterator
 
@@ -56,22 +58,34 @@ def get(c: LocalCluster, pod: str, key: str, query: str = "") -> tuple[int, dict
 
 def contents(c: LocalCluster, pod: str) -> tuple[int, str]:
     """(LSN, digest over every key and value) of one replica, read locally."""
-    status, _, body = http("GET", f"{c.url(pod)}/v1/status")
-    assert status == 200
-    lsn = json.loads(body)["lsn"]
-    digest = hashlib.sha256()
-    start_after = None
-    for _ in range(10_000):
-        query = "limit=1000" + (f"&start_after={urllib.parse.quote(start_after, safe='')}" if start_after else "")
-        status, _, body = http("GET", f"{c.url(pod)}/v1/kv?{query}")
-        page = json.loads(body)
-        for key in page["keys"]:
-            s, _, value = get(c, pod, key)
-            if s == 200:
-                digest.update(len(key).to_bytes(4, "big") + key.encode() + len(value).to_bytes(4, "big") + value)
-        if not page["more"]:
-            break
-        start_after = page["next_start_after"]
+    url = urllib.parse.urlsplit(c.url(pod))
+    # One kept-alive connection for the whole read: a module's tests leave hundreds of keys, each
+    # read from every pod after every test.
+    conn = HTTPConnection(url.hostname or "", url.port, timeout=15)
+
+    def fetch(path: str) -> tuple[int, bytes]:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    try:
+        status, body = fetch("/v1/status")
+        assert status == 200
+        lsn = json.loads(body)["lsn"]
+        digest = hashlib.sha256()
+        start_after = None
+        for _ in range(10_000):
+            query = "limit=1000" + (f"&start_after={urllib.parse.quote(start_after, safe='')}" if start_after else "")
+            status, body = fetch(f"/v1/kv?{query}")
+            page = json.loads(body)
+            for key in page["keys"]:
+                s, value = fetch(f"/v1/kv/{urllib.parse.quote(key, safe='')}")
+                if s == 200:
+                    digest.update(len(key).to_bytes(4, "big") + key.encode() + len(value).to_bytes(4, "big") + value)
+            if not page["more"]:
+                break
+            start_after = page["next_start_after"]
+    finally:
+        conn.close()
     return lsn, digest.hexdigest()
 
 
@@ -80,8 +94,10 @@ def wait_converged(c: LocalCluster, timeout: float = 60) -> tuple[int, str]:
     def same() -> tuple[int, str] | None:
         try:
             c.wait_ready(timeout=1)
-            views = {name: contents(c, name) for name in c.pods()}
-        except (AssertionError, OSError, ValueError, KeyError):
+            names = list(c.pods())
+            with ThreadPoolExecutor(len(names)) as pool:  # each pod read at once (they are separate processes)
+                views = dict(zip(names, pool.map(lambda name: contents(c, name), names)))
+        except (AssertionError, OSError, HTTPException, ValueError, KeyError):
             return None
         return next(iter(views.values())) if len(set(views.values())) == 1 else None
     return wait_for("replicas to converge", same, timeout, interval=0.5)

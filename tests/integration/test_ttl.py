@@ -26,7 +26,7 @@ PODS = ("kv-0", "kv-1", "kv-2")
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    c = LocalCluster("127.0.142.10", "127.0.142.2", replicas=3, env=ENV)
+    c = LocalCluster("127.0.18.10", "127.0.18.2", replicas=3, env=ENV)
     c.up()
     try:
         yield c

@@ -22,7 +22,7 @@ ENV = {"KV_WRITE_TIMEOUT": "3", "KV_RECOVERY_WAIT": "5", "KV_WATCH_KEEPALIVE": "
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    c = LocalCluster("127.0.141.10", "127.0.141.2", replicas=3, env=ENV)
+    c = LocalCluster("127.0.17.10", "127.0.17.2", replicas=3, env=ENV)
     c.up()
     try:
         yield c
@@ -151,7 +151,7 @@ def test_a_transaction_is_all_or_nothing_under_a_kill_of_kv0_mid_way(cluster: Lo
 
 
 def test_no_transaction_while_a_pod_of_an_older_build_is_about(workdir: Path) -> None:
-    with Cluster(workdir, 143) as c:
+    with Cluster(workdir, 19) as c:
         c.start(0)
         c.start(1)
         c.start(2, KV_TEST_PEER_PROTOCOL="2-3")  # a build before transactions

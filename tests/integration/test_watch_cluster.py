@@ -24,7 +24,7 @@ ENV = {"KV_WATCH_KEEPALIVE": "0.5", "KV_WRITE_TIMEOUT": "3", "KV_RECOVERY_WAIT":
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    c = LocalCluster("127.0.121.10", "127.0.121.2", replicas=3, env=ENV)
+    c = LocalCluster("127.0.13.10", "127.0.13.2", replicas=3, env=ENV)
     c.up()
     try:
         yield c
@@ -154,7 +154,7 @@ async def test_a_backup_of_a_secondary_restores_into_a_new_cluster_with_exactly_
     in_file = {key.decode(): int.from_bytes(raw[:8], "big") for chunk in backup.records(str(path))
                for key, raw in chunk}
 
-    restored = LocalCluster("127.0.122.10", "127.0.122.2", replicas=3, env=ENV)
+    restored = LocalCluster("127.0.14.10", "127.0.14.2", replicas=3, env=ENV)
     restored.restore = str(path)
     restored.up()
     try:
@@ -214,7 +214,7 @@ def test_cluster_up_refuses_a_truncated_backup_before_touching_kv0s_volume(clust
     path = workdir / "cut.kvbackup"
     asyncio.run(_backup_of(cluster.url("kv-1"), path))
     path.write_bytes(path.read_bytes()[:-100])
-    target = PlainCluster(workdir / "new", base_address="127.0.123.10", dns_address="127.0.123.2")
+    target = PlainCluster(workdir / "new", base_address="127.0.15.10", dns_address="127.0.15.2")
     target.restore = str(path)
     with pytest.raises(ClusterError, match="--restore: .* is truncated"):
         target.up()
@@ -229,7 +229,7 @@ async def _backup_of(url: str, path: Path) -> None:
 def test_a_secondarys_watch_never_shows_an_entry_kv0_never_wrote(workdir: Path) -> None:
     """kv-0 sends the batch holding LSN 6 and never writes it (a crash before its fsync, on demand):
     both followers hold it, no majority ever will, and no watch shows it."""
-    with Cluster(workdir, 124, env={"KV_WATCH_KEEPALIVE": "0.3"}) as c:
+    with Cluster(workdir, 16, env={"KV_WATCH_KEEPALIVE": "0.3"}) as c:
         c.start(0, KV_TEST_HOLD_COMMIT="6@1")
         start_all(c)
         write_many(c, "held", 5)  # LSNs 1..5

@@ -11,6 +11,7 @@ import pytest
 
 from kvstore import config as config_mod
 from kvstore.discovery import PeerDirectory
+from kvstore.events import EventLog
 from kvstore.lineage import Promise
 from kvstore.metrics import Metrics
 from kvstore.replication import follower as follower_mod
@@ -29,7 +30,7 @@ async def new_follower(tmp_path: Path) -> AsyncIterator[Follower]:
     client = PeerClient("token")
     try:
         yield Follower(cfg, store, PeerDirectory(cfg), client, AckTable(), Metrics(),
-                       Fencing(lambda: ((0, 1, 2),)))
+                       Fencing(lambda: ((0, 1, 2),)), events=EventLog("kv-1"))
     finally:
         await client.close()
         await store.close()

@@ -59,7 +59,7 @@ def test_a_second_cluster_up_says_how_to_stop_the_first(tmp_path: Path) -> None:
     lock = ControllerLock(directory)  # held here as a running controller holds it
     lock.acquire()
     try:
-        status, stderr = run("cluster", "up", "--dir", str(directory), "--base-address", "127.0.93.10")
+        status, stderr = run("cluster", "up", "--dir", str(directory), "--base-address", "127.0.34.10")
     finally:
         lock.release()
     assert status == 1, stderr

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from kvstore import config as kvconfig
 from kvstore.discovery import Peer
+from kvstore.events import EventLog
 from kvstore.lineage import Lineage, Promise
 from kvstore.membership import Configuration, majority, recovery_quorum
 from kvstore.metrics import Metrics
@@ -139,18 +140,25 @@ class KvZeroListed:
         return PeerPosition("kv-0", "recovering", 0, 1, Lineage(), candidate=self.candidate)
 
 
-@pytest.fixture
-async def follower(tmp_path: Path):
-    store = Store.open(str(tmp_path / "data"))
+async def new_follower(workdir: Path, pod: str) -> Follower:
+    """Follower ``pod`` with its own store and its own ring of events, asked by a :class:`KvZeroListed`."""
+    store = Store.open(str(workdir / f"data-{pod}"))
     await store.start()
     kv0 = KvZeroListed()
-    config = kvconfig.load({"POD_NAME": "kv-1", "KV_CLUSTER_TOKEN": "t", "KV_DATA_DIR": str(tmp_path)})
-    f = Follower(config, store, kv0, kv0, AckTable(), Metrics(), Fencing(lambda: replicas(1)))  # type: ignore[arg-type]
+    config = kvconfig.load({"POD_NAME": pod, "KV_CLUSTER_TOKEN": "t", "KV_DATA_DIR": str(workdir)})
+    f = Follower(config, store, kv0, kv0, AckTable(), Metrics(), Fencing(lambda: replicas(1)),  # type: ignore[arg-type]
+                 events=EventLog(pod))
     f.kv0 = kv0  # type: ignore[attr-defined]
+    return f
+
+
+@pytest.fixture
+async def follower(tmp_path: Path):
+    f = await new_follower(tmp_path, "kv-1")
     try:
         yield f
     finally:
-        await store.close()
+        await f.store.close()
 
 
 async def ask(follower: Follower, number: int, ident: str) -> Promise:
@@ -178,6 +186,19 @@ async def test_a_follower_never_promises_an_epoch_its_log_already_holds(follower
             await ask(follower, number, ident)
         assert refused.value.promised == Promise(4, "dd")
     assert await ask(follower, 5, "ee") == Promise(5, "ee")
+
+
+async def test_a_promise_is_an_event_of_the_replica_that_gave_it_only(follower: Follower, tmp_path: Path) -> None:
+    # Two replicas in one process: each records in its own ring, as each serves its own /v1/events.
+    other = await new_follower(tmp_path, "kv-2")
+    try:
+        await ask(follower, 2, "aa")
+        promised = [e for e in follower.events.since() if e["kind"] == "promised"]
+        assert [(e["pod"], e["epoch"], e["leader"], e["address"]) for e in promised] == [
+            ("kv-1", 2, "kv-0", "127.0.0.1:8081")]
+        assert other.events.since() == []
+    finally:
+        await other.store.close()
 
 
 # ------------------------------------------------------------- counting echoes

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvstore import config as kvconfig
+from kvstore.events import EventLog
 from kvstore.lineage import Lineage, Promise
 from kvstore.membership import Configuration, recovery_quorum
 from kvstore.metrics import Metrics
@@ -49,7 +50,8 @@ def recovery_for(replicas: int, disk: Disk, wait: str = str(10.0)) -> Recovery:
     """kv-0's recovery with ``KV_REPLICAS`` replicas and nothing heard yet."""
     config = kvconfig.load({"POD_NAME": "kv-0", "KV_CLUSTER_TOKEN": "t", "KV_RECOVERY_WAIT": wait,
                             "KV_REPLICAS": str(replicas)})
-    return Recovery(config, disk, Directory(), None, None, Metrics())  # type: ignore[arg-type]
+    return Recovery(config, disk, Directory(), None, None, Metrics(),  # type: ignore[arg-type]
+                    events=EventLog("kv-0"))
 
 
 def last_entry_epoch(lineage: Lineage, lsn: int) -> int:
@@ -169,7 +171,7 @@ def test_a_candidate_other_than_the_leader_never_begins_an_epoch_without_a_major
     config = kvconfig.load({"POD_NAME": f"kv-{me}", "KV_CLUSTER_TOKEN": "t", "KV_RECOVERY_WAIT": "0",
                             "KV_REPLICAS": str(replicas)})
     recovery = Recovery(config, Disk(own[1], own[0]), Directory(), None, None, Metrics(),  # type: ignore[arg-type]
-                        mode=mode)
+                        mode=mode, events=EventLog(f"kv-{me}"))
     heard = sorted(o for o in promised if o < replicas and o != me)
     recovery.heard = {f"kv-{o}": PeerPosition(f"kv-{o}", "following", 1, 1, ONE) for o in heard}
     decision = recovery.decide(elapsed)
