@@ -15,7 +15,7 @@ import pytest
 from tests.local_cluster import LocalCluster, http
 from kvstore.local.handle import run_cli, wait_for
 
-BASE, DNS = "127.0.172.10", "127.0.172.2"
+BASE, DNS = "127.0.77.10", "127.0.77.2"
 ENV = {"KV_REPLICATE_FROM": "previous", "KV_FAILBACK": "false", "KV_REFRESH_INTERVAL": "0.5"}
 
 

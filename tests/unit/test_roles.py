@@ -19,6 +19,7 @@ from multidict import CIMultiDict
 import kvstore
 from kvstore import config as config_mod
 from kvstore.discovery import PeerDirectory
+from kvstore.events import EventLog
 from kvstore.forwarding import FORWARDED_BY, MAX_HOPS, forwardable
 from kvstore.metrics import Metrics
 from kvstore.replica import Replica
@@ -77,7 +78,7 @@ async def follower_pod(tmp_path: Path) -> AsyncIterator[tuple[Replica, Replicati
     config = config_mod.load({"POD_NAME": "kv-1", "KV_DATA_DIR": str(tmp_path), "KV_REPLICAS": "3"})
     store = Store.open(config.data_dir, fsync=False)
     metrics = Metrics()
-    replication = Replication(config, store, metrics, PeerDirectory(config), "token")
+    replication = Replication(config, store, metrics, PeerDirectory(config), "token", EventLog("kv-1"))
     try:
         yield Replica(config, store, metrics, replication), replication
     finally:
