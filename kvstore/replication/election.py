@@ -136,7 +136,8 @@ class Elector:
             if after <= 0 or self.lost_for() < after or not self.usable():
                 continue
             reason = await self.should_stand()
-            if reason is not None:
+            # Asking took up to ASK_TIMEOUT: a round that came meanwhile means the primary is not lost.
+            if reason is not None and self.lost_for() >= after:
                 return reason
 
     async def should_stand(self) -> str | None:

@@ -322,7 +322,14 @@ class Recovery:
         lineage = store.lineage.begin(number, store.lsn + 1, history, decision.verified, self.candidate.id,
                                       keep=self.config.test_max_epochs, leader=self.config.ordinal)
         if self.config.ordinal != self.previous_leader:
-            # It counted itself among the promises: it acks no older primary from here on.
+            # It counted itself among the promises, so it keeps a follower's rule for them: the lease
+            # its last echo gave the old primary runs out first (that primary may still answer strong
+            # reads on it). A primary that handed over gave its lease up before it asked.
+            hold = 0.0 if self.mode == HANDOVER else self.follower.promise_hold(self.candidate)
+            if hold > 0:
+                log.info("beginning epoch %d in %.2fs, once the lease of this pod's last echo ran out",
+                         number, hold)
+                await asyncio.sleep(hold)
             await store.set_promise(Promise(number, self.candidate.id, self.config.ordinal))
         await store.set_lineage(lineage)
         self.metrics.epoch.set(lineage.number)

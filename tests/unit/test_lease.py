@@ -336,3 +336,21 @@ async def test_one_round_per_round_trip_and_none_held_back() -> None:
     assert await third is True
     await asyncio.sleep(0.08)
     assert sent == [1, 2, 3]  # nothing else was asked for
+
+
+async def test_a_candidate_counts_itself_only_once_the_lease_of_its_own_last_echo_ran_out(
+        follower: Follower) -> None:
+    """A follower that stands is one of its own promises: like any promise, it waits until the lease its last
+    echo gave the old primary has run out, or that primary could answer a strong read on the lease while the
+    candidate, already leading, acknowledges a newer write."""
+    from kvstore.replication.recovery import FAILOVER, Decision, Recovery
+    import time
+    follower._last_echo = ((1, "old"), time.monotonic())  # it echoed the old primary's round just now
+    config = kvconfig.load({"POD_NAME": "kv-1", "KV_CLUSTER_TOKEN": "t", "KV_DATA_DIR": str(follower.config.data_dir)})
+    recovery = Recovery(config, follower.store, follower.directory, None, follower,  # type: ignore[arg-type]
+                        Metrics(), mode=FAILOVER, events=EventLog("kv-1"))
+    decided = asyncio.create_task(recovery._carry_out(Decision(None, False, True, "test")))
+    await asyncio.sleep(0.3 * LEASE_SECONDS)
+    assert not decided.done() and follower.store.promise.number == 0, "began its epoch inside the old lease"
+    await asyncio.wait_for(decided, 2 * LEASE_SECONDS)
+    assert follower.store.promise.leader == 1 and follower.store.lineage.last.leader == 1
