@@ -138,10 +138,7 @@ class Watches:
         params = parse_query(request, ("prefix", "from_lsn", "history", "values"))
         if request.body_exists and request.content_length != 0:
             raise ApiError(400, "unexpected_body", "GET takes no request body")
-        prefix = params.get("prefix", "").encode()
-        if len(prefix) > self.config.max_key_bytes:
-            raise ApiError(400, "bad_parameter",
-                           f"prefix is longer than the key limit of {self.config.max_key_bytes} bytes")
+        prefix = params.get("prefix", "").encode()  # one longer than any key matches none, as in a listing
         from_lsn = parse_int(params, "from_lsn", 1, 2**63 - 1, 0) if "from_lsn" in params else None
         history = params.get("history")
         if history is not None and not _HISTORY.match(history):
