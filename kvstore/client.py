@@ -216,6 +216,52 @@ class WatchError(Exception):
         self.history = history
 
 
+class WatchPosition:
+    """Where a watch stands, so that one resumed after a cut skips nothing and shows nothing twice.
+
+    A transaction is one LSN with a line per key, and a cut may fall between
+    them: until the stream reads past the LSN of its last event, a resumed
+    watch asks for that LSN again and skips the keys already read there.
+    """
+
+    def __init__(self, from_lsn: int | None = None, history: str | None = None) -> None:
+        self.done = None if from_lsn is None else from_lsn - 1  # every line up to this LSN was read
+        self.current: int | None = None  # the LSN of the last event taken, maybe not all of its keys yet
+        self.seen: set[str] = set()  # the keys taken at ``current``
+        self.history = history  # the history of the position: the one to resume with
+
+    def resume_from(self) -> int | None:
+        """The ``from_lsn`` to watch again with (None: from now)."""
+        if self.current is not None:
+            return self.current
+        return None if self.done is None else self.done + 1
+
+    def take(self, line: Mapping[str, Any]) -> bool:
+        """Note one line of the stream; False for an event that was read before the cut (skip it)."""
+        kind = line["type"]
+        if kind in ("start", "keepalive"):
+            # The history changes past a fork: resume with the position's own.
+            self.history = line.get("history") or self.history
+            self.done = line["lsn"] if self.done is None else max(self.done, line["lsn"])
+            if self.current is not None and self.done >= self.current:
+                self.current, self.seen = None, set()  # every line of it was read
+            return True
+        if kind not in ("put", "delete"):
+            return True
+        if line["version"] == self.current and line["key"] in self.seen:
+            return False
+        if line["version"] != self.current:
+            if self.current is not None:
+                self.done = self.current
+            self.current, self.seen = line["version"], set()
+        self.seen.add(line["key"])
+        return True
+
+    def restart(self, lsn: int, history: str | None) -> None:
+        """Start over after a re-read of the range at ``lsn`` (a watch that could not resume)."""
+        self.done, self.current, self.seen, self.history = lsn, None, set(), history
+
+
 async def follow(urls: Sequence[str], prefix: str = "", *, from_lsn: int | None = None,
                  history: str | None = None, values: bool = True, give_up_after: float = 60.0,
                  timeout: float = 10.0) -> AsyncIterator[dict[str, Any]]:
@@ -223,42 +269,24 @@ async def follow(urls: Sequence[str], prefix: str = "", *, from_lsn: int | None 
 
     After a dropped connection, a stopping pod or a slow-watcher cut-off it
     watches again, from the next pod in ``urls``, from where it was (with
-    that position's history), so nothing is skipped or shown twice: a
-    transaction is one LSN with a line per key, and a cut may fall between
-    them, so it asks for that LSN again and skips the keys it already
-    yielded there. Gives up (raising the last error) after ``give_up_after``
-    seconds without a connection; raises :class:`WatchError` at once when
-    the watcher must re-read first.
+    that position's history, see :class:`WatchPosition`), so nothing is
+    skipped or shown twice. Gives up (raising the last error) after
+    ``give_up_after`` seconds without a connection; raises
+    :class:`WatchError` at once when the watcher must re-read first.
     """
-    done = None if from_lsn is None else from_lsn - 1  # every line up to this LSN was read
-    current: int | None = None  # the LSN of the last line yielded, maybe not all of its keys yet
-    seen: set[str] = set()  # the keys yielded at ``current``
+    position = WatchPosition(from_lsn, history)
     failing_since: float | None = None
     attempt = 0
     while True:
         url = urls[attempt % len(urls)]
         attempt += 1
-        start = current if current is not None else None if done is None else done + 1
         try:
             async with Client(url, timeout=timeout) as client:
-                async for line in client.watch(prefix, from_lsn=start, history=history, values=values):
+                async for line in client.watch(prefix, from_lsn=position.resume_from(),
+                                               history=position.history, values=values):
                     failing_since = None
-                    kind = line["type"]
-                    if kind in ("start", "keepalive"):
-                        # The history of that position: the one to resume with (it changes past a fork).
-                        history = line.get("history") or history
-                        done = line["lsn"] if done is None else max(done, line["lsn"])
-                        if current is not None and done >= current:
-                            current, seen = None, set()
-                        continue
-                    if line["version"] == current and line["key"] in seen:
-                        continue  # read before the cut
-                    if line["version"] != current:
-                        if current is not None:
-                            done = current
-                        current, seen = line["version"], set()
-                    seen.add(line["key"])
-                    yield line
+                    if position.take(line) and line["type"] not in ("start", "keepalive"):
+                        yield line
         except WatchError as exc:
             if not exc.resumable:
                 raise

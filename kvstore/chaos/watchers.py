@@ -19,7 +19,7 @@ from typing import Callable
 import aiohttp
 
 from kvstore.chaos.history import WatchRecord
-from kvstore.client import Client, WatchError
+from kvstore.client import Client, WatchError, WatchPosition
 
 # An idle stream sends a keepalive every KV_WATCH_KEEPALIVE seconds (default 10, a chaos cluster 1);
 # a stream silent for longer is taken as cut and watched again elsewhere.
@@ -61,37 +61,23 @@ class Watchers:
         return None
 
     async def _watch(self, index: int, session: aiohttp.ClientSession, deadline: float) -> None:
-        position: int | None = None  # the last LSN the stream reached (None: start from now)
-        # A transaction is one LSN with a line per key and a cut may fall between them: until the
-        # stream reads past ``current`` (its last event's LSN) it resumes from it, skipping ``read``.
-        current: int | None = None
-        read: set[str] = set()
-        history: str | None = None
+        position = WatchPosition()  # where the stream stands (from now at first)
         turn = index
         while (picked := await self._pick(turn, deadline)) is not None:
             turn += 1
             pod, url = picked
-            from_lsn = current if current is not None else None if position is None else position + 1
+            from_lsn = position.resume_from()
             try:
                 async with asyncio.timeout(max(0.0, deadline - self.clock())):
                     async for line in Client(url, session=session).watch(
-                            self.prefix, from_lsn=from_lsn, history=history, read_timeout=READ_TIMEOUT):
+                            self.prefix, from_lsn=from_lsn, history=position.history, read_timeout=READ_TIMEOUT):
                         kind = line["type"]
+                        if not position.take(line):
+                            continue  # read before the cut
                         if kind in ("start", "keepalive"):
-                            # The history of that position: the one to resume with (it changes past a fork).
-                            history = line.get("history") or history
-                            position = line["lsn"] if position is None else max(position, line["lsn"])
-                            if current is not None and line["lsn"] >= current:
-                                current, read = None, set()  # every line of it was read
                             self._record(index, kind, pod, lsn=line["lsn"], history=line.get("history"),
                                          from_lsn=from_lsn if kind == "start" else None)
                         elif kind in ("put", "delete"):
-                            if line["version"] == current and line["key"] in read:
-                                continue  # read before the cut
-                            if line["version"] != current:
-                                current, read = line["version"], set()
-                            read.add(line["key"])
-                            position = line["version"]
                             value = line.get("value")
                             self._record(index, kind, pod, key=line["key"], version=line["version"],
                                          value=value.decode(errors="replace") if value is not None else None)
@@ -102,8 +88,7 @@ class Watchers:
                     again = await self._resync(index, session, deadline, exc.code, turn)
                     if again is None:
                         return
-                    position, history = again
-                    current, read = None, set()
+                    position.restart(*again)
             except asyncio.TimeoutError:
                 if self.clock() >= deadline:
                     self._record(index, "end", pod, error="deadline", resumable=True)
