@@ -79,13 +79,15 @@ def test_a_batch_kv0_sent_but_never_wrote_is_never_read_and_is_dropped(workdir: 
         acknowledged |= write_many(c, "after", 5)  # LSNs 6.. of the new epoch
 
         # kv-1 follows again: its LSN 6 is another epoch's, which a verified epoch replaced: dropped.
-        def kv1_converged() -> bool:
-            mine, primary = c.status(1), c.status(0)
+        def converged(ordinal: int) -> bool:
+            mine, primary = c.status(ordinal), c.status(0)
             return (mine.get("history_id"), mine.get("lsn")) == (primary["history_id"], primary["lsn"])
-        wait_for("kv-1 to drop the lost entry and follow the new epoch", kv1_converged, 60)
+        wait_for("kv-1 to drop the lost entry and follow the new epoch", lambda: converged(1), 60)
         assert "were replaced by epoch" in c.log(1)
         assert c.status(1)["state"] == "following"
         for ordinal in range(5):
+            # A follower read is local: one that came back late (kv-2) may still be catching up.
+            wait_for(f"kv-{ordinal} to follow the new epoch to its end", lambda: converged(ordinal), 60)
             assert c.get(ordinal, "lost")[0] == 404, ordinal
             assert_all_readable(c, ordinal, acknowledged)
 

@@ -206,6 +206,10 @@ def test_scale_up_replica_gets_everything(cluster: LocalCluster) -> None:
     try:
         wait_converged(cluster)
         assert get(cluster, "kv-3", "scale/before")[2] == b"b"
+        # w=all counts every pod kv-0's DNS lists: kv-3 once kv-0's next look at DNS found it.
+        wait_for("kv-0 to count kv-3 among the members",
+                 lambda: "kv-3" in json.loads(http("GET", cluster.url("kv-0") + "/v1/status")[2])
+                 ["membership"]["members"], timeout=30)
         assert put(cluster, "kv-3", "scale/after", b"a", w="all")[0] == 200
         assert get(cluster, "kv-3", "scale/after")[2] == b"a"
     finally:
