@@ -427,7 +427,8 @@ def _run(args: argparse.Namespace) -> int:
             if args.dir:
                 directory = given = Path(args.dir)
             else:
-                own = own_cluster(args.runtime, args.replicas, rng)
+                # Not the run's seeded rng: two runs with one seed side by side must not pick one range.
+                own = own_cluster(args.runtime, args.replicas, random.Random())
                 _say(f"starting a {args.replicas}-pod cluster ({args.runtime}) in {own.directory}")
                 try:
                     own.up()

@@ -1088,7 +1088,7 @@ class Nemesis:
             voters = await self._voters(primary) if primary is not None else None
             if voters == target:
                 break
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(max(0.0, min(0.5, until - self.clock())))  # no later than the wait's end
         self._record("scaled" if ready and voters == target else "scale-unsettled", "", replicas=target,
                      voters=voters, ready=ready)
 

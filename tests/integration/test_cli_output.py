@@ -50,6 +50,24 @@ def test_first_run_keeps_pip_output_in_a_log_it_names(tmp_path: Path) -> None:
     assert "pyproject.toml" in text or "TOML" in text
 
 
+@pytest.mark.parametrize("args, workers", [([], 4), (["-n", "0"], 0), (["-n", "2"], 2)])
+def test_kv_test_runs_four_files_side_by_side_unless_told(args: list[str], workers: int) -> None:
+    """`./kv test` adds `-n 4 --dist loadfile`; a `-n` of the caller's own replaces it."""
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        pytest.skip("the suite runs from a .venv that ./kv did not make")
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("PYTEST_", "COV_"))}
+    result = subprocess.run([str(ROOT / "kv"), "test", *args, "-p", "no:cacheprovider",
+                             "tests/unit/test_watch_position.py"],
+                            capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL,
+                            cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed" in result.stdout
+    if workers:
+        assert f"{workers} workers" in result.stdout, result.stdout
+    else:
+        assert "workers" not in result.stdout, result.stdout
+
+
 # ------------------------------------------------------------------ get
 @pytest.fixture(scope="module")
 def own_replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplicaProcess]:
