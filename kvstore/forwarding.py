@@ -19,6 +19,7 @@ import yarl
 from kvstore.client import why_unanswered
 from kvstore.discovery import Peer
 from kvstore.replication.peer_client import PeerClient
+from kvstore.replication.protocol import FORWARDED_BY
 
 
 class ForwardFailed(Exception):
@@ -29,7 +30,6 @@ class ForwardTimeout(Exception):
     """The primary took the request but did not answer in time: outcome unknown."""
 
 
-FORWARDED_BY = "X-Kv-Forwarded-By"
 MAX_HOPS = 2  # a forwarded call reaches the primary in at most two hops (one after a change of primary)
 FORWARDED_HEADERS = ("If-Match", "If-None-Match", "Content-Type")
 # The answer's headers passed back: kv-0's pod and role say who answered, as on any answer.

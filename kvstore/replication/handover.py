@@ -22,6 +22,7 @@ from kvstore.identity import parse_ordinal
 from kvstore.lineage import Promise
 from kvstore.replication import election
 from kvstore.replication.peer_client import PeerError, PromiseRefused
+from kvstore.replication.protocol import FORWARDED_BY
 from kvstore.replication.recovery import HANDOVER
 from kvstore.routing import error_response
 from kvstore.storage import StorageError
@@ -33,7 +34,6 @@ FAILBACK_MAX_LAG = 100  # entries kv-0 may trail and still count as current for 
 SWITCHOVER_TIMEOUT = 3.0  # seconds a switchover may hold writes before it gives up and the primary goes on
 ADMIT_WAIT = 5.0  # seconds a write waits while its primary hands over, or its new primary begins
 READY_MAX_LAG = 1000  # entries a secondary may trail and still be Ready (and a switchover target)
-FORWARDED_BY = "X-Kv-Forwarded-By"
 _EPOCH_ID = re.compile(r"^[0-9a-f]{1,32}$")
 
 

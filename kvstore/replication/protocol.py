@@ -59,6 +59,9 @@ CLOSE_LINEAGE_CHANGED, CLOSE_LOG_TRUNCATED = 4409, 4410
 SNAPSHOT_CHUNK_RECORDS = 2000
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 SNAPSHOT_JSON_MAX = 1024 * 1024  # header and end frames (a lineage of 1000 epochs fits)
+# A call one pod passes on to the primary's peer port names the pods it came through (a client
+# write or read forwarded; a switchover asked of a follower), so none is passed on forever.
+FORWARDED_BY = "X-Kv-Forwarded-By"
 STATUS_MAX = 4 * 1024 * 1024  # a peer's /v1/peer/status body (lineage, peers, discovery)
 ACK_PARAM_LIMIT = 64
 ACK_TEXT_MAX = 65 * (253 + 44)  # this follower's LSN/round, then up to 64 relayed name:LSN/round
