@@ -50,3 +50,34 @@ def test_a_follower_resumed_from_a_long_pause_never_claims_to_be_current(workdir
                 break
         assert claims[-1][2] == primary, claims[-5:]  # caught up
         assert claims[0][2] < primary, claims[0]  # and the first answer came while it was behind
+
+
+def test_a_restarted_follower_is_not_ready_before_its_upstream_answered_or_failed(workdir: Path) -> None:
+    # A pod is Ready only once it knows whether it can follow at all (the peer protocol, the
+    # lineage): a rolling update that moved on sooner would replace the next pod too.
+    with Cluster(workdir, 99) as c:
+        start_all(c)
+        write_many(c, "before", 3)
+        c.stop(1)
+        kv0 = c.pods[0].proc.pid
+        os.kill(kv0, signal.SIGSTOP)  # kv-1's first question to kv-0 waits out its timeout (1 s)
+        try:
+            c.start(1, wait=False)
+            answers: list[tuple[int, str]] = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len(answers) < 20_000:  # bounded in time and count
+                try:
+                    code, _, body = http("GET", f"{c.url(1)}/readyz", timeout=5)
+                except OSError:  # not listening yet
+                    time.sleep(0.005)
+                    continue
+                answer = json.loads(body)
+                answers.append((code, answer.get("reason") or answer.get("message", "")))
+                if code == 200:
+                    break
+        finally:
+            os.kill(kv0, signal.SIGCONT)
+        assert answers, "kv-1 never answered /readyz"
+        assert answers[0][0] == 503 and "starting" in answers[0][1], answers[:3]
+        # Once its question timed out it is Ready, serving what it has (OrderedReady goes on).
+        assert answers[-1][0] == 200, answers[-3:]
