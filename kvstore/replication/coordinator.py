@@ -508,7 +508,8 @@ class Replication(Handover):
         if f.upstream_heard is None and f.stalled is None:
             # Just started: whether it can follow at all (the peer protocol, the lineage) is not
             # known until its first question ends, and a rolling update must not go on meanwhile.
-            return False, "starting: asking the primary where it stands"
+            asked = f.upstream.name if f.upstream else self.directory.pod_name(self.leader())
+            return False, f"starting: asking {asked} where it stands"
         known = f.primary_lsn if f.primary_lsn is not None else f.upstream_lsn
         if known is None:
             return True, "no primary reachable yet; serving what this replica has"
