@@ -81,7 +81,7 @@ class Replication(Handover):
         self.recovery: Recovery | None = None  # set only by _become, which tells role_listeners
         # Told, in the same step, each time the role changes: ``primary`` or ``secondary`` (role_name).
         self.role_listeners: list[Callable[[str], None]] = []
-        self._asked_before = 0  # the epoch this pod's last candidacy asked for (the next asks above it)
+        self._asked_before = 0  # the newest epoch this pod asked for or was told of when refused (the next asks above)
         self.fenced: str | None = None  # why this primary last found itself replaced
         self.hint: tuple[int, int] = (0, 0)  # (epoch, ordinal) of a live primary a candidacy met
         self.handing_over: int | None = None  # the ordinal this primary hands its role to, while it does
@@ -159,7 +159,7 @@ class Replication(Handover):
         self._stepped_down.clear()
         self._current_since = None
         await self.recovery.run()
-        self._asked_before = max(self._asked_before, self.recovery.candidate.number)
+        self._asked_before = max(self._asked_before, self.recovery.asked_up_to)
         if self.recovery.abandoned is not None:
             if self.recovery.live_leader is not None:
                 self.hint = max(self.hint, self.recovery.live_leader)

@@ -111,6 +111,7 @@ class Recovery:
         # followers may still hold to one it gave up.
         self.candidate = Promise(max(store.lineage.max_number(), store.promise.number, asked_before) + 1, new_id(),
                                  config.ordinal)
+        self._refused_at = 0  # the newest epoch a refusal said its follower holds to
         # The pod that led the newest epoch this one knows: its followers are the ones to hear.
         self.previous_leader = election.newest_leader(store)
         self.abandoned: str | None = None  # why this pod gave up asking (it follows instead)
@@ -237,6 +238,7 @@ class Recovery:
             self.unheard_reasons.pop(name, None)
         except PromiseRefused as exc:
             self.unheard_reasons[name] = f"did not promise epoch {self.candidate.number}: {exc}"
+            self._refused_at = max(self._refused_at, exc.promised.number)
             if exc.kind == election.LEADER_ALIVE:
                 if exc.promised.number:
                     self.live_leader = max(self.live_leader or (0, 0), (exc.promised.number, exc.promised.leader))
@@ -250,6 +252,15 @@ class Recovery:
                     self._raise_candidate(exc.promised.number)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, PeerError) as exc:
             self.unheard_reasons[name] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+    @property
+    def asked_up_to(self) -> int:
+        """The epoch a next candidacy of this pod must ask above: its own, and every one a refusal named.
+
+        As a Raft candidate takes a higher term it hears of: one that rose by one at a time would
+        ask, and be refused, once for every epoch between its own and the one its followers hold to.
+        """
+        return max(self.candidate.number, self._refused_at)
 
     def _raise_candidate(self, above: int) -> None:
         """A follower holds to epoch ``above`` or newer: ask for a higher one (promises of the old one are void)."""

@@ -179,3 +179,36 @@ def test_a_candidate_other_than_the_leader_never_begins_an_epoch_without_a_major
         assert decision is None, f"kv-{me} began an epoch with {len(heard)} promise(s) of {replicas} voters"
     else:
         assert decision is not None and decision.verified
+
+
+class Refusing:
+    """A peer client whose every follower refuses: it holds to epoch ``held`` of another pod (kv-0)."""
+
+    def __init__(self, held: int) -> None:
+        self.held = held
+
+    async def promise(self, peer: object, candidate: Promise, timeout: float) -> PeerPosition:
+        from kvstore.replication.peer_client import PromiseRefused
+        raise PromiseRefused(f"this replica already holds to epoch {self.held}; ask again with a higher one",
+                             Promise(self.held, "9" * 32, 0))
+
+
+class Finding(Directory):
+    async def find(self, ordinal: int) -> object:
+        return object()
+
+
+async def test_a_candidate_refused_for_a_newer_epoch_asks_above_it_next_time() -> None:
+    """A candidate told that its followers hold to epoch 90 asks for 91 next, not one above its own 83:
+    rising by one it would be refused once per epoch in between (seen: 30 s without a primary)."""
+    config = kvconfig.load({"POD_NAME": "kv-1", "KV_CLUSTER_TOKEN": "t", "KV_REPLICAS": "3"})
+    disk = Disk(5, ONE, Promise(82, "8" * 32, 1))
+    first = Recovery(config, disk, Finding(), Refusing(90), None, Metrics(),  # type: ignore[arg-type]
+                     mode="failover", events=EventLog("kv-1"))
+    assert first.candidate.number == 83
+    await first._ask("kv-2")
+    assert first.abandoned is not None and "promised epoch 90 to another candidate" in first.abandoned
+    # The coordinator starts the next candidacy above what the last one asked for or was told of.
+    second = Recovery(config, disk, Finding(), Refusing(90), None, Metrics(),  # type: ignore[arg-type]
+                      mode="failover", asked_before=first.asked_up_to, events=EventLog("kv-1"))
+    assert second.candidate.number == 91
