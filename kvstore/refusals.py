@@ -53,9 +53,14 @@ class WriteConcernTimeout(Exception):
     """The write is durable on the primary but not confirmed by enough replicas."""
 
     def __init__(self, lsn: int, confirmed: int, required: int) -> None:
+        if confirmed < required:
+            counted = f"but only {confirmed} of the {required} replicas its write concern needs confirmed it in time"
+        else:  # counted once the wait was over, or of the new voters while a change is not settled
+            counted = (f"and {confirmed} of the {required} replicas its write concern needs hold it now, but "
+                       "they did not confirm it in time (or, while a membership change is not settled, a "
+                       "majority of the previous voters did not)")
         super().__init__(
-            f"the write (version {lsn}) is durable on the primary, but only {confirmed} of the "
-            f"{required} replicas its write concern needs confirmed it in time. It is not rolled back "
+            f"the write (version {lsn}) is durable on the primary, {counted}. It is not rolled back "
             "and will replicate, unless kv-0 loses its volume or is replaced before a follower holds it. "
             "Read it back before retrying")
         self.lsn = lsn

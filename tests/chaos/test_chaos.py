@@ -146,7 +146,10 @@ def test_bounded_chaos_run_kills_pauses_partitions_and_passes(tmp_path: Path) ->
     assert broken.returncode == 1 and "txn_torn 1" in broken.stdout, broken.stdout + broken.stderr
     (tmp_path / "history.jsonl").write_text("\n".join(history_lines) + "\n")
     final = json.loads((tmp_path / "final.json").read_text())
+    # A key an unanswered delete or transaction may have removed is allowed to be gone: not a victim.
     maybe_deleted = {op["key"] for op in history if op["f"] == "delete" and op["outcome"] == "unknown"}
+    maybe_deleted |= {key for op in history if op["f"] == "txn" and op["outcome"] == "unknown"
+                      for key in op.get("keys") or ()}
     victim = next(op["key"] for op in reversed(history)
                   if op["f"] == "put" and op["outcome"] == "ok" and op["key"] in final["kv-0"]["contents"]
                   and op["key"] not in maybe_deleted)

@@ -37,8 +37,14 @@ def scale_to_five_and_pause_two(c: Cluster) -> tuple[dict[str, bytes], dict[str,
     c.start(3)
     c.start(4)
     c.replicas = 5
-    wait_for("kv-0 to count kv-3 and kv-4 as voters",
-             lambda: c.status(0).get("replicas") == 5 and len(c.status(0).get("followers", ())) == 4, 60)
+    def five_voters() -> bool:
+        # Settled too: while the change is not, a write needs a majority of the old voters as well
+        # (two of kv-0, kv-1, kv-2), which the pause below would take away.
+        status = c.status(0)
+        membership = status.get("membership", {})
+        return (status.get("replicas") == 5 and len(status.get("followers", ())) == 4
+                and len(membership.get("voters", ())) == 5 and membership.get("settled") is True)
+    wait_for("kv-0 to count kv-3 and kv-4 as voters", five_voters, 60)
     for ordinal in (1, 2):
         os.kill(c.pods[ordinal].proc.pid, signal.SIGSTOP)
     during = write_many(c, "during", 40)  # w=majority: three of five, kv-1 and kv-2 paused

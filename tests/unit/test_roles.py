@@ -99,3 +99,11 @@ async def test_the_replica_plays_the_role_replication_takes_in_the_same_step(
     replication._become(None)
     assert isinstance(replica.current_role, FollowerRole)
     assert seen == [("primary", "primary", True), ("secondary", "secondary", False)]
+
+
+def test_a_write_concern_timeout_never_says_only_n_of_n() -> None:
+    """Counted after the wait (or of the new voters of an unsettled change) the count may be enough."""
+    from kvstore.refusals import WriteConcernTimeout
+    assert "only 1 of the 3 replicas" in str(WriteConcernTimeout(8, 1, 3))
+    enough = str(WriteConcernTimeout(8, 3, 3))
+    assert "only" not in enough and "3 of the 3 replicas" in enough and "membership change" in enough
