@@ -505,18 +505,17 @@ class Replication(Handover):
             return False, f"diverged: {f.diverged}; kvstore recover resync --pod {self.config.pod_name}"
         if f.installing_snapshot:
             return False, "installing a snapshot"
+        name = f.upstream.name if f.upstream else self.directory.pod_name(self.leader())
         if f.upstream_heard is None and f.stalled is None:
             # Just started: whether it can follow at all (the peer protocol, the lineage) is not
             # known until its first question ends, and a rolling update must not go on meanwhile.
-            asked = f.upstream.name if f.upstream else self.directory.pod_name(self.leader())
-            return False, f"starting: asking {asked} where it stands"
+            return False, f"starting: asking {name} where it stands"
         known = f.primary_lsn if f.primary_lsn is not None else f.upstream_lsn
         if known is None:
             return True, "no primary reachable yet; serving what this replica has"
         lag = max(0, known - self.store.lsn)
         behind = f"{lag} entries behind"
         quiet = f.heard_ago()  # the LSN we compare with may be long past (a pause, a partition)
-        name = f.upstream.name if f.upstream else self.directory.pod_name(self.leader())
         if quiet is not None:
             behind += f" when {name} was last heard, {quiet:.1f}s ago"
         if f.upstream_recovering:
