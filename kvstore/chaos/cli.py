@@ -157,9 +157,10 @@ def free_loopback_range(rng: random.Random, replicas: int) -> int:
     raise ChaosError("no free loopback range 127.0.X.0/24 found for a chaos cluster")
 
 
-def own_cluster(runtime: str, replicas: int, rng: random.Random) -> LocalCluster:
+def own_cluster(runtime: str, replicas: int) -> LocalCluster:
     """A local cluster this command starts in a temporary directory, on a free loopback range."""
-    octet = free_loopback_range(rng, replicas) if runtime == "process" else None
+    # Not the run's seeded rng: two runs with one seed side by side must not pick one range.
+    octet = free_loopback_range(random.Random(), replicas) if runtime == "process" else None
     return LocalCluster(replicas=replicas, runtime=runtime, env=CLUSTER_ENV, ready_timeout=150,
                         base_address=None if octet is None else f"127.0.{octet}.10",
                         dns_address=None if octet is None else f"127.0.{octet}.2")
@@ -427,8 +428,7 @@ def _run(args: argparse.Namespace) -> int:
             if args.dir:
                 directory = given = Path(args.dir)
             else:
-                # Not the run's seeded rng: two runs with one seed side by side must not pick one range.
-                own = own_cluster(args.runtime, args.replicas, random.Random())
+                own = own_cluster(args.runtime, args.replicas)
                 _say(f"starting a {args.replicas}-pod cluster ({args.runtime}) in {own.directory}")
                 try:
                     own.up()
